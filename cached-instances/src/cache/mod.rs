@@ -1,0 +1,247 @@
+//! The cache: the read path, the write path and the consistency protocol,
+//! built once over any [`Store`](crate::Store).
+//!
+//! # Protocol
+//!
+//! A look-aside cache with leases and tombstones:
+//!
+//! 1. A read multi-gets its keys. Misses take a lease (a unique token written
+//!    to the key) where the key is absent or a tombstone.
+//! 2. The lease holder loads all its misses with one loader call per model and
+//!    fills each key only if it still holds its lease.
+//! 3. A write, after its database commit, replaces the instance's keys (every
+//!    version) with a tombstone and cascades to the instances whose
+//!    representation the write changed. Any overwrite voids outstanding
+//!    leases, so a fill computed from data read before the write is rejected.
+//! 4. A reader that finds another's lease waits for the fill (bounded by
+//!    [`lease_wait`](crate::CacheBuilder::lease_wait)), then reads the database
+//!    without filling.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+mod builder;
+mod read;
+mod registry;
+mod stats;
+mod write;
+
+pub use builder::CacheBuilder;
+pub use stats::Stats;
+
+use crate::error::Error;
+use crate::instance::CachedInstance;
+use crate::store::Store;
+use registry::Registry;
+use stats::Counters;
+
+#[derive(Debug, Clone)]
+struct Config {
+    default_ttl: Duration,
+    lease_ttl: Duration,
+    lease_wait: Duration,
+    tombstone_ttl: Duration,
+    update_only: bool,
+    max_cascade_depth: usize,
+    enabled: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_ttl: Duration::from_secs(24 * 3600),
+            lease_ttl: Duration::from_secs(10),
+            lease_wait: Duration::from_secs(1),
+            tombstone_ttl: Duration::from_secs(60),
+            update_only: true,
+            max_cascade_depth: 16,
+            enabled: true,
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    config: Config,
+    enabled: AtomicBool,
+    counters: Counters,
+}
+
+/// A cache of model instances over a store, with one loader per model.
+///
+/// Cheap to clone: clones share the store, the loaders and the counters.
+/// See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("config", &self.inner.config)
+            .field("enabled", &self.is_enabled())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Starts configuring a cache.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// The instance with primary key `pk`, or `None` if the database has no
+    /// such row. A hit costs one store round trip and no loader call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Load`] when a miss needed the loader and it failed;
+    /// [`Error::NotRegistered`] when `T` has no loader.
+    pub async fn get<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
+        self.read_one::<T>(pk).await
+    }
+
+    /// The instances with primary keys `pks`, in `pks` order, rows that do not
+    /// exist omitted. One multi-get; all misses load with one loader call.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_many<T: CachedInstance>(&self, pks: &[T::Pk]) -> Result<Vec<T>, Error> {
+        let found = self.read_many::<T>(pks, read::Want::Instances).await?;
+        Ok(found.into_iter().filter_map(|f| f.instance).collect())
+    }
+
+    /// The cached JSON representation of `pk`, ready to serve, without
+    /// decoding it.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_json<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<Bytes>, Error> {
+        self.read_one_json::<T>(pk).await
+    }
+
+    /// The JSON representations of `pks`, in `pks` order, missing rows
+    /// omitted.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get).
+    pub async fn get_many_json<T: CachedInstance>(
+        &self,
+        pks: &[T::Pk],
+    ) -> Result<Vec<Bytes>, Error> {
+        let found = self.read_many::<T>(pks, read::Want::Bytes).await?;
+        Ok(found.into_iter().filter_map(|f| f.bytes).collect())
+    }
+
+    /// Tells the cache that `instance` was written to the database. Call it
+    /// after the commit. Invalidates the instance (every version) and
+    /// everything whose representation the change touched, comparing with the
+    /// cached previous state: the old and the new parent when a foreign key
+    /// moved, the added and removed sides of a many-to-many list, the model's
+    /// `invalidates_key`s; then cascades.
+    ///
+    /// When the previous state is not cached, it cannot be compared: the new
+    /// state's relations are invalidated, and use [`saved_from`](Self::saved_from)
+    /// if the caller has the previous row.
+    ///
+    /// Store failures do not fail the call; they are counted and logged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`] when `T` has no loader; [`Error::Load`] when a
+    /// cascade's reload failed (the entries involved are left invalidated).
+    pub async fn saved<T: CachedInstance>(&self, instance: &T) -> Result<(), Error> {
+        self.write::<T>(instance.pk(), None, Some(instance)).await
+    }
+
+    /// Like [`saved`](Self::saved), with the previous state known to the
+    /// caller (read in the same transaction), so the comparison does not
+    /// depend on what is cached.
+    ///
+    /// # Errors
+    ///
+    /// As [`saved`](Self::saved).
+    pub async fn saved_from<T: CachedInstance>(
+        &self,
+        previous: &T,
+        instance: &T,
+    ) -> Result<(), Error> {
+        self.write::<T>(instance.pk(), Some(previous), Some(instance))
+            .await
+    }
+
+    /// Tells the cache that `instance` was deleted from the database. Call it
+    /// after the commit. Removes its entry (every version) and cascades.
+    ///
+    /// # Errors
+    ///
+    /// As [`saved`](Self::saved).
+    pub async fn deleted<T: CachedInstance>(&self, instance: &T) -> Result<(), Error> {
+        self.write::<T>(instance.pk(), Some(instance), None).await
+    }
+
+    /// Reloads `pk` from the database and compares it with the cached
+    /// representation: when they differ, invalidates and cascades as
+    /// [`saved`](Self::saved) would (drf-cached-instances' `update_instance`).
+    /// An unchanged instance writes nothing and cascades nothing. Returns
+    /// whether the cached representation was out of date.
+    ///
+    /// # Errors
+    ///
+    /// As [`saved`](Self::saved).
+    pub async fn refresh<T: CachedInstance>(&self, pk: &T::Pk) -> Result<bool, Error> {
+        self.refresh_one::<T>(pk).await
+    }
+
+    /// Removes `pk`'s entries of every registered version of `T`'s model,
+    /// without cascading.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`] when `T` has no loader.
+    pub async fn delete_all_versions<T: CachedInstance>(&self, pk: &T::Pk) -> Result<(), Error> {
+        self.remove_versions::<T>(pk).await
+    }
+
+    /// Switches caching on or off. While off, reads go to the loaders and
+    /// return correct data; writes still invalidate, so switching back on
+    /// never serves data older than the writes made meanwhile.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.inner.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Whether caching is on.
+    #[must_use]
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// The counters since the cache was built.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The store key of `pk`'s entry for `T`: for tools and tests.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotRegistered`] when `T` has no loader.
+    pub fn key_of<T: CachedInstance>(&self, pk: &T::Pk) -> Result<String, Error> {
+        use crate::pk::PrimaryKey;
+        Ok(self.inner.registry.entry::<T>()?.key(&pk.to_key()))
+    }
+
+    fn ttl_of(&self, schema: &crate::instance::Schema) -> Duration {
+        schema.ttl.unwrap_or(self.inner.config.default_ttl)
+    }
+}

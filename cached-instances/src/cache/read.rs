@@ -1,0 +1,474 @@
+//! The read path: multi-get, lease the misses, one batched load, fill if the
+//! lease still holds; wait for other readers' leases instead of stampeding.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::Cache;
+use super::registry::ModelEntry;
+use super::stats::add;
+use crate::error::{Error, StoreError};
+use crate::instance::CachedInstance;
+use crate::marker::{self, Slot, TOMBSTONE};
+use crate::pk::PrimaryKey;
+use crate::store::CompareAndSet;
+
+/// What a read returns for each pk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    Instances,
+    Bytes,
+}
+
+pub(super) struct Found<T> {
+    pub(super) instance: Option<T>,
+    pub(super) bytes: Option<Bytes>,
+}
+
+impl<T> Found<T> {
+    fn none() -> Self {
+        Found {
+            instance: None,
+            bytes: None,
+        }
+    }
+
+    fn is_found(&self) -> bool {
+        self.instance.is_some() || self.bytes.is_some()
+    }
+}
+
+/// A cached value as the caller wants it, or `None` if it is unusable.
+fn accept<T: CachedInstance>(bytes: Bytes, want: Want) -> Option<Found<T>> {
+    match want {
+        Want::Instances => T::decode(&bytes).ok().map(|t| Found {
+            instance: Some(t),
+            bytes: None,
+        }),
+        // Served without decoding; a representation is always one JSON object,
+        // so a truncated or foreign value is caught here cheaply.
+        Want::Bytes => {
+            (bytes.first() == Some(&b'{') && bytes.last() == Some(&b'}')).then_some(Found {
+                instance: None,
+                bytes: Some(bytes),
+            })
+        }
+    }
+}
+
+fn found_from_row<T: CachedInstance>(row: T, bytes: Option<Bytes>, want: Want) -> Found<T> {
+    match want {
+        Want::Instances => Found {
+            instance: Some(row),
+            bytes: None,
+        },
+        Want::Bytes => Found {
+            instance: None,
+            bytes,
+        },
+    }
+}
+
+/// Backoff between polls of a key another reader is loading.
+const FIRST_POLL: Duration = Duration::from_millis(1);
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+impl Cache {
+    pub(super) async fn read_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
+        // The hit path: one GET, one decode, nothing else.
+        if self.is_enabled() {
+            let entry = self.inner.registry.entry::<T>()?;
+            let key = entry.key(&pk.to_key());
+            if let Ok(Some(bytes)) = self.inner.store.get(&key).await
+                && let Slot::Value(value) = marker::classify(&bytes)
+                && let Ok(instance) = T::decode(value)
+            {
+                add(&self.inner.counters.hits, 1);
+                return Ok(Some(instance));
+            }
+        }
+        let found = self
+            .read_many::<T>(std::slice::from_ref(pk), Want::Instances)
+            .await?;
+        Ok(found.into_iter().next().and_then(|f| f.instance))
+    }
+
+    pub(super) async fn read_one_json<T: CachedInstance>(
+        &self,
+        pk: &T::Pk,
+    ) -> Result<Option<Bytes>, Error> {
+        if self.is_enabled() {
+            let entry = self.inner.registry.entry::<T>()?;
+            let key = entry.key(&pk.to_key());
+            if let Ok(Some(bytes)) = self.inner.store.get(&key).await
+                && let Some(found) = accept::<T>(bytes, Want::Bytes)
+            {
+                add(&self.inner.counters.hits, 1);
+                return Ok(found.bytes);
+            }
+        }
+        let found = self
+            .read_many::<T>(std::slice::from_ref(pk), Want::Bytes)
+            .await?;
+        Ok(found.into_iter().next().and_then(|f| f.bytes))
+    }
+
+    /// Reads `pks` in order; rows that do not exist come back empty.
+    pub(super) async fn read_many<T: CachedInstance>(
+        &self,
+        pks: &[T::Pk],
+        want: Want,
+    ) -> Result<Vec<Found<T>>, Error> {
+        let entry = self.inner.registry.entry::<T>()?;
+        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::none()).collect();
+        if pks.is_empty() {
+            return Ok(out);
+        }
+        let all: Vec<usize> = (0..pks.len()).collect();
+        if !self.is_enabled() {
+            self.load_direct(entry, pks, &all, &mut out, want).await?;
+            return Ok(out);
+        }
+
+        let keys: Vec<String> = pks.iter().map(|pk| entry.key(&pk.to_key())).collect();
+        let values = match self.inner.store.get_many(&keys).await {
+            Ok(values) => values,
+            Err(e) => {
+                self.store_failed(entry.schema.model, "get", &e);
+                self.load_direct(entry, pks, &all, &mut out, want).await?;
+                return Ok(out);
+            }
+        };
+
+        let mut misses = Vec::new();
+        let mut corrupt = Vec::new();
+        for (i, value) in values.into_iter().enumerate() {
+            let Some(bytes) = value else {
+                misses.push(i);
+                continue;
+            };
+            if !matches!(marker::classify(&bytes), Slot::Value(_)) {
+                misses.push(i);
+            } else if let Some(found) = accept::<T>(bytes, want) {
+                out[i] = found;
+            } else {
+                corrupt.push(keys[i].clone());
+                misses.push(i);
+            }
+        }
+        add(&self.inner.counters.hits, pks.len() - misses.len());
+        if !misses.is_empty() {
+            self.fill_misses(entry, pks, &keys, &misses, corrupt, &mut out, want)
+                .await?;
+        }
+        Ok(out)
+    }
+
+    /// Leases the missing keys, loads the granted ones with one loader call,
+    /// fills them if the lease still holds, and waits for the keys other
+    /// readers are loading.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_misses<T: CachedInstance>(
+        &self,
+        entry: &ModelEntry,
+        pks: &[T::Pk],
+        keys: &[String],
+        misses: &[usize],
+        corrupt: Vec<String>,
+        out: &mut [Found<T>],
+        want: Want,
+    ) -> Result<(), Error> {
+        let counters = &self.inner.counters;
+        let config = &self.inner.config;
+        let store = &self.inner.store;
+        add(&counters.misses, misses.len());
+
+        if !corrupt.is_empty() {
+            add(&counters.corrupt_entries, corrupt.len());
+            tracing::warn!(
+                target: "cached_instances",
+                model = entry.schema.model,
+                count = corrupt.len(),
+                "undecodable cached entries replaced"
+            );
+            // Corrupt bytes are not leasable until replaced by a tombstone.
+            if let Err(e) = store
+                .swap_many(&corrupt, TOMBSTONE, config.tombstone_ttl)
+                .await
+            {
+                self.store_failed(entry.schema.model, "swap", &e);
+            }
+        }
+
+        // A pk asked for twice is leased and loaded once.
+        let mut unique: Vec<usize> = Vec::with_capacity(misses.len());
+        let mut copies: HashMap<&str, Vec<usize>> = HashMap::new();
+        for &i in misses {
+            let slot = copies.entry(keys[i].as_str()).or_default();
+            if slot.is_empty() {
+                unique.push(i);
+            }
+            slot.push(i);
+        }
+        let lease_keys: Vec<String> = unique.iter().map(|&i| keys[i].clone()).collect();
+        let lease = marker::new_lease();
+        let outcomes = match store
+            .set_if_absent_or(&lease_keys, &lease, TOMBSTONE, config.lease_ttl)
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.store_failed(entry.schema.model, "lease", &e);
+                self.load_direct(entry, pks, misses, out, want).await?;
+                return Ok(());
+            }
+        };
+
+        let mut granted = Vec::new();
+        let mut waiting = Vec::new();
+        let mut direct = Vec::new();
+        for (&i, outcome) in unique.iter().zip(outcomes) {
+            match outcome {
+                None => granted.push(i),
+                Some(bytes) => match marker::classify(&bytes) {
+                    Slot::Lease => waiting.push(i),
+                    // Filled since our multi-get.
+                    Slot::Value(_) => match accept::<T>(bytes, want) {
+                        Some(found) => out[i] = found,
+                        None => direct.push(i),
+                    },
+                    Slot::Tombstone => direct.push(i),
+                },
+            }
+        }
+
+        if !granted.is_empty() {
+            self.load_and_fill(entry, pks, keys, &granted, &lease, out, want)
+                .await?;
+        }
+        if !waiting.is_empty() {
+            direct.extend(self.wait_for_leases(keys, &waiting, out, want).await);
+        }
+        if !direct.is_empty() {
+            self.load_direct(entry, pks, &direct, out, want).await?;
+        }
+
+        // Copies of a duplicated pk share the first one's result.
+        for indexes in copies.values() {
+            let (first, rest) = indexes.split_first().expect("never empty");
+            if rest.is_empty() {
+                continue;
+            }
+            let bytes = match (&out[*first].bytes, &out[*first].instance) {
+                (Some(bytes), _) => Some(bytes.clone()),
+                (None, Some(instance)) => instance.to_json().ok().map(Bytes::from),
+                (None, None) => None,
+            };
+            for &i in rest {
+                if let Some(bytes) = &bytes {
+                    out[i] = accept::<T>(bytes.clone(), want).unwrap_or_else(Found::none);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the keys we hold a lease on, then fills each one whose lease
+    /// still holds, and releases the ones whose row does not exist.
+    #[allow(clippy::too_many_arguments)]
+    async fn load_and_fill<T: CachedInstance>(
+        &self,
+        entry: &ModelEntry,
+        pks: &[T::Pk],
+        keys: &[String],
+        granted: &[usize],
+        lease: &Bytes,
+        out: &mut [Found<T>],
+        want: Want,
+    ) -> Result<(), Error> {
+        let counters = &self.inner.counters;
+        let config = &self.inner.config;
+        let load_pks: Vec<T::Pk> = granted.iter().map(|&i| pks[i].clone()).collect();
+        add(&counters.loader_calls, 1);
+        let loaded = entry.loader::<T>().load(&load_pks).await;
+        let tombstone = Bytes::from_static(TOMBSTONE);
+        let release = |i: usize| CompareAndSet {
+            key: keys[i].clone(),
+            expected: lease.clone(),
+            value: tombstone.clone(),
+            ttl: config.tombstone_ttl,
+        };
+        let rows = match loaded {
+            Ok(rows) => rows,
+            Err(source) => {
+                // Let waiting readers try the database themselves at once.
+                let ops: Vec<CompareAndSet> = granted.iter().map(|&i| release(i)).collect();
+                if let Err(e) = self.inner.store.compare_and_set(&ops).await {
+                    self.store_failed(entry.schema.model, "release", &e);
+                }
+                return Err(Error::Load {
+                    model: T::MODEL,
+                    source,
+                });
+            }
+        };
+
+        let mut by_pk: HashMap<T::Pk, T> = rows.into_iter().map(|r| (r.pk().clone(), r)).collect();
+        let ttl = self.ttl_of(&entry.schema);
+        let mut ops = Vec::with_capacity(granted.len());
+        let mut filled = Vec::with_capacity(granted.len());
+        for &i in granted {
+            match by_pk.remove(&pks[i]) {
+                Some(row) => {
+                    let bytes = Bytes::from(row.to_json()?);
+                    ops.push(CompareAndSet {
+                        key: keys[i].clone(),
+                        expected: lease.clone(),
+                        value: bytes.clone(),
+                        ttl,
+                    });
+                    filled.push(true);
+                    out[i] = found_from_row(row, Some(bytes), want);
+                }
+                None => {
+                    ops.push(release(i));
+                    filled.push(false);
+                }
+            }
+        }
+        match self.inner.store.compare_and_set(&ops).await {
+            Ok(written) => {
+                let mut fills = 0;
+                let mut rejected = 0;
+                for (was_fill, ok) in filled.iter().zip(written) {
+                    match (*was_fill, ok) {
+                        (true, true) => fills += 1,
+                        (true, false) => rejected += 1,
+                        _ => {}
+                    }
+                }
+                add(&counters.fills, fills);
+                add(&counters.fills_rejected, rejected);
+                if rejected > 0 {
+                    tracing::debug!(
+                        target: "cached_instances",
+                        model = T::MODEL,
+                        rejected,
+                        "fills rejected: a write invalidated the keys during the load"
+                    );
+                }
+            }
+            Err(e) => self.store_failed(T::MODEL, "fill", &e),
+        }
+        Ok(())
+    }
+
+    /// Polls keys other readers hold leases on until they are filled or the
+    /// wait runs out. Returns the indexes still unresolved.
+    async fn wait_for_leases<T: CachedInstance>(
+        &self,
+        keys: &[String],
+        waiting: &[usize],
+        out: &mut [Found<T>],
+        want: Want,
+    ) -> Vec<usize> {
+        add(&self.inner.counters.lease_waits, waiting.len());
+        let deadline = Instant::now() + self.inner.config.lease_wait;
+        let mut pending: Vec<usize> = waiting.to_vec();
+        let mut unresolved = Vec::new();
+        let mut pause = FIRST_POLL;
+        while !pending.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(MAX_POLL);
+            let poll_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
+            let Ok(values) = self.inner.store.get_many(&poll_keys).await else {
+                break;
+            };
+            let mut still = Vec::new();
+            for (&i, value) in pending.iter().zip(values) {
+                match value {
+                    Some(bytes) => match marker::classify(&bytes) {
+                        Slot::Lease => still.push(i),
+                        Slot::Value(_) => match accept::<T>(bytes, want) {
+                            Some(found) => out[i] = found,
+                            None => unresolved.push(i),
+                        },
+                        // Released (no such row) or invalidated: read it directly.
+                        Slot::Tombstone => unresolved.push(i),
+                    },
+                    None => unresolved.push(i),
+                }
+            }
+            pending = still;
+        }
+        unresolved.extend(pending);
+        unresolved
+    }
+
+    /// Reads rows straight from the loader without touching the store: for
+    /// a store that failed, a wait that ran out, or caching switched off.
+    async fn load_direct<T: CachedInstance>(
+        &self,
+        entry: &ModelEntry,
+        pks: &[T::Pk],
+        indexes: &[usize],
+        out: &mut [Found<T>],
+        want: Want,
+    ) -> Result<(), Error> {
+        let load_pks: Vec<T::Pk> = indexes.iter().map(|&i| pks[i].clone()).collect();
+        add(&self.inner.counters.loader_calls, 1);
+        let rows = entry
+            .loader::<T>()
+            .load(&load_pks)
+            .await
+            .map_err(|source| Error::Load {
+                model: T::MODEL,
+                source,
+            })?;
+        let mut by_pk: HashMap<T::Pk, T> = rows.into_iter().map(|r| (r.pk().clone(), r)).collect();
+        for &i in indexes {
+            if out[i].is_found() {
+                continue;
+            }
+            if let Some(row) = by_pk.remove(&pks[i]) {
+                let bytes = match want {
+                    Want::Bytes => Some(Bytes::from(row.to_json()?)),
+                    Want::Instances => None,
+                };
+                out[i] = found_from_row(row, bytes, want);
+            } else if let Some(first) = indexes
+                .iter()
+                .find(|&&j| j != i && pks[j] == pks[i] && out[j].is_found())
+            {
+                // A duplicate pk whose row went to an earlier index.
+                let bytes = match (&out[*first].bytes, &out[*first].instance) {
+                    (Some(b), _) => Some(b.clone()),
+                    (None, Some(t)) => t.to_json().ok().map(Bytes::from),
+                    _ => None,
+                };
+                if let Some(b) = bytes {
+                    out[i] = accept::<T>(b, want).unwrap_or_else(Found::none);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn store_failed(&self, model: &'static str, op: &'static str, error: &StoreError) {
+        add(&self.inner.counters.store_errors, 1);
+        tracing::warn!(
+            target: "cached_instances",
+            model,
+            op,
+            error = %error,
+            "store operation failed; serving from the database"
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! The registry of cached models: one entry per registered type, the
+//! type-erased operations the write path needs to reload any model, and the
+//! invalidation graph derived from the relation declarations.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{BuildError, Error};
+use crate::instance::{CachedInstance, RelationKind, Schema, Target};
+use crate::key::instance_key;
+use crate::loader::{BoxFuture, DynLoader};
+use crate::pk::PrimaryKey;
+
+/// The relation values of one instance state, in key form.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Links {
+    /// Per relation (index into `Schema::relations`), the linked pks.
+    relations: Vec<Vec<String>>,
+    /// Targets from `#[cached(invalidator = ...)]`.
+    extra: Vec<Target>,
+}
+
+impl Links {
+    pub(crate) fn of<T: CachedInstance>(instance: &T) -> Self {
+        let relations = (0..T::SCHEMA.relations.len())
+            .map(|i| {
+                let mut out = Vec::new();
+                instance.relation_links(i, &mut out);
+                out
+            })
+            .collect();
+        let mut extra = Vec::new();
+        instance.extra_targets(&mut extra);
+        Links { relations, extra }
+    }
+}
+
+/// How a change of a model's relation field reaches another model.
+#[derive(Debug, Clone, Copy)]
+enum EdgeKind {
+    /// The target lists this model's pks through `has_many ... via` this
+    /// foreign key: the old and the new parent change when the key moves.
+    Parent,
+    /// Both sides list each other's pks: the targets added or removed change.
+    Symmetric,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Edge {
+    relation: usize,
+    target: &'static str,
+    kind: EdgeKind,
+}
+
+/// A model's instance reloaded from the loader during a cascade.
+pub(crate) struct Reloaded {
+    pub(crate) pk_key: String,
+    pub(crate) bytes: Bytes,
+    pub(crate) links: Links,
+}
+
+/// What the write path needs of a model without knowing its type.
+pub(crate) trait ModelOps: Send + Sync {
+    fn links_of(&self, bytes: &[u8]) -> Option<Links>;
+    fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>>;
+}
+
+struct TypedOps<T: CachedInstance> {
+    loader: Arc<dyn DynLoader<T>>,
+}
+
+impl<T: CachedInstance> ModelOps for TypedOps<T> {
+    fn links_of(&self, bytes: &[u8]) -> Option<Links> {
+        T::decode(bytes).ok().map(|t| Links::of(&t))
+    }
+
+    fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>> {
+        Box::pin(async move {
+            // A key form that does not parse names no row of this model.
+            let pks: Vec<T::Pk> = pk_keys.iter().filter_map(|k| T::Pk::from_key(k)).collect();
+            if pks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = self.loader.load(&pks).await.map_err(|source| Error::Load {
+                model: T::MODEL,
+                source,
+            })?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let bytes = Bytes::from(row.to_json()?);
+                out.push(Reloaded {
+                    pk_key: row.pk().to_key(),
+                    links: Links::of(&row),
+                    bytes,
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// One registered type: a version of a model.
+pub(crate) struct ModelEntry {
+    pub(crate) schema: Schema,
+    type_name: &'static str,
+    pk_type: &'static str,
+    /// `Arc<dyn DynLoader<T>>`, for the typed read path.
+    loader: Box<dyn Any + Send + Sync>,
+    pub(crate) ops: Box<dyn ModelOps>,
+    edges: Vec<Edge>,
+}
+
+impl ModelEntry {
+    pub(crate) fn new<T: CachedInstance>(loader: Arc<dyn DynLoader<T>>) -> Self {
+        ModelEntry {
+            schema: T::SCHEMA,
+            type_name: std::any::type_name::<T>(),
+            pk_type: std::any::type_name::<T::Pk>(),
+            ops: Box::new(TypedOps {
+                loader: loader.clone(),
+            }),
+            loader: Box::new(loader),
+            edges: Vec::new(),
+        }
+    }
+
+    pub(crate) fn loader<T: CachedInstance>(&self) -> &Arc<dyn DynLoader<T>> {
+        self.loader
+            .downcast_ref::<Arc<dyn DynLoader<T>>>()
+            // Entries are keyed by TypeId, so the downcast always matches.
+            .expect("registry entry holds the loader of its own type")
+    }
+
+    pub(crate) fn key(&self, pk_key: &str) -> String {
+        instance_key(&self.schema, pk_key)
+    }
+
+    /// What a change from `old` to `new` (either absent for a create or a
+    /// delete, or an unknown prior state) invalidates, besides the instance.
+    pub(crate) fn targets(&self, old: Option<&Links>, new: Option<&Links>, out: &mut Vec<Target>) {
+        for edge in &self.edges {
+            let old = old.map(|l| &l.relations[edge.relation]);
+            let new = new.map(|l| &l.relations[edge.relation]);
+            let changed: BTreeSet<&String> = match (edge.kind, old, new) {
+                (_, None, None) => BTreeSet::new(),
+                (_, Some(only), None) | (_, None, Some(only)) => only.iter().collect(),
+                (EdgeKind::Parent, Some(old), Some(new)) => {
+                    if old == new {
+                        BTreeSet::new()
+                    } else {
+                        old.iter().chain(new).collect()
+                    }
+                }
+                (EdgeKind::Symmetric, Some(old), Some(new)) => {
+                    let old: BTreeSet<&String> = old.iter().collect();
+                    let new: BTreeSet<&String> = new.iter().collect();
+                    old.symmetric_difference(&new).copied().collect()
+                }
+            };
+            out.extend(changed.into_iter().map(|pk| Target::Instance {
+                model: edge.target,
+                pk: pk.clone(),
+            }));
+        }
+        for links in [old, new].into_iter().flatten() {
+            out.extend(links.extra.iter().cloned());
+        }
+        out.extend(
+            self.schema
+                .invalidates_keys
+                .iter()
+                .map(|k| Target::Key((*k).to_owned())),
+        );
+    }
+}
+
+/// Every registered model, by type and by model name.
+#[derive(Default)]
+pub(crate) struct Registry {
+    by_type: HashMap<TypeId, Arc<ModelEntry>>,
+    by_model: HashMap<&'static str, Vec<Arc<ModelEntry>>>,
+}
+
+impl Registry {
+    pub(crate) fn entry<T: CachedInstance>(&self) -> Result<&Arc<ModelEntry>, Error> {
+        self.by_type
+            .get(&TypeId::of::<T>())
+            .ok_or(Error::NotRegistered {
+                model: T::SCHEMA.model,
+                version: T::SCHEMA.version,
+            })
+    }
+
+    /// Every registered version of a model.
+    pub(crate) fn versions(&self, model: &str) -> &[Arc<ModelEntry>] {
+        self.by_model.get(model).map_or(&[], Vec::as_slice)
+    }
+
+    /// Validates the registered entries and derives the invalidation graph.
+    pub(crate) fn build(entries: Vec<(TypeId, ModelEntry)>) -> Result<Self, BuildError> {
+        let mut seen: HashMap<(&str, &str), &'static str> = HashMap::new();
+        let mut pk_types: HashMap<&str, &'static str> = HashMap::new();
+        for (_, e) in &entries {
+            if let Some(first) = seen.insert((e.schema.model, e.schema.version), e.type_name) {
+                return Err(BuildError::DuplicateVersion {
+                    model: e.schema.model,
+                    version: e.schema.version,
+                    first,
+                    second: e.type_name,
+                });
+            }
+            let first = *pk_types.entry(e.schema.model).or_insert(e.pk_type);
+            if first != e.pk_type {
+                return Err(BuildError::PkMismatch {
+                    model: e.schema.model,
+                    first,
+                    second: e.pk_type,
+                });
+            }
+        }
+        for (_, e) in &entries {
+            for rel in e.schema.relations {
+                if !pk_types.contains_key(rel.target) {
+                    return Err(BuildError::MissingLoader {
+                        model: e.schema.model,
+                        field: rel.field,
+                        target: rel.target,
+                    });
+                }
+            }
+        }
+
+        // A `has_many = X, via = f` on T makes X's `references` field `f` an
+        // edge from X to T. The derive checks the declarations pair up; the
+        // graph is still built defensively from what is actually registered.
+        let has_many: Vec<(&'static str, &'static str, &'static str, &'static str)> = entries
+            .iter()
+            .flat_map(|(_, e)| {
+                e.schema.relations.iter().filter_map(move |r| match r.kind {
+                    RelationKind::HasMany { via } => Some((e.schema.model, r.field, r.target, via)),
+                    _ => None,
+                })
+            })
+            .collect();
+        for (parent, field, child, via) in &has_many {
+            let points_back = entries.iter().any(|(_, e)| {
+                e.schema.model == *child
+                    && e.schema.relations.iter().any(|r| {
+                        r.field == *via
+                            && r.target == *parent
+                            && matches!(r.kind, RelationKind::References)
+                    })
+            });
+            if !points_back {
+                return Err(BuildError::BrokenVia {
+                    model: parent,
+                    field,
+                    target: child,
+                    via,
+                });
+            }
+        }
+
+        let mut registry = Registry::default();
+        for (type_id, mut e) in entries {
+            for (i, rel) in e.schema.relations.iter().enumerate() {
+                match rel.kind {
+                    RelationKind::References => {
+                        let mut parents: Vec<&'static str> = has_many
+                            .iter()
+                            .filter(|(parent, _, child, via)| {
+                                *child == e.schema.model
+                                    && *via == rel.field
+                                    && *parent == rel.target
+                            })
+                            .map(|(parent, ..)| *parent)
+                            .collect();
+                        parents.dedup();
+                        e.edges.extend(parents.into_iter().map(|target| Edge {
+                            relation: i,
+                            target,
+                            kind: EdgeKind::Parent,
+                        }));
+                    }
+                    RelationKind::ManyToMany { inverse: Some(_) } => e.edges.push(Edge {
+                        relation: i,
+                        target: rel.target,
+                        kind: EdgeKind::Symmetric,
+                    }),
+                    _ => {}
+                }
+            }
+            let e = Arc::new(e);
+            registry
+                .by_model
+                .entry(e.schema.model)
+                .or_default()
+                .push(e.clone());
+            registry.by_type.insert(type_id, e);
+        }
+        Ok(registry)
+    }
+}

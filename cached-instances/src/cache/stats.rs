@@ -1,0 +1,65 @@
+//! Counters of what the cache did, readable with [`Cache::stats`](crate::Cache::stats).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of the cache's counters since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Instances served from the store.
+    pub hits: u64,
+    /// Instances not found in the store (absent, invalidated, being loaded or
+    /// corrupt).
+    pub misses: u64,
+    /// Calls made to loaders (each call loads a batch).
+    pub loader_calls: u64,
+    /// Entries written after a load.
+    pub fills: u64,
+    /// Fills rejected because a write voided the lease in between (the
+    /// stale-set race, caught).
+    pub fills_rejected: u64,
+    /// Instances and raw keys invalidated by writes, cascades included.
+    pub invalidations: u64,
+    /// Reads that waited for another reader's lease.
+    pub lease_waits: u64,
+    /// Entries whose bytes could not be decoded and were replaced.
+    pub corrupt_entries: u64,
+    /// Store operations that failed; the cache fell back to the loaders.
+    pub store_errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) loader_calls: AtomicU64,
+    pub(crate) fills: AtomicU64,
+    pub(crate) fills_rejected: AtomicU64,
+    pub(crate) invalidations: AtomicU64,
+    pub(crate) lease_waits: AtomicU64,
+    pub(crate) corrupt_entries: AtomicU64,
+    pub(crate) store_errors: AtomicU64,
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: usize) {
+    if n > 0 {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            loader_calls: get(&self.loader_calls),
+            fills: get(&self.fills),
+            fills_rejected: get(&self.fills_rejected),
+            invalidations: get(&self.invalidations),
+            lease_waits: get(&self.lease_waits),
+            corrupt_entries: get(&self.corrupt_entries),
+            store_errors: get(&self.store_errors),
+        }
+    }
+}

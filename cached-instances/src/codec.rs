@@ -1,0 +1,273 @@
+//! Field codecs: how each field type is written into and read back from an
+//! instance's JSON representation.
+//!
+//! Round trips are exact: datetimes keep every sub-second digit, durations
+//! keep their sign and zero, and dates before 1970 or far in the future are
+//! written with chrono's extended-year ISO 8601 form.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
+use serde::de::{DeserializeSeed, Error as _};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A field type with a cache codec.
+///
+/// Supported: integers, `f32`/`f64`, `bool`, `String`, `Option<T>`, `Vec<T>`,
+/// chrono `DateTime<Utc>`, `NaiveDate`, `NaiveDateTime`, `NaiveTime`,
+/// `TimeDelta`, `serde_json::Value` and `uuid::Uuid` (feature `uuid`). Any
+/// other `Serialize + DeserializeOwned` type can be stored with
+/// `#[cached(serde)]` on the field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no cache codec",
+    label = "no cache codec for `{Self}`",
+    note = "add `#[cached(serde)]` to the field to store it through its serde `Serialize` and `Deserialize` impls"
+)]
+pub trait FieldCodec: Sized {
+    /// Writes the value's representation.
+    fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+    /// Reads a representation written by [`encode`](Self::encode).
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
+}
+
+/// Types whose serde impls are already the representation we want.
+macro_rules! serde_codec {
+    ($($t:ty),* $(,)?) => {$(
+        impl FieldCodec for $t {
+            #[inline]
+            fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                Serialize::serialize(self, serializer)
+            }
+            #[inline]
+            fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Deserialize::deserialize(deserializer)
+            }
+        }
+    )*};
+}
+
+serde_codec!(
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    isize,
+    usize,
+    f32,
+    f64,
+    bool,
+    String,
+    serde_json::Value,
+    NaiveDate,
+    NaiveDateTime,
+    NaiveTime,
+);
+
+#[cfg(feature = "uuid")]
+serde_codec!(uuid::Uuid);
+
+/// RFC 3339 in UTC (`Z`), with as many fractional digits as the value has.
+impl FieldCodec for DateTime<Utc> {
+    fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Serialize::serialize(self, serializer)
+    }
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Accepts any offset and normalises to UTC.
+        let dt = DateTime::<chrono::FixedOffset>::deserialize(deserializer)?;
+        Ok(dt.with_timezone(&Utc))
+    }
+}
+
+/// ISO 8601 duration in seconds: `PT0S`, `PT90.5S`, `-PT0.000000001S`. Exact
+/// to the nanosecond, keeps zero and negative durations.
+impl FieldCodec for TimeDelta {
+    fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&IsoSeconds(*self))
+    }
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        parse_iso_seconds(&text)
+            .ok_or_else(|| D::Error::custom(format_args!("invalid duration `{text}`")))
+    }
+}
+
+struct IsoSeconds(TimeDelta);
+
+impl fmt::Display for IsoSeconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let delta = self.0;
+        let sign = if delta < TimeDelta::zero() { "-" } else { "" };
+        // `abs` cannot overflow: TimeDelta's range is symmetric.
+        let abs = delta.abs();
+        let secs = abs.num_seconds();
+        let nanos = abs.subsec_nanos();
+        if nanos == 0 {
+            write!(f, "{sign}PT{secs}S")
+        } else {
+            let frac = format!("{nanos:09}");
+            write!(f, "{sign}PT{secs}.{}S", frac.trim_end_matches('0'))
+        }
+    }
+}
+
+fn parse_iso_seconds(text: &str) -> Option<TimeDelta> {
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let body = rest.strip_prefix("PT")?.strip_suffix('S')?;
+    let (whole, frac) = match body.split_once('.') {
+        Some((whole, frac)) => (whole, frac),
+        None => (body, ""),
+    };
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = whole.parse().ok()?;
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    let delta = TimeDelta::new(secs, nanos)?;
+    Some(if negative { -delta } else { delta })
+}
+
+impl<T: FieldCodec> FieldCodec for Option<T> {
+    fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Some(value) => serializer.serialize_some(&Encode(value)),
+            None => serializer.serialize_none(),
+        }
+    }
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Option::<Decoded<T>>::deserialize(deserializer)?.map(|d| d.0))
+    }
+}
+
+impl<T: FieldCodec> FieldCodec for Vec<T> {
+    fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter().map(Encode))
+    }
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Vec::<Decoded<T>>::deserialize(deserializer)?
+            .into_iter()
+            .map(|d| d.0)
+            .collect())
+    }
+}
+
+/// Serializes a field through its codec. Used by generated code.
+#[doc(hidden)]
+pub struct Encode<'a, T>(pub &'a T);
+
+impl<T: FieldCodec> Serialize for Encode<'_, T> {
+    #[inline]
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.encode(serializer)
+    }
+}
+
+/// Deserializes a field through its codec. Used by generated code.
+#[doc(hidden)]
+pub struct Decoded<T>(pub T);
+
+impl<'de, T: FieldCodec> Deserialize<'de> for Decoded<T> {
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::decode(deserializer).map(Decoded)
+    }
+}
+
+/// A seed decoding one field with its codec. Used by generated code.
+#[doc(hidden)]
+pub struct Decode<T>(PhantomData<fn() -> T>);
+
+impl<T> Decode<T> {
+    #[must_use]
+    pub const fn new() -> Self {
+        Decode(PhantomData)
+    }
+}
+
+impl<T> Default for Decode<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'de, T: FieldCodec> DeserializeSeed<'de> for Decode<T> {
+    type Value = T;
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+        T::decode(deserializer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: FieldCodec + PartialEq + fmt::Debug>(value: T) -> String {
+        let text = serde_json::to_string(&Encode(&value)).unwrap();
+        let back: Decoded<T> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.0, value, "{text}");
+        text
+    }
+
+    #[test]
+    fn durations_are_exact() {
+        assert_eq!(round_trip(TimeDelta::zero()), r#""PT0S""#);
+        assert_eq!(
+            round_trip(TimeDelta::nanoseconds(-1)),
+            r#""-PT0.000000001S""#
+        );
+        assert_eq!(round_trip(TimeDelta::milliseconds(90_500)), r#""PT90.5S""#);
+        round_trip(TimeDelta::MAX);
+        round_trip(TimeDelta::MIN);
+    }
+
+    #[test]
+    fn bad_durations_are_errors() {
+        for bad in [
+            r#""PT""#,
+            r#""P1D""#,
+            r#""PT1.0000000001S""#,
+            r#""PT-1S""#,
+            "3",
+        ] {
+            assert!(
+                serde_json::from_str::<Decoded<TimeDelta>>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn datetimes_keep_microseconds_in_utc() {
+        let dt = DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap();
+        assert_eq!(round_trip(dt), r#""2023-11-14T22:13:20.123456Z""#);
+        let text = r#""2023-11-14T23:13:20.123456+01:00""#;
+        assert_eq!(
+            serde_json::from_str::<Decoded<DateTime<Utc>>>(text)
+                .unwrap()
+                .0,
+            dt
+        );
+    }
+
+    #[test]
+    fn options_and_lists_nest() {
+        assert_eq!(round_trip(vec![Some(1i64), None]), "[1,null]");
+    }
+}

@@ -1,0 +1,172 @@
+//! Error types. Each carries the context a caller needs to act on it.
+
+use std::error::Error as StdError;
+
+/// A boxed error from user code (a loader, a custom invalidator).
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Errors returned by [`Cache`](crate::Cache) operations.
+///
+/// Store failures are not among them: when the store is unreachable, reads
+/// fall back to the loaders and writes are retried (see the crate docs).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The loader of a model failed.
+    #[error("loading {model} failed")]
+    Load {
+        /// The model whose loader failed.
+        model: &'static str,
+        /// The loader's error.
+        #[source]
+        source: LoadError,
+    },
+    /// No loader is registered for the model.
+    #[error(
+        "no loader is registered for model {model} version {version}; add `.loader::<{model}>(...)` to the cache builder"
+    )]
+    NotRegistered {
+        /// The model name.
+        model: &'static str,
+        /// The model version.
+        version: &'static str,
+    },
+    /// An instance could not be encoded (a `#[cached(serde)]` field whose
+    /// `Serialize` impl failed, or a non-finite float).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// The error a [`Loader`](crate::Loader) returns.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct LoadError {
+    message: String,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl LoadError {
+    /// A load error with a message.
+    #[must_use]
+    pub fn msg(message: impl Into<String>) -> Self {
+        LoadError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Wraps the underlying error (a database error, say).
+    #[must_use]
+    pub fn new(source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        LoadError {
+            message: source.to_string(),
+            source: Some(source),
+        }
+    }
+}
+
+/// An instance's representation could not be decoded. The cache treats it as
+/// a miss and overwrites the entry.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode a cached {model}: {source}")]
+pub struct DecodeError {
+    model: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+impl DecodeError {
+    #[doc(hidden)]
+    #[must_use]
+    pub fn new(model: &'static str, source: serde_json::Error) -> Self {
+        DecodeError { model, source }
+    }
+}
+
+/// An instance could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a {model}: {source}")]
+pub struct EncodeError {
+    model: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+impl EncodeError {
+    #[doc(hidden)]
+    #[must_use]
+    pub fn new(model: &'static str, source: serde_json::Error) -> Self {
+        EncodeError { model, source }
+    }
+}
+
+/// A store operation failed (connection lost, timeout, protocol error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// The store answered something the cache did not expect.
+    #[error("unexpected store reply: {0}")]
+    Protocol(String),
+}
+
+/// The cache registry is inconsistent; returned by
+/// [`CacheBuilder::build`](crate::CacheBuilder::build).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two registered types share a model name and version.
+    #[error(
+        "model {model} version {version} is registered twice ({first} and {second}); give one of them `#[cached(version = \"...\")]`"
+    )]
+    DuplicateVersion {
+        /// The model name.
+        model: &'static str,
+        /// The shared version.
+        version: &'static str,
+        /// The first type registered.
+        first: &'static str,
+        /// The second type registered.
+        second: &'static str,
+    },
+    /// A relation points at a model without a loader.
+    #[error(
+        "{model}.{field} relates to {target}, which has no loader; add `.loader::<{target}>(...)` to the cache builder"
+    )]
+    MissingLoader {
+        /// The model declaring the relation.
+        model: &'static str,
+        /// The relation field.
+        field: &'static str,
+        /// The related model.
+        target: &'static str,
+    },
+    /// A `has_many = T, via = f` whose `f` does not reference the model.
+    #[error(
+        "{model}.{field} is `has_many = {target}, via = {via}`, but {target}.{via} is not `#[cached(references = {model})]`"
+    )]
+    BrokenVia {
+        /// The model declaring the relation.
+        model: &'static str,
+        /// The relation field.
+        field: &'static str,
+        /// The related model.
+        target: &'static str,
+        /// The `via` field.
+        via: &'static str,
+    },
+    /// Two versions of one model disagree on their primary key type.
+    #[error("versions of model {model} have different primary key types ({first} and {second})")]
+    PkMismatch {
+        /// The model name.
+        model: &'static str,
+        /// The first pk type.
+        first: &'static str,
+        /// The second pk type.
+        second: &'static str,
+    },
+}

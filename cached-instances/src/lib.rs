@@ -1,0 +1,113 @@
+//! Cache database-backed API models as their ready-to-serve JSON.
+//!
+//! A detail read costs no database query and one store round trip; a list
+//! read costs one query for the primary keys and one multi-get; a write
+//! invalidates exactly the instances whose representation it changed, and
+//! the lease protocol keeps a slow reader from putting stale data back.
+//!
+//! ```
+//! use cached_instances::{Cache, CachedInstance, LoadError, Loader};
+//!
+//! #[derive(CachedInstance, Debug, Clone, PartialEq)]
+//! pub struct Question {
+//!     #[cached(pk)]
+//!     pub id: i64,
+//!     pub question_text: String,
+//! }
+//!
+//! struct Db;
+//!
+//! impl Loader<Question> for Db {
+//!     async fn load(&self, pks: &[i64]) -> Result<Vec<Question>, LoadError> {
+//!         // One query for every missing pk; rows that do not exist are absent.
+//!         Ok(pks
+//!             .iter()
+//!             .filter(|&&id| id < 100)
+//!             .map(|&id| Question { id, question_text: format!("question {id}") })
+//!             .collect())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = Cache::builder().loader::<Question>(Db).build()?;
+//!
+//! let q = cache.get::<Question>(&1).await?;          // miss: one loader call
+//! assert_eq!(q.unwrap().question_text, "question 1");
+//! let q = cache.get::<Question>(&1).await?;          // hit: no loader call
+//! assert!(q.is_some());
+//! assert_eq!(cache.stats().loader_calls, 1);
+//!
+//! let many = cache.get_many::<Question>(&[3, 500, 2]).await?;
+//! assert_eq!(many.iter().map(|q| q.id).collect::<Vec<_>>(), [3, 2]);
+//! # Ok(())
+//! # }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs)]
+
+mod cache;
+mod codec;
+mod error;
+mod instance;
+mod key;
+mod loader;
+mod marker;
+mod pk;
+pub mod store;
+
+pub use cache::{Cache, CacheBuilder, Stats};
+pub use codec::FieldCodec;
+pub use error::{BoxError, BuildError, DecodeError, EncodeError, Error, LoadError, StoreError};
+pub use instance::{CachedInstance, Relation, RelationKind, Schema, Target};
+pub use loader::Loader;
+pub use pk::PrimaryKey;
+pub use store::{MemoryStore, Store};
+
+/// Derives [`CachedInstance`]; see the crate docs for the attributes.
+#[cfg(feature = "derive")]
+pub use cached_instances_derive::CachedInstance;
+
+/// Items used by the code `#[derive(CachedInstance)]` generates. Not a public
+/// API: no stability guarantees.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::codec::{Decode, Decoded, Encode, FieldCodec};
+    pub use crate::error::{DecodeError, EncodeError};
+    pub use crate::instance::{
+        CachedInstance, LinkValues, ManyToManyVia, PkField, PkList, ReferencesVia, Relation,
+        RelationKind, Schema, Target, assert_codec,
+    };
+    pub use crate::pk::PrimaryKey;
+    pub use serde;
+    pub use serde_json;
+    pub use std::time::Duration;
+    pub use std::{fmt, option::Option, result::Result, string::String, vec::Vec};
+
+    /// Asserts at compile time that `T` is a cached model.
+    pub const fn assert_cached<T: CachedInstance>() {}
+    /// Asserts at compile time that `F` is `T`'s pk or an optional one.
+    pub const fn assert_pk_field<F: PkField<P>, P>() {}
+    /// Asserts at compile time that `F` is a list of `T`'s pks.
+    pub const fn assert_pk_list<F: PkList<P>, P>() {}
+    /// Asserts that `X` has a `references = T` field whose name hashes to `H`.
+    pub const fn assert_references_via<X: ReferencesVia<H, T>, T, const H: u64>() {}
+    /// Asserts that `X` has a `many_to_many = T` field whose name hashes to `H`.
+    pub const fn assert_many_to_many_via<X: ManyToManyVia<H, T>, T, const H: u64>() {}
+    /// Asserts that a skipped field can be rebuilt on decode.
+    pub const fn assert_default<T: Default>() {}
+
+    /// FNV-1a, the hash the derive uses for field ids and schema hashes.
+    /// Exposed so tests can check the derive's constants.
+    #[must_use]
+    pub const fn fnv1a(bytes: &[u8]) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i < bytes.len() {
+            hash ^= bytes[i] as u64;
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+            i += 1;
+        }
+        hash
+    }
+}

@@ -1,0 +1,73 @@
+//! What a key can hold: an instance's representation, a reader's lease, or a
+//! writer's tombstone. Stores never interpret these bytes; only the cache
+//! layer does, so every store shares one encoding.
+//!
+//! A representation is a JSON object and always starts with `{`; markers start
+//! with a NUL byte, which JSON text can never start with, so a marker can never
+//! be taken for a value.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+const MARK: u8 = 0;
+const TOMBSTONE_TAG: u8 = b'T';
+const LEASE_TAG: u8 = b'L';
+
+/// The tombstone a write leaves behind: voids every outstanding lease.
+pub(crate) const TOMBSTONE: &[u8] = &[MARK, TOMBSTONE_TAG];
+
+/// What a key's bytes mean.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Slot<'a> {
+    /// An instance's representation.
+    Value(&'a [u8]),
+    /// A reader or writer is loading this key.
+    Lease,
+    /// A write invalidated this key.
+    Tombstone,
+}
+
+pub(crate) fn classify(bytes: &[u8]) -> Slot<'_> {
+    match bytes {
+        [MARK, TOMBSTONE_TAG, ..] => Slot::Tombstone,
+        [MARK, LEASE_TAG, ..] => Slot::Lease,
+        // Any other marker-looking bytes are not ours: a tombstone is the safe
+        // reading, as it is leasable and never served.
+        [MARK, ..] => Slot::Tombstone,
+        value => Slot::Value(value),
+    }
+}
+
+/// A unique lease: a NUL, `L`, and 16 bytes no other lease in any process
+/// shares (a per-process random seed and a counter).
+pub(crate) fn new_lease() -> Bytes {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        // RandomState is seeded from the OS per process.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut lease = Vec::with_capacity(18);
+    lease.extend_from_slice(&[MARK, LEASE_TAG]);
+    lease.extend_from_slice(&seed.to_be_bytes());
+    lease.extend_from_slice(&n.to_be_bytes());
+    Bytes::from(lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_never_read_as_values() {
+        assert_eq!(classify(TOMBSTONE), Slot::Tombstone);
+        assert_eq!(classify(&new_lease()), Slot::Lease);
+        assert_eq!(classify(b"{}"), Slot::Value(b"{}"));
+        assert_ne!(new_lease(), new_lease());
+    }
+}

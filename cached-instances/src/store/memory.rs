@@ -1,0 +1,255 @@
+//! The in-process store: a bounded, thread-safe map with per-entry TTL.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::ops::compute::Op;
+use moka::sync::Cache as Moka;
+
+use super::{CompareAndSet, Store, StoreFuture};
+
+/// The default bound: 64 MiB of keys and values.
+const DEFAULT_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+struct Entry {
+    bytes: Bytes,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &String,
+        entry: &Entry,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+/// The default store: in-process, bounded by bytes, with per-entry TTL
+/// eviction (least recently used entries go first when full).
+///
+/// Every primitive is atomic per key. Cloning is cheap and shares the map.
+///
+/// ```
+/// use cached_instances::MemoryStore;
+///
+/// let store = MemoryStore::builder().max_bytes(8 * 1024 * 1024).build();
+/// # let _ = store;
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    map: Moka<String, Entry>,
+    round_trips: std::sync::Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.map.entry_count())
+            .field("bytes", &self.map.weighted_size())
+            .finish()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Configures a [`MemoryStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    max_bytes: u64,
+}
+
+impl MemoryStoreBuilder {
+    /// Bounds the store to about `max_bytes` of keys and values.
+    pub fn max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore {
+        let map = Moka::builder()
+            .max_capacity(self.max_bytes)
+            .weigher(|key: &String, entry: &Entry| {
+                u32::try_from(key.len() + entry.bytes.len()).unwrap_or(u32::MAX)
+            })
+            .expire_after(PerEntryTtl)
+            .build();
+        MemoryStore {
+            map,
+            round_trips: Default::default(),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A store bounded to 64 MiB.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configures a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            max_bytes: DEFAULT_CAPACITY_BYTES,
+        }
+    }
+
+    /// How many primitive calls ("round trips") this store has served.
+    #[must_use]
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The bytes held under `key`, markers included. For tests and tools.
+    #[must_use]
+    pub fn raw(&self, key: &str) -> Option<Bytes> {
+        self.map.get(key).map(|e| e.bytes)
+    }
+
+    /// Writes raw bytes under `key`, bypassing the protocol. For tests and
+    /// tools (simulating corruption, say).
+    pub fn put_raw(&self, key: &str, bytes: impl Into<Bytes>, ttl: Duration) {
+        self.map.insert(
+            key.to_owned(),
+            Entry {
+                bytes: bytes.into(),
+                ttl,
+            },
+        );
+    }
+
+    /// Every key currently held, for tests and tools.
+    #[must_use]
+    pub fn keys(&self) -> Vec<String> {
+        self.map.iter().map(|(k, _)| (*k).clone()).collect()
+    }
+
+    fn count(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get_now(&self, key: &str) -> Option<Bytes> {
+        self.map.get(key).map(|e| e.bytes)
+    }
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.count();
+        let value = self.get_now(key);
+        Box::pin(std::future::ready(Ok(value)))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.count();
+        let values = keys.iter().map(|k| self.get_now(k)).collect();
+        Box::pin(std::future::ready(Ok(values)))
+    }
+
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.count();
+        let value = Bytes::copy_from_slice(value);
+        let out = keys
+            .iter()
+            .map(|key| {
+                let mut held = None;
+                self.map
+                    .entry_by_ref(key.as_str())
+                    .and_compute_with(|current| match current {
+                        Some(e) if e.value().bytes != replaceable => {
+                            held = Some(e.into_value().bytes);
+                            Op::Nop
+                        }
+                        _ => Op::Put(Entry {
+                            bytes: value.clone(),
+                            ttl,
+                        }),
+                    });
+                held
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
+        self.count();
+        let out = ops
+            .iter()
+            .map(|op| {
+                let mut written = false;
+                self.map
+                    .entry_by_ref(op.key.as_str())
+                    .and_compute_with(|current| match current {
+                        Some(e) if e.value().bytes == op.expected => {
+                            written = true;
+                            Op::Put(Entry {
+                                bytes: op.value.clone(),
+                                ttl: op.ttl,
+                            })
+                        }
+                        _ => Op::Nop,
+                    });
+                written
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn swap_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.count();
+        let value = Bytes::copy_from_slice(value);
+        let out = keys
+            .iter()
+            .map(|key| {
+                let mut old = None;
+                self.map
+                    .entry_by_ref(key.as_str())
+                    .and_compute_with(|current| {
+                        old = current.map(|e| e.into_value().bytes);
+                        Op::Put(Entry {
+                            bytes: value.clone(),
+                            ttl,
+                        })
+                    });
+                old
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
+        self.count();
+        for key in keys {
+            self.map.invalidate(key.as_str());
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}

@@ -1,0 +1,105 @@
+//! Stores: where cached bytes live.
+//!
+//! A store is a small set of atomic primitives over byte keys. It knows
+//! nothing of instances, leases or tombstones: the consistency protocol is
+//! built once, in the cache layer, on top of these primitives, so every store
+//! behaves the same. Each primitive is atomic per key and handles a batch of
+//! keys in one round trip.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::StoreError;
+
+mod memory;
+
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+
+/// The future a store primitive returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A conditional write: set `key` to `value` only if it holds `expected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompareAndSet {
+    /// The key to write.
+    pub key: String,
+    /// The bytes the key must hold for the write to happen.
+    pub expected: Bytes,
+    /// The bytes to write.
+    pub value: Bytes,
+    /// Time to live of the written value.
+    pub ttl: Duration,
+}
+
+/// The atomic primitives a cache store provides.
+///
+/// Implement it to put the cache on another backend; the cache layer and the
+/// conformance tests do the rest. Every method handles its whole batch in one
+/// round trip where the backend allows it, and is atomic per key.
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>>;
+
+    /// Reads many keys; the result is in `keys` order.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>>;
+
+    /// For each key: if it is absent or holds exactly `replaceable`, sets it to
+    /// `value` with `ttl` and yields `None`; otherwise leaves it and yields
+    /// what it holds.
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>>;
+
+    /// Applies each [`CompareAndSet`]; yields whether each was written.
+    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>>;
+
+    /// Sets every key to `value` with `ttl`, yielding what each held before.
+    fn swap_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>>;
+
+    /// Deletes keys.
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()>;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        (**self).get(key)
+    }
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        (**self).get_many(keys)
+    }
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        (**self).set_if_absent_or(keys, value, replaceable, ttl)
+    }
+    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
+        (**self).compare_and_set(ops)
+    }
+    fn swap_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        (**self).swap_many(keys, value, ttl)
+    }
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
+        (**self).delete_many(keys)
+    }
+}

@@ -1,0 +1,41 @@
+//! The poll app's models: users vote for choices of questions.
+
+use cached_instances::CachedInstance;
+use chrono::{DateTime, Utc};
+
+/// A user; `votes` mirrors `Choice.voters`.
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(model = "User")]
+pub struct User {
+    #[cached(pk)]
+    pub id: i64,
+    pub username: String,
+    #[cached(many_to_many = Choice, inverse = voters)]
+    pub votes: Vec<i64>,
+}
+
+/// A question with its choices (the pks of the `Choice`s whose
+/// `question_id` is this question).
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(model = "Question")]
+pub struct Question {
+    #[cached(pk)]
+    pub id: i64,
+    pub question_text: String,
+    pub pub_date: DateTime<Utc>,
+    #[cached(has_many = Choice, via = question_id)]
+    pub choices: Vec<i64>,
+}
+
+/// One answer to a question, with the users who voted for it.
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(model = "Choice")]
+pub struct Choice {
+    #[cached(pk)]
+    pub id: i64,
+    #[cached(references = Question)]
+    pub question_id: i64,
+    pub choice_text: String,
+    #[cached(many_to_many = User, inverse = votes)]
+    pub voters: Vec<i64>,
+}
