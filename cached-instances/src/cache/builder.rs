@@ -104,6 +104,22 @@ impl CacheBuilder {
         self
     }
 
+    /// After a store failure, how long the store is skipped before it is
+    /// tried again (default: 1 s). Meanwhile reads go to the loaders and
+    /// invalidations are queued.
+    pub fn store_retry_interval(mut self, interval: Duration) -> Self {
+        self.config.store_retry_interval = interval;
+        self
+    }
+
+    /// The most loads that bypass the store at once (store down, caching
+    /// off, a lease wait that ran out); default 32. Bounds what an outage
+    /// sends to the database.
+    pub fn degraded_concurrency(mut self, loads: usize) -> Self {
+        self.config.degraded_concurrency = loads;
+        self
+    }
+
     /// Starts with caching switched off (see [`Cache::set_enabled`]).
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.config.enabled = enabled;
@@ -120,6 +136,10 @@ impl CacheBuilder {
     pub fn build(self) -> Result<Cache, BuildError> {
         let registry = Registry::build(self.entries)?;
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let degraded = super::degraded::Degraded::new(
+            self.config.store_retry_interval,
+            self.config.degraded_concurrency,
+        );
         Ok(Cache {
             inner: Arc::new(Inner {
                 enabled: AtomicBool::new(self.config.enabled),
@@ -127,6 +147,7 @@ impl CacheBuilder {
                 registry,
                 config: self.config,
                 counters: Default::default(),
+                degraded,
             }),
         })
     }

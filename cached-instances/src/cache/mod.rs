@@ -24,12 +24,14 @@ use std::time::Duration;
 use bytes::Bytes;
 
 mod builder;
+mod degraded;
 mod read;
 mod registry;
 mod stats;
 mod write;
 
 pub use builder::CacheBuilder;
+pub use degraded::Event;
 pub use stats::Stats;
 
 use crate::error::Error;
@@ -47,6 +49,8 @@ struct Config {
     update_only: bool,
     max_cascade_depth: usize,
     enabled: bool,
+    store_retry_interval: Duration,
+    degraded_concurrency: usize,
 }
 
 impl Default for Config {
@@ -59,6 +63,8 @@ impl Default for Config {
             update_only: true,
             max_cascade_depth: 16,
             enabled: true,
+            store_retry_interval: Duration::from_secs(1),
+            degraded_concurrency: 32,
         }
     }
 }
@@ -69,6 +75,7 @@ struct Inner {
     config: Config,
     enabled: AtomicBool,
     counters: Counters,
+    degraded: degraded::Degraded,
 }
 
 /// A cache of model instances over a store, with one loader per model.
@@ -231,6 +238,27 @@ impl Cache {
         self.inner.counters.snapshot()
     }
 
+    /// Subscribes to the cache's events: store outages and recoveries,
+    /// invalidations queued for retry and delivered.
+    ///
+    /// ```
+    /// # async fn demo(cache: cached_instances::Cache) {
+    /// use cached_instances::Event;
+    /// let mut events = cache.events();
+    /// tokio::spawn(async move {
+    ///     while let Ok(event) = events.recv().await {
+    ///         if let Event::StoreUnavailable { error, .. } = event {
+    ///             eprintln!("cache store down: {error}");
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.inner.degraded.subscribe()
+    }
+
     /// The store key of `pk`'s entry for `T`: for tools and tests.
     ///
     /// # Errors
@@ -243,5 +271,83 @@ impl Cache {
 
     fn ttl_of(&self, schema: &crate::instance::Schema) -> Duration {
         schema.ttl.unwrap_or(self.inner.config.default_ttl)
+    }
+
+    /// Runs a store operation, recording failures (degraded mode) and
+    /// recoveries. `None` means the store failed.
+    async fn store_call<T>(
+        &self,
+        model: &'static str,
+        op: &'static str,
+        call: crate::store::StoreFuture<'_, T>,
+    ) -> Option<T> {
+        match call.await {
+            Ok(value) => {
+                self.inner.degraded.succeeded();
+                Some(value)
+            }
+            Err(error) => {
+                stats::add(&self.inner.counters.store_errors, 1);
+                tracing::warn!(
+                    target: "cached_instances",
+                    model,
+                    op,
+                    error = %error,
+                    "store operation failed; serving from the database"
+                );
+                self.inner.degraded.failed(model, op, error);
+                None
+            }
+        }
+    }
+
+    /// Whether reads and writes should skip the store now: it failed
+    /// recently, or undelivered invalidations could not be delivered yet.
+    async fn store_usable(&self) -> bool {
+        if self.inner.degraded.skip_store() {
+            return false;
+        }
+        if self.inner.degraded.has_pending() {
+            return self.deliver_pending().await;
+        }
+        true
+    }
+
+    /// Delivers queued invalidations; `true` when none remain.
+    async fn deliver_pending(&self) -> bool {
+        use degraded::PendingOp;
+        let ops = self.inner.degraded.take_pending();
+        if ops.is_empty() {
+            return true;
+        }
+        let (mut tombstones, mut deletes) = (Vec::new(), Vec::new());
+        for op in &ops {
+            match op {
+                PendingOp::Tombstone(k) => tombstones.push(k.clone()),
+                PendingOp::Delete(k) => deletes.push(k.clone()),
+            }
+        }
+        let store = &self.inner.store;
+        let ttl = self.inner.config.tombstone_ttl;
+        let ok = (tombstones.is_empty()
+            || self
+                .store_call(
+                    "retry",
+                    "invalidate",
+                    store.swap_many(&tombstones, crate::marker::TOMBSTONE, ttl),
+                )
+                .await
+                .is_some())
+            && (deletes.is_empty()
+                || self
+                    .store_call("retry", "delete", store.delete_many(&deletes))
+                    .await
+                    .is_some());
+        if ok {
+            self.inner.degraded.delivered(ops.len());
+        } else {
+            self.inner.degraded.queue(ops);
+        }
+        ok
     }
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::Cache;
 use super::registry::ModelEntry;
 use super::stats::add;
-use crate::error::{Error, StoreError};
+use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::marker::{self, Slot, TOMBSTONE};
 use crate::pk::PrimaryKey;
@@ -79,10 +79,12 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 impl Cache {
     pub(super) async fn read_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
         // The hit path: one GET, one decode, nothing else.
-        if self.is_enabled() {
+        if self.is_enabled() && self.store_usable().await {
             let entry = self.inner.registry.entry::<T>()?;
             let key = entry.key(&pk.to_key());
-            if let Ok(Some(bytes)) = self.inner.store.get(&key).await
+            if let Some(Some(bytes)) = self
+                .store_call(T::MODEL, "get", self.inner.store.get(&key))
+                .await
                 && let Slot::Value(value) = marker::classify(&bytes)
                 && let Ok(instance) = T::decode(value)
             {
@@ -100,10 +102,12 @@ impl Cache {
         &self,
         pk: &T::Pk,
     ) -> Result<Option<Bytes>, Error> {
-        if self.is_enabled() {
+        if self.is_enabled() && self.store_usable().await {
             let entry = self.inner.registry.entry::<T>()?;
             let key = entry.key(&pk.to_key());
-            if let Ok(Some(bytes)) = self.inner.store.get(&key).await
+            if let Some(Some(bytes)) = self
+                .store_call(T::MODEL, "get", self.inner.store.get(&key))
+                .await
                 && let Some(found) = accept::<T>(bytes, Want::Bytes)
             {
                 add(&self.inner.counters.hits, 1);
@@ -128,19 +132,18 @@ impl Cache {
             return Ok(out);
         }
         let all: Vec<usize> = (0..pks.len()).collect();
-        if !self.is_enabled() {
+        if !self.is_enabled() || !self.store_usable().await {
             self.load_direct(entry, pks, &all, &mut out, want).await?;
             return Ok(out);
         }
 
         let keys: Vec<String> = pks.iter().map(|pk| entry.key(&pk.to_key())).collect();
-        let values = match self.inner.store.get_many(&keys).await {
-            Ok(values) => values,
-            Err(e) => {
-                self.store_failed(entry.schema.model, "get", &e);
-                self.load_direct(entry, pks, &all, &mut out, want).await?;
-                return Ok(out);
-            }
+        let Some(values) = self
+            .store_call(T::MODEL, "get", self.inner.store.get_many(&keys))
+            .await
+        else {
+            self.load_direct(entry, pks, &all, &mut out, want).await?;
+            return Ok(out);
         };
 
         let mut misses = Vec::new();
@@ -195,12 +198,12 @@ impl Cache {
                 "undecodable cached entries replaced"
             );
             // Corrupt bytes are not leasable until replaced by a tombstone.
-            if let Err(e) = store
-                .swap_many(&corrupt, TOMBSTONE, config.tombstone_ttl)
-                .await
-            {
-                self.store_failed(entry.schema.model, "swap", &e);
-            }
+            self.store_call(
+                T::MODEL,
+                "replace",
+                store.swap_many(&corrupt, TOMBSTONE, config.tombstone_ttl),
+            )
+            .await;
         }
 
         // A pk asked for twice is leased and loaded once.
@@ -215,16 +218,16 @@ impl Cache {
         }
         let lease_keys: Vec<String> = unique.iter().map(|&i| keys[i].clone()).collect();
         let lease = marker::new_lease();
-        let outcomes = match store
-            .set_if_absent_or(&lease_keys, &lease, TOMBSTONE, config.lease_ttl)
+        let Some(outcomes) = self
+            .store_call(
+                T::MODEL,
+                "lease",
+                store.set_if_absent_or(&lease_keys, &lease, TOMBSTONE, config.lease_ttl),
+            )
             .await
-        {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                self.store_failed(entry.schema.model, "lease", &e);
-                self.load_direct(entry, pks, misses, out, want).await?;
-                return Ok(());
-            }
+        else {
+            self.load_direct(entry, pks, misses, out, want).await?;
+            return Ok(());
         };
 
         let mut granted = Vec::new();
@@ -306,9 +309,8 @@ impl Cache {
             Err(source) => {
                 // Let waiting readers try the database themselves at once.
                 let ops: Vec<CompareAndSet> = granted.iter().map(|&i| release(i)).collect();
-                if let Err(e) = self.inner.store.compare_and_set(&ops).await {
-                    self.store_failed(entry.schema.model, "release", &e);
-                }
+                self.store_call(T::MODEL, "release", self.inner.store.compare_and_set(&ops))
+                    .await;
                 return Err(Error::Load {
                     model: T::MODEL,
                     source,
@@ -339,8 +341,11 @@ impl Cache {
                 }
             }
         }
-        match self.inner.store.compare_and_set(&ops).await {
-            Ok(written) => {
+        if let Some(written) = self
+            .store_call(T::MODEL, "fill", self.inner.store.compare_and_set(&ops))
+            .await
+        {
+            {
                 let mut fills = 0;
                 let mut rejected = 0;
                 for (was_fill, ok) in filled.iter().zip(written) {
@@ -361,7 +366,6 @@ impl Cache {
                     );
                 }
             }
-            Err(e) => self.store_failed(T::MODEL, "fill", &e),
         }
         Ok(())
     }
@@ -388,7 +392,10 @@ impl Cache {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(MAX_POLL);
             let poll_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
-            let Ok(values) = self.inner.store.get_many(&poll_keys).await else {
+            let Some(values) = self
+                .store_call(T::MODEL, "get", self.inner.store.get_many(&poll_keys))
+                .await
+            else {
                 break;
             };
             let mut still = Vec::new();
@@ -423,6 +430,9 @@ impl Cache {
         want: Want,
     ) -> Result<(), Error> {
         let load_pks: Vec<T::Pk> = indexes.iter().map(|&i| pks[i].clone()).collect();
+        // Bounds what bypasses the store at once; the semaphore is never
+        // closed, so acquiring cannot fail.
+        let _permit = self.inner.degraded.direct_loads.acquire().await.ok();
         add(&self.inner.counters.loader_calls, 1);
         let rows = entry
             .loader::<T>()
@@ -459,16 +469,5 @@ impl Cache {
             }
         }
         Ok(())
-    }
-
-    pub(super) fn store_failed(&self, model: &'static str, op: &'static str, error: &StoreError) {
-        add(&self.inner.counters.store_errors, 1);
-        tracing::warn!(
-            target: "cached_instances",
-            model,
-            op,
-            error = %error,
-            "store operation failed; serving from the database"
-        );
     }
 }

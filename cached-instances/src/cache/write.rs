@@ -1,13 +1,16 @@
 //! The write path: invalidate the written instance, then cascade breadth-first
 //! through the instances whose representation the write changed.
 //!
-//! Level 0 is the written instance: every version's key becomes a tombstone in
-//! one round trip, which also returns the cached previous state to compare
-//! with. Each further level is one round trip that swaps every target key to
-//! this write's lease (voiding readers' leases and returning the old bytes),
-//! one loader call per model to reload the targets that were cached, and one
-//! round trip that fills them if the lease still holds. A visited set makes
+//! Every level, the written instance's included, costs one round trip that
+//! swaps each key (every version) to this write's lease, voiding readers'
+//! leases and returning the old bytes; one loader call per model to reload
+//! the entries that were cached (all of them without `update_only`); and one
+//! round trip that fills them if the lease still holds, or leaves a tombstone.
+//! The old and new states give the next level's targets. A visited set makes
 //! cycles (`User.votes` <-> `Choice.voters`) terminate.
+//!
+//! Reloading the written instance keeps it cached with the committed state,
+//! so the next write of it can still be compared with what it replaces.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Cache;
+use super::degraded::PendingOp;
 use super::registry::{Links, ModelEntry};
 use super::stats::add;
 use crate::error::Error;
@@ -28,6 +32,44 @@ struct Touched {
     entry: Arc<ModelEntry>,
     pk_key: String,
     key: String,
+}
+
+/// What the caller of `saved`/`deleted` knows of the written instance.
+struct Seed<'a> {
+    entry: &'a Arc<ModelEntry>,
+    /// The state before the write, when the caller has it.
+    previous: Option<Links>,
+    /// The state written; `None` for a delete.
+    new: Option<(Links, Vec<u8>)>,
+}
+
+/// The written instance's targets: always computed, since the caller says
+/// it changed. Its previous state is the caller's, else the cached one —
+/// unless the cache already holds exactly the new state (a reader refilled it
+/// after the commit), which says nothing of what it replaced.
+fn seed_targets(
+    seed: &Seed<'_>,
+    old: Option<&[u8]>,
+    reloaded: Option<&super::registry::Reloaded>,
+    was_loaded: bool,
+    next: &mut Vec<Target>,
+) {
+    let old_links = seed.previous.clone().or_else(|| {
+        let old = old?;
+        let same_as_new = seed
+            .new
+            .as_ref()
+            .is_some_and(|(_, bytes)| bytes[..] == *old);
+        (!same_as_new)
+            .then(|| seed.entry.ops.links_of(old))
+            .flatten()
+    });
+    let new_links = match reloaded {
+        Some(row) => Some(&row.links),
+        None if was_loaded => None,
+        None => seed.new.as_ref().map(|(links, _)| links),
+    };
+    seed.entry.targets(old_links.as_ref(), new_links, next);
 }
 
 fn value_of(bytes: Option<&Bytes>) -> Option<&[u8]> {
@@ -46,40 +88,22 @@ impl Cache {
         previous: Option<&T>,
         new: Option<&T>,
     ) -> Result<(), Error> {
-        let registry = &self.inner.registry;
-        let config = &self.inner.config;
-        let entry = registry.entry::<T>()?;
+        let entry = self.inner.registry.entry::<T>()?;
         let pk_key = pk.to_key();
-        let versions = registry.versions(T::MODEL);
-        let keys: Vec<String> = versions.iter().map(|v| v.key(&pk_key)).collect();
-        let olds = match self
-            .inner
-            .store
-            .swap_many(&keys, TOMBSTONE, config.tombstone_ttl)
-            .await
-        {
-            Ok(olds) => olds,
-            Err(e) => {
-                self.store_failed(T::MODEL, "invalidate", &e);
-                vec![None; keys.len()]
-            }
+        let new = match new {
+            Some(n) => Some((Links::of(n), n.to_json()?)),
+            None => None,
         };
-        add(&self.inner.counters.invalidations, 1);
-
-        let new_links = new.map(Links::of);
-        let mut own_old = previous.map(Links::of);
+        let seed = Seed {
+            entry,
+            previous: previous.map(Links::of),
+            new,
+        };
         let mut targets = Vec::new();
-        for (version, old) in versions.iter().zip(&olds) {
-            let old = value_of(old.as_ref()).and_then(|v| version.ops.links_of(v));
-            if Arc::ptr_eq(version, entry) {
-                own_old = own_old.or(old);
-            } else if let Some(old) = old {
-                // Another version's layout: its relations are compared with an
-                // unknown new state, which invalidates all of them.
-                version.targets(Some(&old), None, &mut targets);
-            }
-        }
-        entry.targets(own_old.as_ref(), new_links.as_ref(), &mut targets);
+        let level = [(T::MODEL, pk_key.clone())];
+        let seeded = self
+            .cascade_level(&level, true, &mut targets, Some(&seed))
+            .await;
         tracing::debug!(
             target: "cached_instances",
             model = T::MODEL,
@@ -87,22 +111,22 @@ impl Cache {
             targets = targets.len(),
             "invalidated"
         );
-
         let mut visited = HashSet::new();
         visited.insert((T::MODEL, pk_key));
-        self.cascade(targets, visited).await
+        let cascaded = self.cascade(targets, visited).await;
+        seeded.and(cascaded)
     }
 
     /// Reloads `pk` and, if its representation changed, writes as `saved`.
     pub(super) async fn refresh_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<bool, Error> {
         let entry = self.inner.registry.entry::<T>()?;
         let key = entry.key(&pk.to_key());
-        let cached = match self.inner.store.get(&key).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                self.store_failed(T::MODEL, "get", &e);
-                None
-            }
+        let cached = if self.store_usable().await {
+            self.store_call(T::MODEL, "get", self.inner.store.get(&key))
+                .await
+                .flatten()
+        } else {
+            None
         };
         let cached = value_of(cached.as_ref());
         add(&self.inner.counters.loader_calls, 1);
@@ -138,16 +162,38 @@ impl Cache {
             .iter()
             .map(|v| v.key(&pk_key))
             .collect();
-        if let Err(e) = self
-            .inner
-            .store
-            .swap_many(&keys, TOMBSTONE, self.inner.config.tombstone_ttl)
-            .await
-        {
-            self.store_failed(T::MODEL, "invalidate", &e);
-        }
+        self.invalidate_keys(T::MODEL, &keys, TOMBSTONE, self.inner.config.tombstone_ttl)
+            .await;
         add(&self.inner.counters.invalidations, 1);
         Ok(())
+    }
+
+    /// Replaces `keys` with `marker` (a tombstone or this write's lease),
+    /// returning what they held. When the store cannot take it, the keys are
+    /// queued as tombstones for retry and `None` is returned.
+    async fn invalidate_keys(
+        &self,
+        model: &'static str,
+        keys: &[String],
+        marker: &[u8],
+        ttl: std::time::Duration,
+    ) -> Option<Vec<Option<Bytes>>> {
+        let olds = if self.store_usable().await {
+            self.store_call(
+                model,
+                "invalidate",
+                self.inner.store.swap_many(keys, marker, ttl),
+            )
+            .await
+        } else {
+            None
+        };
+        if olds.is_none() {
+            self.inner
+                .degraded
+                .queue(keys.iter().cloned().map(PendingOp::Tombstone));
+        }
+        olds
     }
 
     /// Breadth-first over the targets; stops at the configured depth.
@@ -187,7 +233,7 @@ impl Cache {
                     "cascade depth limit reached; the rest is invalidated without reloading"
                 );
             }
-            match self.cascade_level(&level, reload, &mut targets).await {
+            match self.cascade_level(&level, reload, &mut targets, None).await {
                 Ok(()) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -200,8 +246,15 @@ impl Cache {
         if !raw_keys.is_empty() {
             let keys: Vec<String> = raw_keys.into_iter().collect();
             add(&self.inner.counters.invalidations, keys.len());
-            if let Err(e) = self.inner.store.delete_many(&keys).await {
-                self.store_failed("raw keys", "delete", &e);
+            let delivered = self.store_usable().await
+                && self
+                    .store_call("raw keys", "delete", self.inner.store.delete_many(&keys))
+                    .await
+                    .is_some();
+            if !delivered {
+                self.inner
+                    .degraded
+                    .queue(keys.into_iter().map(PendingOp::Delete));
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -214,6 +267,7 @@ impl Cache {
         level: &[(&'static str, String)],
         reload: bool,
         next: &mut Vec<Target>,
+        seed: Option<&Seed<'_>>,
     ) -> Result<(), Error> {
         let config = &self.inner.config;
         let store = &self.inner.store;
@@ -234,15 +288,15 @@ impl Cache {
         } else {
             Bytes::from_static(TOMBSTONE)
         };
-        let olds = match store
-            .swap_many(&keys, &lease, config.lease_ttl.max(config.tombstone_ttl))
-            .await
-        {
-            Ok(olds) => olds,
-            Err(e) => {
-                self.store_failed("cascade", "invalidate", &e);
-                return Ok(());
+        let ttl = config.lease_ttl.max(config.tombstone_ttl);
+        let Some(olds) = self.invalidate_keys("cascade", &keys, &lease, ttl).await else {
+            // Nothing is known of the old states; the written instance's own
+            // relations still go on (and are queued in turn).
+            if let Some(seed) = seed {
+                let new = seed.new.as_ref().map(|(links, _)| links);
+                seed.entry.targets(seed.previous.as_ref(), new, next);
             }
+            return Ok(());
         };
         if !reload {
             return Ok(());
@@ -259,8 +313,11 @@ impl Cache {
         let mut first_error = None;
         for indexes in groups.values() {
             let entry = &touched[indexes[0]].entry;
+            let seed = seed.filter(|s| Arc::ptr_eq(s.entry, entry));
+            let deleted = seed.is_some_and(|s| s.new.is_none());
             let to_load: Vec<String> = indexes
                 .iter()
+                .filter(|_| !deleted)
                 .filter(|&&i| !config.update_only || value_of(olds[i].as_ref()).is_some())
                 .map(|&i| touched[i].pk_key.clone())
                 .collect();
@@ -287,7 +344,24 @@ impl Cache {
                 let t = &touched[i];
                 let old = value_of(olds[i].as_ref());
                 let was_loaded = to_load.contains(&t.pk_key);
-                match reloaded.remove(&t.pk_key) {
+                let row = reloaded.remove(&t.pk_key);
+                if let Some(seed) = seed {
+                    seed_targets(seed, old, row.as_ref(), was_loaded, next);
+                    // The row may be gone despite `saved`: leave a tombstone.
+                    let (value, ttl, is_fill) = match row {
+                        Some(row) => (row.bytes, ttl, true),
+                        None => (tombstone.clone(), config.tombstone_ttl, false),
+                    };
+                    ops.push(CompareAndSet {
+                        key: t.key.clone(),
+                        expected: lease.clone(),
+                        value,
+                        ttl,
+                    });
+                    fills.push(is_fill);
+                    continue;
+                }
+                match row {
                     Some(row) => {
                         if old != Some(&row.bytes[..]) {
                             let old_links = old.and_then(|b| entry.ops.links_of(b));
@@ -318,22 +392,22 @@ impl Cache {
                 }
             }
         }
-        match store.compare_and_set(&ops).await {
-            Ok(written) => {
-                let filled = fills
-                    .iter()
-                    .zip(&written)
-                    .filter(|(f, w)| **f && **w)
-                    .count();
-                let rejected = fills
-                    .iter()
-                    .zip(&written)
-                    .filter(|(f, w)| **f && !**w)
-                    .count();
-                add(&self.inner.counters.fills, filled);
-                add(&self.inner.counters.fills_rejected, rejected);
+        // A failed fill leaves this write's leases, which expire: readers
+        // meanwhile wait briefly, then read the database.
+        if let Some(written) = self
+            .store_call("cascade", "fill", store.compare_and_set(&ops))
+            .await
+        {
+            let (mut filled, mut rejected) = (0, 0);
+            for (was_fill, ok) in fills.iter().zip(written) {
+                match (*was_fill, ok) {
+                    (true, true) => filled += 1,
+                    (true, false) => rejected += 1,
+                    _ => {}
+                }
             }
-            Err(e) => self.store_failed("cascade", "fill", &e),
+            add(&self.inner.counters.fills, filled);
+            add(&self.inner.counters.fills_rejected, rejected);
         }
         first_error.map_or(Ok(()), Err)
     }

@@ -1,0 +1,157 @@
+//! Degraded mode: what the cache does while its store is failing.
+//!
+//! - A circuit: after a store error, the store is skipped for
+//!   `store_retry_interval`; reads go straight to the loaders (at most
+//!   `degraded_concurrency` loads at once, so an outage does not turn into a
+//!   database stampede) and return correct data.
+//! - A retry queue: invalidations that could not be delivered are kept and
+//!   delivered first when the store answers again. Until then, reads of those
+//!   keys bypass the store, so a stale entry is never served once the store
+//!   is back. (If the process exits first, the entry's TTL is the backstop.)
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, broadcast};
+use tokio::time::Instant;
+
+use crate::error::StoreError;
+
+/// Something the cache noticed, for monitoring. Subscribe with
+/// [`Cache::events`](crate::Cache::events).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// A store operation failed; the cache serves from the loaders until the
+    /// store answers again.
+    StoreUnavailable {
+        /// The model involved, or `"cascade"`.
+        model: &'static str,
+        /// The store operation.
+        op: &'static str,
+        /// The error.
+        error: Arc<StoreError>,
+    },
+    /// The store answered again after an outage.
+    StoreRecovered,
+    /// Invalidations that could not be delivered were queued for retry.
+    InvalidationsQueued {
+        /// How many keys are now waiting.
+        pending: usize,
+    },
+    /// Queued invalidations were delivered.
+    InvalidationsDelivered {
+        /// How many keys.
+        count: usize,
+    },
+}
+
+/// A key whose invalidation is waiting for the store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PendingOp {
+    /// An instance key: gets a tombstone.
+    Tombstone(String),
+    /// A raw key: gets deleted.
+    Delete(String),
+}
+
+pub(crate) struct Degraded {
+    retry_interval: Duration,
+    /// When the store may be tried again; `None` while it is healthy.
+    down_until: Mutex<Option<Instant>>,
+    is_down: AtomicBool,
+    pending: Mutex<BTreeSet<PendingOp>>,
+    has_pending: AtomicBool,
+    pub(crate) direct_loads: Semaphore,
+    events: broadcast::Sender<Event>,
+}
+
+impl Degraded {
+    pub(crate) fn new(retry_interval: Duration, concurrency: usize) -> Self {
+        Degraded {
+            retry_interval,
+            down_until: Mutex::new(None),
+            is_down: AtomicBool::new(false),
+            pending: Mutex::new(BTreeSet::new()),
+            has_pending: AtomicBool::new(false),
+            direct_loads: Semaphore::new(concurrency.max(1)),
+            events: broadcast::channel(64).0,
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, event: Event) {
+        // No subscriber is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Whether the store should be skipped now. Past the retry time, one
+    /// caller at a time gets to probe it.
+    pub(crate) fn skip_store(&self) -> bool {
+        if !self.is_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut until = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *until {
+            Some(t) if Instant::now() < t => true,
+            Some(_) => {
+                // Let this caller probe; others keep skipping meanwhile.
+                *until = Some(Instant::now() + self.retry_interval);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn failed(&self, model: &'static str, op: &'static str, error: StoreError) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + self.retry_interval);
+        self.is_down.store(true, Ordering::Relaxed);
+        self.emit(Event::StoreUnavailable {
+            model,
+            op,
+            error: Arc::new(error),
+        });
+    }
+
+    pub(crate) fn succeeded(&self) {
+        if self.is_down.swap(false, Ordering::Relaxed) {
+            *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            tracing::info!(target: "cached_instances", "store answers again");
+            self.emit(Event::StoreRecovered);
+        }
+    }
+
+    pub(crate) fn queue(&self, ops: impl IntoIterator<Item = PendingOp>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend(ops);
+        let n = pending.len();
+        self.has_pending.store(n > 0, Ordering::Release);
+        drop(pending);
+        tracing::warn!(target: "cached_instances", pending = n, "invalidations queued for retry");
+        self.emit(Event::InvalidationsQueued { pending: n });
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        self.has_pending.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn take_pending(&self) -> Vec<PendingOp> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.has_pending.store(false, Ordering::Release);
+        std::mem::take(&mut *pending).into_iter().collect()
+    }
+
+    pub(crate) fn delivered(&self, count: usize) {
+        if count > 0 {
+            tracing::info!(target: "cached_instances", count, "queued invalidations delivered");
+            self.emit(Event::InvalidationsDelivered { count });
+        }
+    }
+}
