@@ -28,10 +28,6 @@ impl Ctxt {
         self.errors.borrow_mut().push(error);
     }
 
-    pub(crate) fn has_errors(&self) -> bool {
-        !self.errors.borrow().is_empty()
-    }
-
     /// All recorded errors as one, in the order they were found.
     pub(crate) fn check(self) -> Result<(), syn::Error> {
         let mut errors = self.errors.into_inner().into_iter();

@@ -44,10 +44,10 @@ pub(crate) fn closest<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
         return Some(name);
     }
     for (alias, target) in ALIASES {
-        if *alias == lower {
-            if let Some(name) = known.iter().find(|name| *name == target) {
-                return Some(name);
-            }
+        if *alias == lower
+            && let Some(name) = known.iter().find(|name| *name == target)
+        {
+            return Some(name);
         }
     }
     // Short names tolerate fewer edits, or `pk` would match every two-letter
@@ -97,7 +97,17 @@ fn distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
 
-    const FIELD: &[&str] = &["pk", "references", "has_many", "via", "many_to_many", "inverse", "skip", "rename", "serde"];
+    const FIELD: &[&str] = &[
+        "pk",
+        "references",
+        "has_many",
+        "via",
+        "many_to_many",
+        "inverse",
+        "skip",
+        "rename",
+        "serde",
+    ];
 
     #[test]
     fn transpositions_and_typos() {

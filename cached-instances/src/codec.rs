@@ -25,6 +25,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
     note = "add `#[cached(serde)]` to the field to store it through its serde `Serialize` and `Deserialize` impls"
 )]
 pub trait FieldCodec: Sized {
+    /// Whether [`encode`](Self::encode) can write JSON `null`. `Option<T>`
+    /// of such a `T` writes a present value as a one-element array, so that
+    /// `Some(None)` (or `Some(Value::Null)`) does not come back as `None`.
+    const MAY_BE_NULL: bool = false;
+
     /// Writes the value's representation.
     fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
     /// Reads a representation written by [`encode`](Self::encode).
@@ -60,11 +65,8 @@ serde_codec!(
     u128,
     isize,
     usize,
-    f32,
-    f64,
     bool,
     String,
-    serde_json::Value,
     NaiveDate,
     NaiveDateTime,
     NaiveTime,
@@ -72,6 +74,48 @@ serde_codec!(
 
 #[cfg(feature = "uuid")]
 serde_codec!(uuid::Uuid);
+
+impl FieldCodec for serde_json::Value {
+    const MAY_BE_NULL: bool = true;
+
+    #[inline]
+    fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Serialize::serialize(self, serializer)
+    }
+    #[inline]
+    fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Deserialize::deserialize(deserializer)
+    }
+}
+
+/// Finite values only: serde_json would write NaN and the infinities as
+/// `null`, which does not decode back, so they are an encode error instead.
+/// Decoding rejects what overflows to an infinity (`1e39` as an `f32`).
+macro_rules! float_codec {
+    ($($t:ty),*) => {$(
+        impl FieldCodec for $t {
+            fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                if self.is_finite() {
+                    Serialize::serialize(self, serializer)
+                } else {
+                    Err(serde::ser::Error::custom(format_args!(
+                        "cannot store the non-finite float {self}"
+                    )))
+                }
+            }
+            fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = <$t>::deserialize(deserializer)?;
+                if value.is_finite() {
+                    Ok(value)
+                } else {
+                    Err(D::Error::custom(concat!("number out of range for ", stringify!($t))))
+                }
+            }
+        }
+    )*};
+}
+
+float_codec!(f32, f64);
 
 /// RFC 3339 in UTC (`Z`), with as many fractional digits as the value has.
 impl FieldCodec for DateTime<Utc> {
@@ -144,14 +188,21 @@ fn parse_iso_seconds(text: &str) -> Option<TimeDelta> {
 }
 
 impl<T: FieldCodec> FieldCodec for Option<T> {
+    const MAY_BE_NULL: bool = true;
+
     fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
+            Some(value) if T::MAY_BE_NULL => serializer.serialize_some(&[Encode(value)]),
             Some(value) => serializer.serialize_some(&Encode(value)),
             None => serializer.serialize_none(),
         }
     }
     fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Option::<Decoded<T>>::deserialize(deserializer)?.map(|d| d.0))
+        if T::MAY_BE_NULL {
+            Ok(Option::<[Decoded<T>; 1]>::deserialize(deserializer)?.map(|[d]| d.0))
+        } else {
+            Ok(Option::<Decoded<T>>::deserialize(deserializer)?.map(|d| d.0))
+        }
     }
 }
 
@@ -269,5 +320,30 @@ mod tests {
     #[test]
     fn options_and_lists_nest() {
         assert_eq!(round_trip(vec![Some(1i64), None]), "[1,null]");
+    }
+
+    #[test]
+    fn options_of_nullable_values_stay_distinct() {
+        assert_eq!(round_trip(None::<Option<i64>>), "null");
+        assert_eq!(round_trip(Some(None::<i64>)), "[null]");
+        assert_eq!(round_trip(Some(Some(3i64))), "[3]");
+        assert_eq!(round_trip(Some(serde_json::Value::Null)), "[null]");
+        assert_eq!(round_trip(None::<serde_json::Value>), "null");
+        assert_eq!(
+            round_trip(Some(serde_json::json!({"a": 1}))),
+            r#"[{"a":1}]"#
+        );
+    }
+
+    #[test]
+    fn floats_are_finite() {
+        assert_eq!(round_trip(0.1f64), "0.1");
+        assert_eq!(round_trip(-0.0f32), "-0.0");
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(serde_json::to_string(&Encode(&bad)).is_err());
+        }
+        assert!(serde_json::to_string(&Encode(&f32::NAN)).is_err());
+        assert!(serde_json::from_str::<Decoded<f32>>("1e39").is_err());
+        assert!(serde_json::from_str::<Decoded<f64>>("1e400").is_err());
     }
 }

@@ -46,8 +46,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
 mod cache;
 mod codec;
+mod derive_support;
 mod error;
 mod instance;
 mod key;
@@ -63,6 +67,9 @@ pub use instance::{CachedInstance, Relation, RelationKind, Schema, Target};
 pub use loader::Loader;
 pub use pk::PrimaryKey;
 pub use store::{MemoryStore, Store};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::{RedisStore, RedisStoreBuilder};
 
 /// Derives [`CachedInstance`]; see the crate docs for the attributes.
 #[cfg(feature = "derive")]
@@ -83,6 +90,9 @@ pub mod __private {
     pub use serde_json;
     pub use std::time::Duration;
     pub use std::{fmt, option::Option, result::Result, string::String, vec::Vec};
+    // Autoref dispatch and assertion traits; see `derive_support`.
+    pub use crate::derive_support::*;
+    pub use std::unreachable;
 
     /// Asserts at compile time that `T` is a cached model.
     pub const fn assert_cached<T: CachedInstance>() {}
@@ -91,11 +101,13 @@ pub mod __private {
     /// Asserts at compile time that `F` is a list of `T`'s pks.
     pub const fn assert_pk_list<F: PkList<P>, P>() {}
     /// Asserts that `X` has a `references = T` field whose name hashes to `H`.
-    pub const fn assert_references_via<X: ReferencesVia<H, T>, T, const H: u64>() {}
+    /// `P` is `X`'s pk type (see [`ReferencesViaCheck`] for why).
+    pub const fn assert_references_via<X, T, const H: u64, P: ReferencesViaCheck<X, T, H>>() {}
     /// Asserts that `X` has a `many_to_many = T` field whose name hashes to `H`.
-    pub const fn assert_many_to_many_via<X: ManyToManyVia<H, T>, T, const H: u64>() {}
+    /// `P` is `X`'s pk type (see [`ReferencesViaCheck`] for why).
+    pub const fn assert_many_to_many_via<X, T, const H: u64, P: ManyToManyViaCheck<X, T, H>>() {}
     /// Asserts that a skipped field can be rebuilt on decode.
-    pub const fn assert_default<T: Default>() {}
+    pub const fn assert_default<T: Skippable>() {}
 
     /// FNV-1a, the hash the derive uses for field ids and schema hashes.
     /// Exposed so tests can check the derive's constants.
@@ -111,3 +123,8 @@ pub mod __private {
         hash
     }
 }
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

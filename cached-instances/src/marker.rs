@@ -27,15 +27,16 @@ pub(crate) enum Slot<'a> {
     Lease,
     /// A write invalidated this key.
     Tombstone,
+    /// Marker-looking bytes that are not ours: never served, replaced on
+    /// the next miss.
+    Foreign,
 }
 
 pub(crate) fn classify(bytes: &[u8]) -> Slot<'_> {
     match bytes {
         [MARK, TOMBSTONE_TAG, ..] => Slot::Tombstone,
         [MARK, LEASE_TAG, ..] => Slot::Lease,
-        // Any other marker-looking bytes are not ours: a tombstone is the safe
-        // reading, as it is leasable and never served.
-        [MARK, ..] => Slot::Tombstone,
+        [MARK, ..] => Slot::Foreign,
         value => Slot::Value(value),
     }
 }
@@ -68,6 +69,7 @@ mod tests {
         assert_eq!(classify(TOMBSTONE), Slot::Tombstone);
         assert_eq!(classify(&new_lease()), Slot::Lease);
         assert_eq!(classify(b"{}"), Slot::Value(b"{}"));
+        assert_eq!(classify(b"\0Zjunk"), Slot::Foreign);
         assert_ne!(new_lease(), new_lease());
     }
 }

@@ -78,46 +78,47 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 
 impl Cache {
     pub(super) async fn read_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
-        // The hit path: one GET, one decode, nothing else.
-        if self.is_enabled() && self.store_usable().await {
-            let entry = self.inner.registry.entry::<T>()?;
-            let key = entry.key(&pk.to_key());
-            if let Some(Some(bytes)) = self
-                .store_call(T::MODEL, "get", self.inner.store.get(&key))
-                .await
-                && let Slot::Value(value) = marker::classify(&bytes)
-                && let Ok(instance) = T::decode(value)
-            {
-                add(&self.inner.counters.hits, 1);
-                return Ok(Some(instance));
-            }
-        }
-        let found = self
-            .read_many::<T>(std::slice::from_ref(pk), Want::Instances)
-            .await?;
-        Ok(found.into_iter().next().and_then(|f| f.instance))
+        Ok(self.read_single::<T>(pk, Want::Instances).await?.instance)
     }
 
     pub(super) async fn read_one_json<T: CachedInstance>(
         &self,
         pk: &T::Pk,
     ) -> Result<Option<Bytes>, Error> {
+        Ok(self.read_single::<T>(pk, Want::Bytes).await?.bytes)
+    }
+
+    /// One pk: a hit is one GET and nothing else; a miss goes on from the
+    /// value that GET read, so a cold read is GET, lease, fill.
+    async fn read_single<T: CachedInstance>(
+        &self,
+        pk: &T::Pk,
+        want: Want,
+    ) -> Result<Found<T>, Error> {
+        let entry = self.inner.registry.entry::<T>()?;
         if self.is_enabled() && self.store_usable().await {
-            let entry = self.inner.registry.entry::<T>()?;
             let key = entry.key(&pk.to_key());
-            if let Some(Some(bytes)) = self
+            if let Some(value) = self
                 .store_call(T::MODEL, "get", self.inner.store.get(&key))
                 .await
-                && let Some(found) = accept::<T>(bytes, Want::Bytes)
             {
-                add(&self.inner.counters.hits, 1);
-                return Ok(found.bytes);
+                if let Some(bytes) = &value
+                    && let Slot::Value(_) = marker::classify(bytes)
+                    && let Some(found) = accept::<T>(bytes.clone(), want)
+                {
+                    add(&self.inner.counters.hits, 1);
+                    return Ok(found);
+                }
+                let pks = std::slice::from_ref(pk);
+                let mut out = self
+                    .resolve(entry, pks, vec![key], vec![value], want)
+                    .await?;
+                return Ok(out.pop().unwrap_or_else(Found::none));
             }
         }
-        let found = self
-            .read_many::<T>(std::slice::from_ref(pk), Want::Bytes)
-            .await?;
-        Ok(found.into_iter().next().and_then(|f| f.bytes))
+        // Caching is off or the store is failing: `read_many` loads directly.
+        let mut out = self.read_many::<T>(std::slice::from_ref(pk), want).await?;
+        Ok(out.pop().unwrap_or_else(Found::none))
     }
 
     /// Reads `pks` in order; rows that do not exist come back empty.
@@ -127,25 +128,35 @@ impl Cache {
         want: Want,
     ) -> Result<Vec<Found<T>>, Error> {
         let entry = self.inner.registry.entry::<T>()?;
-        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::none()).collect();
         if pks.is_empty() {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        if self.is_enabled() && self.store_usable().await {
+            let keys: Vec<String> = pks.iter().map(|pk| entry.key(&pk.to_key())).collect();
+            if let Some(values) = self
+                .store_call(T::MODEL, "get", self.inner.store.get_many(&keys))
+                .await
+            {
+                return self.resolve(entry, pks, keys, values, want).await;
+            }
+        }
+        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::none()).collect();
         let all: Vec<usize> = (0..pks.len()).collect();
-        if !self.is_enabled() || !self.store_usable().await {
-            self.load_direct(entry, pks, &all, &mut out, want).await?;
-            return Ok(out);
-        }
+        self.load_direct(entry, pks, &all, &mut out, want).await?;
+        Ok(out)
+    }
 
-        let keys: Vec<String> = pks.iter().map(|pk| entry.key(&pk.to_key())).collect();
-        let Some(values) = self
-            .store_call(T::MODEL, "get", self.inner.store.get_many(&keys))
-            .await
-        else {
-            self.load_direct(entry, pks, &all, &mut out, want).await?;
-            return Ok(out);
-        };
-
+    /// Sorts what the store returned for `keys` into hits and misses, and
+    /// fills the misses.
+    async fn resolve<T: CachedInstance>(
+        &self,
+        entry: &ModelEntry,
+        pks: &[T::Pk],
+        keys: Vec<String>,
+        values: Vec<Option<Bytes>>,
+        want: Want,
+    ) -> Result<Vec<Found<T>>, Error> {
+        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::none()).collect();
         let mut misses = Vec::new();
         let mut corrupt = Vec::new();
         for (i, value) in values.into_iter().enumerate() {
@@ -153,9 +164,19 @@ impl Cache {
                 misses.push(i);
                 continue;
             };
-            if !matches!(marker::classify(&bytes), Slot::Value(_)) {
-                misses.push(i);
-            } else if let Some(found) = accept::<T>(bytes, want) {
+            match marker::classify(&bytes) {
+                Slot::Value(_) => {}
+                Slot::Foreign => {
+                    corrupt.push(keys[i].clone());
+                    misses.push(i);
+                    continue;
+                }
+                Slot::Lease | Slot::Tombstone => {
+                    misses.push(i);
+                    continue;
+                }
+            }
+            if let Some(found) = accept::<T>(bytes, want) {
                 out[i] = found;
             } else {
                 corrupt.push(keys[i].clone());
@@ -163,6 +184,14 @@ impl Cache {
             }
         }
         add(&self.inner.counters.hits, pks.len() - misses.len());
+        tracing::debug!(
+            target: "cached_instances",
+            model = T::MODEL,
+            requested = pks.len(),
+            hits = pks.len() - misses.len(),
+            misses = misses.len(),
+            "read"
+        );
         if !misses.is_empty() {
             self.fill_misses(entry, pks, &keys, &misses, corrupt, &mut out, want)
                 .await?;
@@ -243,7 +272,7 @@ impl Cache {
                         Some(found) => out[i] = found,
                         None => direct.push(i),
                     },
-                    Slot::Tombstone => direct.push(i),
+                    Slot::Tombstone | Slot::Foreign => direct.push(i),
                 },
             }
         }
@@ -408,7 +437,7 @@ impl Cache {
                             None => unresolved.push(i),
                         },
                         // Released (no such row) or invalidated: read it directly.
-                        Slot::Tombstone => unresolved.push(i),
+                        Slot::Tombstone | Slot::Foreign => unresolved.push(i),
                     },
                     None => unresolved.push(i),
                 }

@@ -303,9 +303,14 @@ impl Cache {
         }
 
         // Group the touched keys by registered type, one reload per type.
-        let mut groups: HashMap<*const ModelEntry, Vec<usize>> = HashMap::new();
+        // Keyed by the entry's address, not a raw pointer, so that the
+        // future stays `Send` (it is held across the reload's await).
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
         for (i, t) in touched.iter().enumerate() {
-            groups.entry(Arc::as_ptr(&t.entry)).or_default().push(i);
+            groups
+                .entry(Arc::as_ptr(&t.entry).addr())
+                .or_default()
+                .push(i);
         }
         let tombstone = Bytes::from_static(TOMBSTONE);
         let mut ops = Vec::with_capacity(touched.len());

@@ -1,0 +1,600 @@
+//! The production store: Redis, a single server or a Redis Cluster.
+//!
+//! Reads are plain `GET` / `MGET`; the conditional writes are Lua scripts
+//! (sent as `EVALSHA`, loaded at connect and reloaded automatically after a
+//! server restart), so each is atomic per key and a whole batch costs one
+//! request. In cluster mode every request is confined to one hash slot: a
+//! batch is split by slot (the `{model:pk}` hash tag keeps every version of
+//! an instance in one slot), the per-slot requests run concurrently, and the
+//! results are put back in request order.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
+
+use super::{CompareAndSet, Store, StoreFuture};
+use crate::error::StoreError;
+
+/// Default time to wait for a reply before failing the request.
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default time to wait for a TCP connection (and handshake) to a server.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default number of reconnection attempts after a lost connection.
+const DEFAULT_RETRIES: usize = 3;
+/// The most keys sent in one request; larger batches are split into requests
+/// sent concurrently, so no single script blocks the server for long.
+const MAX_KEYS_PER_REQUEST: usize = 1024;
+/// TTLs are clamped to this (about a century), below Redis' own limit.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+/// For each key: set it to `ARGV[1]` with a TTL of `ARGV[3]` ms if it is
+/// absent or holds exactly `ARGV[2]`, and reply nil; otherwise reply what it
+/// holds. (`false` in a Lua array becomes a nil reply without ending it.)
+static SET_IF_ABSENT_OR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local held = redis.call('GET', key)
+  if held == false or held == ARGV[2] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[3])
+    out[i] = false
+  else
+    out[i] = held
+  end
+end
+return out
+",
+    )
+});
+
+/// For key `i`: if it holds `ARGV[3i-2]`, set it to `ARGV[3i-1]` with a TTL
+/// of `ARGV[3i]` ms and reply 1; otherwise reply 0.
+static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 3
+  if redis.call('GET', key) == ARGV[base + 1] then
+    redis.call('SET', key, ARGV[base + 2], 'PX', ARGV[base + 3])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+",
+    )
+});
+
+/// For each key: reply what it holds (nil if absent) and set it to `ARGV[1]`
+/// with a TTL of `ARGV[2]` ms.
+static SWAP_MANY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('GET', key)
+  redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+end
+return out
+",
+    )
+});
+
+fn scripts() -> [&'static Script; 3] {
+    [&SET_IF_ABSENT_OR, &COMPARE_AND_SET, &SWAP_MANY]
+}
+
+/// The connection kinds behind a [`RedisStore`]. Both are multiplexed and
+/// cheap to clone; clones share the underlying connections.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// The Redis store: a single server through a shared, self-reconnecting
+/// [`ConnectionManager`], or (feature `cluster`) a Redis Cluster.
+///
+/// Every [`Store`] primitive is one request per batch (one per hash slot in
+/// cluster mode) and atomic per key: the conditional writes are Lua scripts.
+/// Values are binary-safe and TTLs are set in milliseconds. Failures map to
+/// [`StoreError::Unavailable`] (connection refused or lost, timeouts, cluster
+/// down) or [`StoreError::Protocol`] (an unexpected reply); the cache serves
+/// from the database meanwhile.
+///
+/// Cloning is cheap and shares the connection.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use cached_instances::{Cache, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // With the defaults (500 ms response timeout, 1 s connect timeout):
+/// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+///
+/// // Or tuned:
+/// let store = RedisStore::builder("redis://cache.internal:6379/0")
+///     .response_timeout(Duration::from_millis(200))
+///     .connect_timeout(Duration::from_millis(500))
+///     .connect()
+///     .await?;
+///
+/// let cache = Cache::builder().store(store).build()?;
+/// # let _ = cache;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: Connection,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URLs may carry passwords: they are not shown.
+        let mode = match self.connection {
+            Connection::Single(_) => "single",
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("mode", &mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and connects a [`RedisStore`]; see [`RedisStore::builder`].
+#[derive(Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    urls: Vec<String>,
+    cluster: bool,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+    retries: usize,
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("nodes", &self.urls.len())
+            .field("cluster", &self.cluster)
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+impl RedisStoreBuilder {
+    fn new(urls: Vec<String>, cluster: bool) -> Self {
+        RedisStoreBuilder {
+            urls,
+            cluster,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            retries: DEFAULT_RETRIES,
+        }
+    }
+
+    /// How long a request waits for its reply before failing with
+    /// [`StoreError::Unavailable`]. Default: 500 ms.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// How long a connection attempt waits before failing. Default: 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many times a lost connection is retried (with exponential
+    /// backoff) before requests fail; in cluster mode, how many times a
+    /// request is retried (reconnects, redirections). Default: 3.
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Connects, and loads the store's scripts on every server.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when a URL is invalid or no server can be
+    /// reached in time.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        #[cfg(feature = "cluster")]
+        let connection = if self.cluster {
+            self.connect_cluster().await?
+        } else {
+            self.connect_single().await?
+        };
+        #[cfg(not(feature = "cluster"))]
+        let connection = self.connect_single().await?;
+        let store = RedisStore { connection };
+        // Loaded up front so the first call of each script is one EVALSHA;
+        // after a server restart `invoke_async` reloads them on NOSCRIPT.
+        for script in scripts() {
+            match &store.connection {
+                Connection::Single(c) => script.load_async(&mut c.clone()).await,
+                #[cfg(feature = "cluster")]
+                Connection::Cluster(c) => script.load_async(&mut c.clone()).await,
+            }
+            .map_err(store_error)?;
+        }
+        Ok(store)
+    }
+
+    async fn connect_single(&self) -> Result<Connection, StoreError> {
+        let url = self.urls.first().map(String::as_str).unwrap_or_default();
+        let client = redis::Client::open(url).map_err(store_error)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.response_timeout))
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(self.retries);
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(store_error)?;
+        Ok(Connection::Single(manager))
+    }
+
+    #[cfg(feature = "cluster")]
+    async fn connect_cluster(&self) -> Result<Connection, StoreError> {
+        let client =
+            redis::cluster::ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
+                .response_timeout(self.response_timeout)
+                .connection_timeout(self.connect_timeout)
+                .retries(u32::try_from(self.retries).unwrap_or(u32::MAX))
+                .build()
+                .map_err(store_error)?;
+        let connection = client.get_async_connection().await.map_err(store_error)?;
+        Ok(Connection::Cluster(connection))
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis server at `url` (`redis://[:password@]host[:port][/db]`)
+    /// with the default timeouts.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the URL is invalid or the server
+    /// cannot be reached in time.
+    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// Configures a connection to the Redis server at `url`.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(vec![url.into()], false)
+    }
+
+    /// Connects to the Redis Cluster reachable through any of `urls` (the
+    /// rest of the cluster is discovered) with the default timeouts.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cached_instances::StoreError> {
+    /// use cached_instances::RedisStore;
+    ///
+    /// let store = RedisStore::connect_cluster([
+    ///     "redis://10.0.0.1:6379/",
+    ///     "redis://10.0.0.2:6379/",
+    /// ])
+    /// .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when a URL is invalid, `urls` is empty or
+    /// no node can be reached in time.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub async fn connect_cluster<I, U>(urls: I) -> Result<RedisStore, StoreError>
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        Self::cluster_builder(urls).connect().await
+    }
+
+    /// Configures a connection to the Redis Cluster reachable through `urls`.
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster_builder<I, U>(urls: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        RedisStoreBuilder::new(urls.into_iter().map(Into::into).collect(), true)
+    }
+
+    /// Sends one command.
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        match &self.connection {
+            Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+        .map_err(store_error)
+    }
+
+    /// Runs one script call (EVALSHA, loading the script on NOSCRIPT).
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        match &self.connection {
+            Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+        }
+        .map_err(store_error)
+    }
+
+    /// The indexes of `keys` grouped so that each group can be one request:
+    /// by hash slot in cluster mode (in first-seen order), then in chunks of
+    /// at most [`MAX_KEYS_PER_REQUEST`].
+    fn groups<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<Vec<usize>> {
+        let by_slot: Vec<Vec<usize>> = match self.connection {
+            Connection::Single(_) => vec![keys.enumerate().map(|(i, _)| i).collect()],
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(_) => {
+                use redis::cluster_routing::Slot;
+                let mut order: Vec<Vec<usize>> = Vec::new();
+                let mut index: std::collections::HashMap<Slot, usize> =
+                    std::collections::HashMap::new();
+                for (i, key) in keys.enumerate() {
+                    let group = *index.entry(Slot::for_key(key)).or_insert_with(|| {
+                        order.push(Vec::new());
+                        order.len() - 1
+                    });
+                    order[group].push(i);
+                }
+                order
+            }
+        };
+        by_slot
+            .into_iter()
+            .flat_map(|group| {
+                if group.len() <= MAX_KEYS_PER_REQUEST {
+                    vec![group]
+                } else {
+                    group
+                        .chunks(MAX_KEYS_PER_REQUEST)
+                        .map(<[usize]>::to_vec)
+                        .collect()
+                }
+            })
+            .filter(|group| !group.is_empty())
+            .collect()
+    }
+
+    /// Runs one request per group concurrently; each yields one result per
+    /// index of its group. Returns the results in index order.
+    async fn per_group<'g, T, F, Fut>(
+        &self,
+        len: usize,
+        groups: &'g [Vec<usize>],
+        request: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        F: Fn(&'g [usize]) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, StoreError>>,
+    {
+        let replies = match groups {
+            [] => return Ok(Vec::new()),
+            [group] if group.len() == len && group.iter().enumerate().all(|(i, &j)| i == j) => {
+                // One request in key order: no reassembly.
+                let reply = request(group).await?;
+                return if reply.len() == len {
+                    Ok(reply)
+                } else {
+                    Err(reply_length(len, reply.len()))
+                };
+            }
+            [group] => vec![request(group).await?],
+            _ => futures_util::future::try_join_all(groups.iter().map(|g| request(g))).await?,
+        };
+        let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(len).collect();
+        for (group, reply) in groups.iter().zip(replies) {
+            if reply.len() != group.len() {
+                return Err(reply_length(group.len(), reply.len()));
+            }
+            for (&i, value) in group.iter().zip(reply) {
+                out[i] = Some(value);
+            }
+        }
+        out.into_iter()
+            .map(|value| value.ok_or_else(|| StoreError::Protocol("a key got no reply".to_owned())))
+            .collect()
+    }
+}
+
+/// A TTL in whole milliseconds for `PX`: rounded up, at least 1 (`PX 0` is
+/// an error), at most about a century.
+fn ttl_ms(ttl: Duration) -> u64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS)
+}
+
+fn reply_length(expected: usize, got: usize) -> StoreError {
+    StoreError::Protocol(format!("expected {expected} replies from Redis, got {got}"))
+}
+
+/// Sorts a Redis error into "cannot reach the store" and "the store said
+/// something unexpected".
+fn store_error(error: RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    let unavailable = error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || error.is_connection_dropped()
+        || error.is_cluster_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::AuthenticationFailed
+                | ErrorKind::InvalidClientConfig
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                )
+        )
+        // A long-running script elsewhere: the server is busy, not wrong.
+        || error.code() == Some("BUSY");
+    if unavailable {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Protocol(error.to_string())
+    }
+}
+
+impl Store for RedisStore {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        Box::pin(async move { self.query(redis::cmd("GET").arg(key)).await })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        Box::pin(async move {
+            let groups = self.groups(keys.iter().map(String::as_str));
+            self.per_group(keys.len(), &groups, |group| async move {
+                let mut cmd = redis::cmd("MGET");
+                for &i in group {
+                    cmd.arg(&keys[i]);
+                }
+                self.query::<Vec<Option<Bytes>>>(&cmd).await
+            })
+            .await
+        })
+    }
+
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        Box::pin(async move {
+            let ttl = ttl_ms(ttl);
+            let groups = self.groups(keys.iter().map(String::as_str));
+            self.per_group(keys.len(), &groups, |group| async move {
+                let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
+                for &i in group {
+                    invocation.key(&keys[i]);
+                }
+                invocation.arg(value).arg(replaceable).arg(ttl);
+                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
+            })
+            .await
+        })
+    }
+
+    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let groups = self.groups(ops.iter().map(|op| op.key.as_str()));
+            self.per_group(ops.len(), &groups, |group| async move {
+                let mut invocation = COMPARE_AND_SET.prepare_invoke();
+                for &i in group {
+                    let op = &ops[i];
+                    invocation
+                        .key(&op.key)
+                        .arg(&op.expected[..])
+                        .arg(&op.value[..])
+                        .arg(ttl_ms(op.ttl));
+                }
+                let written = self.invoke::<Vec<i64>>(&invocation).await?;
+                Ok(written.into_iter().map(|w| w != 0).collect())
+            })
+            .await
+        })
+    }
+
+    fn swap_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        Box::pin(async move {
+            let ttl = ttl_ms(ttl);
+            let groups = self.groups(keys.iter().map(String::as_str));
+            self.per_group(keys.len(), &groups, |group| async move {
+                let mut invocation = SWAP_MANY.prepare_invoke();
+                for &i in group {
+                    invocation.key(&keys[i]);
+                }
+                invocation.arg(value).arg(ttl);
+                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
+            })
+            .await
+        })
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let groups = self.groups(keys.iter().map(String::as_str));
+            futures_util::future::try_join_all(groups.iter().map(|group| async move {
+                let mut cmd = redis::cmd("UNLINK");
+                for &i in group {
+                    cmd.arg(&keys[i]);
+                }
+                self.query::<i64>(&cmd).await
+            }))
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_are_whole_positive_milliseconds() {
+        assert_eq!(ttl_ms(Duration::ZERO), 1);
+        assert_eq!(ttl_ms(Duration::from_micros(1)), 1);
+        assert_eq!(ttl_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(ttl_ms(Duration::from_secs(60)), 60_000);
+        assert_eq!(ttl_ms(Duration::MAX), MAX_TTL_MS);
+    }
+
+    #[test]
+    fn errors_are_sorted() {
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(store_error(io), StoreError::Unavailable(_)));
+        let timeout = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(matches!(store_error(timeout), StoreError::Unavailable(_)));
+        let parse = RedisError::from((redis::ErrorKind::Parse, "bad reply"));
+        assert!(matches!(store_error(parse), StoreError::Protocol(_)));
+        let wrong = RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not an array"));
+        assert!(matches!(store_error(wrong), StoreError::Protocol(_)));
+    }
+
+    #[test]
+    fn scripts_have_distinct_hashes() {
+        let [a, b, c] = scripts();
+        assert_ne!(a.get_hash(), b.get_hash());
+        assert_ne!(b.get_hash(), c.get_hash());
+        assert_ne!(a.get_hash(), c.get_hash());
+    }
+}

@@ -1,0 +1,15 @@
+//! The poll app of the cached-instances examples and end-to-end tests: users
+//! vote for the choices of questions.
+//!
+//! - [`models`]: the cached models;
+//! - [`db`]: the database (SQLite or PostgreSQL through sqlx): schema, seed
+//!   data, loaders, list queries, writes;
+//! - [`routes`]: the HTTP API (axum), cached reads and write endpoints;
+//! - [`memdb`]: an in-process database for the cache core tests.
+
+pub mod db;
+pub mod memdb;
+pub mod models;
+pub mod routes;
+
+pub use models::{Choice, Question, User};

@@ -1,0 +1,314 @@
+//! The polls API server.
+//!
+//! ```sh
+//! cargo run --example polls                      # SQLite in memory + in-process cache, on 127.0.0.1:8000
+//! cargo run --example polls -- --database postgres://postgres@127.0.0.1:5432/test --redis redis://127.0.0.1:6379/
+//! cargo run --example polls -- --smoke           # serve on a free port, try a few requests, exit
+//! ```
+//!
+//! Each request is logged with what it cost: database statements, loader
+//! calls, and whether the cache served it.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use cached_instances::{MemoryStore, RedisStore};
+use chrono::Utc;
+use polls::db::Db;
+use polls::routes::{self, App};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const USAGE: &str = "\
+Usage: cargo run --example polls -- [OPTIONS]
+
+Serves the polls API, seeded with demo data.
+
+Options:
+  --bind ADDR        address to listen on (default 127.0.0.1:8000)
+  --database URL     postgres://... (tables in schema `polls`) or sqlite:path
+                     (default: SQLite in memory)
+  --redis URL        cache in Redis at redis://host:port/db
+                     (default: in-process MemoryStore)
+  --smoke            serve on a free loopback port, make a few requests
+                     against it, print them and exit (non-zero on failure)
+  -h, --help         this help
+";
+
+#[derive(Debug)]
+struct Args {
+    bind: String,
+    database: Option<String>,
+    redis: Option<String>,
+    smoke: bool,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut parsed = Args {
+        bind: "127.0.0.1:8000".into(),
+        database: None,
+        redis: None,
+        smoke: false,
+    };
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                (name.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg, None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "--bind" => parsed.bind = value("--bind")?,
+            "--database" => parsed.database = Some(value("--database")?),
+            "--redis" => parsed.redis = Some(value("--redis")?),
+            "--smoke" => parsed.smoke = true,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Some(parsed))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, Box<dyn Error>> {
+    let db = match &args.database {
+        Some(url) => Db::connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?,
+        None => Db::sqlite_in_memory().await?,
+    };
+    db.migrate().await?;
+    let seeded = db.seed(Utc::now()).await?;
+    let app = match &args.redis {
+        Some(url) => {
+            let store = RedisStore::connect(url)
+                .await
+                .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+            if seeded {
+                tracing::warn!(
+                    "the database was just seeded: entries an earlier run left in {url} are served until they expire (FLUSHDB that Redis database if the data was reset)"
+                );
+            }
+            App::new(db, store)?
+        }
+        None => App::new(db, MemoryStore::new())?,
+    };
+    tracing::info!(
+        database = args.database.as_deref().unwrap_or("sqlite in memory"),
+        cache = args.redis.as_deref().unwrap_or("in-process MemoryStore"),
+        seeded,
+        "polls ready"
+    );
+
+    let bind = if args.smoke {
+        "127.0.0.1:0"
+    } else {
+        &args.bind
+    };
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let router = routes::router(app.clone());
+
+    if args.smoke {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        let ok = smoke(addr, &app).await;
+        let _ = stop.send(());
+        server.await??;
+        return Ok(if ok {
+            println!("smoke test passed");
+            ExitCode::SUCCESS
+        } else {
+            println!("smoke test FAILED");
+            ExitCode::FAILURE
+        });
+    }
+
+    print_banner(addr);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_banner(addr: SocketAddr) {
+    let base = format!("http://{addr}");
+    println!(
+        "\
+Polls API on {base}  (Ctrl-C to stop). Try:
+
+  curl -i {base}/questions                     # 1 query (the page), then the cache
+  curl -i {base}/questions/1                   # run it twice: the second makes 0 queries
+  curl -i {base}/questions/4                   # published in the future: 404
+  curl -i '{base}/questions?limit=2&offset=1'
+  curl -i {base}/users/1
+  curl -i -H 'If-None-Match: \"<etag from a response>\"' {base}/questions/1   # 304
+  curl -i -X POST {base}/choices/3/vote -H 'content-type: application/json' -d '{{\"user_id\": 1}}'
+  curl -i -X PATCH {base}/choices/2 -H 'content-type: application/json' -d '{{\"question_id\": 2}}'
+  curl -i -X POST {base}/questions -H 'content-type: application/json' -d '{{\"question_text\": \"Cats or dogs?\"}}'
+"
+    );
+}
+
+/// One request over a fresh connection: (status, body).
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head.push_str(body.unwrap_or(""));
+    stream.write_all(head.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Requests against the running server; prints each with its status and
+/// database statements; `false` when one is not as expected.
+async fn smoke(addr: SocketAddr, app: &App) -> bool {
+    let steps: [(&str, &str, Option<&str>, u16, Option<u64>); 10] = [
+        ("GET", "/questions", None, 200, None),
+        ("GET", "/questions", None, 200, Some(1)),
+        ("GET", "/questions/1", None, 200, Some(0)),
+        ("GET", "/questions/4", None, 404, Some(0)),
+        ("GET", "/questions/abc", None, 400, Some(0)),
+        ("GET", "/questions?limit=zero", None, 400, Some(0)),
+        (
+            "POST",
+            "/choices/4/vote",
+            Some(r#"{"user_id": 1}"#),
+            200,
+            None,
+        ),
+        ("GET", "/choices/4", None, 200, None),
+        (
+            "PATCH",
+            "/choices/2",
+            Some(r#"{"question_id": 2}"#),
+            200,
+            None,
+        ),
+        ("GET", "/questions?limit=2", None, 200, None),
+    ];
+    let mut ok = true;
+    for (method, path, body, want, want_queries) in steps {
+        let before = app.db.queries();
+        let result = request(addr, method, path, body).await;
+        let queries = app.db.queries() - before;
+        match result {
+            Ok((status, body)) => {
+                let good = status == want && want_queries.is_none_or(|q| q == queries);
+                ok &= good;
+                println!(
+                    "{} {method} {path} -> {status} ({queries} db queries)\n    {body}",
+                    if good { "ok  " } else { "FAIL" }
+                );
+                if !good {
+                    println!(
+                        "    expected {want}{}",
+                        want_queries.map_or(String::new(), |q| format!(" with {q} queries"))
+                    );
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("FAIL {method} {path}: {e}");
+            }
+        }
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn arguments() {
+        let a = parse(&[]).unwrap().unwrap();
+        assert_eq!(a.bind, "127.0.0.1:8000");
+        assert!(a.database.is_none() && a.redis.is_none() && !a.smoke);
+        let a = parse(&[
+            "--bind=0.0.0.0:9000",
+            "--database",
+            "sqlite:x.db",
+            "--smoke",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.bind, "0.0.0.0:9000");
+        assert_eq!(a.database.as_deref(), Some("sqlite:x.db"));
+        assert!(a.smoke);
+        assert!(parse(&["--help"]).unwrap().is_none());
+        assert!(parse(&["--redis"]).is_err());
+        assert!(parse(&["--nope"]).is_err());
+    }
+}

@@ -1,0 +1,21 @@
+use cached_instances::CachedInstance;
+
+#[derive(CachedInstance)]
+pub struct Question {
+    #[cached(pk)]
+    pub id: i64,
+    #[cached(has_many = Choice, via = question_id)]
+    pub choices: Option<i64>,
+    #[cached(has_many = Choice, via = question_id)]
+    pub choice_names: Vec<String>,
+}
+
+#[derive(CachedInstance)]
+pub struct Choice {
+    #[cached(pk)]
+    pub id: i64,
+    #[cached(references = Question)]
+    pub question_id: i64,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use cached_instances::CachedInstance;
+
+#[derive(CachedInstance)]
+pub struct Nothing;
+
+fn main() {}
