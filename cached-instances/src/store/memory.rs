@@ -148,6 +148,26 @@ impl MemoryStore {
     fn get_now(&self, key: &str) -> Option<Bytes> {
         self.map.get(key).map(|e| e.bytes)
     }
+
+    /// Atomically reads `key` and decides what it holds next: `decide`
+    /// returns the new bytes and TTL (or `None` to leave it) and a result.
+    fn update<R>(
+        &self,
+        key: &str,
+        decide: impl FnOnce(Option<Bytes>) -> (Option<(Bytes, Duration)>, R),
+    ) -> R {
+        let mut result = None;
+        self.map.entry_by_ref(key).and_compute_with(|current| {
+            let (next, r) = decide(current.map(|e| e.into_value().bytes));
+            result = Some(r);
+            match next {
+                Some((bytes, ttl)) => Op::Put(Entry { bytes, ttl }),
+                None => Op::Nop,
+            }
+        });
+        // `and_compute_with` always runs the closure exactly once.
+        result.expect("compute closure ran")
+    }
 }
 
 impl Store for MemoryStore {
@@ -175,20 +195,10 @@ impl Store for MemoryStore {
         let out = keys
             .iter()
             .map(|key| {
-                let mut held = None;
-                self.map
-                    .entry_by_ref(key.as_str())
-                    .and_compute_with(|current| match current {
-                        Some(e) if e.value().bytes != replaceable => {
-                            held = Some(e.into_value().bytes);
-                            Op::Nop
-                        }
-                        _ => Op::Put(Entry {
-                            bytes: value.clone(),
-                            ttl,
-                        }),
-                    });
-                held
+                self.update(key, |held| match held {
+                    Some(held) if held != replaceable => (None, Some(held)),
+                    _ => (Some((value.clone(), ttl)), None),
+                })
             })
             .collect();
         Box::pin(std::future::ready(Ok(out)))
@@ -199,20 +209,10 @@ impl Store for MemoryStore {
         let out = ops
             .iter()
             .map(|op| {
-                let mut written = false;
-                self.map
-                    .entry_by_ref(op.key.as_str())
-                    .and_compute_with(|current| match current {
-                        Some(e) if e.value().bytes == op.expected => {
-                            written = true;
-                            Op::Put(Entry {
-                                bytes: op.value.clone(),
-                                ttl: op.ttl,
-                            })
-                        }
-                        _ => Op::Nop,
-                    });
-                written
+                self.update(&op.key, |held| match held {
+                    Some(held) if held == op.expected => (Some((op.value.clone(), op.ttl)), true),
+                    _ => (None, false),
+                })
             })
             .collect();
         Box::pin(std::future::ready(Ok(out)))
@@ -228,19 +228,7 @@ impl Store for MemoryStore {
         let value = Bytes::copy_from_slice(value);
         let out = keys
             .iter()
-            .map(|key| {
-                let mut old = None;
-                self.map
-                    .entry_by_ref(key.as_str())
-                    .and_compute_with(|current| {
-                        old = current.map(|e| e.into_value().bytes);
-                        Op::Put(Entry {
-                            bytes: value.clone(),
-                            ttl,
-                        })
-                    });
-                old
-            })
+            .map(|key| self.update(key, |held| (Some((value.clone(), ttl)), held)))
             .collect();
         Box::pin(std::future::ready(Ok(out)))
     }
