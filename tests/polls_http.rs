@@ -49,10 +49,17 @@ impl Drop for SchemaGuard {
                 let mut conn = sqlx::PgConnection::connect(&url)
                     .await
                     .map_err(|e| e.to_string())?;
-                sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // Connections a failed test left in a transaction would
+                // block the drop: end them first.
+                sqlx::raw_sql(&format!(
+                    "SET lock_timeout = '10s';
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name = 'polls {schema}' AND pid <> pg_backend_pid();
+                     DROP SCHEMA IF EXISTS {schema} CASCADE;"
+                ))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
                 conn.close().await.map_err(|e| e.to_string())
             })
         })
@@ -154,6 +161,21 @@ impl TestApp {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        // A direct connection first: its error says why (the pool's says
+        // only that it timed out).
+        {
+            use sqlx::Connection;
+            match sqlx::PgConnection::connect(&url).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                }
+                Err(e) => panic!(
+                    "PostgreSQL is not reachable at {url}: {e}\n\
+                     These tests need a PostgreSQL server (.ci/run starts one); \
+                     set DATABASE_URL to point them at yours."
+                ),
+            }
+        }
         let db = Db::postgres(&url, &schema).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL is not reachable at {url}: {e}\n\
@@ -329,7 +351,12 @@ async fn list_makes_one_query(t: TestApp) {
     assert_eq!(n, 1);
     assert_eq!(
         past.json(),
-        json!({"count": 3, "next": null, "previous": "/questions?limit=20&offset=30", "results": []})
+        json!({
+            "count": 3,
+            "next": null,
+            "previous": "/questions?limit=20&offset=30",
+            "results": []
+        })
     );
     // A limit over the maximum is capped.
     let capped = t.get_ok("/questions?limit=100000").await;

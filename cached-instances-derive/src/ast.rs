@@ -155,7 +155,28 @@ impl<'a> Container<'a> {
     pub(crate) fn pk(&self) -> Option<&Field<'a>> {
         self.fields.iter().find(|field| field.attrs.pk.is_some())
     }
+
+    /// The databases to derive a loader for when the model has a table:
+    /// `database = "..."`, or both (each still gated on the runtime's
+    /// feature).
+    pub(crate) fn databases(&self) -> Vec<Database> {
+        match self.attrs.database.as_ref().map(|item| item.value.value()) {
+            Some(name) if name == "sqlite" => vec![Database::Sqlite],
+            Some(name) if name == "postgres" => vec![Database::Postgres],
+            _ => vec![Database::Sqlite, Database::Postgres],
+        }
+    }
 }
+
+/// A database the derived sqlx loaders support.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Database {
+    Sqlite,
+    Postgres,
+}
+
+/// The values `database = "..."` accepts.
+pub(crate) const DATABASES: &[&str] = &["sqlite", "postgres"];
 
 impl Field<'_> {
     /// The key the field is stored under in the JSON representation.
@@ -164,6 +185,23 @@ impl Field<'_> {
             Some(item) => item.value.value(),
             None => self.name.clone(),
         }
+    }
+
+    /// The field's column: `column = "..."` or the field's name.
+    pub(crate) fn column(&self) -> String {
+        match &self.attrs.column {
+            Some(item) => item.value.value(),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Whether the derived loader reads the field from a column of the
+    /// model's table: every stored field except relation lists, which come
+    /// from other tables.
+    pub(crate) fn is_column(&self) -> bool {
+        self.storage() != Storage::Skip
+            && self.attrs.has_many.is_none()
+            && self.attrs.many_to_many.is_none()
     }
 
     pub(crate) fn storage(&self) -> Storage {

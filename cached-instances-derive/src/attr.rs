@@ -13,8 +13,15 @@ use syn::{Attribute, Ident, Lit, LitInt, LitStr, Meta, Path, Token, Type};
 use crate::ctxt::Ctxt;
 use crate::suggest;
 
-pub(crate) const CONTAINER_ATTRS: &[&str] =
-    &["model", "version", "ttl", "invalidates_key", "invalidator"];
+pub(crate) const CONTAINER_ATTRS: &[&str] = &[
+    "model",
+    "version",
+    "ttl",
+    "invalidates_key",
+    "invalidator",
+    "table",
+    "database",
+];
 
 pub(crate) const FIELD_ATTRS: &[&str] = &[
     "pk",
@@ -26,7 +33,15 @@ pub(crate) const FIELD_ATTRS: &[&str] = &[
     "skip",
     "rename",
     "serde",
+    "column",
+    "through",
+    "source",
+    "target",
 ];
+
+/// How the join-table attributes of a `many_to_many` are written.
+pub(crate) const THROUGH_EXAMPLE: &str =
+    "many_to_many = User, through = \"votes\", source = \"choice_id\", target = \"user_id\"";
 
 /// An attribute value together with the keyword that introduced it.
 pub(crate) struct Item<T> {
@@ -42,6 +57,10 @@ pub(crate) struct Container {
     pub(crate) ttl: Option<Item<(LitInt, u64)>>,
     pub(crate) invalidates_keys: Vec<Item<LitStr>>,
     pub(crate) invalidator: Option<Item<Path>>,
+    /// The database table, which turns on the derived sqlx loaders.
+    pub(crate) table: Option<Item<LitStr>>,
+    /// The one database to derive a loader for (default: every enabled one).
+    pub(crate) database: Option<Item<LitStr>>,
 }
 
 #[derive(Default)]
@@ -55,6 +74,13 @@ pub(crate) struct Field {
     pub(crate) skip: Option<Ident>,
     pub(crate) rename: Option<Item<LitStr>>,
     pub(crate) serde: Option<Ident>,
+    /// The field's column, when it is not the field's name.
+    pub(crate) column: Option<Item<LitStr>>,
+    /// The join table of a `many_to_many`, with its column pointing at this
+    /// model (`source`) and the one pointing at the related model (`target`).
+    pub(crate) through: Option<Item<LitStr>>,
+    pub(crate) source: Option<Item<LitStr>>,
+    pub(crate) target: Option<Item<LitStr>>,
     /// Some item could not be read. What it said is unknown (it may have
     /// been a misspelled `pk`), so checks that rely on an item's absence
     /// stay quiet rather than pile on.
@@ -88,6 +114,14 @@ pub(crate) fn container(cx: &Ctxt, attrs: &[Attribute]) -> Container {
             "invalidator" => {
                 let path = path_value(meta)?;
                 set(cx, &mut out.invalidator, keyword, path);
+            }
+            "table" => {
+                let lit = string_value(meta, "table = \"questions\"")?;
+                set(cx, &mut out.table, keyword, lit);
+            }
+            "database" => {
+                let lit = string_value(meta, "database = \"postgres\"")?;
+                set(cx, &mut out.database, keyword, lit);
             }
             name if FIELD_ATTRS.contains(&name) => {
                 return Err(syn::Error::new(
@@ -151,6 +185,22 @@ pub(crate) fn field(cx: &Ctxt, attrs: &[Attribute]) -> Field {
                     ));
                 }
                 set(cx, &mut out.rename, keyword, lit);
+            }
+            "column" => {
+                let lit = string_value(meta, "column = \"question_text\"")?;
+                set(cx, &mut out.column, keyword, lit);
+            }
+            "through" => {
+                let lit = string_value(meta, THROUGH_EXAMPLE)?;
+                set(cx, &mut out.through, keyword, lit);
+            }
+            "source" => {
+                let lit = string_value(meta, THROUGH_EXAMPLE)?;
+                set(cx, &mut out.source, keyword, lit);
+            }
+            "target" => {
+                let lit = string_value(meta, THROUGH_EXAMPLE)?;
+                set(cx, &mut out.target, keyword, lit);
             }
             name if CONTAINER_ATTRS.contains(&name) => {
                 return Err(syn::Error::new(

@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use quote::ToTokens;
 use syn::Ident;
 
-use crate::ast::{Container, Field};
+use crate::ast::{Container, DATABASES, Field};
+use crate::attr::{Item, THROUGH_EXAMPLE};
 use crate::ctxt::Ctxt;
+use crate::suggest;
 
 pub(crate) fn check(cx: &Ctxt, cont: &Container) {
     check_generics(cx, cont);
@@ -20,6 +22,7 @@ pub(crate) fn check(cx: &Ctxt, cont: &Container) {
         check_field(cx, field);
     }
     check_json_names(cx, cont);
+    check_table(cx, cont);
 }
 
 fn check_generics(cx: &Ctxt, cont: &Container) {
@@ -275,6 +278,234 @@ fn check_json_names(cx: &Ctxt, cont: &Container) {
         } else {
             seen.insert(name, field);
         }
+    }
+}
+
+/// The attributes of the derived sqlx loader: `table`, `database`, and the
+/// fields' `column`, `through`, `source` and `target`.
+fn check_table(cx: &Ctxt, cont: &Container) {
+    let ident = cont.ident;
+    let table = cont.attrs.table.as_ref();
+    if let Some(item) = table {
+        check_table_name(
+            cx,
+            &item.value,
+            "table",
+            "write the table's name (`table = \"questions\"`, or `\"schema.questions\"`), or \
+             remove `table` to load the model with a hand-written `Loader`",
+        );
+    }
+    if let Some(item) = &cont.attrs.database {
+        let name = item.value.value();
+        if table.is_none() {
+            cx.error_spanned_by(
+                &item.keyword,
+                format!(
+                    "`database` picks the database of the loader that `table` derives, and \
+                     `{ident}` has no `table`; add `#[cached(table = \"...\")]` or remove \
+                     `database`"
+                ),
+            );
+        } else if !DATABASES.contains(&name.as_str()) {
+            let hint = match suggest::closest(&name, DATABASES) {
+                Some(hint) => format!("did you mean \"{hint}\"? "),
+                None => String::new(),
+            };
+            cx.error_spanned_by(
+                &item.value,
+                format!(
+                    "unknown database \"{name}\"; {hint}expected \"sqlite\" or \"postgres\" \
+                     (remove `database` to derive a loader for each database feature enabled \
+                     on cached-instances)"
+                ),
+            );
+        }
+    }
+
+    let mut columns: HashMap<String, &Field> = HashMap::new();
+    for field in &cont.fields {
+        let a = &field.attrs;
+        if let Some(column) = &a.column {
+            if table.is_none() {
+                cx.error_spanned_by(
+                    &column.keyword,
+                    format!(
+                        "`column` names the field's column for the sqlx loader that \
+                         `#[cached(table = \"...\")]` derives, and `{ident}` has no `table`; add \
+                         `#[cached(table = \"...\")]` to `{ident}`, or remove `column`"
+                    ),
+                );
+            } else if a.skip.is_some() {
+                cx.error_spanned_by(
+                    &column.keyword,
+                    "`column` cannot be combined with `skip`; a skipped field is not read from \
+                     the database, so remove one of them",
+                );
+            } else if let Some(has_many) = &a.has_many {
+                let target = has_many.value.to_token_stream();
+                cx.error_spanned_by(
+                    &column.keyword,
+                    format!(
+                        "a `has_many` list is not a column of this table: it is read from the \
+                         table of `{target}`, through the column of its `via` field; remove \
+                         `column`"
+                    ),
+                );
+            } else if a.many_to_many.is_some() {
+                cx.error_spanned_by(
+                    &column.keyword,
+                    "a `many_to_many` list is not a column of this table: it is read from the \
+                     join table named by `through`; remove `column` (the join table's columns \
+                     are `source` and `target`)",
+                );
+            } else {
+                let advice = format!(
+                    "write the column's name, or remove `column` to read the column `{}`",
+                    field.name
+                );
+                check_name(cx, &column.value, "column", &advice);
+            }
+        }
+
+        check_join_table(cx, cont, field);
+
+        if table.is_some() && field.is_column() {
+            let column = field.column();
+            if let Some(first) = columns.get(&column) {
+                let message = format!(
+                    "field `{}` would be read from column \"{column}\", which field `{}` \
+                     already reads; give one of them its own column with `#[cached(column = \
+                     \"...\")]`",
+                    field.name, first.name
+                );
+                match &a.column {
+                    Some(item) => cx.error_spanned_by(&item.value, message),
+                    None => cx.error_spanned_by(field.ident, message),
+                }
+            } else {
+                columns.insert(column, field);
+            }
+        }
+    }
+}
+
+/// `through`, `source` and `target`: only on a `many_to_many` of a model
+/// with a table, and then all three.
+fn check_join_table(cx: &Ctxt, cont: &Container, field: &Field) {
+    let ident = cont.ident;
+    let a = &field.attrs;
+    let items: Vec<(&str, &Item<syn::LitStr>)> = [
+        ("through", a.through.as_ref()),
+        ("source", a.source.as_ref()),
+        ("target", a.target.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(name, item)| Some((name, item?)))
+    .collect();
+
+    let Some(many_to_many) = &a.many_to_many else {
+        for (name, item) in &items {
+            let message = if a.has_many.is_some() {
+                format!(
+                    "a `has_many` list is read from the related model's table, through the \
+                     column of its `via` field, not from a join table; remove `{name}`"
+                )
+            } else {
+                format!(
+                    "`{name}` only goes with `many_to_many`, to name its join table and \
+                     columns: write `#[cached({THROUGH_EXAMPLE})]`"
+                )
+            };
+            cx.error_spanned_by(&item.keyword, message);
+        }
+        return;
+    };
+
+    if cont.attrs.table.is_none() {
+        if let Some((name, item)) = items.first() {
+            cx.error_spanned_by(
+                &item.keyword,
+                format!(
+                    "`{name}` describes the join table for the sqlx loader that \
+                     `#[cached(table = \"...\")]` derives, and `{ident}` has no `table`; add \
+                     `#[cached(table = \"...\")]` to `{ident}`, or remove `through`, `source` \
+                     and `target`"
+                ),
+            );
+        }
+        return;
+    }
+
+    let missing: Vec<String> = ["through", "source", "target"]
+        .into_iter()
+        .filter(|name| !items.iter().any(|(found, _)| found == name))
+        .map(|name| format!("`{name}`"))
+        .collect();
+    if !missing.is_empty() {
+        let target = many_to_many.value.to_token_stream();
+        let missing = match missing.as_slice() {
+            [one] => one.clone(),
+            [first, second] => format!("{first} and {second}"),
+            _ => "`through`, `source` and `target`".to_owned(),
+        };
+        cx.error_spanned_by(
+            &many_to_many.keyword,
+            format!(
+                "`{ident}` has a table, so its derived loader reads `{}` from a join table: \
+                 add {missing} (`through` = the join table, `source` = its column holding \
+                 `{ident}`'s pk, `target` = its column holding `{target}`'s pk), e.g. \
+                 `#[cached({THROUGH_EXAMPLE})]`",
+                field.name
+            ),
+        );
+    }
+    let advice = format!("write `{THROUGH_EXAMPLE}`");
+    if let Some(through) = &a.through {
+        check_table_name(cx, &through.value, "join table", &advice);
+    }
+    for item in [&a.source, &a.target].into_iter().flatten() {
+        check_name(cx, &item.value, "column", &advice);
+    }
+    if let (Some(source), Some(target)) = (&a.source, &a.target)
+        && source.value.value() == target.value.value()
+        && !source.value.value().is_empty()
+    {
+        cx.error_spanned_by(
+            &target.value,
+            "`source` and `target` must be different columns of the join table: `source` \
+             holds this model's pk, `target` the related model's",
+        );
+    }
+}
+
+/// A table name: `table` or `schema.table`.
+fn check_table_name(cx: &Ctxt, lit: &syn::LitStr, what: &str, advice: &str) {
+    let name = lit.value();
+    if let Err(problem) = sql_name(&name) {
+        cx.error_spanned_by(lit, format!("the {what} name {problem}; {advice}"));
+    } else if name.split('.').count() > 2 || name.split('.').any(str::is_empty) {
+        cx.error_spanned_by(
+            lit,
+            format!("the {what} name \"{name}\" is neither `table` nor `schema.table`; {advice}"),
+        );
+    }
+}
+
+/// A column name.
+fn check_name(cx: &Ctxt, lit: &syn::LitStr, what: &str, advice: &str) {
+    if let Err(problem) = sql_name(&lit.value()) {
+        cx.error_spanned_by(lit, format!("the {what} name {problem}; {advice}"));
+    }
+}
+
+/// `Err` describes what keeps `name` from being a quoted SQL name.
+fn sql_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    match name.chars().find(|&c| matches!(c, '"' | '`' | '\0')) {
+        Some(c) => Err(format!("contains {c:?}, which SQL names cannot contain")),
+        None => Ok(()),
     }
 }
 

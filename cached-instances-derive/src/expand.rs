@@ -10,7 +10,7 @@ use proc_macro2::{Group, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use crate::ast::{Container, Field, Relation, Storage};
+use crate::ast::{Container, Database, Field, Relation, Storage};
 
 pub(crate) fn private() -> TokenStream {
     quote!(::cached_instances::__private)
@@ -38,6 +38,22 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
     let extra_targets = extra_targets(cont);
     let via_impls = via_impls(cont);
     let assertions = assertions(cont);
+    let table_impls = table_impls(cont);
+    let table_imports = if cont.attrs.table.is_some() {
+        quote! {
+            use #p::{
+                ColumnName as _, ColumnNameFallback as _, JsonFieldDecode as _,
+                JsonFieldFallback as _, ListFromPks as _, ListFromPksFallback as _,
+                TableNames as _, TableNamesFallback as _,
+            };
+        }
+    } else {
+        TokenStream::new()
+    };
+    let loaders = cont
+        .databases()
+        .into_iter()
+        .map(|database| sqlx_loader(cont, pk, database));
 
     // The dispatch traits are imported because autoref dispatch only works
     // through method-call syntax (see `derive_support` in the runtime crate).
@@ -49,6 +65,7 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
                 EncodeFallback as _, EncodeSerde as _, PushLinks as _, PushLinksFallback as _,
                 SkipDefault as _, SkipFallback as _,
             };
+            #table_imports
 
             #[automatically_derived]
             impl #p::CachedInstance for #ident {
@@ -85,6 +102,8 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
             #deserialize
             #via_impls
             #assertions
+            #table_impls
+            #(#loaders)*
         };
     })
 }
@@ -471,6 +490,14 @@ fn assertions(cont: &Container) -> TokenStream {
     for field in &cont.fields {
         let ty = &field.ty;
         let ty_span = ty.span();
+        // The derived loader reads a `has_many` list from the target's table.
+        if cont.attrs.table.is_some()
+            && let Some(Relation::HasMany { target, .. }) = field.relation()
+        {
+            out.extend(quote_spanned! {target.span()=>
+                #p::assert_table_for::<#target, #ident, <#target as #p::CachedInstance>::Pk>();
+            });
+        }
         match field.relation() {
             // No `assert_cached::<T>()`: the schema's `<T as CachedInstance>::MODEL`
             // already fails, at the same span, with the same message.
@@ -528,6 +555,235 @@ fn assertions(cont: &Container) -> TokenStream {
         const _: () = {
             #out
         };
+    }
+}
+
+/// The table metadata other models' derived loaders read: `SqlTable`, and
+/// `SqlColumn` for every column field.
+///
+/// Reads the attributes directly, so the fallback can emit them for a model
+/// whose other attributes are wrong.
+pub(crate) fn table_impls(cont: &Container) -> TokenStream {
+    let Some(table) = &cont.attrs.table else {
+        return TokenStream::new();
+    };
+    let p = private();
+    let ident = cont.ident;
+    let table = &table.value;
+    let pk_column = cont.pk().map(Field::column).unwrap_or_default();
+    let columns = cont
+        .fields
+        .iter()
+        .filter(|field| field.is_column())
+        .map(|field| {
+            let hash = Literal::u64_suffixed(fnv1a(field.name.as_bytes()));
+            let column = field.column();
+            quote! {
+                #[automatically_derived]
+                impl #p::SqlColumn<#hash> for #ident {
+                    const COLUMN: &'static str = #column;
+                }
+            }
+        });
+    quote! {
+        #[automatically_derived]
+        impl #p::SqlTable for #ident {
+            const TABLE: &'static str = #table;
+            const PK_COLUMN: &'static str = #pk_column;
+        }
+        #(#columns)*
+    }
+}
+
+/// The derived sqlx loader of a model with a table, on one database, behind
+/// the runtime's feature for it: one query for the rows, one per relation
+/// list.
+///
+/// Field types are checked by the calls that read them: each call names the
+/// field's type with the user's span, so a type sqlx cannot read is one
+/// error at the field (per database), with the runtime's message. What other
+/// assertions already check (skip defaults, serde bounds, list types, the
+/// target's table) goes through autoref dispatch, so it fails only once.
+fn sqlx_loader(cont: &Container, pk: &Field, database: Database) -> TokenStream {
+    let Some(table) = &cont.attrs.table else {
+        return TokenStream::new();
+    };
+    let p = private();
+    let ident = cont.ident;
+    let table = &table.value;
+    let (gate, module, db) = match database {
+        Database::Sqlite => (
+            quote!(#p::__cached_if_sqlx_sqlite),
+            quote!(#p::sqlx_sqlite),
+            quote!(#p::sqlx::Sqlite),
+        ),
+        Database::Postgres => (
+            quote!(#p::__cached_if_sqlx_postgres),
+            quote!(#p::sqlx_postgres),
+            quote!(#p::sqlx::Postgres),
+        ),
+    };
+    let pk_ty = &pk.ty;
+    let pk_ident = pk.ident;
+
+    // The pk column first: the runtime returns each row with its key.
+    let columns: Vec<&Field> = std::iter::once(pk)
+        .chain(
+            cont.fields
+                .iter()
+                .filter(|field| field.is_column() && field.attrs.pk.is_none()),
+        )
+        .collect();
+    let column_names = columns.iter().map(|field| field.column());
+
+    let mut lists = Vec::new();
+    let mut inits = Vec::new();
+    for field in &cont.fields {
+        if field.attrs.pk.is_some() {
+            continue;
+        }
+        let member = field.ident;
+        let ty = &field.ty;
+        if let Some(index) = columns.iter().position(|c| c.ident == field.ident) {
+            let column = field.column();
+            let value = match field.storage() {
+                Storage::Serde => quote! {
+                    #module::get_json(
+                        &__row,
+                        #index,
+                        #column,
+                        #p::JsonField::<#ty>::new().__cached_from_json(),
+                    )?
+                },
+                // Spanned at the type: a type sqlx cannot read fails here.
+                _ => {
+                    let get = quote_spanned!(ty.span()=> #module::get::<#ty>);
+                    quote!(#get(&__row, #index, #column)?)
+                }
+            };
+            inits.push(quote!(#member: #value));
+            continue;
+        }
+        let list = format_ident!("__list{}", lists.len());
+        let (target, names) = match field.relation() {
+            Some(Relation::HasMany { target, via }) => {
+                let hash = Literal::u64_suffixed(fnv1a(unraw(via).as_bytes()));
+                let names = quote! {
+                    let (__table, __item) = #p::TableOf::<#target>::new().__cached_table();
+                    let __owner = #p::ColumnOf::<#target, #hash>::new().__cached_column();
+                };
+                (target, names)
+            }
+            Some(Relation::ManyToMany { target, .. }) => {
+                let a = &field.attrs;
+                let [through, source, target_column] =
+                    [&a.through, &a.source, &a.target].map(|item| match item {
+                        Some(item) => item.value.value(),
+                        None => String::new(),
+                    });
+                let names = quote! {
+                    let (__table, __owner, __item) = (#through, #source, #target_column);
+                };
+                (target, names)
+            }
+            // Skipped fields.
+            _ => {
+                inits.push(quote! {
+                    #member: match #p::SkipField::<#ty>::new().__cached_default() {
+                        #p::Option::Some(value) => value,
+                        #p::Option::None => {
+                            return #p::Result::Err(#p::schema_error(#p::NO_DEFAULT));
+                        }
+                    }
+                });
+                continue;
+            }
+        };
+        // The list's item type: written as the field's `Vec<X>`, so that
+        // a target that is not a model is not named in the loader (its error
+        // is the schema's); otherwise the target's pk.
+        let item_pk = match vec_item(ty) {
+            Some(item) => item.to_token_stream(),
+            None => quote_spanned!(target.span()=> <#target as #p::CachedInstance>::Pk),
+        };
+        let fetch_lists = quote_spanned! {pk_ty.span()=>
+            #module::fetch_lists::<#pk_ty, #item_pk>(&mut *__conn, __table, __owner, __item, &__keys)
+                .await?
+        };
+        lists.push(quote! {
+            let mut #list = {
+                #names
+                #fetch_lists
+            };
+        });
+        inits.push(quote! {
+            #member: match #p::ListField::<#ty, #item_pk>::new()
+                .__cached_list(#p::Option::unwrap_or_default(#list.remove(&__key)))
+            {
+                #p::Option::Some(value) => value,
+                #p::Option::None => return #p::Result::Err(#p::schema_error(#p::NOT_A_LIST)),
+            }
+        });
+    }
+    // Spanned at the pk's type, all of it: a pk type the database cannot
+    // bind is one error there.
+    let fetch_rows = quote_spanned! {pk_ty.span()=>
+        #module::fetch_rows::<#pk_ty>(&mut *__conn, #table, &[#(#column_names),*], __pks).await?
+    };
+    let keys = if lists.is_empty() {
+        TokenStream::new()
+    } else {
+        quote! {
+            let __keys: #p::Vec<#pk_ty> =
+                __rows.iter().map(|(__key, _)| #p::Clone::clone(__key)).collect();
+        }
+    };
+
+    quote! {
+        #gate! {
+            #[automatically_derived]
+            impl #p::SqlxModel<#db> for #ident {
+                fn sqlx_load<'__a, __C>(
+                    __conn: &'__a mut __C,
+                    __pks: &'__a [<Self as #p::CachedInstance>::Pk],
+                ) -> impl #p::Future<Output = #p::Result<#p::Vec<Self>, #p::sqlx::Error>>
+                + #p::Send
+                + '__a
+                where
+                    __C: #p::SqlxConnection<Database = #db>,
+                {
+                    async move {
+                        let __conn = #p::SqlxConnection::as_connection(__conn);
+                        let __rows = #fetch_rows;
+                        #keys
+                        #(#lists)*
+                        let mut __out = #p::Vec::with_capacity(__rows.len());
+                        for (__key, __row) in __rows {
+                            __out.push(#ident {
+                                #(#inits,)*
+                                #pk_ident: __key,
+                            });
+                        }
+                        #p::Result::Ok(__out)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `X` when `ty` is written `Vec<X>` (any path ending in `Vec`).
+fn vec_item(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match (last.ident == "Vec", args.args.first(), args.args.len()) {
+        (true, Some(syn::GenericArgument::Type(item)), 1) => Some(item),
+        _ => None,
     }
 }
 

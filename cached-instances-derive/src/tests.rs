@@ -11,8 +11,37 @@ use crate::derive;
 const POLLS: &str = include_str!("../../examples/polls/models.rs");
 
 fn pretty(tokens: TokenStream) -> String {
-    let file: syn::File = syn::parse2(tokens).expect("the expansion is valid Rust");
+    let mut file: syn::File = syn::parse2(tokens).expect("the expansion is valid Rust");
+    for item in &mut file.items {
+        if let syn::Item::Const(item) = item
+            && let syn::Expr::Block(block) = &mut *item.expr
+        {
+            show_gated_items(&mut block.block.stmts);
+        }
+    }
     prettyplease::unparse(&file)
+}
+
+/// prettyplease leaves macro input unformatted, so the items generated
+/// behind `__cached_if_*! { ... }` are shown as `mod __cached_if_* { ... }`
+/// in the snapshots (only there) to be readable.
+fn show_gated_items(stmts: &mut [syn::Stmt]) {
+    for stmt in stmts {
+        let mac = match stmt {
+            syn::Stmt::Macro(stmt) => &stmt.mac,
+            syn::Stmt::Item(syn::Item::Macro(item)) => &item.mac,
+            _ => continue,
+        };
+        let Some(name) = mac.path.segments.last().map(|s| s.ident.clone()) else {
+            continue;
+        };
+        if !name.to_string().starts_with("__cached_if_") {
+            continue;
+        }
+        let body: syn::File = syn::parse2(mac.tokens.clone()).expect("gated items parse");
+        let items = body.items;
+        *stmt = syn::Stmt::Item(parse_quote!(mod #name { #(#items)* }));
+    }
 }
 
 /// A model of the polls example, read from the example itself so the
@@ -62,6 +91,48 @@ fn every_attribute() {
             pub cache_hint: u32,
             #[cached(references = Self)]
             pub parent: Option<String>,
+        }
+    };
+    insta::assert_snapshot!(pretty(derive(&input)));
+}
+
+/// A derived sqlx loader with every kind of field: renamed columns, a
+/// serde field, a skipped field, both kinds of lists, one database.
+#[test]
+fn every_sqlx_attribute() {
+    let input: DeriveInput = parse_quote! {
+        #[cached(table = "blog.articles", database = "postgres")]
+        pub struct Article {
+            #[cached(pk, column = "article_id")]
+            pub id: uuid::Uuid,
+            #[cached(column = "title text")]
+            pub title: String,
+            #[cached(serde)]
+            pub meta: Meta,
+            #[cached(skip)]
+            pub cache_hint: u32,
+            #[cached(references = Self)]
+            pub parent: Option<uuid::Uuid>,
+            #[cached(has_many = Self, via = parent)]
+            pub children: Vec<uuid::Uuid>,
+            #[cached(many_to_many = Tag, through = "article_tags", source = "article_id", target = "tag")]
+            pub tags: Vec<String>,
+        }
+    };
+    insta::assert_snapshot!(pretty(derive(&input)));
+}
+
+/// A rejected model with a table keeps its table metadata and loaders, as
+/// stand-ins.
+#[test]
+fn errors_with_a_table_keep_the_loaders() {
+    let input: DeriveInput = parse_quote! {
+        #[cached(table = "broken")]
+        pub struct Broken {
+            #[cached(pk)]
+            pub id: i64,
+            #[cached(column = "")]
+            pub name: String,
         }
     };
     insta::assert_snapshot!(pretty(derive(&input)));

@@ -317,7 +317,12 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
                 Ok(instance) if in_scope(&instance) => {}
                 Ok(_) => return not_found::<T>(segment),
                 Err(e) => {
-                    tracing::error!(target: "cached_instances", model = T::MODEL, error = %e, "cannot decode a cached instance");
+                    tracing::error!(
+                        target: "cached_instances",
+                        model = T::MODEL,
+                        error = %e,
+                        "cannot decode a cached instance",
+                    );
                     return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
                 }
             }
@@ -334,7 +339,12 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         let page = match self.query.page(pagination.request).await {
             Ok(page) => page,
             Err(e) => {
-                tracing::warn!(target: "cached_instances", model = T::MODEL, error = %e, "list query failed");
+                tracing::warn!(
+                    target: "cached_instances",
+                    model = T::MODEL,
+                    error = %e,
+                    "list query failed",
+                );
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!("listing {} failed", T::MODEL),
@@ -448,7 +458,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 fn not_found<T: CachedInstance>(segment: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
-        &format!("{} {segment:?} not found", T::MODEL),
+        &format!("{} {segment} not found", T::MODEL),
     )
 }
 
@@ -458,11 +468,22 @@ fn cache_error<T: CachedInstance>(e: Error) -> Response {
     match e {
         Error::Load { .. } => {
             let source = std::error::Error::source(&e).map(ToString::to_string);
-            tracing::warn!(target: "cached_instances", model = T::MODEL, error = %e, source, "loading failed");
+            tracing::warn!(
+                target: "cached_instances",
+                model = T::MODEL,
+                error = %e,
+                source,
+                "loading failed",
+            );
             error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
         e => {
-            tracing::error!(target: "cached_instances", model = T::MODEL, error = %e, "cache read failed");
+            tracing::error!(
+                target: "cached_instances",
+                model = T::MODEL,
+                error = %e,
+                "cache read failed",
+            );
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
     }

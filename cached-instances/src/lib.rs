@@ -58,9 +58,13 @@ mod key;
 mod loader;
 mod marker;
 mod pk;
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx;
 pub mod store;
+mod table;
 
-pub use cache::{Cache, CacheBuilder, Stats};
+pub use cache::{Cache, CacheBuilder, Event, Stats};
 pub use codec::FieldCodec;
 pub use error::{BoxError, BuildError, DecodeError, EncodeError, Error, LoadError, StoreError};
 pub use instance::{CachedInstance, Relation, RelationKind, Schema, Target};
@@ -94,6 +98,23 @@ pub mod __private {
     pub use crate::derive_support::*;
     pub use std::unreachable;
 
+    // Derived sqlx loaders (`#[cached(table = "...")]`). The metadata and
+    // dispatch helpers exist whatever the features; what names sqlx sits
+    // behind the `__cached_if_*` macros below.
+    #[cfg(feature = "sqlx-postgres")]
+    pub use crate::sqlx::postgres as sqlx_postgres;
+    #[cfg(feature = "sqlx-sqlite")]
+    pub use crate::sqlx::sqlite as sqlx_sqlite;
+    #[cfg(feature = "sqlx")]
+    pub use crate::sqlx::{SqlxConnection, SqlxModel, schema_error};
+    pub use crate::table::*;
+    pub use crate::{__cached_if_sqlx, __cached_if_sqlx_postgres, __cached_if_sqlx_sqlite};
+    #[cfg(feature = "sqlx")]
+    pub use ::sqlx;
+    pub use std::clone::Clone;
+    pub use std::future::Future;
+    pub use std::marker::Send;
+
     /// Asserts at compile time that `T` is a cached model.
     pub const fn assert_cached<T: CachedInstance>() {}
     /// Asserts at compile time that `F` is `T`'s pk or an optional one.
@@ -122,6 +143,63 @@ pub mod __private {
         }
         hash
     }
+}
+
+// Generated code is compiled in the user's crate, where `cfg(feature = ...)`
+// would test the user's features. These macros carry this crate's features
+// to it instead: each passes its input through when the feature is enabled
+// here and drops it otherwise.
+
+/// Emits its input when the `sqlx` feature is enabled. Used by generated code.
+#[cfg(feature = "sqlx")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Emits its input when the `sqlx` feature is enabled. Used by generated code.
+#[cfg(not(feature = "sqlx"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx {
+    ($($t:tt)*) => {};
+}
+
+/// Emits its input when the `sqlx-sqlite` feature is enabled. Used by
+/// generated code.
+#[cfg(feature = "sqlx-sqlite")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_sqlite {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Emits its input when the `sqlx-sqlite` feature is enabled. Used by
+/// generated code.
+#[cfg(not(feature = "sqlx-sqlite"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_sqlite {
+    ($($t:tt)*) => {};
+}
+
+/// Emits its input when the `sqlx-postgres` feature is enabled. Used by
+/// generated code.
+#[cfg(feature = "sqlx-postgres")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_postgres {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Emits its input when the `sqlx-postgres` feature is enabled. Used by
+/// generated code.
+#[cfg(not(feature = "sqlx-postgres"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_postgres {
+    ($($t:tt)*) => {};
 }
 
 /// The README's examples, compiled and run as doctests.

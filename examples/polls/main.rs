@@ -85,6 +85,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let args = match parse_args(std::env::args().skip(1)) {
@@ -131,8 +133,14 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn Error>> {
         None => App::new(db, MemoryStore::new())?,
     };
     tracing::info!(
-        database = args.database.as_deref().unwrap_or("sqlite in memory"),
-        cache = args.redis.as_deref().unwrap_or("in-process MemoryStore"),
+        database = args
+            .database
+            .as_deref()
+            .map_or("SQLite in memory".into(), redact),
+        cache = args
+            .redis
+            .as_deref()
+            .map_or("in-process MemoryStore".into(), redact),
         seeded,
         "polls ready"
     );
@@ -176,6 +184,16 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn Error>> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `url` without its credentials, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn print_banner(addr: SocketAddr) {
@@ -227,13 +245,24 @@ async fn request(
     Ok((status, body.to_owned()))
 }
 
+/// A smoke request: method, path, JSON body, expected status, expected
+/// database statements (`None`: not checked).
+type Step = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    u16,
+    Option<u64>,
+);
+
 /// Requests against the running server; prints each with its status and
 /// database statements; `false` when one is not as expected.
 async fn smoke(addr: SocketAddr, app: &App) -> bool {
-    let steps: [(&str, &str, Option<&str>, u16, Option<u64>); 10] = [
+    let steps: [Step; 11] = [
         ("GET", "/questions", None, 200, None),
         ("GET", "/questions", None, 200, Some(1)),
         ("GET", "/questions/1", None, 200, Some(0)),
+        ("GET", "/questions/4", None, 404, None),
         ("GET", "/questions/4", None, 404, Some(0)),
         ("GET", "/questions/abc", None, 400, Some(0)),
         ("GET", "/questions?limit=zero", None, 400, Some(0)),
@@ -310,5 +339,14 @@ mod tests {
         assert!(parse(&["--help"]).unwrap().is_none());
         assert!(parse(&["--redis"]).is_err());
         assert!(parse(&["--nope"]).is_err());
+    }
+
+    #[test]
+    fn credentials_are_not_logged() {
+        assert_eq!(
+            redact("postgres://u:secret@db:5432/x"),
+            "postgres://***@db:5432/x"
+        );
+        assert_eq!(redact("redis://127.0.0.1/"), "redis://127.0.0.1/");
     }
 }

@@ -1,23 +1,28 @@
 //! The poll app's models: users vote for choices of questions.
+//!
+//! The `table`, `through`, `source` and `target` attributes describe the
+//! tables `db.rs` creates, so the derive also generates batched sqlx loaders
+//! for them (`cached_instances::sqlx::SqlxLoader`).
 
 use cached_instances::CachedInstance;
 use chrono::{DateTime, Utc};
 
 /// A user; `votes` mirrors `Choice.voters`.
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
-#[cached(model = "User")]
+#[cached(model = "User", table = "users")]
 pub struct User {
     #[cached(pk)]
     pub id: i64,
     pub username: String,
     #[cached(many_to_many = Choice, inverse = voters)]
+    #[cached(through = "votes", source = "user_id", target = "choice_id")]
     pub votes: Vec<i64>,
 }
 
 /// A question with its choices (the pks of the `Choice`s whose
 /// `question_id` is this question).
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
-#[cached(model = "Question")]
+#[cached(model = "Question", table = "questions")]
 pub struct Question {
     #[cached(pk)]
     pub id: i64,
@@ -29,7 +34,7 @@ pub struct Question {
 
 /// One answer to a question, with the users who voted for it.
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
-#[cached(model = "Choice")]
+#[cached(model = "Choice", table = "choices")]
 pub struct Choice {
     #[cached(pk)]
     pub id: i64,
@@ -37,5 +42,6 @@ pub struct Choice {
     pub question_id: i64,
     pub choice_text: String,
     #[cached(many_to_many = User, inverse = votes)]
+    #[cached(through = "votes", source = "choice_id", target = "user_id")]
     pub voters: Vec<i64>,
 }

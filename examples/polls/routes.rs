@@ -169,7 +169,9 @@ async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
 }
 
 /// Logs each request: status, time, the database statements it ran, the
-/// loader calls it made, and whether it was served from the cache.
+/// loader calls it made, and whether the cache served it (`cache="hit"`: no
+/// loader call; `"miss"`: the cache loaded from the database; `"write"`: a
+/// write, whose loader calls are the cascade refreshing cached entries).
 ///
 /// Statements and loader calls are counted per request ([`db::track`]);
 /// cache hits and misses are the difference of the cache's global counters,
@@ -183,7 +185,9 @@ pub async fn log_request(State(app): State<App>, request: Request, next: Next) -
     let after = app.cache.stats();
     let hits = after.hits.saturating_sub(before.hits);
     let misses = after.misses.saturating_sub(before.misses);
-    let cache = if tally.loader_calls > 0 || misses > 0 {
+    let cache = if method != Method::GET && method != Method::HEAD {
+        "write"
+    } else if tally.loader_calls > 0 || misses > 0 {
         "miss"
     } else if hits > 0 {
         "hit"
@@ -297,7 +301,12 @@ fn created<T: CachedInstance>(instance: &T, location: String) -> Result<Response
 /// read loads fresh data: the request still succeeds.
 fn after_commit(model: &str, result: Result<(), cached_instances::Error>) {
     if let Err(e) = result {
-        tracing::warn!(target: "polls", model, error = %e, "cache notification failed after commit");
+        tracing::warn!(
+            target: "polls",
+            model,
+            error = %e,
+            "cache notification failed after commit",
+        );
     }
 }
 

@@ -8,6 +8,10 @@
 //!   delivered first when the store answers again. Until then, reads of those
 //!   keys bypass the store, so a stale entry is never served once the store
 //!   is back. (If the process exits first, the entry's TTL is the backstop.)
+//!   An instance's delivery is a cascade level of its own: what the store
+//!   still held for it is compared with a reload, so the relations of a
+//!   state the write could not see (the old parent of a moved foreign key)
+//!   are invalidated too.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -49,10 +53,14 @@ pub enum Event {
     },
 }
 
-/// A key whose invalidation is waiting for the store.
+/// An invalidation waiting for the store.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum PendingOp {
-    /// An instance key: gets a tombstone.
+    /// An instance (every version) whose write or cascade could not reach
+    /// the store: delivered as a cascade level, so that what it still holds
+    /// is compared with the database and its changed relations follow.
+    Instance { model: &'static str, pk_key: String },
+    /// An instance key that only gets a tombstone (`delete_all_versions`).
     Tombstone(String),
     /// A raw key: gets deleted.
     Delete(String),
@@ -64,7 +72,13 @@ pub(crate) struct Degraded {
     down_until: Mutex<Option<Instant>>,
     is_down: AtomicBool,
     pending: Mutex<BTreeSet<PendingOp>>,
+    /// Set while invalidations are queued *or being delivered*: the keys a
+    /// delivery is replacing still hold what they held before the writes,
+    /// so the store is not read until the delivery is done.
     has_pending: AtomicBool,
+    /// Held by the one caller delivering the queue; others skip the store
+    /// meanwhile instead of reading entries not yet invalidated.
+    pub(crate) delivering: tokio::sync::Mutex<()>,
     pub(crate) direct_loads: Semaphore,
     events: broadcast::Sender<Event>,
 }
@@ -77,6 +91,7 @@ impl Degraded {
             is_down: AtomicBool::new(false),
             pending: Mutex::new(BTreeSet::new()),
             has_pending: AtomicBool::new(false),
+            delivering: tokio::sync::Mutex::new(()),
             direct_loads: Semaphore::new(concurrency.max(1)),
             events: broadcast::channel(64).0,
         }
@@ -142,10 +157,23 @@ impl Degraded {
         self.has_pending.load(Ordering::Acquire)
     }
 
+    /// Takes the queue for delivery. `has_pending` stays set until
+    /// [`settle`](Self::settle) finds the queue empty after the delivery.
     pub(crate) fn take_pending(&self) -> Vec<PendingOp> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        self.has_pending.store(false, Ordering::Release);
         std::mem::take(&mut *pending).into_iter().collect()
+    }
+
+    /// After a delivery: clears `has_pending` if nothing was queued again
+    /// (a failed delivery, or writes made meanwhile). Returns whether the
+    /// queue is empty.
+    pub(crate) fn settle(&self) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let empty = pending.is_empty();
+        if empty {
+            self.has_pending.store(false, Ordering::Release);
+        }
+        empty
     }
 
     pub(crate) fn delivered(&self, count: usize) {

@@ -314,40 +314,70 @@ impl Cache {
     }
 
     /// Delivers queued invalidations; `true` when none remain.
+    ///
+    /// One caller delivers at a time; the others get `false` meanwhile and
+    /// skip the store, since the keys being delivered still hold what they
+    /// held before the writes.
     async fn deliver_pending(&self) -> bool {
-        use degraded::PendingOp;
+        let Ok(_delivering) = self.inner.degraded.delivering.try_lock() else {
+            return false;
+        };
         let ops = self.inner.degraded.take_pending();
-        if ops.is_empty() {
-            return true;
+        if !ops.is_empty() {
+            let delivered = self.deliver(ops).await;
+            self.inner.degraded.delivered(delivered);
         }
-        let (mut tombstones, mut deletes) = (Vec::new(), Vec::new());
-        for op in &ops {
-            match op {
-                PendingOp::Tombstone(k) => tombstones.push(k.clone()),
-                PendingOp::Delete(k) => deletes.push(k.clone()),
+        self.inner.degraded.settle()
+    }
+
+    /// Delivers `ops` (anything that fails is queued again) and returns how
+    /// many were delivered. Boxed: it runs the write path, whose calls to
+    /// `store_usable` can lead back to `deliver_pending`, so the future
+    /// types would otherwise contain themselves.
+    fn deliver(
+        &self,
+        ops: Vec<degraded::PendingOp>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + '_>> {
+        use degraded::PendingOp;
+        Box::pin(async move {
+            let (mut instances, mut tombstones, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+            for op in ops {
+                match op {
+                    PendingOp::Instance { model, pk_key } => instances.push((model, pk_key)),
+                    PendingOp::Tombstone(k) => tombstones.push(k),
+                    PendingOp::Delete(k) => deletes.push(k),
+                }
             }
-        }
-        let store = &self.inner.store;
-        let ttl = self.inner.config.tombstone_ttl;
-        let ok = (tombstones.is_empty()
-            || self
-                .store_call(
-                    "retry",
-                    "invalidate",
-                    store.swap_many(&tombstones, crate::marker::TOMBSTONE, ttl),
-                )
-                .await
-                .is_some())
-            && (deletes.is_empty()
-                || self
-                    .store_call("retry", "delete", store.delete_many(&deletes))
-                    .await
-                    .is_some());
-        if ok {
-            self.inner.degraded.delivered(ops.len());
-        } else {
-            self.inner.degraded.queue(ops);
-        }
-        ok
+            let store = &self.inner.store;
+            let mut delivered = 0;
+            if !tombstones.is_empty() {
+                let ttl = self.inner.config.tombstone_ttl;
+                let call = store.swap_many(&tombstones, crate::marker::TOMBSTONE, ttl);
+                if self.store_call("retry", "invalidate", call).await.is_some() {
+                    delivered += tombstones.len();
+                } else {
+                    self.inner
+                        .degraded
+                        .queue(tombstones.into_iter().map(PendingOp::Tombstone));
+                }
+            }
+            if !deletes.is_empty() {
+                let call = store.delete_many(&deletes);
+                if self.store_call("retry", "delete", call).await.is_some() {
+                    delivered += deletes.len();
+                } else {
+                    self.inner
+                        .degraded
+                        .queue(deletes.into_iter().map(PendingOp::Delete));
+                }
+            }
+            if !instances.is_empty() {
+                let count = instances.len();
+                if self.deliver_instances(instances).await {
+                    delivered += count;
+                }
+            }
+            delivered
+        })
     }
 }

@@ -102,7 +102,7 @@ impl Cache {
         let mut targets = Vec::new();
         let level = [(T::MODEL, pk_key.clone())];
         let seeded = self
-            .cascade_level(&level, true, &mut targets, Some(&seed))
+            .cascade_level(&level, true, &mut targets, Some(&seed), false)
             .await;
         tracing::debug!(
             target: "cached_instances",
@@ -113,8 +113,8 @@ impl Cache {
         );
         let mut visited = HashSet::new();
         visited.insert((T::MODEL, pk_key));
-        let cascaded = self.cascade(targets, visited).await;
-        seeded.and(cascaded)
+        let cascaded = self.cascade(targets, visited, false).await;
+        seeded.and(cascaded).map(|_| ())
     }
 
     /// Reloads `pk` and, if its representation changed, writes as `saved`.
@@ -162,23 +162,29 @@ impl Cache {
             .iter()
             .map(|v| v.key(&pk_key))
             .collect();
-        self.invalidate_keys(T::MODEL, &keys, TOMBSTONE, self.inner.config.tombstone_ttl)
+        let retry: Vec<PendingOp> = keys.iter().cloned().map(PendingOp::Tombstone).collect();
+        let ttl = self.inner.config.tombstone_ttl;
+        self.invalidate_keys(T::MODEL, &keys, TOMBSTONE, ttl, retry, false)
             .await;
         add(&self.inner.counters.invalidations, 1);
         Ok(())
     }
 
     /// Replaces `keys` with `marker` (a tombstone or this write's lease),
-    /// returning what they held. When the store cannot take it, the keys are
-    /// queued as tombstones for retry and `None` is returned.
+    /// returning what they held. When the store cannot take it, `retry` is
+    /// queued and `None` is returned. A delivery of queued invalidations
+    /// (`delivering`) goes to the store directly: it is what `store_usable`
+    /// waits for.
     async fn invalidate_keys(
         &self,
         model: &'static str,
         keys: &[String],
         marker: &[u8],
         ttl: std::time::Duration,
+        retry: Vec<PendingOp>,
+        delivering: bool,
     ) -> Option<Vec<Option<Bytes>>> {
-        let olds = if self.store_usable().await {
+        let olds = if delivering || self.store_usable().await {
             self.store_call(
                 model,
                 "invalidate",
@@ -189,18 +195,42 @@ impl Cache {
             None
         };
         if olds.is_none() {
-            self.inner
-                .degraded
-                .queue(keys.iter().cloned().map(PendingOp::Tombstone));
+            self.inner.degraded.queue(retry);
         }
         olds
     }
 
+    /// Delivers queued instance invalidations as a cascade level of their
+    /// own: each key (every version) is swapped to a lease, what it held —
+    /// possibly the state from before a write that could not read it — is
+    /// compared with a reload, and the relations that changed are cascaded
+    /// to (the old parent of a foreign key moved during an outage, say).
+    /// Whatever fails is queued again. Returns whether the store took the
+    /// level.
+    pub(super) async fn deliver_instances(&self, instances: Vec<(&'static str, String)>) -> bool {
+        let mut next = Vec::new();
+        let level = self
+            .cascade_level(&instances, true, &mut next, None, true)
+            .await;
+        let taken = !matches!(level, Ok(false));
+        let visited = instances.into_iter().collect();
+        if let Err(error) = level.and(self.cascade(next, visited, true).await) {
+            tracing::warn!(
+                target: "cached_instances",
+                error = %error,
+                "reload failed while delivering queued invalidations; entries left invalidated"
+            );
+        }
+        taken
+    }
+
     /// Breadth-first over the targets; stops at the configured depth.
+    /// `delivering`: see [`invalidate_keys`](Self::invalidate_keys).
     async fn cascade(
         &self,
         mut targets: Vec<Target>,
         mut visited: HashSet<(&'static str, String)>,
+        delivering: bool,
     ) -> Result<(), Error> {
         let config = &self.inner.config;
         let mut raw_keys = BTreeSet::new();
@@ -233,8 +263,11 @@ impl Cache {
                     "cascade depth limit reached; the rest is invalidated without reloading"
                 );
             }
-            match self.cascade_level(&level, reload, &mut targets, None).await {
-                Ok(()) => {}
+            match self
+                .cascade_level(&level, reload, &mut targets, None, delivering)
+                .await
+            {
+                Ok(_) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -246,7 +279,7 @@ impl Cache {
         if !raw_keys.is_empty() {
             let keys: Vec<String> = raw_keys.into_iter().collect();
             add(&self.inner.counters.invalidations, keys.len());
-            let delivered = self.store_usable().await
+            let delivered = (delivering || self.store_usable().await)
                 && self
                     .store_call("raw keys", "delete", self.inner.store.delete_many(&keys))
                     .await
@@ -262,13 +295,17 @@ impl Cache {
 
     /// One cascade level: lease every key, reload what was cached (or all,
     /// without `update_only`), fill, and collect the next level's targets.
+    /// `Ok(false)` when the store could not take the level's invalidation
+    /// (it is queued for retry). `delivering`: see
+    /// [`invalidate_keys`](Self::invalidate_keys).
     async fn cascade_level(
         &self,
         level: &[(&'static str, String)],
         reload: bool,
         next: &mut Vec<Target>,
         seed: Option<&Seed<'_>>,
-    ) -> Result<(), Error> {
+        delivering: bool,
+    ) -> Result<bool, Error> {
         let config = &self.inner.config;
         let store = &self.inner.store;
         let mut touched = Vec::new();
@@ -289,17 +326,29 @@ impl Cache {
             Bytes::from_static(TOMBSTONE)
         };
         let ttl = config.lease_ttl.max(config.tombstone_ttl);
-        let Some(olds) = self.invalidate_keys("cascade", &keys, &lease, ttl).await else {
+        // Queued per instance, not per key: the delivery compares what the
+        // store still holds with the database and cascades from there.
+        let retry = level
+            .iter()
+            .map(|(model, pk_key)| PendingOp::Instance {
+                model,
+                pk_key: pk_key.clone(),
+            })
+            .collect();
+        let Some(olds) = self
+            .invalidate_keys("cascade", &keys, &lease, ttl, retry, delivering)
+            .await
+        else {
             // Nothing is known of the old states; the written instance's own
             // relations still go on (and are queued in turn).
             if let Some(seed) = seed {
                 let new = seed.new.as_ref().map(|(links, _)| links);
                 seed.entry.targets(seed.previous.as_ref(), new, next);
             }
-            return Ok(());
+            return Ok(false);
         };
         if !reload {
-            return Ok(());
+            return Ok(true);
         }
 
         // Group the touched keys by registered type, one reload per type.
@@ -414,6 +463,6 @@ impl Cache {
             add(&self.inner.counters.fills, filled);
             add(&self.inner.counters.fills_rejected, rejected);
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(true), Err)
     }
 }

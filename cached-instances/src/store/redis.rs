@@ -7,9 +7,13 @@
 //! batch is split by slot (the `{model:pk}` hash tag keeps every version of
 //! an instance in one slot), the per-slot requests run concurrently, and the
 //! results are put back in request order.
+//!
+//! Every request is bounded by the store's response timeout, the wait for a
+//! (re)connection included, so an unreachable or stalled server costs a
+//! read at most that long before the cache falls back to its loaders.
 
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,7 +101,27 @@ fn scripts() -> [&'static Script; 3] {
 enum Connection {
     Single(ConnectionManager),
     #[cfg(feature = "cluster")]
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(Arc<LazyCluster>),
+}
+
+/// A cluster connection made on first use. Once made, the cluster
+/// connection reconnects to its nodes by itself; until then, every request
+/// tries to make it (so a store created while the cluster was down starts
+/// working when the cluster comes up).
+#[cfg(feature = "cluster")]
+struct LazyCluster {
+    client: redis::cluster::ClusterClient,
+    connection: tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>,
+}
+
+#[cfg(feature = "cluster")]
+impl LazyCluster {
+    async fn get(&self) -> Result<redis::cluster_async::ClusterConnection, RedisError> {
+        self.connection
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+    }
 }
 
 /// The Redis store: a single server through a shared, self-reconnecting
@@ -137,6 +161,9 @@ enum Connection {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
+    /// The bound of every request, from sending to reply, including any
+    /// wait for a connection (the builder's response timeout).
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -210,48 +237,89 @@ impl RedisStoreBuilder {
 
     /// Connects, and loads the store's scripts on every server.
     ///
+    /// Fails when no server answers: to start while Redis may be down, use
+    /// [`connect_lazy`](Self::connect_lazy).
+    ///
     /// # Errors
     ///
     /// [`StoreError::Unavailable`] when a URL is invalid or no server can be
     /// reached in time.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        #[cfg(feature = "cluster")]
-        let connection = if self.cluster {
-            self.connect_cluster().await?
-        } else {
-            self.connect_single().await?
-        };
-        #[cfg(not(feature = "cluster"))]
-        let connection = self.connect_single().await?;
-        let store = RedisStore { connection };
-        // Loaded up front so the first call of each script is one EVALSHA;
-        // after a server restart `invoke_async` reloads them on NOSCRIPT.
+        let store = self.connect_lazy()?;
+        // Connected here rather than by the first request, and the scripts
+        // loaded up front so the first call of each is one EVALSHA; after a
+        // server restart `invoke_async` reloads them on NOSCRIPT.
         for script in scripts() {
             match &store.connection {
                 Connection::Single(c) => script.load_async(&mut c.clone()).await,
                 #[cfg(feature = "cluster")]
-                Connection::Cluster(c) => script.load_async(&mut c.clone()).await,
+                Connection::Cluster(c) => match c.get().await {
+                    Ok(mut connection) => script.load_async(&mut connection).await,
+                    Err(e) => Err(e),
+                },
             }
             .map_err(store_error)?;
         }
         Ok(store)
     }
 
-    async fn connect_single(&self) -> Result<Connection, StoreError> {
+    /// Creates the store without connecting: the first request connects, and
+    /// a lost connection is remade by the requests that follow. Use it when
+    /// the application must start while Redis is down: requests fail with
+    /// [`StoreError::Unavailable`] (each within the response timeout) until
+    /// a server answers, and the cache serves from its loaders meanwhile.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cached_instances::{Cache, RedisStore};
+    ///
+    /// let store = RedisStore::builder("redis://cache.internal:6379/").connect_lazy()?;
+    /// let cache = Cache::builder().store(store).build()?;
+    /// # let _ = cache;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when a URL is invalid, or when called
+    /// outside a Tokio runtime (the connection's tasks run on it).
+    pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
+        #[cfg(feature = "cluster")]
+        let connection = if self.cluster {
+            self.lazy_cluster()?
+        } else {
+            self.lazy_single()?
+        };
+        #[cfg(not(feature = "cluster"))]
+        let connection = self.lazy_single()?;
+        Ok(RedisStore {
+            connection,
+            request_timeout: self.response_timeout,
+        })
+    }
+
+    fn lazy_single(&self) -> Result<Connection, StoreError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::Unavailable(
+                "a RedisStore must be created within a Tokio runtime".into(),
+            ));
+        }
         let url = self.urls.first().map(String::as_str).unwrap_or_default();
         let client = redis::Client::open(url).map_err(store_error)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
             .set_connection_timeout(Some(self.connect_timeout))
             .set_number_of_retries(self.retries);
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(store_error)?;
+        // The manager connects on first use and reconnects in the
+        // background after an I/O error.
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(store_error)?;
         Ok(Connection::Single(manager))
     }
 
     #[cfg(feature = "cluster")]
-    async fn connect_cluster(&self) -> Result<Connection, StoreError> {
+    fn lazy_cluster(&self) -> Result<Connection, StoreError> {
         let client =
             redis::cluster::ClusterClientBuilder::new(self.urls.iter().map(String::as_str))
                 .response_timeout(self.response_timeout)
@@ -259,8 +327,10 @@ impl RedisStoreBuilder {
                 .retries(u32::try_from(self.retries).unwrap_or(u32::MAX))
                 .build()
                 .map_err(store_error)?;
-        let connection = client.get_async_connection().await.map_err(store_error)?;
-        Ok(Connection::Cluster(connection))
+        Ok(Connection::Cluster(Arc::new(LazyCluster {
+            client,
+            connection: tokio::sync::OnceCell::new(),
+        })))
     }
 }
 
@@ -325,12 +395,14 @@ impl RedisStore {
 
     /// Sends one command.
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        match &self.connection {
-            Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
-            #[cfg(feature = "cluster")]
-            Connection::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        }
-        .map_err(store_error)
+        self.bounded(async {
+            match &self.connection {
+                Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+                #[cfg(feature = "cluster")]
+                Connection::Cluster(c) => cmd.query_async(&mut c.get().await?).await,
+            }
+        })
+        .await
     }
 
     /// Runs one script call (EVALSHA, loading the script on NOSCRIPT).
@@ -338,12 +410,31 @@ impl RedisStore {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        match &self.connection {
-            Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
-            #[cfg(feature = "cluster")]
-            Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+        self.bounded(async {
+            match &self.connection {
+                Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+                #[cfg(feature = "cluster")]
+                Connection::Cluster(c) => invocation.invoke_async(&mut c.get().await?).await,
+            }
+        })
+        .await
+    }
+
+    /// Bounds one request by the response timeout. The connection's own
+    /// timeout only covers a command on an open connection; this one also
+    /// covers waiting for a connection to be made or remade (with its
+    /// retries and backoff), which would otherwise stall a read for as long
+    /// as reconnecting takes.
+    async fn bounded<T>(
+        &self,
+        request: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.request_timeout, request).await {
+            Ok(reply) => reply.map_err(store_error),
+            Err(_) => Err(StoreError::Unavailable(
+                format!("no reply from Redis within {:?}", self.request_timeout).into(),
+            )),
         }
-        .map_err(store_error)
     }
 
     /// The indexes of `keys` grouped so that each group can be one request:
@@ -588,6 +679,32 @@ mod tests {
         assert!(matches!(store_error(parse), StoreError::Protocol(_)));
         let wrong = RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not an array"));
         assert!(matches!(store_error(wrong), StoreError::Protocol(_)));
+    }
+
+    #[test]
+    fn a_lazy_store_needs_a_runtime_not_a_server() {
+        // Outside a Tokio runtime: an error, not a panic.
+        let result = RedisStore::builder("redis://127.0.0.1:1/").connect_lazy();
+        assert!(matches!(result, Err(StoreError::Unavailable(_))));
+        // Inside one, nothing is connected yet, so nothing can fail.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert!(
+                RedisStore::builder("redis://127.0.0.1:1/")
+                    .connect_lazy()
+                    .is_ok()
+            );
+            #[cfg(feature = "cluster")]
+            assert!(
+                RedisStore::cluster_builder(["redis://127.0.0.1:1/"])
+                    .connect_lazy()
+                    .is_ok()
+            );
+            assert!(RedisStore::builder("not a url").connect_lazy().is_err());
+        });
     }
 
     #[test]

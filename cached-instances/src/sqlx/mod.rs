@@ -1,0 +1,348 @@
+//! Loaders generated from the model: `#[cached(table = "...")]` plus
+//! [`SqlxLoader`].
+//!
+//! A model with a table gets a batched sqlx loader for every database whose
+//! feature is enabled (`sqlx-sqlite`, `sqlx-postgres`):
+//!
+//! ```ignore
+//! #[derive(CachedInstance)]
+//! #[cached(table = "questions")]
+//! pub struct Question {
+//!     #[cached(pk)]
+//!     pub id: i64,
+//!     #[cached(column = "question_text")]        // default: the field's name
+//!     pub text: String,
+//!     pub pub_date: DateTime<Utc>,
+//!     #[cached(has_many = Choice, via = question_id)]   // Choice needs a table too
+//!     pub choices: Vec<i64>,
+//! }
+//!
+//! #[derive(CachedInstance)]
+//! #[cached(table = "choices")]
+//! pub struct Choice {
+//!     #[cached(pk)]
+//!     pub id: i64,
+//!     #[cached(references = Question)]
+//!     pub question_id: i64,
+//!     pub choice_text: String,
+//!     // the join table, its column pointing at this model, and the one
+//!     // pointing at the related model
+//!     #[cached(many_to_many = User, through = "votes", source = "choice_id", target = "user_id")]
+//!     pub voters: Vec<i64>,
+//! }
+//!
+//! let cache = Cache::builder()
+//!     .loader::<Question>(SqlxLoader::new(pool.clone()))
+//!     .loader::<Choice>(SqlxLoader::new(pool.clone()))
+//!     .build()?;
+//! ```
+//!
+//! # Queries
+//!
+//! Loading any number of pks makes one query for the rows, then one per
+//! relation list field, never one per instance:
+//!
+//! ```text
+//! SELECT "id", "question_text", "pub_date" FROM "questions" WHERE "id" = ANY($1)
+//! SELECT "question_id", "id" FROM "choices" WHERE "question_id" = ANY($1) ORDER BY "id"
+//! SELECT "choice_id", "user_id" FROM "votes" WHERE "choice_id" = ANY($1) ORDER BY "user_id"
+//! ```
+//!
+//! On SQLite the lists are `IN (?, ?, ...)`, split into several queries only
+//! past SQLite's limit of 32 766 parameters, and names are quoted with
+//! backticks (a double-quoted name SQLite does not know would silently be
+//! read as a string). The relation queries ask only for the rows found, and
+//! are skipped when none was. Relation lists come in ascending order of the
+//! related pks, so a representation only changes when the data does.
+//!
+//! A table name may be schema-qualified (`"polls.questions"`); names are
+//! quoted, so they are used exactly as written (mind PostgreSQL's case).
+//!
+//! # Columns
+//!
+//! Each field is read with sqlx, so its type must be one sqlx decodes from
+//! the column on each enabled database: integers (PostgreSQL has no unsigned
+//! ones), `f32`, `f64`, `bool`, `String`, chrono's `DateTime<Utc>`,
+//! `NaiveDate`, `NaiveDateTime`, `NaiveTime`, `uuid::Uuid` (feature `uuid`),
+//! `serde_json::Value` (a `JSON`/`JSONB` column on PostgreSQL, `TEXT` on
+//! SQLite), arrays (`Vec<T>`, PostgreSQL), and `Option`s of those for
+//! nullable columns. A type sqlx cannot read is a compile error at the field.
+//! `#[cached(serde)]` fields are read from a JSON column the same way as
+//! `serde_json::Value` and then deserialized; SQL `NULL` is JSON `null`.
+//! `#[cached(skip)]` fields are not read; they get `Default::default()`.
+//!
+//! A model that only works on one database (say it has a `u32` field, or a
+//! PostgreSQL array) takes `#[cached(database = "sqlite")]` or
+//! `#[cached(database = "postgres")]`.
+//!
+//! The derived loaders implement [`SqlxModel`], whose
+//! [`sqlx_load`](SqlxModel::sqlx_load) also works on a connection or inside
+//! a transaction (`Question::sqlx_load(&mut *tx, &[id])`).
+
+use std::fmt;
+use std::future::Future;
+
+use ::sqlx::{Database, Pool};
+
+use crate::error::LoadError;
+use crate::instance::CachedInstance;
+use crate::loader::Loader;
+
+#[cfg(feature = "sqlx-postgres")]
+#[doc(hidden)]
+pub mod postgres;
+#[cfg(feature = "sqlx-sqlite")]
+#[doc(hidden)]
+pub mod sqlite;
+
+/// A [`Loader`] for every model with a derived sqlx loader
+/// (`#[cached(table = "...")]`) on database `DB`, over a pool.
+///
+/// Each `load` takes one connection from the pool and makes one query for
+/// the rows plus one per relation list.
+///
+#[cfg_attr(feature = "sqlx-sqlite", doc = "```no_run")]
+#[cfg_attr(not(feature = "sqlx-sqlite"), doc = "```ignore")]
+/// use cached_instances::sqlx::SqlxLoader;
+/// use cached_instances::{Cache, CachedInstance};
+///
+/// #[derive(CachedInstance, Debug, Clone, PartialEq)]
+/// #[cached(table = "tags")]
+/// pub struct Tag {
+///     #[cached(pk)]
+///     pub id: i64,
+///     pub name: String,
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let cache = Cache::builder()
+///     .loader::<Tag>(SqlxLoader::new(pool.clone()))
+///     .build()?;
+/// let tag = cache.get::<Tag>(&1).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct SqlxLoader<DB: Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: Database> SqlxLoader<DB> {
+    /// A loader over `pool` (`SqlitePool`, `PgPool`, ...).
+    #[must_use]
+    pub fn new(pool: Pool<DB>) -> Self {
+        SqlxLoader { pool }
+    }
+
+    /// The pool the loader reads from.
+    #[must_use]
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
+impl<DB: Database> Clone for SqlxLoader<DB> {
+    fn clone(&self) -> Self {
+        SqlxLoader {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<DB: Database> fmt::Debug for SqlxLoader<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlxLoader")
+            .field("database", &DB::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<DB, T> Loader<T> for SqlxLoader<DB>
+where
+    DB: SqlxDatabase,
+    T: SqlxModel<DB>,
+{
+    fn load(&self, pks: &[T::Pk]) -> impl Future<Output = Result<Vec<T>, LoadError>> + Send {
+        async move {
+            if pks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
+            T::sqlx_load(&mut *conn, pks).await.map_err(LoadError::new)
+        }
+    }
+}
+
+/// A model with a loader derived from `#[cached(table = "...")]` for
+/// database `DB`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no derived sqlx loader for `{DB}`",
+    label = "no loader for `{Self}` on `{DB}`",
+    note = "add `#[cached(table = \"...\")]` to `{Self}` and enable the `sqlx-sqlite` or `sqlx-postgres` feature of cached-instances (without `database = ...` naming another database), or implement `Loader<{Self}>` by hand"
+)]
+pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
+    /// Loads the instances whose pks are in `pks` over `conn`: one query for
+    /// the rows, one per relation list. Missing rows are omitted; the order
+    /// is the database's.
+    ///
+    /// `conn` is a connection: `&mut *pooled` for a pooled connection,
+    /// `&mut *tx` inside a transaction. The database follows from its type,
+    /// so `Question::sqlx_load(&mut *tx, &[id])` needs no annotation.
+    fn sqlx_load<'a, C>(
+        conn: &'a mut C,
+        pks: &'a [Self::Pk],
+    ) -> impl Future<Output = Result<Vec<Self>, ::sqlx::Error>> + Send + 'a
+    where
+        C: SqlxConnection<Database = DB>;
+}
+
+/// A database the derived loaders support: `Sqlite` (feature `sqlx-sqlite`)
+/// and `Postgres` (feature `sqlx-postgres`). Code generic over the database
+/// bounds it with this trait:
+///
+/// ```ignore
+/// async fn first<DB: SqlxDatabase>(conn: &mut DB::Connection) -> Result<Vec<Question>, sqlx::Error>
+/// where
+///     Question: SqlxModel<DB>,
+/// {
+///     Question::sqlx_load(conn, &[1]).await
+/// }
+/// ```
+pub trait SqlxDatabase: Database<Connection: SqlxConnection<Database = Self>> {}
+
+#[cfg(feature = "sqlx-sqlite")]
+impl SqlxDatabase for ::sqlx::Sqlite {}
+
+#[cfg(feature = "sqlx-postgres")]
+impl SqlxDatabase for ::sqlx::Postgres {}
+
+/// A connection the derived loaders run on: `SqliteConnection` (feature
+/// `sqlx-sqlite`) or `PgConnection` (feature `sqlx-postgres`).
+pub trait SqlxConnection: Send {
+    /// The connection's database.
+    type Database: Database;
+
+    /// The connection, as its database's connection type.
+    fn as_connection(&mut self) -> &mut <Self::Database as Database>::Connection;
+}
+
+#[cfg(feature = "sqlx-sqlite")]
+impl SqlxConnection for ::sqlx::SqliteConnection {
+    type Database = ::sqlx::Sqlite;
+
+    #[inline]
+    fn as_connection(&mut self) -> &mut Self {
+        self
+    }
+}
+
+#[cfg(feature = "sqlx-postgres")]
+impl SqlxConnection for ::sqlx::PgConnection {
+    type Database = ::sqlx::Postgres;
+
+    #[inline]
+    fn as_connection(&mut self) -> &mut Self {
+        self
+    }
+}
+
+/// A future of the runtime's helpers for generated code.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// `SELECT a, b FROM t WHERE k`, every name quoted with `quote`.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+pub(crate) fn select_where(quote: char, columns: &[&str], table: &str, key: &str) -> String {
+    let mut sql = String::from("SELECT ");
+    for (i, column) in columns.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        push_name(&mut sql, quote, column);
+    }
+    sql.push_str(" FROM ");
+    push_table(&mut sql, quote, table);
+    sql.push_str(" WHERE ");
+    push_name(&mut sql, quote, key);
+    sql
+}
+
+/// ` ORDER BY c`.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+pub(crate) fn order_by(quote: char, column: &str) -> String {
+    let mut sql = String::from(" ORDER BY ");
+    push_name(&mut sql, quote, column);
+    sql
+}
+
+/// A table name, `schema.table` quoted part by part.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+fn push_table(sql: &mut String, quote: char, table: &str) {
+    for (i, part) in table.split('.').enumerate() {
+        if i > 0 {
+            sql.push('.');
+        }
+        push_name(sql, quote, part);
+    }
+}
+
+/// A quoted identifier (the derive rejects names with quotes; they are
+/// doubled all the same).
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+fn push_name(sql: &mut String, quote: char, name: &str) {
+    sql.push(quote);
+    for c in name.chars() {
+        if c == quote {
+            sql.push(quote);
+        }
+        sql.push(c);
+    }
+    sql.push(quote);
+}
+
+/// A decode error naming the column instead of its index.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+pub(crate) fn name_column(error: ::sqlx::Error, column: &str) -> ::sqlx::Error {
+    match error {
+        ::sqlx::Error::ColumnDecode { source, .. } => ::sqlx::Error::ColumnDecode {
+            index: format!("{column:?}"),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// A column holding JSON that does not deserialize into the field.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+pub(crate) fn json_error(error: serde_json::Error, column: &str) -> ::sqlx::Error {
+    ::sqlx::Error::ColumnDecode {
+        index: format!("{column:?}"),
+        source: Box::new(error),
+    }
+}
+
+/// The error of a generated loader whose schema was rejected at compile time
+/// (never returned by a program that compiles).
+#[doc(hidden)]
+#[must_use]
+pub fn schema_error(message: &'static str) -> ::sqlx::Error {
+    ::sqlx::Error::Decode(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+    #[test]
+    fn sql_names_are_quoted() {
+        use super::{order_by, select_where};
+        assert_eq!(
+            select_where('"', &["id", "user"], "polls.questions", "id"),
+            r#"SELECT "id", "user" FROM "polls"."questions" WHERE "id""#
+        );
+        assert_eq!(
+            select_where('`', &["a`b"], "t", "a`b"),
+            "SELECT `a``b` FROM `t` WHERE `a``b`"
+        );
+        assert_eq!(order_by('"', "id"), r#" ORDER BY "id""#);
+    }
+}

@@ -1,0 +1,172 @@
+//! The SQLite side of the derived loaders; called by generated code only.
+
+// Hidden API named by generated code; see the module docs of `sqlx`.
+#![allow(missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+
+use ::sqlx::query_builder::Separated;
+use ::sqlx::sqlite::{Sqlite, SqliteConnection, SqliteRow};
+use ::sqlx::{Decode, Encode, QueryBuilder, Row, Type};
+
+use super::{BoxFuture, json_error, name_column, order_by, select_where};
+use crate::table::FromJson;
+
+/// Names are quoted with backticks: SQLite reads a double-quoted name that
+/// is not a column as a string literal, which would hide a typo.
+const QUOTE: char = '`';
+
+/// The most parameters one statement binds (`SQLITE_MAX_VARIABLE_NUMBER`
+/// since SQLite 3.32).
+pub const MAX_BINDS: usize = 32_766;
+
+/// A field type the derived SQLite loader can read.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be read from a SQLite column",
+    label = "sqlx cannot decode `{Self}` from SQLite",
+    note = "the derived SQLite loader reads each field with sqlx: use a type sqlx decodes from SQLite (`i8`..`i64`, `u8`..`u64`, `f32`, `f64`, `bool`, `String`, `Vec<u8>`, chrono's `DateTime<Utc>`, `NaiveDate`, `NaiveDateTime` or `NaiveTime`, `uuid::Uuid`, `serde_json::Value`, or an `Option` of one), store the field as JSON with `#[cached(serde)]`, or load the model on PostgreSQL only with `#[cached(database = \"postgres\")]`"
+)]
+pub trait SqliteColumn: Sized + Send {
+    fn __cached_get(row: &SqliteRow, index: usize) -> Result<Self, ::sqlx::Error>;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T> SqliteColumn for T
+where
+    T: for<'r> Decode<'r, Sqlite> + Type<Sqlite> + Send,
+{
+    #[inline]
+    fn __cached_get(row: &SqliteRow, index: usize) -> Result<Self, ::sqlx::Error> {
+        row.try_get(index)
+    }
+}
+
+/// A key type the derived SQLite loader can bind and read back: primary
+/// keys, and the keys of relation lists.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a key of the derived SQLite loader",
+    label = "sqlx cannot bind and read back `{Self}` on SQLite",
+    note = "the loader binds primary keys as query parameters and reads them back: use `i64`, `i32`, `String` or `uuid::Uuid`, or load the model on PostgreSQL only with `#[cached(database = \"postgres\")]`"
+)]
+pub trait SqliteKey: SqliteColumn + Eq + Hash + Clone + Sync {
+    fn __cached_bind<'q>(&'q self, list: &mut Separated<'_, 'q, Sqlite, &'static str>);
+}
+
+#[diagnostic::do_not_recommend]
+impl<T> SqliteKey for T
+where
+    T: SqliteColumn + for<'q> Encode<'q, Sqlite> + Type<Sqlite> + Eq + Hash + Clone + Sync,
+{
+    #[inline]
+    fn __cached_bind<'q>(&'q self, list: &mut Separated<'_, 'q, Sqlite, &'static str>) {
+        list.push_bind(self);
+    }
+}
+
+/// `{head} IN (?, ...){tail}` for every chunk of `keys`.
+async fn fetch_in<K: SqliteKey>(
+    conn: &mut SqliteConnection,
+    head: &str,
+    keys: &[K],
+    tail: &str,
+) -> Result<Vec<SqliteRow>, ::sqlx::Error> {
+    let unique: Vec<K>;
+    let keys = if keys.len() > MAX_BINDS {
+        // A key repeated in two chunks would return its rows twice.
+        let mut seen = HashSet::with_capacity(keys.len());
+        unique = keys.iter().filter(|k| seen.insert(*k)).cloned().collect();
+        &unique[..]
+    } else {
+        keys
+    };
+    let mut rows = Vec::new();
+    for chunk in keys.chunks(MAX_BINDS) {
+        let mut query = QueryBuilder::<Sqlite>::new(head);
+        query.push(" IN (");
+        {
+            let mut list = query.separated(", ");
+            for key in chunk {
+                key.__cached_bind(&mut list);
+            }
+        }
+        query.push(")");
+        query.push(tail);
+        rows.extend(query.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
+/// `SELECT columns FROM table WHERE columns[0] IN (keys)`, each row with its
+/// key (`columns[0]` is the pk column). No query for no keys.
+///
+/// Boxed, so that the future's type does not carry `K`'s bound: a pk type
+/// the database cannot bind is reported once, at the call.
+pub fn fetch_rows<'a, K: SqliteKey>(
+    conn: &'a mut SqliteConnection,
+    table: &'a str,
+    columns: &'a [&'a str],
+    keys: &'a [K],
+) -> BoxFuture<'a, Result<Vec<(K, SqliteRow)>, ::sqlx::Error>> {
+    Box::pin(async move {
+        let (Some(&key), false) = (columns.first(), keys.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let head = select_where(QUOTE, columns, table, key);
+        fetch_in(conn, &head, keys, "")
+            .await?
+            .into_iter()
+            .map(|row| Ok((get::<K>(&row, 0, key)?, row)))
+            .collect()
+    })
+}
+
+/// The `item` column of the rows of `table` whose `owner` column is one of
+/// `owners`, grouped by owner and in ascending `item` order. No query for
+/// no owners.
+/// Boxed like [`fetch_rows`].
+pub fn fetch_lists<'a, O: SqliteKey, I: SqliteColumn>(
+    conn: &'a mut SqliteConnection,
+    table: &'a str,
+    owner: &'a str,
+    item: &'a str,
+    owners: &'a [O],
+) -> BoxFuture<'a, Result<HashMap<O, Vec<I>>, ::sqlx::Error>> {
+    Box::pin(async move {
+        let mut lists: HashMap<O, Vec<I>> = HashMap::new();
+        if owners.is_empty() {
+            return Ok(lists);
+        }
+        let head = select_where(QUOTE, &[owner, item], table, owner);
+        for row in fetch_in(conn, &head, owners, &order_by(QUOTE, item)).await? {
+            let owner = get::<O>(&row, 0, owner)?;
+            lists
+                .entry(owner)
+                .or_default()
+                .push(get::<I>(&row, 1, item)?);
+        }
+        Ok(lists)
+    })
+}
+
+/// Column `index` (named `column` in errors) of `row`.
+#[inline]
+pub fn get<T: SqliteColumn>(
+    row: &SqliteRow,
+    index: usize,
+    column: &str,
+) -> Result<T, ::sqlx::Error> {
+    T::__cached_get(row, index).map_err(|error| name_column(error, column))
+}
+
+/// A `#[cached(serde)]` field: the column's JSON (`NULL` as `null`) through
+/// `from_json`.
+pub fn get_json<T>(
+    row: &SqliteRow,
+    index: usize,
+    column: &str,
+    from_json: FromJson<T>,
+) -> Result<T, ::sqlx::Error> {
+    let value: Option<serde_json::Value> = get(row, index, column)?;
+    from_json(value.unwrap_or(serde_json::Value::Null)).map_err(|error| json_error(error, column))
+}

@@ -1,0 +1,1185 @@
+//! The loaders `#[cached(table = "...")]` derives, on real databases: SQLite
+//! in memory, and the PostgreSQL server at `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`), where each test creates its
+//! tables in a schema of its own and drops it afterwards. The PostgreSQL
+//! tests fail, saying so, when the server cannot be reached.
+//!
+//! Queries are counted where they reach the database, not where the loader
+//! issues them:
+//!
+//! - SQLite: a `sqlite3_trace_v2` hook on the pool's only connection, which
+//!   SQLite calls each time a statement starts running;
+//! - PostgreSQL: the pool connects through a TCP proxy that forwards the
+//!   wire protocol and counts the client's Execute (extended protocol) and
+//!   Query (simple protocol) messages, one per statement run, keeping each
+//!   statement's text (from its Parse message) for the failure messages.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cached_instances::sqlx::{SqlxDatabase, SqlxLoader, SqlxModel};
+use cached_instances::{Cache, CachedInstance};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use polls::{Choice, Question, User};
+use serde::{Deserialize, Serialize};
+use sqlx::Pool;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::types::Json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------
+// Counting statements
+
+/// The statements a database started, in order.
+#[derive(Default)]
+struct Statements {
+    count: AtomicU64,
+    log: Mutex<Vec<String>>,
+}
+
+impl Statements {
+    fn record(&self, sql: String) {
+        let mut log = self.log.lock().unwrap();
+        log.push(sql);
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst) as usize
+    }
+
+    /// The statements run since the count was `start`.
+    fn since(&self, start: usize) -> Vec<String> {
+        self.log.lock().unwrap()[start..].to_vec()
+    }
+}
+
+/// Runs `future` and returns its output with the statements it ran.
+async fn counted<F: Future>(statements: &Statements, future: F) -> (F::Output, Vec<String>) {
+    let start = statements.count();
+    let output = future.await;
+    (output, statements.since(start))
+}
+
+/// SQLite's statement hook: `ctx` is the `Statements`, `sql` the statement's
+/// text.
+unsafe extern "C" fn on_sqlite_statement(
+    kind: c_uint,
+    ctx: *mut c_void,
+    _statement: *mut c_void,
+    sql: *mut c_void,
+) -> c_int {
+    if kind == libsqlite3_sys::SQLITE_TRACE_STMT as c_uint {
+        // SAFETY: `ctx` is the `&'static Statements` registered with the
+        // hook, and SQLite passes the statement's NUL-terminated text.
+        let (statements, sql) = unsafe {
+            (
+                &*(ctx as *const Statements),
+                CStr::from_ptr(sql as *const c_char),
+            )
+        };
+        statements.record(sql.to_string_lossy().into_owned());
+    }
+    0
+}
+
+/// A private in-memory SQLite database on one connection that is never
+/// closed, with its statements counted.
+async fn sqlite() -> (SqlitePool, &'static Statements) {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(SqliteConnectOptions::new().in_memory(true))
+        .await
+        .expect("SQLite opens an in-memory database");
+    let statements: &'static Statements = Box::leak(Box::default());
+    let mut conn = pool.acquire().await.unwrap();
+    let mut handle = conn.lock_handle().await.unwrap();
+    // SAFETY: the handle is the connection's open database; the context
+    // outlives it (leaked) and the callback matches `sqlite3_trace_v2`'s.
+    let rc = unsafe {
+        libsqlite3_sys::sqlite3_trace_v2(
+            handle.as_raw_handle().as_ptr(),
+            libsqlite3_sys::SQLITE_TRACE_STMT as c_uint,
+            Some(on_sqlite_statement),
+            statements as *const Statements as *mut c_void,
+        )
+    };
+    assert_eq!(rc, libsqlite3_sys::SQLITE_OK, "sqlite3_trace_v2 failed");
+    drop(handle);
+    drop(conn);
+    (pool, statements)
+}
+
+/// Parses what a PostgreSQL client sends (after the startup message, each
+/// message is a type byte and a length that counts itself).
+#[derive(Default)]
+struct FrontendMessages {
+    started: bool,
+    pending: Vec<u8>,
+    /// Prepared statement name -> SQL, from Parse messages.
+    prepared: HashMap<String, String>,
+    /// Portal name -> SQL, from Bind messages.
+    portals: HashMap<String, String>,
+}
+
+/// The NUL-terminated string at the start of `bytes`, and the rest.
+fn cstring(bytes: &[u8]) -> (String, &[u8]) {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let rest = bytes.get(end + 1..).unwrap_or(&[]);
+    (String::from_utf8_lossy(&bytes[..end]).into_owned(), rest)
+}
+
+impl FrontendMessages {
+    fn feed(&mut self, bytes: &[u8], statements: &Statements) {
+        self.pending.extend_from_slice(bytes);
+        loop {
+            // The startup message has no type byte.
+            let len_at = usize::from(self.started);
+            let Some(len) = self.pending.get(len_at..len_at + 4) else {
+                return;
+            };
+            let total = len_at + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+            if self.pending.len() < total {
+                return;
+            }
+            let message: Vec<u8> = self.pending.drain(..total).collect();
+            if !self.started {
+                self.started = true;
+                continue;
+            }
+            let body = &message[5..];
+            match message[0] {
+                b'Q' => statements.record(cstring(body).0),
+                b'P' => {
+                    let (name, rest) = cstring(body);
+                    self.prepared.insert(name, cstring(rest).0);
+                }
+                b'B' => {
+                    let (portal, rest) = cstring(body);
+                    let sql = self.prepared.get(&cstring(rest).0).cloned();
+                    self.portals.insert(portal, sql.unwrap_or_default());
+                }
+                b'E' => {
+                    let sql = self.portals.get(&cstring(body).0).cloned();
+                    statements.record(sql.unwrap_or_default());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A TCP proxy to `upstream` counting the statements clients run through
+/// it; returns its port. Each message is counted before it is forwarded,
+/// so a statement is counted before its result can come back.
+async fn start_proxy(upstream: (String, u16), statements: Arc<Statements>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let statements = statements.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                    let _ = to_client.shutdown().await;
+                });
+                let mut messages = FrontendMessages::default();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match from_client.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    messages.feed(&buf[..n], &statements);
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = to_server.shutdown().await;
+                let _ = down.await;
+            });
+        }
+    });
+    port
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Runs `test` with a pool on a fresh schema of the PostgreSQL database at
+/// `DATABASE_URL` (its `search_path`), connected through a counting proxy,
+/// then drops the schema, whether the test passed or not.
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(PgPool, Arc<Statements>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let url = database_url();
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap_or_else(|e| panic!("DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"));
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {url} is unreachable ({e}); these tests need a server: start one \
+                 or point DATABASE_URL at one"
+            )
+        });
+    let schema = format!(
+        "sqlx_loader_{}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    let statements = Arc::new(Statements::default());
+    let upstream = (options.get_host().to_owned(), options.get_port());
+    let port = start_proxy(upstream, statements.clone()).await;
+    let proxied = options
+        .host("127.0.0.1")
+        .port(port)
+        .ssl_mode(PgSslMode::Disable)
+        .options([("search_path", schema.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(proxied)
+        .await
+        .expect("connects through the counting proxy");
+
+    let outcome = tokio::spawn(test(pool.clone(), statements)).await;
+    pool.close().await;
+    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The polls models (examples/polls/models.rs), on the tables of
+// examples/polls/db.rs
+
+const SQLITE_POLLS: &str = "
+CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL UNIQUE);
+CREATE TABLE questions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    question_text TEXT NOT NULL,
+    pub_date TEXT NOT NULL
+);
+CREATE TABLE choices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    question_id INTEGER NOT NULL REFERENCES questions (id) ON DELETE CASCADE,
+    choice_text TEXT NOT NULL
+);
+CREATE TABLE votes (
+    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    choice_id INTEGER NOT NULL REFERENCES choices (id) ON DELETE CASCADE,
+    PRIMARY KEY (user_id, choice_id)
+);
+";
+
+const POSTGRES_POLLS: &str = "
+CREATE TABLE users (id BIGSERIAL PRIMARY KEY, username TEXT NOT NULL UNIQUE);
+CREATE TABLE questions (
+    id BIGSERIAL PRIMARY KEY,
+    question_text TEXT NOT NULL,
+    pub_date TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE choices (
+    id BIGSERIAL PRIMARY KEY,
+    question_id BIGINT NOT NULL REFERENCES questions (id) ON DELETE CASCADE,
+    choice_text TEXT NOT NULL
+);
+CREATE TABLE votes (
+    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    choice_id BIGINT NOT NULL REFERENCES choices (id) ON DELETE CASCADE,
+    PRIMARY KEY (user_id, choice_id)
+);
+";
+
+/// Rows inserted out of pk order, so that only `ORDER BY` sorts the lists.
+const POLLS_ROWS: &str = "
+INSERT INTO users (id, username) VALUES (3, 'cy'), (1, 'ann'), (2, 'bob');
+INSERT INTO choices (id, question_id, choice_text) VALUES
+    (6, 3, 'Spaces'), (5, 3, 'Tabs'), (4, 2, 'Coffee'), (3, 2, 'Tea'),
+    (7, 1, 'Late addition'), (2, 1, 'The sky'), (1, 1, 'Not much');
+INSERT INTO votes (user_id, choice_id) VALUES (3, 3), (1, 5), (2, 3), (3, 1), (1, 1);
+";
+
+/// `choices` references `questions`, inserted first with bound dates.
+const INSERT_QUESTION: &str =
+    "INSERT INTO questions (id, question_text, pub_date) VALUES ($1, $2, $3)";
+
+fn pub_date(id: i64) -> DateTime<Utc> {
+    // Microseconds: PostgreSQL's precision.
+    Utc.with_ymd_and_hms(2024, 2, 20 + id as u32, 23, 59, 59)
+        .unwrap()
+        + chrono::TimeDelta::microseconds(123_456 + id)
+}
+
+fn questions() -> Vec<Question> {
+    [
+        (1, "What's up?", vec![1, 2, 7]),
+        (2, "Tea or coffee?", vec![3, 4]),
+        (3, "Tabs or spaces?", vec![5, 6]),
+        (4, "No choices yet", vec![]),
+    ]
+    .into_iter()
+    .map(|(id, text, choices)| Question {
+        id,
+        question_text: text.to_owned(),
+        pub_date: pub_date(id),
+        choices,
+    })
+    .collect()
+}
+
+fn choices() -> Vec<Choice> {
+    [
+        (1, 1, "Not much", vec![1, 3]),
+        (2, 1, "The sky", vec![]),
+        (3, 2, "Tea", vec![2, 3]),
+        (4, 2, "Coffee", vec![]),
+        (5, 3, "Tabs", vec![1]),
+        (6, 3, "Spaces", vec![]),
+        (7, 1, "Late addition", vec![]),
+    ]
+    .into_iter()
+    .map(|(id, question_id, text, voters)| Choice {
+        id,
+        question_id,
+        choice_text: text.to_owned(),
+        voters,
+    })
+    .collect()
+}
+
+fn users() -> Vec<User> {
+    [
+        (1, "ann", vec![1, 5]),
+        (2, "bob", vec![3]),
+        (3, "cy", vec![1, 3]),
+    ]
+    .into_iter()
+    .map(|(id, name, votes)| User {
+        id,
+        username: name.to_owned(),
+        votes,
+    })
+    .collect()
+}
+
+async fn sqlite_polls() -> (SqlitePool, &'static Statements) {
+    let (pool, statements) = sqlite().await;
+    sqlx::raw_sql(SQLITE_POLLS).execute(&pool).await.unwrap();
+    for q in questions() {
+        sqlx::query(INSERT_QUESTION)
+            .bind(q.id)
+            .bind(&q.question_text)
+            .bind(q.pub_date)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::raw_sql(POLLS_ROWS).execute(&pool).await.unwrap();
+    (pool, statements)
+}
+
+async fn postgres_polls(pool: &PgPool) {
+    sqlx::raw_sql(POSTGRES_POLLS).execute(pool).await.unwrap();
+    for q in questions() {
+        sqlx::query(INSERT_QUESTION)
+            .bind(q.id)
+            .bind(&q.question_text)
+            .bind(q.pub_date)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    sqlx::raw_sql(POLLS_ROWS).execute(pool).await.unwrap();
+}
+
+fn polls_cache<DB: SqlxDatabase>(pool: &Pool<DB>) -> Cache
+where
+    User: SqlxModel<DB>,
+    Question: SqlxModel<DB>,
+    Choice: SqlxModel<DB>,
+{
+    Cache::builder()
+        .loader::<User>(SqlxLoader::new(pool.clone()))
+        .loader::<Question>(SqlxLoader::new(pool.clone()))
+        .loader::<Choice>(SqlxLoader::new(pool.clone()))
+        .build()
+        .unwrap()
+}
+
+fn by_id<T: CachedInstance<Pk = i64> + Clone>(all: &[T], ids: &[i64]) -> Vec<T> {
+    ids.iter()
+        .filter_map(|id| all.iter().find(|x| x.pk() == id).cloned())
+        .collect()
+}
+
+/// The polls models through the cache: a miss of N pks is one statement for
+/// the rows plus one per relation list, whatever N; missing rows are left
+/// out; lists are complete and in pk order; hits run nothing.
+async fn polls_through_the_cache<DB: SqlxDatabase>(pool: Pool<DB>, statements: &Statements)
+where
+    User: SqlxModel<DB>,
+    Question: SqlxModel<DB>,
+    Choice: SqlxModel<DB>,
+{
+    let cache = polls_cache(&pool);
+
+    let ids = [3, 1, 99, 4, 2];
+    let (loaded, ran) = counted(statements, cache.get_many::<Question>(&ids)).await;
+    assert_eq!(loaded.unwrap(), by_id(&questions(), &ids));
+    assert_eq!(ran.len(), 2, "rows + choices: {ran:#?}");
+
+    let ids = [7, 6, 5, 4, 3, 2, 1, 100];
+    let (loaded, ran) = counted(statements, cache.get_many::<Choice>(&ids)).await;
+    assert_eq!(loaded.unwrap(), by_id(&choices(), &ids));
+    assert_eq!(ran.len(), 2, "rows + voters: {ran:#?}");
+
+    let ids = [1, 2, 3];
+    let (loaded, ran) = counted(statements, cache.get_many::<User>(&ids)).await;
+    assert_eq!(loaded.unwrap(), users());
+    assert_eq!(ran.len(), 2, "rows + votes: {ran:#?}");
+
+    // Hits.
+    let (loaded, ran) = counted(statements, cache.get_many::<Question>(&[1, 2, 3, 4])).await;
+    assert_eq!(loaded.unwrap(), questions());
+    assert_eq!(ran, Vec::<String>::new());
+
+    // The cached representation is the one the model encodes.
+    for question in questions() {
+        let json = cache.get_json::<Question>(&question.id).await.unwrap();
+        assert_eq!(json.unwrap().as_ref(), question.to_json().unwrap());
+    }
+    let json = cache.get_json::<Choice>(&1).await.unwrap().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&json).unwrap(),
+        r#"{"id":1,"question_id":1,"choice_text":"Not much","voters":[1,3]}"#
+    );
+    let json = cache.get_json::<User>(&3).await.unwrap().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&json).unwrap(),
+        r#"{"id":3,"username":"cy","votes":[1,3]}"#
+    );
+    // A missing row is not cached as anything.
+    assert_eq!(cache.get::<Question>(&99).await.unwrap(), None);
+}
+
+/// `SqlxModel::sqlx_load` on a connection: the same statements, for any
+/// number of pks; the relation statements are skipped when no row is found,
+/// and nothing runs for no pks.
+async fn polls_on_a_connection<DB: SqlxDatabase>(pool: Pool<DB>, statements: &Statements)
+where
+    Question: SqlxModel<DB>,
+    Choice: SqlxModel<DB>,
+{
+    let mut conn = pool.acquire().await.unwrap();
+
+    let (loaded, ran) = counted(statements, Question::sqlx_load(&mut *conn, &[2])).await;
+    assert_eq!(loaded.unwrap(), by_id(&questions(), &[2]));
+    assert_eq!(ran.len(), 2, "{ran:#?}");
+
+    let all: Vec<i64> = (1..=200).collect();
+    let (loaded, ran) = counted(statements, Choice::sqlx_load(&mut *conn, &all)).await;
+    let mut loaded = loaded.unwrap();
+    loaded.sort_by_key(|c| c.id);
+    assert_eq!(loaded, choices());
+    assert_eq!(ran.len(), 2, "{ran:#?}");
+
+    let (loaded, ran) = counted(statements, Question::sqlx_load(&mut *conn, &[1000, 1001])).await;
+    assert_eq!(loaded.unwrap(), Vec::new());
+    assert_eq!(ran.len(), 1, "no rows, so no list statement: {ran:#?}");
+
+    let (loaded, ran) = counted(statements, Question::sqlx_load(&mut *conn, &[])).await;
+    assert_eq!(loaded.unwrap(), Vec::new());
+    assert_eq!(ran, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn sqlite_polls_through_the_cache() {
+    let (pool, statements) = sqlite_polls().await;
+    polls_through_the_cache(pool.clone(), statements).await;
+    polls_on_a_connection(pool, statements).await;
+}
+
+#[tokio::test]
+async fn postgres_polls_through_the_cache() {
+    with_postgres(|pool, statements| async move {
+        postgres_polls(&pool).await;
+        polls_through_the_cache(pool.clone(), &statements).await;
+        polls_on_a_connection(pool, &statements).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_statements_are_what_the_docs_say() {
+    let (pool, statements) = sqlite_polls().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let (_, ran) = counted(statements, Choice::sqlx_load(&mut *conn, &[1, 2])).await;
+    assert_eq!(
+        ran,
+        [
+            "SELECT `id`, `question_id`, `choice_text` FROM `choices` WHERE `id` IN (?, ?)",
+            "SELECT `choice_id`, `user_id` FROM `votes` WHERE `choice_id` IN (?, ?) \
+             ORDER BY `user_id`",
+        ]
+    );
+    let (_, ran) = counted(statements, Question::sqlx_load(&mut *conn, &[1])).await;
+    assert_eq!(
+        ran,
+        [
+            "SELECT `id`, `question_text`, `pub_date` FROM `questions` WHERE `id` IN (?)",
+            "SELECT `question_id`, `id` FROM `choices` WHERE `question_id` IN (?) ORDER BY `id`",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn postgres_statements_are_what_the_docs_say() {
+    with_postgres(|pool, statements| async move {
+        postgres_polls(&pool).await;
+        let mut conn = pool.acquire().await.unwrap();
+        let (_, ran) = counted(&statements, User::sqlx_load(&mut *conn, &[1, 2, 3])).await;
+        assert_eq!(
+            ran,
+            [
+                r#"SELECT "id", "username" FROM "users" WHERE "id" = ANY($1)"#,
+                r#"SELECT "user_id", "choice_id" FROM "votes" WHERE "user_id" = ANY($1) ORDER BY "choice_id""#,
+            ]
+        );
+    })
+    .await;
+}
+
+/// Past SQLite's 32 766 parameters, the pks are split into several
+/// statements (duplicates removed first, so no row comes back twice).
+#[tokio::test]
+async fn sqlite_splits_huge_pk_lists() {
+    let (pool, statements) = sqlite_polls().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let mut pks: Vec<i64> = (1..=40_000).collect();
+    pks.extend([1, 2, 3, 4]);
+    let (loaded, ran) = counted(statements, Question::sqlx_load(&mut *conn, &pks)).await;
+    let mut loaded = loaded.unwrap();
+    loaded.sort_by_key(|q| q.id);
+    assert_eq!(loaded, questions());
+    assert_eq!(ran.len(), 3, "two row statements + choices");
+}
+
+// ---------------------------------------------------------------------------
+// Nullable and self-referencing foreign keys, renamed columns
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(table = "categories")]
+struct Category {
+    #[cached(pk)]
+    id: i32,
+    name: String,
+    #[cached(references = Self, column = "parent_id")]
+    parent: Option<i32>,
+    // `via` names the field; its column comes from the model (`parent_id`).
+    #[cached(has_many = Category, via = parent)]
+    children: Vec<i32>,
+}
+
+const CATEGORIES: &str = "
+CREATE TABLE categories (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    parent_id INTEGER REFERENCES categories (id)
+);
+INSERT INTO categories (id, name, parent_id) VALUES
+    (1, 'root', NULL), (4, 'd', 1), (2, 'b', 1), (3, 'c', 2), (5, 'orphan', NULL);
+";
+
+fn expected_categories() -> Vec<Category> {
+    [
+        (1, "root", None, vec![2, 4]),
+        (2, "b", Some(1), vec![3]),
+        (3, "c", Some(2), vec![]),
+        (4, "d", Some(1), vec![]),
+        (5, "orphan", None, vec![]),
+    ]
+    .into_iter()
+    .map(|(id, name, parent, children)| Category {
+        id,
+        name: name.to_owned(),
+        parent,
+        children,
+    })
+    .collect()
+}
+
+async fn categories<DB: SqlxDatabase>(pool: Pool<DB>, statements: &Statements)
+where
+    Category: SqlxModel<DB>,
+{
+    let cache = Cache::builder()
+        .loader::<Category>(SqlxLoader::new(pool))
+        .build()
+        .unwrap();
+    let (loaded, ran) = counted(statements, cache.get_many::<Category>(&[1, 2, 3, 4, 5])).await;
+    assert_eq!(loaded.unwrap(), expected_categories());
+    assert_eq!(ran.len(), 2, "{ran:#?}");
+    let json = cache.get_json::<Category>(&5).await.unwrap().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&json).unwrap(),
+        r#"{"id":5,"name":"orphan","parent":null,"children":[]}"#
+    );
+}
+
+#[tokio::test]
+async fn sqlite_nullable_and_self_references() {
+    let (pool, statements) = sqlite().await;
+    sqlx::raw_sql(CATEGORIES).execute(&pool).await.unwrap();
+    categories(pool, statements).await;
+}
+
+#[tokio::test]
+async fn postgres_nullable_and_self_references() {
+    with_postgres(|pool, statements| async move {
+        sqlx::raw_sql(CATEGORIES).execute(&pool).await.unwrap();
+        categories(pool, &statements).await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Every column type, DB -> loader -> cache JSON
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+struct Meta {
+    name: String,
+    tags: Vec<String>,
+}
+
+/// Every type both databases read, with names that need quoting.
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(table = "everything")]
+struct Everything {
+    #[cached(pk)]
+    id: i64,
+    tiny: i8,
+    small: i16,
+    int: i32,
+    big: i64,
+    real: f32,
+    double: f64,
+    flag: bool,
+    #[cached(column = "label text")]
+    label: String,
+    r#type: String,
+    note: Option<String>,
+    missing: Option<i64>,
+    at: DateTime<Utc>,
+    day: NaiveDate,
+    local: NaiveDateTime,
+    time: NaiveTime,
+    uuid: Uuid,
+    no_uuid: Option<Uuid>,
+    bytes: Vec<u8>,
+    json: serde_json::Value,
+    #[cached(serde)]
+    meta: Meta,
+    #[cached(serde)]
+    no_meta: Option<Meta>,
+    #[cached(skip)]
+    scratch: u32,
+}
+
+fn everything() -> Vec<Everything> {
+    let first = Everything {
+        id: 1,
+        tiny: -128,
+        small: i16::MIN,
+        int: i32::MAX,
+        big: i64::MIN,
+        real: 1.5,
+        double: 0.1,
+        flag: true,
+        label: "é ✓ \"quoted\"".to_owned(),
+        r#type: "select".to_owned(),
+        note: Some(String::new()),
+        missing: None,
+        at: Utc.with_ymd_and_hms(1969, 7, 20, 20, 17, 40).unwrap()
+            + chrono::TimeDelta::microseconds(999_999),
+        day: NaiveDate::from_ymd_opt(1900, 2, 28).unwrap(),
+        local: NaiveDate::from_ymd_opt(2000, 1, 1)
+            .unwrap()
+            .and_hms_micro_opt(0, 0, 0, 1)
+            .unwrap(),
+        time: NaiveTime::from_hms_micro_opt(23, 59, 59, 500_000).unwrap(),
+        uuid: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+        no_uuid: None,
+        bytes: vec![0, 1, 255],
+        json: serde_json::json!({"a": [1, 2.5, {"b": null}], "c": "é", "d": true}),
+        meta: Meta {
+            name: "m".to_owned(),
+            tags: vec!["x".to_owned(), "y".to_owned()],
+        },
+        no_meta: None,
+        scratch: 0,
+    };
+    let second = Everything {
+        id: 2,
+        tiny: 127,
+        small: 0,
+        int: -1,
+        big: i64::MAX,
+        real: -0.25,
+        double: -1e300,
+        flag: false,
+        label: String::new(),
+        r#type: "from".to_owned(),
+        note: None,
+        missing: Some(-7),
+        at: Utc.with_ymd_and_hms(2262, 4, 11, 23, 47, 16).unwrap(),
+        day: NaiveDate::from_ymd_opt(2024, 2, 29).unwrap(),
+        local: NaiveDate::from_ymd_opt(1999, 12, 31)
+            .unwrap()
+            .and_hms_opt(23, 59, 59)
+            .unwrap(),
+        time: NaiveTime::from_hms_opt(0, 0, 0).unwrap(),
+        uuid: Uuid::nil(),
+        no_uuid: Some(Uuid::from_u128(u128::MAX)),
+        bytes: vec![],
+        json: serde_json::json!([]),
+        meta: Meta::default(),
+        no_meta: Some(Meta {
+            name: "n".to_owned(),
+            tags: vec![],
+        }),
+        scratch: 0,
+    };
+    vec![first, second]
+}
+
+const INSERT_EVERYTHING: &str = r#"INSERT INTO everything (
+    id, tiny, small, "int", big, "real", "double", flag, "label text", "type", note, missing,
+    at, day, local, "time", uuid, no_uuid, bytes, json, meta, no_meta
+) VALUES (
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+    $13, $14, $15, $16, $17, $18, $19, $20, $21, $22
+)"#;
+
+/// Inserts `rows` with bound values, so each is written as sqlx encodes it.
+macro_rules! insert_everything {
+    ($pool:expr, $rows:expr) => {
+        for row in $rows {
+            sqlx::query(INSERT_EVERYTHING)
+                .bind(row.id)
+                .bind(row.tiny)
+                .bind(row.small)
+                .bind(row.int)
+                .bind(row.big)
+                .bind(row.real)
+                .bind(row.double)
+                .bind(row.flag)
+                .bind(&row.label)
+                .bind(&row.r#type)
+                .bind(&row.note)
+                .bind(row.missing)
+                .bind(row.at)
+                .bind(row.day)
+                .bind(row.local)
+                .bind(row.time)
+                .bind(row.uuid)
+                .bind(row.no_uuid)
+                .bind(&row.bytes)
+                .bind(&row.json)
+                .bind(Json(&row.meta))
+                .bind(row.no_meta.as_ref().map(Json))
+                .execute($pool)
+                .await
+                .unwrap();
+        }
+    };
+}
+
+const SQLITE_EVERYTHING: &str = r#"
+CREATE TABLE everything (
+    id INTEGER PRIMARY KEY, tiny INTEGER NOT NULL, small INTEGER NOT NULL,
+    "int" INTEGER NOT NULL, big INTEGER NOT NULL, "real" REAL NOT NULL, "double" REAL NOT NULL,
+    flag BOOLEAN NOT NULL, "label text" TEXT NOT NULL, "type" TEXT NOT NULL, note TEXT,
+    missing INTEGER, at TEXT NOT NULL, day TEXT NOT NULL, local TEXT NOT NULL,
+    "time" TEXT NOT NULL, uuid BLOB NOT NULL, no_uuid BLOB, bytes BLOB NOT NULL,
+    json TEXT NOT NULL, meta TEXT NOT NULL, no_meta TEXT
+);
+"#;
+
+const POSTGRES_EVERYTHING: &str = r#"
+CREATE TABLE everything (
+    id BIGINT PRIMARY KEY, tiny "char" NOT NULL, small SMALLINT NOT NULL,
+    "int" INTEGER NOT NULL, big BIGINT NOT NULL, "real" REAL NOT NULL,
+    "double" DOUBLE PRECISION NOT NULL, flag BOOLEAN NOT NULL, "label text" TEXT NOT NULL,
+    "type" TEXT NOT NULL, note TEXT, missing BIGINT, at TIMESTAMPTZ NOT NULL,
+    day DATE NOT NULL, local TIMESTAMP NOT NULL, "time" TIME NOT NULL, uuid UUID NOT NULL,
+    no_uuid UUID, bytes BYTEA NOT NULL, json JSONB NOT NULL, meta JSONB NOT NULL, no_meta JSON
+);
+"#;
+
+async fn round_trip_everything<DB: SqlxDatabase>(pool: Pool<DB>, statements: &Statements)
+where
+    Everything: SqlxModel<DB>,
+{
+    let cache = Cache::builder()
+        .loader::<Everything>(SqlxLoader::new(pool))
+        .build()
+        .unwrap();
+    let (loaded, ran) = counted(statements, cache.get_many::<Everything>(&[1, 2, 3])).await;
+    assert_eq!(loaded.unwrap(), everything());
+    assert_eq!(ran.len(), 1, "{ran:#?}");
+    for row in everything() {
+        let json = cache
+            .get_json::<Everything>(&row.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(json.as_ref(), row.to_json().unwrap());
+        assert_eq!(Everything::from_json(&json).unwrap(), row);
+    }
+    let json = cache.get_json::<Everything>(&2).await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["label"], "");
+    assert_eq!(json["type"], "from");
+    assert_eq!(json["missing"], -7);
+    assert_eq!(
+        json["no_meta"],
+        serde_json::json!({"name": "n", "tags": []})
+    );
+    assert_eq!(json["day"], "2024-02-29");
+    assert!(json.get("scratch").is_none());
+}
+
+#[tokio::test]
+async fn sqlite_every_column_type_round_trips() {
+    let (pool, statements) = sqlite().await;
+    sqlx::raw_sql(SQLITE_EVERYTHING)
+        .execute(&pool)
+        .await
+        .unwrap();
+    insert_everything!(&pool, everything());
+    round_trip_everything(pool, statements).await;
+}
+
+#[tokio::test]
+async fn postgres_every_column_type_round_trips() {
+    with_postgres(|pool, statements| async move {
+        sqlx::raw_sql(POSTGRES_EVERYTHING)
+            .execute(&pool)
+            .await
+            .unwrap();
+        insert_everything!(&pool, everything());
+        round_trip_everything(pool, &statements).await;
+    })
+    .await;
+}
+
+/// Unsigned integers: SQLite only (`database = "sqlite"` keeps the model off
+/// PostgreSQL, which has no unsigned types).
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(table = "unsigned", database = "sqlite")]
+struct Unsigned {
+    #[cached(pk)]
+    id: i64,
+    a: u8,
+    b: u16,
+    c: u32,
+    d: u64,
+}
+
+#[tokio::test]
+async fn sqlite_unsigned_integers() {
+    let (pool, statements) = sqlite().await;
+    sqlx::raw_sql(
+        "CREATE TABLE unsigned (id INTEGER PRIMARY KEY, a INTEGER, b INTEGER, c INTEGER, d INTEGER);
+         INSERT INTO unsigned VALUES (1, 255, 65535, 4294967295, 9223372036854775807);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let cache = Cache::builder()
+        .loader::<Unsigned>(SqlxLoader::new(pool))
+        .build()
+        .unwrap();
+    let (loaded, ran) = counted(statements, cache.get::<Unsigned>(&1)).await;
+    assert_eq!(
+        loaded.unwrap(),
+        Some(Unsigned {
+            id: 1,
+            a: u8::MAX,
+            b: u16::MAX,
+            c: u32::MAX,
+            d: i64::MAX as u64,
+        })
+    );
+    assert_eq!(ran.len(), 1);
+}
+
+/// Arrays: PostgreSQL only.
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(table = "arrays", database = "postgres")]
+struct Arrays {
+    #[cached(pk)]
+    id: i64,
+    numbers: Vec<i64>,
+    words: Vec<String>,
+    maybe: Option<Vec<i32>>,
+}
+
+#[tokio::test]
+async fn postgres_arrays() {
+    with_postgres(|pool, statements| async move {
+        sqlx::raw_sql(
+            "CREATE TABLE arrays (id BIGINT PRIMARY KEY, numbers BIGINT[] NOT NULL,
+                 words TEXT[] NOT NULL, maybe INTEGER[]);
+             INSERT INTO arrays VALUES (1, '{3,1,2}', '{\"a b\",\"\"}', NULL), (2, '{}', '{}', '{7}');",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let cache = Cache::builder()
+            .loader::<Arrays>(SqlxLoader::new(pool))
+            .build()
+            .unwrap();
+        let (loaded, ran) = counted(&statements, cache.get_many::<Arrays>(&[1, 2])).await;
+        assert_eq!(
+            loaded.unwrap(),
+            [
+                Arrays {
+                    id: 1,
+                    numbers: vec![3, 1, 2],
+                    words: vec!["a b".to_owned(), String::new()],
+                    maybe: None,
+                },
+                Arrays {
+                    id: 2,
+                    numbers: vec![],
+                    words: vec![],
+                    maybe: Some(vec![7]),
+                },
+            ]
+        );
+        assert_eq!(ran.len(), 1);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// String and uuid keys, a many-to-many both ways, a renamed pk column
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(table = "tags")]
+struct Tag {
+    #[cached(pk)]
+    id: Uuid,
+    label: String,
+    #[cached(many_to_many = Account, inverse = tags)]
+    #[cached(through = "account_tags", source = "tag_id", target = "handle")]
+    accounts: Vec<String>,
+}
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(table = "accounts")]
+struct Account {
+    #[cached(pk, column = "handle")]
+    name: String,
+    #[cached(many_to_many = Tag, inverse = accounts)]
+    #[cached(through = "account_tags", source = "handle", target = "tag_id")]
+    tags: Vec<Uuid>,
+}
+
+fn tag_id(n: u128) -> Uuid {
+    Uuid::from_u128(n << 100 | n)
+}
+
+async fn keys<DB: SqlxDatabase>(pool: Pool<DB>, statements: &Statements)
+where
+    Tag: SqlxModel<DB>,
+    Account: SqlxModel<DB>,
+{
+    let cache = Cache::builder()
+        .loader::<Tag>(SqlxLoader::new(pool.clone()))
+        .loader::<Account>(SqlxLoader::new(pool))
+        .build()
+        .unwrap();
+    let names = ["zoe".to_owned(), "al:ice".to_owned(), "nobody".to_owned()];
+    let (loaded, ran) = counted(statements, cache.get_many::<Account>(&names)).await;
+    assert_eq!(
+        loaded.unwrap(),
+        [
+            Account {
+                name: "zoe".to_owned(),
+                tags: vec![tag_id(1), tag_id(2), tag_id(3)],
+            },
+            Account {
+                name: "al:ice".to_owned(),
+                tags: vec![tag_id(2)],
+            },
+        ]
+    );
+    assert_eq!(ran.len(), 2, "{ran:#?}");
+    let ids = [tag_id(3), tag_id(2), tag_id(9)];
+    let (loaded, ran) = counted(statements, cache.get_many::<Tag>(&ids)).await;
+    assert_eq!(
+        loaded.unwrap(),
+        [
+            Tag {
+                id: tag_id(3),
+                label: "three".to_owned(),
+                accounts: vec!["zoe".to_owned()],
+            },
+            Tag {
+                id: tag_id(2),
+                label: "two".to_owned(),
+                accounts: vec!["al:ice".to_owned(), "zoe".to_owned()],
+            },
+        ]
+    );
+    assert_eq!(ran.len(), 2, "{ran:#?}");
+}
+
+const SQLITE_KEYS: &str = "
+CREATE TABLE tags (id BLOB PRIMARY KEY, label TEXT NOT NULL);
+CREATE TABLE accounts (handle TEXT PRIMARY KEY);
+CREATE TABLE account_tags (handle TEXT NOT NULL, tag_id BLOB NOT NULL);
+";
+
+const POSTGRES_KEYS: &str = "
+CREATE TABLE tags (id UUID PRIMARY KEY, label TEXT NOT NULL);
+CREATE TABLE accounts (handle TEXT PRIMARY KEY);
+CREATE TABLE account_tags (handle TEXT NOT NULL, tag_id UUID NOT NULL);
+";
+
+macro_rules! insert_keys {
+    ($pool:expr) => {
+        for (n, label) in [(3, "three"), (1, "one"), (2, "two")] {
+            sqlx::query("INSERT INTO tags (id, label) VALUES ($1, $2)")
+                .bind(tag_id(n))
+                .bind(label)
+                .execute($pool)
+                .await
+                .unwrap();
+        }
+        for (handle, n) in [("zoe", 3), ("zoe", 1), ("al:ice", 2), ("zoe", 2)] {
+            sqlx::query("INSERT INTO account_tags (handle, tag_id) VALUES ($1, $2)")
+                .bind(handle)
+                .bind(tag_id(n))
+                .execute($pool)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql("INSERT INTO accounts (handle) VALUES ('zoe'), ('al:ice')")
+            .execute($pool)
+            .await
+            .unwrap();
+    };
+}
+
+#[tokio::test]
+async fn sqlite_string_and_uuid_keys() {
+    let (pool, statements) = sqlite().await;
+    sqlx::raw_sql(SQLITE_KEYS).execute(&pool).await.unwrap();
+    insert_keys!(&pool);
+    keys(pool, statements).await;
+}
+
+#[tokio::test]
+async fn postgres_string_and_uuid_keys() {
+    with_postgres(|pool, statements| async move {
+        sqlx::raw_sql(POSTGRES_KEYS).execute(&pool).await.unwrap();
+        insert_keys!(&pool);
+        keys(pool, &statements).await;
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+#[cached(table = "mistyped")]
+struct Mistyped {
+    #[cached(pk)]
+    id: i64,
+    #[cached(column = "amount")]
+    n: i64,
+}
+
+/// A column that does not decode into its field fails the load, naming the
+/// column.
+async fn mistyped<DB: SqlxDatabase>(pool: Pool<DB>)
+where
+    Mistyped: SqlxModel<DB>,
+{
+    let cache = Cache::builder()
+        .loader::<Mistyped>(SqlxLoader::new(pool))
+        .build()
+        .unwrap();
+    let error = cache.get::<Mistyped>(&1).await.unwrap_err();
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(chain.contains("loading Mistyped failed"), "{chain}");
+    assert!(chain.contains(r#"column "amount""#), "{chain}");
+}
+
+const MISTYPED: &str = "
+CREATE TABLE mistyped (id BIGINT PRIMARY KEY, amount TEXT NOT NULL);
+INSERT INTO mistyped VALUES (1, 'lots');
+";
+
+#[tokio::test]
+async fn sqlite_decode_errors_name_the_column() {
+    let (pool, _) = sqlite().await;
+    sqlx::raw_sql(MISTYPED).execute(&pool).await.unwrap();
+    mistyped(pool).await;
+}
+
+#[tokio::test]
+async fn postgres_decode_errors_name_the_column() {
+    with_postgres(|pool, _| async move {
+        sqlx::raw_sql(MISTYPED).execute(&pool).await.unwrap();
+        mistyped(pool).await;
+    })
+    .await;
+}

@@ -1,0 +1,698 @@
+//! The cache behaviour suite over the polls models, generic over the store:
+//! drf-cached-instances' behaviours, counted in loader calls and store round
+//! trips. `tests/cache_core.rs` runs it on the `MemoryStore`,
+//! `tests/redis_cluster_cache.rs` on a Redis server and on a three-master
+//! Redis Cluster.
+//!
+//! Include it with `#[macro_use] #[path = "support/scenarios.rs"] mod
+//! scenarios;`, then generate one test per scenario with
+//! [`with_scenarios!`], or run them all in sequence with [`run_all`].
+
+#![allow(dead_code, unused_macros)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::{Cache, CachedInstance, MemoryStore, Store};
+use polls::memdb::{MemDb, date};
+use polls::{Choice, Question, User};
+
+/// Calls `$callback! { name, ... }` with the name of every scenario below, so
+/// a test binary can generate one test per scenario.
+macro_rules! with_scenarios {
+    ($callback:ident) => {
+        $callback! {
+            a_hit_makes_no_loader_call_and_one_round_trip,
+            cold_misses_make_one_loader_call_per_model_in_three_round_trips,
+            duplicate_pks_are_loaded_once_and_returned_each_time,
+            refresh_of_an_unchanged_instance_writes_nothing_and_cascades_nothing,
+            a_new_choice_invalidates_its_question,
+            moving_a_choice_invalidates_both_questions,
+            a_move_with_a_cold_previous_state_uses_the_callers_previous_row,
+            adding_or_removing_a_voter_invalidates_exactly_the_affected_users,
+            deleting_a_choice_removes_it_and_updates_its_question,
+            cascades_over_the_user_choice_cycle_terminate,
+            update_only_leaves_cold_entries_cold,
+            versions_share_invalidation_and_delete_all_versions_removes_every_version,
+            disabled_caching_still_returns_correct_data,
+            a_fill_from_before_a_write_is_rejected,
+            concurrent_misses_of_one_key_load_once,
+            corrupt_bytes_are_a_miss_and_are_overwritten,
+            entries_expire_with_their_ttl,
+            per_model_ttl_and_invalidates_key,
+            the_reader_fill_is_counted_and_dates_round_trip,
+        }
+    };
+}
+
+/// Runs every scenario in sequence on `store`, calling `reset` (which must
+/// empty the store) before each one.
+pub async fn run_all<S: Backend>(store: &S, reset: impl Fn()) {
+    macro_rules! run {
+        ($($name:ident),* $(,)?) => {
+            $(
+                reset();
+                eprintln!("scenario {}", stringify!($name));
+                $name(store.clone()).await;
+            )*
+        };
+    }
+    with_scenarios!(run);
+}
+
+/// What the suite needs of a store besides [`Store`]: a count of the
+/// primitive calls made through it (one per round trip), and raw access for
+/// inspecting and seeding keys without being counted.
+pub trait Backend: Store + Clone {
+    /// Primitive calls served so far.
+    fn round_trips(&self) -> u64;
+    /// The bytes held under `key`, markers included; not counted.
+    fn raw(&self, key: &str) -> impl Future<Output = Option<Bytes>> + Send;
+    /// Writes bytes under `key` bypassing the protocol; not counted.
+    fn put_raw(&self, key: &str, bytes: &[u8], ttl: Duration) -> impl Future<Output = ()> + Send;
+}
+
+impl Backend for MemoryStore {
+    fn round_trips(&self) -> u64 {
+        MemoryStore::round_trips(self)
+    }
+    fn raw(&self, key: &str) -> impl Future<Output = Option<Bytes>> + Send {
+        std::future::ready(MemoryStore::raw(self, key))
+    }
+    fn put_raw(&self, key: &str, bytes: &[u8], ttl: Duration) -> impl Future<Output = ()> + Send {
+        MemoryStore::put_raw(self, key, bytes.to_vec(), ttl);
+        std::future::ready(())
+    }
+}
+
+/// Any store, with its primitive calls counted: on a single Redis server
+/// each call is one round trip (on a cluster, one per hash slot involved).
+#[derive(Clone)]
+pub struct Counting<S> {
+    inner: S,
+    calls: Arc<AtomicU64>,
+}
+
+impl<S: Store> Counting<S> {
+    pub fn new(inner: S) -> Self {
+        Counting {
+            inner,
+            calls: Arc::default(),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Store> Store for Counting<S> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.count();
+        self.inner.get(key)
+    }
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.count();
+        self.inner.get_many(keys)
+    }
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.count();
+        self.inner.set_if_absent_or(keys, value, replaceable, ttl)
+    }
+    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
+        self.count();
+        self.inner.compare_and_set(ops)
+    }
+    fn swap_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.count();
+        self.inner.swap_many(keys, value, ttl)
+    }
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
+        self.count();
+        self.inner.delete_many(keys)
+    }
+}
+
+impl<S: Store + Clone> Backend for Counting<S> {
+    fn round_trips(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+    fn raw(&self, key: &str) -> impl Future<Output = Option<Bytes>> + Send {
+        let key = key.to_owned();
+        let inner = self.inner.clone();
+        async move { inner.get(&key).await.expect("raw read of the store") }
+    }
+    fn put_raw(&self, key: &str, bytes: &[u8], ttl: Duration) -> impl Future<Output = ()> + Send {
+        let keys = vec![key.to_owned()];
+        let bytes = bytes.to_vec();
+        let inner = self.inner.clone();
+        async move {
+            inner
+                .swap_many(&keys, &bytes, ttl)
+                .await
+                .expect("raw write to the store");
+        }
+    }
+}
+
+fn cache<S: Backend>(db: &MemDb, store: &S) -> Cache {
+    builder(db, store).build().unwrap()
+}
+
+fn builder<S: Backend>(db: &MemDb, store: &S) -> cached_instances::CacheBuilder {
+    Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+}
+
+async fn raw<T: CachedInstance, S: Backend>(
+    cache: &Cache,
+    store: &S,
+    pk: &T::Pk,
+) -> Option<Vec<u8>> {
+    store
+        .raw(&cache.key_of::<T>(pk).unwrap())
+        .await
+        .map(|b| b.to_vec())
+}
+
+/// Whether the entry holds a representation (not absent, not a marker).
+async fn is_warm<T: CachedInstance, S: Backend>(cache: &Cache, store: &S, pk: &T::Pk) -> bool {
+    raw::<T, S>(cache, store, pk)
+        .await
+        .is_some_and(|b| b.first() == Some(&b'{'))
+}
+
+pub async fn a_hit_makes_no_loader_call_and_one_round_trip<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+
+    let q = cache.get::<Question>(&1).await.unwrap().unwrap();
+    assert_eq!(q, db.question(1).unwrap());
+    assert_eq!(db.load_count("Question"), 1);
+
+    let trips = store.round_trips();
+    let again = cache.get::<Question>(&1).await.unwrap().unwrap();
+    assert_eq!(again, q);
+    assert_eq!(db.load_count("Question"), 1, "a hit must not load");
+    assert_eq!(store.round_trips() - trips, 1, "a hit is one round trip");
+
+    let json = cache.get_json::<Question>(&1).await.unwrap().unwrap();
+    assert_eq!(&json[..], &q.to_json().unwrap()[..]);
+    assert_eq!(db.load_count("Question"), 1);
+    assert_eq!(cache.stats().hits, 2);
+    assert_eq!(cache.stats().misses, 1);
+}
+
+pub async fn cold_misses_make_one_loader_call_per_model_in_three_round_trips<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    db.write(|t| {
+        for id in 10..60 {
+            t.users.insert(id, format!("user{id}"));
+        }
+    });
+    let cache = cache(&db, &store);
+
+    let mut pks: Vec<i64> = (10..60).rev().collect();
+    pks.insert(3, 999); // no such row
+    let trips = store.round_trips();
+    let users = cache.get_many::<User>(&pks).await.unwrap();
+    assert_eq!(store.round_trips() - trips, 3, "multi-get, lease, fill");
+    assert_eq!(db.load_count("User"), 1);
+    let expected: Vec<i64> = (10..60).rev().collect();
+    assert_eq!(
+        users.iter().map(|u| u.id).collect::<Vec<_>>(),
+        expected,
+        "request order, missing omitted"
+    );
+
+    // Choices are another model: one more call, for that model only.
+    let choices = cache.get_many::<Choice>(&[3, 1, 2]).await.unwrap();
+    assert_eq!(choices.iter().map(|c| c.id).collect::<Vec<_>>(), [3, 1, 2]);
+    assert_eq!(db.load_count("Choice"), 1);
+
+    // Everything is warm now, the missing row included: nothing loads again
+    // except the row that does not exist.
+    db.clear_loads();
+    cache.get_many::<User>(&expected).await.unwrap();
+    assert!(db.loads().is_empty());
+    assert!(cache.get::<User>(&999).await.unwrap().is_none());
+}
+
+pub async fn duplicate_pks_are_loaded_once_and_returned_each_time<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    let users = cache.get_many::<User>(&[2, 1, 2]).await.unwrap();
+    assert_eq!(users.iter().map(|u| u.id).collect::<Vec<_>>(), [2, 1, 2]);
+    assert_eq!(db.loads(), [("User", vec![2, 1])]);
+    let json = cache.get_many_json::<User>(&[2, 2]).await.unwrap();
+    assert_eq!(json.len(), 2);
+}
+
+pub async fn refresh_of_an_unchanged_instance_writes_nothing_and_cascades_nothing<S: Backend>(
+    store: S,
+) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    cache.get_many::<Choice>(&[1, 2]).await.unwrap();
+    cache.get::<Question>(&1).await.unwrap();
+    db.clear_loads();
+    let before = cache.stats();
+    let trips = store.round_trips();
+
+    assert!(!cache.refresh::<Choice>(&1).await.unwrap());
+    assert_eq!(store.round_trips() - trips, 1, "one read, no write");
+    assert_eq!(cache.stats().invalidations, before.invalidations);
+    assert_eq!(db.loads(), [("Choice", vec![1])], "no cascade reload");
+    assert!(is_warm::<Choice, S>(&cache, &store, &1).await);
+
+    // A changed row is noticed, and its question follows.
+    db.write(|t| t.choices.get_mut(&1).unwrap().0 = 2);
+    assert!(cache.refresh::<Choice>(&1).await.unwrap());
+    assert_eq!(
+        cache.get::<Choice>(&1).await.unwrap().unwrap().question_id,
+        2
+    );
+    assert_eq!(
+        cache.get::<Question>(&1).await.unwrap().unwrap().choices,
+        [2]
+    );
+}
+
+pub async fn a_new_choice_invalidates_its_question<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    assert_eq!(
+        cache.get::<Question>(&1).await.unwrap().unwrap().choices,
+        [1, 2]
+    );
+
+    db.write(|t| t.choices.insert(4, (1, "Everything".into())));
+    let choice = db.choice(4).unwrap();
+    cache.saved(&choice).await.unwrap();
+
+    db.clear_loads();
+    assert_eq!(
+        cache.get::<Question>(&1).await.unwrap().unwrap().choices,
+        [1, 2, 4]
+    );
+    // The question was cached, so the cascade refreshed it in place: the read
+    // above was a hit.
+    assert!(db.loads().is_empty(), "{:?}", db.loads());
+    // The other question was not touched.
+    assert!(
+        raw::<Question, S>(&cache, &store, &2)
+            .await
+            .is_none_or(|b| b[0] != 0)
+    );
+}
+
+pub async fn moving_a_choice_invalidates_both_questions<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    cache.get_many::<Question>(&[1, 2]).await.unwrap();
+    cache.get::<Choice>(&2).await.unwrap();
+
+    db.write(|t| t.choices.get_mut(&2).unwrap().0 = 2);
+    cache.saved(&db.choice(2).unwrap()).await.unwrap();
+
+    let qs = cache.get_many::<Question>(&[1, 2]).await.unwrap();
+    assert_eq!(qs[0].choices, [1]);
+    assert_eq!(qs[1].choices, [2, 3]);
+    assert_eq!(
+        cache.get::<Choice>(&2).await.unwrap().unwrap().question_id,
+        2
+    );
+}
+
+pub async fn a_move_with_a_cold_previous_state_uses_the_callers_previous_row<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    cache.get_many::<Question>(&[1, 2]).await.unwrap();
+    // Choice 2 itself is not cached: only `saved_from` knows where it was.
+    let previous = db.choice(2).unwrap();
+    db.write(|t| t.choices.get_mut(&2).unwrap().0 = 2);
+    cache
+        .saved_from(&previous, &db.choice(2).unwrap())
+        .await
+        .unwrap();
+    let qs = cache.get_many::<Question>(&[1, 2]).await.unwrap();
+    assert_eq!(qs[0].choices, [1]);
+    assert_eq!(qs[1].choices, [2, 3]);
+}
+
+pub async fn adding_or_removing_a_voter_invalidates_exactly_the_affected_users<S: Backend>(
+    store: S,
+) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    cache.get_many::<User>(&[1, 2, 3]).await.unwrap();
+    cache.get::<Choice>(&1).await.unwrap();
+    let untouched = raw::<User, S>(&cache, &store, &1).await.unwrap();
+
+    // Cy votes for choice 1; Ann keeps her vote.
+    db.write(|t| t.votes.insert((3, 1)));
+    db.clear_loads();
+    cache.saved(&db.choice(1).unwrap()).await.unwrap();
+    // The choice itself was cached, so it is refreshed in place; of the
+    // users, only the added voter is reloaded.
+    assert_eq!(db.loads(), [("Choice", vec![1]), ("User", vec![3])]);
+    assert_eq!(raw::<User, S>(&cache, &store, &1).await.unwrap(), untouched);
+    assert_eq!(cache.get::<User>(&3).await.unwrap().unwrap().votes, [1]);
+
+    // Ann withdraws.
+    db.write(|t| t.votes.remove(&(1, 1)));
+    db.clear_loads();
+    cache.saved(&db.choice(1).unwrap()).await.unwrap();
+    assert_eq!(
+        db.loads(),
+        [("Choice", vec![1]), ("User", vec![1])],
+        "only the removed voter"
+    );
+    assert_eq!(
+        cache.get::<User>(&1).await.unwrap().unwrap().votes,
+        Vec::<i64>::new()
+    );
+    assert_eq!(cache.get::<User>(&2).await.unwrap().unwrap().votes, [3]);
+}
+
+pub async fn deleting_a_choice_removes_it_and_updates_its_question<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    let choice = cache.get::<Choice>(&2).await.unwrap().unwrap();
+    cache.get::<Question>(&1).await.unwrap();
+
+    db.write(|t| t.choices.remove(&2));
+    cache.deleted(&choice).await.unwrap();
+
+    assert!(
+        !is_warm::<Choice, S>(&cache, &store, &2).await,
+        "its entry is gone"
+    );
+    assert!(cache.get::<Choice>(&2).await.unwrap().is_none());
+    assert_eq!(
+        cache.get::<Question>(&1).await.unwrap().unwrap().choices,
+        [1]
+    );
+}
+
+pub async fn cascades_over_the_user_choice_cycle_terminate<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = builder(&db, &store).update_only(false).build().unwrap();
+    cache.get_many::<User>(&[1, 2, 3]).await.unwrap();
+    cache.get_many::<Choice>(&[1, 2, 3]).await.unwrap();
+
+    // Ann now votes for everything: her list and three choices' lists change.
+    db.write(|t| {
+        for c in 1..=3 {
+            t.votes.insert((1, c));
+        }
+    });
+    db.clear_loads();
+    tokio::time::timeout(Duration::from_secs(5), cache.saved(&db.user(1).unwrap()))
+        .await
+        .expect("the cascade terminates")
+        .unwrap();
+    // Ann is refreshed; choices 2 and 3 gained a voter (choice 1 already had
+    // her); reloading them leads back to Ann, who is visited: the cascade stops.
+    assert_eq!(db.loads(), [("User", vec![1]), ("Choice", vec![2, 3])]);
+    for c in cache.get_many::<Choice>(&[1, 2, 3]).await.unwrap() {
+        assert!(c.voters.contains(&1), "{c:?}");
+    }
+    assert_eq!(
+        cache.get::<User>(&1).await.unwrap().unwrap().votes,
+        [1, 2, 3]
+    );
+}
+
+pub async fn update_only_leaves_cold_entries_cold<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    for update_only in [true, false] {
+        let cache = builder(&db, &store)
+            .update_only(update_only)
+            .build()
+            .unwrap();
+        db.write(|t| t.choices.insert(10, (2, format!("new {update_only}"))));
+        cache.saved(&db.choice(10).unwrap()).await.unwrap();
+        // Question 2 was never read.
+        assert_eq!(
+            is_warm::<Question, S>(&cache, &store, &2).await,
+            !update_only
+        );
+        db.write(|t| t.choices.remove(&10));
+    }
+}
+
+#[derive(cached_instances::CachedInstance, Debug, Clone, PartialEq)]
+#[cached(model = "Question", version = "v2")]
+pub struct QuestionV2 {
+    #[cached(pk)]
+    pub id: i64,
+    #[cached(rename = "text")]
+    pub question_text: String,
+}
+
+impl cached_instances::Loader<QuestionV2> for MemDb {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<QuestionV2>, cached_instances::LoadError> {
+        let qs: Vec<Question> = cached_instances::Loader::<Question>::load(self, pks).await?;
+        Ok(qs
+            .into_iter()
+            .map(|q| QuestionV2 {
+                id: q.id,
+                question_text: q.question_text,
+            })
+            .collect())
+    }
+}
+
+pub async fn versions_share_invalidation_and_delete_all_versions_removes_every_version<
+    S: Backend,
+>(
+    store: S,
+) {
+    let db = MemDb::seeded();
+    let cache = builder(&db, &store)
+        .loader::<QuestionV2>(db.clone())
+        .build()
+        .unwrap();
+    cache.get::<Question>(&1).await.unwrap();
+    let v2 = cache.get_json::<QuestionV2>(&1).await.unwrap().unwrap();
+    assert_eq!(&v2[..], br#"{"id":1,"text":"What's up?"}"#);
+    assert!(
+        is_warm::<Question, S>(&cache, &store, &1).await
+            && is_warm::<QuestionV2, S>(&cache, &store, &1).await
+    );
+
+    cache.delete_all_versions::<Question>(&1).await.unwrap();
+    assert!(!is_warm::<Question, S>(&cache, &store, &1).await);
+    assert!(!is_warm::<QuestionV2, S>(&cache, &store, &1).await);
+
+    // A write to one version invalidates the others.
+    cache.get::<QuestionV2>(&1).await.unwrap();
+    db.write(|t| t.questions.get_mut(&1).unwrap().0 = "Edited".into());
+    cache.saved(&db.question(1).unwrap()).await.unwrap();
+    assert_eq!(
+        cache
+            .get::<QuestionV2>(&1)
+            .await
+            .unwrap()
+            .unwrap()
+            .question_text,
+        "Edited"
+    );
+}
+
+pub async fn disabled_caching_still_returns_correct_data<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    cache.get::<Question>(&1).await.unwrap();
+    cache.set_enabled(false);
+    db.clear_loads();
+
+    // A change the cache was never told about is still read correctly.
+    db.write(|t| t.questions.get_mut(&1).unwrap().0 = "Changed behind our back".into());
+    for _ in 0..2 {
+        let q = cache.get::<Question>(&1).await.unwrap().unwrap();
+        assert_eq!(q.question_text, "Changed behind our back");
+    }
+    assert_eq!(
+        db.load_count("Question"),
+        2,
+        "every read goes to the loader"
+    );
+    assert_eq!(cache.get_many::<Choice>(&[2, 1]).await.unwrap().len(), 2);
+
+    // Writes made while disabled still invalidate, so re-enabling is safe.
+    db.write(|t| t.questions.get_mut(&1).unwrap().0 = "Saved while off".into());
+    cache.saved(&db.question(1).unwrap()).await.unwrap();
+    cache.set_enabled(true);
+    assert_eq!(
+        cache
+            .get::<Question>(&1)
+            .await
+            .unwrap()
+            .unwrap()
+            .question_text,
+        "Saved while off"
+    );
+}
+
+/// The stale-set race, scripted: the reader's load reads the old row, the
+/// writer commits and invalidates, then the reader tries to fill.
+pub async fn a_fill_from_before_a_write_is_rejected<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+
+    // The reader misses; its loader reads the old row and is held.
+    let held = db.hold_next_load::<Choice>();
+    let reader = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get::<Choice>(&1).await }
+    });
+    held.read.await.unwrap();
+
+    // The writer commits and tells the cache.
+    db.write(|t| t.choices.get_mut(&1).unwrap().1 = "After the write".into());
+    cache.saved(&db.choice(1).unwrap()).await.unwrap();
+
+    // The reader resumes: its fill must not land.
+    held.release.send(()).unwrap();
+    let seen = reader.await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        seen.choice_text, "Not much",
+        "the reader began before the write"
+    );
+    assert_eq!(cache.stats().fills_rejected, 1);
+    assert_eq!(
+        cache.get::<Choice>(&1).await.unwrap().unwrap().choice_text,
+        "After the write"
+    );
+}
+
+pub async fn concurrent_misses_of_one_key_load_once<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    let held = db.hold_next_load::<Question>();
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<Question>(&1).await })
+        })
+        .collect();
+    held.read.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    held.release.send(()).unwrap();
+    for r in readers {
+        assert_eq!(r.await.unwrap().unwrap().unwrap().id, 1);
+    }
+    assert_eq!(db.load_count("Question"), 1);
+}
+
+pub async fn corrupt_bytes_are_a_miss_and_are_overwritten<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    let key = cache.key_of::<Question>(&1).unwrap();
+    for garbage in [
+        &b"{\"id\":1,"[..],
+        b"not json",
+        b"{\"id\":\"x\"}",
+        b"\x00Zjunk",
+        b"{}",
+    ] {
+        store.put_raw(&key, garbage, Duration::from_secs(60)).await;
+        let q = cache.get::<Question>(&1).await.unwrap().unwrap();
+        assert_eq!(q, db.question(1).unwrap());
+        assert!(
+            is_warm::<Question, S>(&cache, &store, &1).await,
+            "overwritten after {garbage:?}"
+        );
+    }
+    store
+        .put_raw(&key, b"{\"truncated\":", Duration::from_secs(60))
+        .await;
+    let json = cache.get_json::<Question>(&1).await.unwrap().unwrap();
+    assert_eq!(&json[..], &db.question(1).unwrap().to_json().unwrap()[..]);
+}
+
+pub async fn entries_expire_with_their_ttl<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = builder(&db, &store)
+        .default_ttl(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    cache.get::<User>(&1).await.unwrap();
+    assert!(is_warm::<User, S>(&cache, &store, &1).await);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert!(!is_warm::<User, S>(&cache, &store, &1).await);
+    cache.get::<User>(&1).await.unwrap();
+    assert_eq!(db.load_count("User"), 2);
+}
+
+#[derive(cached_instances::CachedInstance, Debug, Clone, PartialEq)]
+#[cached(model = "Counted", ttl = 1, invalidates_key = "stats:counted")]
+pub struct Counted {
+    #[cached(pk)]
+    pub id: i64,
+}
+
+struct CountedDb;
+impl cached_instances::Loader<Counted> for CountedDb {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Counted>, cached_instances::LoadError> {
+        Ok(pks.iter().map(|&id| Counted { id }).collect())
+    }
+}
+
+pub async fn per_model_ttl_and_invalidates_key<S: Backend>(store: S) {
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<Counted>(CountedDb)
+        .build()
+        .unwrap();
+    assert_eq!(Counted::SCHEMA.ttl, Some(Duration::from_secs(1)));
+    cache.get::<Counted>(&1).await.unwrap();
+    store
+        .put_raw("stats:counted", b"42", Duration::from_secs(60))
+        .await;
+    cache.saved(&Counted { id: 1 }).await.unwrap();
+    assert!(
+        store.raw("stats:counted").await.is_none(),
+        "the raw key is invalidated"
+    );
+
+    cache.get::<Counted>(&2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        !is_warm::<Counted, S>(&cache, &store, &2).await,
+        "expired after the model's 1 s ttl"
+    );
+}
+
+pub async fn the_reader_fill_is_counted_and_dates_round_trip<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    let cache = cache(&db, &store);
+    let q = cache.get::<Question>(&2).await.unwrap().unwrap();
+    assert_eq!(q.pub_date, date(2));
+    assert_eq!(cache.stats().fills, 1);
+    assert_eq!(cache.get::<Question>(&2).await.unwrap().unwrap(), q);
+}
