@@ -142,7 +142,12 @@ async fn a_cache_started_while_redis_is_down_serves_from_the_database_then_cache
     assert!(cache.stats().store_errors >= 1);
 
     server.restart();
+    let restarted = Instant::now();
     read_until_cached(&cache, &db).await;
+    eprintln!(
+        "caching resumed {:?} after the server started",
+        restarted.elapsed()
+    );
     wait_for(&mut events, "StoreRecovered", |e| {
         matches!(e, Event::StoreRecovered)
     })
@@ -206,6 +211,7 @@ async fn a_stalled_redis_costs_a_read_about_the_response_timeout() {
         assert!(paused_at.elapsed() < PAUSE - Duration::from_millis(500));
         tokio::time::sleep(RETRY).await;
     }
+    eprintln!("slowest read while stalled: {slowest:?}");
     // 200 ms response timeout, one loader call: far below the pause. (The
     // bound is wide so a busy machine does not fail it; without the timeout
     // a read would take the whole pause.)
@@ -249,6 +255,7 @@ async fn a_server_that_accepts_but_never_answers_costs_a_read_about_the_response
         tokio::time::sleep(RETRY * 2).await;
     }
     assert!(cache.stats().store_errors >= 2, "{:?}", cache.stats());
+    eprintln!("slowest read while the store could not connect: {slowest:?}");
     assert!(
         slowest < Duration::from_millis(1200),
         "a read took {slowest:?} while the store could not connect"

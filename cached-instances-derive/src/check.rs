@@ -551,6 +551,84 @@ mod tests {
     }
 
     #[test]
+    fn valid_tables_pass() {
+        assert_eq!(
+            errors(parse_quote! {
+                #[cached(table = "polls.choices", database = "postgres")]
+                struct Choice {
+                    #[cached(pk, column = "choice_id")]
+                    id: i64,
+                    #[cached(references = Question, column = "question")]
+                    question_id: i64,
+                    // The JSON names and the columns are separate namespaces.
+                    #[cached(rename = "question", column = "text")]
+                    choice_text: String,
+                    #[cached(many_to_many = User, through = "votes")]
+                    #[cached(source = "choice_id", target = "user_id")]
+                    voters: Vec<i64>,
+                    #[cached(has_many = Self, via = question_id)]
+                    siblings: Vec<i64>,
+                    #[cached(skip)]
+                    scratch: u8,
+                }
+            }),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn sqlx_attributes_need_a_table() {
+        let errs = errors(parse_quote! {
+            #[cached(database = "sqlite")]
+            struct S {
+                #[cached(pk, column = "x")] id: i64,
+                #[cached(many_to_many = T, source = "a", through = "b")] a: Vec<i64>,
+                #[cached(target = "t")] b: i64,
+            }
+        });
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs[0].starts_with("`database` picks the database of the loader"));
+        assert!(errs[1].starts_with("`column` names the field's column"));
+        // One error per field, at its first join-table attribute.
+        assert!(errs[2].starts_with("`through` describes the join table"));
+        assert!(errs[3].starts_with("`target` only goes with `many_to_many`"));
+    }
+
+    #[test]
+    fn table_names_and_columns() {
+        let errs = errors(parse_quote! {
+            #[cached(table = "a..b", database = "Postgres")]
+            struct S {
+                #[cached(pk)] id: i64,
+                #[cached(column = "i\0d")] a: i64,
+                #[cached(column = "id")] b: i64,
+                #[cached(many_to_many = T)] c: Vec<i64>,
+                #[cached(many_to_many = T, through = "j", source = "s", target = "s")] d: Vec<i64>,
+                #[cached(many_to_many = T, through = "j", column = "d")] e: Vec<i64>,
+            }
+        });
+        assert_eq!(errs.len(), 8, "{errs:#?}");
+        assert!(errs[0].starts_with("the table name \"a..b\" is neither"));
+        assert!(errs[1].starts_with("unknown database \"Postgres\"; did you mean \"postgres\"?"));
+        assert!(errs[2].starts_with("the column name contains '\\0'"));
+        assert!(
+            errs[3].starts_with("field `b` would be read from column \"id\", which field `id`")
+        );
+        assert!(errs[4].contains("add `through`, `source` and `target`"));
+        assert!(errs[5].starts_with("`source` and `target` must be different columns"));
+        assert!(errs[6].starts_with("a `many_to_many` list is not a column"));
+        assert!(errs[7].contains("add `source` and `target`"));
+    }
+
+    #[test]
+    fn sql_names() {
+        assert_eq!(sql_name("weird name.with dots"), Ok(()));
+        assert_eq!(sql_name(""), Err("must not be empty".to_owned()));
+        assert!(sql_name("a`b").is_err());
+        assert!(sql_name("a\"b").is_err());
+    }
+
+    #[test]
     fn key_names() {
         assert_eq!(key_name("a.B-9_"), Ok(()));
         assert_eq!(key_name(""), Err("is empty".to_owned()));

@@ -38,6 +38,8 @@ mod tests;
 /// | `ttl = 300` | the model's time to live in seconds (at least 1); default: the cache's |
 /// | `invalidates_key = "key"` | a raw store key every write of the model invalidates; repeatable |
 /// | `invalidator = path::to::f` | `fn(&Self) -> impl IntoIterator<Item = Target>`: more targets a write invalidates |
+/// | `table = "questions"` | derive a batched sqlx loader reading this table (`"schema.table"` works too) |
+/// | `database = "sqlite"` | with `table`: derive the loader for `"sqlite"` or `"postgres"` only (default: each database feature enabled on cached-instances) |
 ///
 /// # Field attributes
 ///
@@ -50,6 +52,19 @@ mod tests;
 /// | `rename = "name"` | the field's JSON name (default: the field's name) |
 /// | `serde` | store the field with its own `Serialize`/`Deserialize` impls instead of a `FieldCodec` |
 /// | `skip` | leave the field out; decoding fills it with `Default::default()` |
+/// | `column = "name"` | with `table`: the field's column (default: the field's name) |
+/// | `through = "votes", source = "choice_id", target = "user_id"` | with `table`, on a `many_to_many`: the join table, its column holding this model's pk, and its column holding the related model's pk |
+///
+/// # Derived sqlx loaders
+///
+/// With `table`, the derive also implements `cached_instances::sqlx::SqlxModel`
+/// for SQLite and PostgreSQL (each behind the runtime's `sqlx-sqlite` /
+/// `sqlx-postgres` feature), which `SqlxLoader` serves: one query for the
+/// rows of all the pks, one per relation list. A `has_many = T` list is read
+/// from `T`'s table, so `T` needs a `table` as well; its table, pk column and
+/// `via` column come from `T`'s own declaration. Field types sqlx cannot read
+/// on an enabled database are compile errors at the field. See the
+/// `cached_instances::sqlx` module docs.
 ///
 /// A primary key may also be a foreign key (`#[cached(pk, references = T)]`)
 /// for a one-to-one extension of another model. `Self` is accepted as a

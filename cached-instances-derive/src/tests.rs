@@ -427,6 +427,29 @@ fn odd_inputs_do_not_panic() {
                 },
             }
         ),
+        quote::quote!(
+            #[cached(table)]
+            struct S {
+                #[cached(pk)]
+                a: i64,
+            }
+        ),
+        quote::quote!(
+            #[cached(table = 5, database = sqlite)]
+            struct S {
+                #[cached(pk, column)]
+                a: i64,
+            }
+        ),
+        quote::quote!(
+            #[cached(table = "t")]
+            struct S {
+                #[cached(column = "a")]
+                a: i64,
+                #[cached(many_to_many = S, through = "", source = "", target = "")]
+                b: Vec<i64>,
+            }
+        ),
     ];
     for tokens in inputs {
         let input: DeriveInput = syn::parse2(tokens.clone()).expect("valid derive input");

@@ -162,14 +162,12 @@ where
     DB: SqlxDatabase,
     T: SqlxModel<DB>,
 {
-    fn load(&self, pks: &[T::Pk]) -> impl Future<Output = Result<Vec<T>, LoadError>> + Send {
-        async move {
-            if pks.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
-            T::sqlx_load(&mut *conn, pks).await.map_err(LoadError::new)
+    async fn load(&self, pks: &[T::Pk]) -> Result<Vec<T>, LoadError> {
+        if pks.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
+        T::sqlx_load(&mut *conn, pks).await.map_err(LoadError::new)
     }
 }
 

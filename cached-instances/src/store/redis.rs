@@ -215,7 +215,9 @@ impl RedisStoreBuilder {
     }
 
     /// How long a request waits for its reply before failing with
-    /// [`StoreError::Unavailable`]. Default: 500 ms.
+    /// [`StoreError::Unavailable`], any wait for a connection to be made or
+    /// remade included: the most a read spends on an unreachable or stalled
+    /// server before the cache falls back to its loaders. Default: 500 ms.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
