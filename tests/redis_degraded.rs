@@ -2,7 +2,10 @@
 //! restarted and paused by it): while the store is down, stalled or refusing
 //! writes, reads return correct data from the loaders and writes succeed;
 //! when it answers again, queued invalidations are delivered first and
-//! caching resumes.
+//! caching resumes. And when the database fails or hangs instead (a loader
+//! that errors, or never answers within `loader_timeout`), reads fail with
+//! a typed error but leave nothing behind: no lease held, no stale entry,
+//! and the next read after the database is back succeeds and caches.
 //!
 //! Every wait here is bounded and polls for the outcome (no sleep decides a
 //! result); the only timing assertion is that a stalled server does not stall
@@ -16,8 +19,8 @@ mod redis_server;
 
 use std::time::{Duration, Instant};
 
-use cached_instances::{Cache, CacheBuilder, CachedInstance, Event, RedisStore, Store};
-use faults::{Faulty, Instrumented};
+use cached_instances::{Cache, CacheBuilder, CachedInstance, Error, Event, RedisStore, Store};
+use faults::{Faulty, Flaky, Instrumented};
 use polls::memdb::MemDb;
 use polls::{Choice, Question, User};
 use redis_server::RedisServer;
@@ -548,4 +551,175 @@ async fn writes_never_fail_the_caller_while_the_store_is_down() {
     }
     check().await;
     read_until_cached(&cache, &db).await;
+}
+
+/// Whether the bytes are a lease (a load in progress, or one that was never
+/// released).
+fn is_lease(bytes: &Option<Vec<u8>>) -> bool {
+    bytes.as_deref().is_some_and(|b| b.starts_with(b"\0L"))
+}
+
+/// Whether the bytes are a representation (not absent, not a marker).
+fn is_value(bytes: &Option<Vec<u8>>) -> bool {
+    bytes.as_deref().is_some_and(|b| b.first() == Some(&b'{'))
+}
+
+fn flaky_cache(store: impl Store, loader: &Flaky<MemDb>) -> CacheBuilder {
+    Cache::builder()
+        .store(store)
+        .loader::<User>(loader.clone())
+        .loader::<Question>(loader.clone())
+        .loader::<Choice>(loader.clone())
+        .store_retry_interval(RETRY)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_loader_fails_reads_without_poisoning_the_cache() {
+    let server = RedisServer::start();
+    let store = connected(&server).await;
+    let db = MemDb::seeded();
+    let loader = Flaky::new(db.clone());
+    let cache = flaky_cache(store.clone(), &loader).build().unwrap();
+
+    // Cold reads while the database fails: a typed error, every read API.
+    loader.fail(true);
+    let failed = [
+        cache.get::<Question>(&1).await.map(|_| ()),
+        cache.get_many::<Question>(&[1, 2]).await.map(|_| ()),
+        cache.get_json::<Question>(&1).await.map(|_| ()),
+        cache.get_many_json::<Question>(&[2]).await.map(|_| ()),
+    ];
+    for result in failed {
+        assert!(
+            matches!(
+                result,
+                Err(Error::Load {
+                    model: "Question",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+    // Nothing poisoned: the leases were released, nothing was filled, and
+    // the store still answers.
+    for pk in [1, 2] {
+        let held = raw::<Question>(&store, &cache, &pk).await;
+        assert!(!is_lease(&held) && !is_value(&held), "{held:?}");
+    }
+    assert_eq!(cache.stats().store_errors, 0);
+    assert_eq!(cache.stats().fills, 0);
+
+    // The database is back: the next read loads at once (no lease to wait
+    // out) and caches.
+    loader.fail(false);
+    let started = Instant::now();
+    assert_eq!(cache.get::<Question>(&1).await.unwrap(), db.question(1));
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(cache.stats().lease_waits, 0, "no lease left to wait for");
+    assert!(is_value(&raw::<Question>(&store, &cache, &1).await));
+    assert_caching(&cache, &db).await;
+
+    // A write whose cascade cannot reload: the write reports the loader's
+    // error, and the entries it touched are left invalidated, not stale.
+    assert_eq!(cache.get::<Choice>(&2).await.unwrap(), db.choice(2));
+    let previous = db.choice(2).unwrap();
+    db.write(|t| {
+        t.choices.get_mut(&2).unwrap().0 = 2;
+        t.choices.get_mut(&2).unwrap().1 = "Moved".into();
+    });
+    loader.fail(true);
+    let result = cache.saved_from(&previous, &db.choice(2).unwrap()).await;
+    assert!(matches!(result, Err(Error::Load { .. })), "{result:?}");
+    for held in [
+        raw::<Choice>(&store, &cache, &2).await,
+        raw::<Question>(&store, &cache, &1).await,
+        raw::<Question>(&store, &cache, &2).await,
+    ] {
+        assert!(!is_value(&held) && !is_lease(&held), "{held:?}");
+    }
+    loader.fail(false);
+    assert_fresh(&cache, &db).await;
+    assert_fresh(&cache, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_loader_times_out_and_releases_its_leases() {
+    const DEADLINE: Duration = Duration::from_millis(200);
+    let server = RedisServer::start();
+    let store = connected(&server).await;
+    let db = MemDb::seeded();
+    let loader = Flaky::new(db.clone());
+    let cache = flaky_cache(store.clone(), &loader)
+        .loader_timeout(DEADLINE)
+        .build()
+        .unwrap();
+    // Warm entries for the write below.
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    assert_eq!(cache.get::<Question>(&1).await.unwrap(), db.question(1));
+
+    loader.hang(true);
+    // One reader takes the lease and hangs; the others wait for it, then
+    // read the database themselves, and hang too. All give up in bounded
+    // time with the typed error; without the deadline they never return.
+    let started = Instant::now();
+    let readers: Vec<_> = (0..5)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<Question>(&2).await })
+        })
+        .collect();
+    for reader in readers {
+        let result = tokio::time::timeout(PATIENCE, reader)
+            .await
+            .expect("a read never returned")
+            .unwrap();
+        assert!(
+            matches!(result, Err(Error::LoadTimeout { model: "Question", timeout }) if timeout == DEADLINE),
+            "{result:?}"
+        );
+    }
+    eprintln!(
+        "5 reads of a hung database returned in {:?}",
+        started.elapsed()
+    );
+    // The holder's deadline, then the waiters' own loads: well under the
+    // 10 s lease TTL that would otherwise be waited out.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(cache.stats().loader_timeouts >= 1);
+    assert!(!is_lease(&raw::<Question>(&store, &cache, &2).await));
+
+    // A write whose cascade reload hangs: it times out too, and leaves its
+    // entries invalidated.
+    db.write(|t| t.choices.get_mut(&1).unwrap().1 = "Changed during the hang".into());
+    let result = tokio::time::timeout(PATIENCE, cache.saved(&db.choice(1).unwrap()))
+        .await
+        .expect("the write never returned");
+    assert!(
+        matches!(result, Err(Error::LoadTimeout { .. })),
+        "{result:?}"
+    );
+    let refreshed = tokio::time::timeout(PATIENCE, cache.refresh::<Choice>(&1))
+        .await
+        .expect("refresh never returned");
+    assert!(
+        matches!(refreshed, Err(Error::LoadTimeout { .. })),
+        "{refreshed:?}"
+    );
+    for held in [
+        raw::<Choice>(&store, &cache, &1).await,
+        raw::<Question>(&store, &cache, &1).await,
+    ] {
+        assert!(!is_value(&held), "{held:?}");
+    }
+
+    // The database answers again: reads succeed at once, fresh, and cache.
+    loader.hang(false);
+    let started = Instant::now();
+    assert_eq!(cache.get::<Question>(&2).await.unwrap(), db.question(2));
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(is_value(&raw::<Choice>(&store, &cache, &1).await));
+    read_until_cached(&cache, &db).await;
+    assert_caching(&cache, &db).await;
 }

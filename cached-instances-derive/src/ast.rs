@@ -204,6 +204,13 @@ impl Field<'_> {
             && self.attrs.many_to_many.is_none()
     }
 
+    /// Whether the field is declared for queries (`index`, `sortable`,
+    /// `search`).
+    pub(crate) fn is_indexed(&self) -> bool {
+        let a = &self.attrs;
+        a.index.is_some() || a.sortable.is_some() || a.search.is_some()
+    }
+
     pub(crate) fn storage(&self) -> Storage {
         if self.attrs.skip.is_some() {
             Storage::Skip

@@ -37,6 +37,9 @@ pub(crate) const FIELD_ATTRS: &[&str] = &[
     "through",
     "source",
     "target",
+    "index",
+    "sortable",
+    "search",
 ];
 
 /// How the join-table attributes of a `many_to_many` are written.
@@ -81,6 +84,10 @@ pub(crate) struct Field {
     pub(crate) through: Option<Item<LitStr>>,
     pub(crate) source: Option<Item<LitStr>>,
     pub(crate) target: Option<Item<LitStr>>,
+    /// Query indexes: exact match, ranges and ordering, full-text search.
+    pub(crate) index: Option<Ident>,
+    pub(crate) sortable: Option<Ident>,
+    pub(crate) search: Option<Ident>,
     /// Some item could not be read. What it said is unknown (it may have
     /// been a misspelled `pk`), so checks that rely on an item's absence
     /// stay quiet rather than pile on.
@@ -154,6 +161,18 @@ pub(crate) fn field(cx: &Ctxt, attrs: &[Attribute]) -> Field {
             "serde" => {
                 flag(keyword, meta)?;
                 set_flag(cx, &mut out.serde, keyword);
+            }
+            "index" => {
+                flag(keyword, meta)?;
+                set_flag(cx, &mut out.index, keyword);
+            }
+            "sortable" => {
+                flag(keyword, meta)?;
+                set_flag(cx, &mut out.sortable, keyword);
+            }
+            "search" => {
+                flag(keyword, meta)?;
+                set_flag(cx, &mut out.search, keyword);
             }
             "references" => {
                 let ty = type_value(meta, "references")?;

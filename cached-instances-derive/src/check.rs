@@ -189,6 +189,8 @@ fn check_field(cx: &Ctxt, field: &Field) {
         );
     }
 
+    check_index(cx, field);
+
     if let (Some(rename), Some(_)) = (&a.rename, &a.skip) {
         cx.error_spanned_by(
             &rename.keyword,
@@ -231,6 +233,50 @@ fn check_field(cx: &Ctxt, field: &Field) {
                  inverse = <field>)]`"
         };
         cx.error_spanned_by(&inverse.keyword, message);
+    }
+}
+
+/// `index`, `sortable` and `search` need a stored, single value.
+fn check_index(cx: &Ctxt, field: &Field) {
+    let a = &field.attrs;
+    let conflict = if a.skip.is_some() {
+        Some((
+            "skip",
+            "a skipped field is not stored, so its value is not known to the cache; remove one \
+             of them"
+                .to_owned(),
+        ))
+    } else {
+        [
+            ("has_many", a.has_many.is_some()),
+            ("many_to_many", a.many_to_many.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(kind, set)| set.then_some(kind))
+        .map(|kind| {
+            (
+                kind,
+                format!(
+                    "a `{kind}` list cannot be queried through an index; index the foreign key \
+                     on the other model instead (`#[cached(references = ..., index)]`)"
+                ),
+            )
+        })
+    };
+    let Some((with, reason)) = conflict else {
+        return;
+    };
+    for (name, keyword) in [
+        ("index", a.index.as_ref()),
+        ("sortable", a.sortable.as_ref()),
+        ("search", a.search.as_ref()),
+    ] {
+        if let Some(keyword) = keyword {
+            cx.error_spanned_by(
+                keyword,
+                format!("`{name}` cannot be combined with `{with}`; {reason}"),
+            );
+        }
     }
 }
 
@@ -639,6 +685,26 @@ mod tests {
         });
         assert_eq!(errs.len(), 1);
         assert!(errs[0].starts_with("the type name `Café` cannot be the model name"));
+    }
+
+    #[test]
+    fn index_attributes_need_a_stored_single_value() {
+        let errs = errors(parse_quote! {
+            struct S {
+                #[cached(pk, index)] id: i64,
+                #[cached(references = T, index, sortable)] t: i64,
+                #[cached(skip, search)] a: String,
+                #[cached(has_many = T, via = s, index)] b: Vec<i64>,
+                #[cached(many_to_many = U, sortable)] c: Vec<i64>,
+                #[cached(index, index)] d: i64,
+            }
+        });
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        // Parsing reports the duplicate before the checks run.
+        assert!(errs[0].starts_with("duplicate `index` attribute"));
+        assert!(errs[1].starts_with("`search` cannot be combined with `skip`"));
+        assert!(errs[2].starts_with("`index` cannot be combined with `has_many`"));
+        assert!(errs[3].starts_with("`sortable` cannot be combined with `many_to_many`"));
     }
 
     #[test]

@@ -54,6 +54,18 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
         .databases()
         .into_iter()
         .map(|database| sqlx_loader(cont, pk, database));
+    let index_methods = index_methods(cont);
+    let index_imports = if cont.fields.iter().any(Field::is_indexed) {
+        quote! {
+            use #p::{
+                ParseScore as _, ParseScoreFallback as _, ParseTerm as _, ParseTermFallback as _,
+                ScoreOf as _, ScoreOfFallback as _, TermOf as _, TermOfFallback as _,
+                TextOf as _, TextOfFallback as _,
+            };
+        }
+    } else {
+        TokenStream::new()
+    };
 
     // The dispatch traits are imported because autoref dispatch only works
     // through method-call syntax (see `derive_support` in the runtime crate).
@@ -66,6 +78,7 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
                 SkipDefault as _, SkipFallback as _,
             };
             #table_imports
+            #index_imports
 
             #[automatically_derived]
             impl #p::CachedInstance for #ident {
@@ -96,6 +109,7 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
 
                 #relation_links
                 #extra_targets
+                #index_methods
             }
 
             #serialize
@@ -150,6 +164,25 @@ fn schema(cont: &Container) -> TokenStream {
         Some(quote!(#p::Relation::new(#name, #target_model, #kind)))
     });
     let keys = cont.attrs.invalidates_keys.iter().map(|item| &item.value);
+    let indexes: Vec<TokenStream> = cont
+        .fields
+        .iter()
+        .filter(|field| field.is_indexed())
+        .map(|field| {
+            let a = &field.attrs;
+            let name = &field.name;
+            let json = field.json_name();
+            let column = field.column();
+            let [exact, sortable, search] =
+                [&a.index, &a.sortable, &a.search].map(|flag| flag.is_some());
+            quote!(#p::IndexField::new(#name, #json, #column, #exact, #sortable, #search))
+        })
+        .collect();
+    let with_indexes = if indexes.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(.with_indexes(&[#(#indexes),*]))
+    };
     quote! {
         const SCHEMA: #p::Schema = #p::Schema::new(
             <Self as #p::CachedInstance>::MODEL,
@@ -158,7 +191,79 @@ fn schema(cont: &Container) -> TokenStream {
             #ttl,
             &[#(#relations),*],
             &[#(#keys),*],
-        );
+        )#with_indexes;
+    }
+}
+
+/// `index_values`, `parse_index_term` and `parse_index_score` for the
+/// fields declared `index`, `sortable` or `search` (nothing when there are
+/// none: the trait's defaults). Each field's type is read through autoref
+/// dispatch, so a type without the trait the attribute needs fails once, at
+/// the assertion `assertions` emits.
+fn index_methods(cont: &Container) -> TokenStream {
+    let p = private();
+    let indexed: Vec<&Field> = cont.fields.iter().filter(|f| f.is_indexed()).collect();
+    if indexed.is_empty() {
+        return TokenStream::new();
+    }
+    let mut values = Vec::new();
+    let mut terms = Vec::new();
+    let mut scores = Vec::new();
+    for (i, field) in indexed.iter().enumerate() {
+        let i = Literal::usize_unsuffixed(i);
+        let member = field.ident;
+        let ty = &field.ty;
+        let a = &field.attrs;
+        let serde = field.storage() == Storage::Serde;
+        if a.index.is_some() {
+            if serde {
+                values.push(quote! {
+                    #p::IndexValues::set_term(__out, #i, #p::SerdeTermField(&self.#member).__cached_term());
+                });
+                terms.push(
+                    quote!(#i => #p::SerdeTermParser::<#ty>::new().__cached_parse_term(text),),
+                );
+            } else {
+                values.push(quote! {
+                    #p::IndexValues::set_term(__out, #i, #p::TermField(&self.#member).__cached_term());
+                });
+                terms.push(quote!(#i => #p::TermParser::<#ty>::new().__cached_parse_term(text),));
+            }
+        }
+        if a.sortable.is_some() {
+            values.push(quote! {
+                #p::IndexValues::set_score(__out, #i, #p::ScoreField(&self.#member).__cached_score());
+            });
+            scores.push(quote!(#i => #p::ScoreParser::<#ty>::new().__cached_parse_score(text),));
+        }
+        if a.search.is_some() {
+            values.push(quote! {
+                {
+                    let mut __text = #p::String::new();
+                    #p::TextField(&self.#member).__cached_text(&mut __text);
+                    #p::IndexValues::set_text(__out, #i, &__text);
+                }
+            });
+        }
+    }
+    quote! {
+        fn index_values(&self, __out: &mut #p::IndexValues) {
+            #(#values)*
+        }
+
+        fn parse_index_term(field: usize, text: &str) -> #p::Option<#p::String> {
+            match field {
+                #(#terms)*
+                _ => #p::Option::None,
+            }
+        }
+
+        fn parse_index_score(field: usize, text: &str) -> #p::Option<f64> {
+            match field {
+                #(#scores)*
+                _ => #p::Option::None,
+            }
+        }
     }
 }
 
@@ -547,6 +652,19 @@ fn assertions(cont: &Container) -> TokenStream {
                 }),
             },
         }
+        // Query indexes: the field's type must have what the attribute
+        // needs. Serde fields are indexed through serde (`assert_serde`
+        // checks them).
+        let a = &field.attrs;
+        if a.index.is_some() && field.storage() != Storage::Serde {
+            out.extend(quote_spanned! {ty_span=> #p::assert_indexable::<#ty>(); });
+        }
+        if a.sortable.is_some() {
+            out.extend(quote_spanned! {ty_span=> #p::assert_sortable::<#ty>(); });
+        }
+        if a.search.is_some() {
+            out.extend(quote_spanned! {ty_span=> #p::assert_searchable::<#ty>(); });
+        }
     }
     if out.is_empty() {
         return out;
@@ -730,6 +848,10 @@ fn sqlx_loader(cont: &Container, pk: &Field, database: Database) -> TokenStream 
     let fetch_rows = quote_spanned! {pk_ty.span()=>
         #module::fetch_rows::<#pk_ty>(&mut *__conn, #table, &[#(#column_names),*], __pks).await?
     };
+    let pk_column = pk.column();
+    let fetch_all_pks = quote_spanned! {pk_ty.span()=>
+        #module::fetch_all_pks::<#pk_ty>(&mut *__conn, #table, #pk_column).await?
+    };
     let keys = if lists.is_empty() {
         TokenStream::new()
     } else {
@@ -765,6 +887,24 @@ fn sqlx_loader(cont: &Container, pk: &Field, database: Database) -> TokenStream 
                             });
                         }
                         #p::Result::Ok(__out)
+                    }
+                }
+
+                fn sqlx_all_pks<'__a, __C>(
+                    __conn: &'__a mut __C,
+                ) -> impl #p::Future<
+                    Output = #p::Result<
+                        #p::Option<#p::Vec<<Self as #p::CachedInstance>::Pk>>,
+                        #p::sqlx::Error,
+                    >,
+                > + #p::Send
+                + '__a
+                where
+                    __C: #p::SqlxConnection<Database = #db>,
+                {
+                    async move {
+                        let __conn = #p::SqlxConnection::as_connection(__conn);
+                        #p::Result::Ok(#p::Option::Some(#fetch_all_pks))
                     }
                 }
             }

@@ -68,6 +68,16 @@
 //! # }
 //! ```
 //!
+//! # Filtering, ordering and search
+//!
+//! [`Resource::with_queries`] (or [`Resource::indexed`], without a list
+//! query) turns the list into a [cached query](crate::query) for the fields
+//! the model declares: `?country=FR` (`#[cached(index)]`),
+//! `?age__gte=18&age__lt=65` and `?ordering=-age` (`#[cached(sortable)]`),
+//! `?search=ada lovelace` (`#[cached(search)]`). Undeclared parameters and
+//! values of the wrong type are a `400`. A warmed model is answered by the
+//! cache with no database query; otherwise by the loader's `query`.
+//!
 //! Write endpoints live next to the read ones: the detail route's parameter is
 //! named `pk`, so `.route("/questions/{pk}", patch(update))` adds a method to
 //! the same route. After the database commit, the write handler calls
@@ -92,6 +102,7 @@ use crate::cache::Cache;
 use crate::error::{Error, LoadError};
 use crate::instance::CachedInstance;
 use crate::pk::PrimaryKey;
+use crate::query::Query;
 
 /// The page size used when the request gives none.
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -178,6 +189,35 @@ pub trait ListQuery<T: CachedInstance>: Send + Sync + 'static {
     }
 }
 
+/// The list query of a [`Resource`] whose list only answers cached queries
+/// ([`Resource::indexed`]); every instance is in scope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Indexed;
+
+impl<T: CachedInstance> ListQuery<T> for Indexed {
+    async fn page(&self, _request: PageRequest) -> Result<Page<T::Pk>, LoadError> {
+        // `with_queries` lists through `Cache::query_json` instead.
+        Err(LoadError::msg(
+            "an indexed resource lists through cached queries",
+        ))
+    }
+}
+
+impl<T: CachedInstance> Resource<T, Indexed> {
+    /// Endpoints of `T` whose list answers cached queries from its URL
+    /// parameters (see [`with_queries`](Resource::with_queries)), with no
+    /// list query of its own:
+    ///
+    /// ```ignore
+    /// cache.warm::<User>().await?;
+    /// let app = Router::new().merge(Resource::<User, _>::indexed(cache).router("/users"));
+    /// // GET /users?country=FR&ordering=-age&search=ada&limit=20
+    /// ```
+    pub fn indexed(cache: Cache) -> Self {
+        Resource::new(cache, Indexed).with_queries()
+    }
+}
+
 /// The cached list and detail endpoints of model `T`, with `Q` as the list
 /// query.
 ///
@@ -188,6 +228,9 @@ pub struct Resource<T, Q> {
     query: Arc<Q>,
     default_page_size: u64,
     max_page_size: u64,
+    /// Lists answer cached queries (`?field=value`, `?ordering=`,
+    /// `?search=`) instead of calling the list query.
+    queries: bool,
     _model: PhantomData<fn() -> T>,
 }
 
@@ -198,6 +241,7 @@ impl<T, Q> Clone for Resource<T, Q> {
             query: self.query.clone(),
             default_page_size: self.default_page_size,
             max_page_size: self.max_page_size,
+            queries: self.queries,
             _model: PhantomData,
         }
     }
@@ -223,8 +267,24 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
             query: Arc::new(query),
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
+            queries: false,
             _model: PhantomData,
         }
+    }
+
+    /// Makes the list endpoint answer [cached queries](crate::query) built
+    /// from its URL parameters, for the fields `T` declares: `?field=value`
+    /// (`#[cached(index)]`), `?field__gte=` / `__gt` / `__lte` / `__lt`
+    /// (`#[cached(sortable)]`), `?ordering=field` or `-field`
+    /// (`#[cached(sortable)]`) and `?search=terms` (`#[cached(search)]`),
+    /// with the usual pagination. Any other parameter, or a value that is not
+    /// one of the field's type, is a `400`. The page and the count come from
+    /// [`Cache::query_json`] (the cache for a warmed model, else the loader's
+    /// `query`); the list query's [`page`](ListQuery::page) is not called,
+    /// its [`scope`](ListQuery::scope) still applies.
+    pub fn with_queries(mut self) -> Self {
+        self.queries = true;
+        self
     }
 
     /// Sets the page size used when a request gives none, and the largest
@@ -336,6 +396,9 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
                 Ok(pagination) => pagination,
                 Err(message) => return error(StatusCode::BAD_REQUEST, &message),
             };
+        if self.queries {
+            return self.query_response(uri, headers, pagination).await;
+        }
         let page = match self.query.page(pagination.request).await {
             Ok(page) => page,
             Err(e) => {
@@ -356,10 +419,54 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
             Err(e) => return cache_error::<T>(e),
         };
 
-        let (next, previous) = pagination.links(uri.path(), page.count);
+        self.list_body(uri, headers, &pagination, page.count, &rows)
+    }
+
+    /// A list answered by a cached query from the request's parameters.
+    async fn query_response(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        pagination: Pagination,
+    ) -> Response {
+        let params = pagination
+            .others
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let query = match Query::<T>::from_params(params) {
+            Ok(query) => query
+                .offset(pagination.request.offset)
+                .limit(pagination.request.limit),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+        };
+        let found = match self.cache.query_json::<T>(&query).await {
+            Ok(found) => found,
+            Err(Error::Query(e)) => {
+                tracing::warn!(
+                    target: "cached_instances",
+                    model = T::MODEL,
+                    error = %e,
+                    "list query cannot be answered",
+                );
+                return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            }
+            Err(e) => return cache_error::<T>(e),
+        };
+        self.list_body(uri, headers, &pagination, found.count, &found.items)
+    }
+
+    fn list_body(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+        pagination: &Pagination,
+        count: u64,
+        rows: &[Bytes],
+    ) -> Response {
+        let (next, previous) = pagination.links(uri.path(), count);
         let mut body = Vec::with_capacity(96 + rows.iter().map(|r| r.len() + 1).sum::<usize>());
         body.extend_from_slice(b"{\"count\":");
-        body.extend_from_slice(page.count.to_string().as_bytes());
+        body.extend_from_slice(count.to_string().as_bytes());
         body.extend_from_slice(b",\"next\":");
         push_json_link(&mut body, next.as_deref());
         body.extend_from_slice(b",\"previous\":");
@@ -367,7 +474,7 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         body.extend_from_slice(b",\"results\":[");
         let in_scope = self.query.scope();
         let mut first = true;
-        for row in &rows {
+        for row in rows {
             if let Some(in_scope) = &in_scope {
                 // A row that left the scope since the list query ran.
                 if !T::decode(row).is_ok_and(|instance| in_scope(&instance)) {
@@ -466,7 +573,7 @@ fn not_found<T: CachedInstance>(segment: &str) -> Response {
 /// misconfigured (`500`, logged).
 fn cache_error<T: CachedInstance>(e: Error) -> Response {
     match e {
-        Error::Load { .. } => {
+        Error::Load { .. } | Error::LoadTimeout { .. } => {
             let source = std::error::Error::source(&e).map(ToString::to_string);
             tracing::warn!(
                 target: "cached_instances",

@@ -21,6 +21,16 @@ pub enum Error {
         #[source]
         source: LoadError,
     },
+    /// The loader of a model did not answer within the cache's
+    /// [`loader_timeout`](crate::CacheBuilder::loader_timeout); the load was
+    /// cancelled.
+    #[error("loading {model} timed out after {timeout:?}")]
+    LoadTimeout {
+        /// The model whose loader timed out.
+        model: &'static str,
+        /// The deadline it ran out of.
+        timeout: std::time::Duration,
+    },
     /// No loader is registered for the model.
     #[error(
         "no loader is registered for model {model} version {version}; add `.loader::<{model}>(...)` to the cache builder"
@@ -35,6 +45,11 @@ pub enum Error {
     /// `Serialize` impl failed, or a non-finite float).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A query could not be run: a field not declared for it, a value of
+    /// the wrong type, or a model neither warmed nor queryable through its
+    /// loader (see [`query`](crate::query)).
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
 }
 
 /// The error a [`Loader`](crate::Loader) returns.

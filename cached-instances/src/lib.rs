@@ -58,6 +58,7 @@ mod key;
 mod loader;
 mod marker;
 mod pk;
+pub mod query;
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx;
@@ -67,7 +68,7 @@ mod table;
 pub use cache::{Cache, CacheBuilder, Event, Stats};
 pub use codec::FieldCodec;
 pub use error::{BoxError, BuildError, DecodeError, EncodeError, Error, LoadError, StoreError};
-pub use instance::{CachedInstance, Relation, RelationKind, Schema, Target};
+pub use instance::{CachedInstance, IndexField, Relation, RelationKind, Schema, Target};
 pub use loader::Loader;
 pub use pk::PrimaryKey;
 pub use store::{MemoryStore, Store};
@@ -86,10 +87,17 @@ pub mod __private {
     pub use crate::codec::{Decode, Decoded, Encode, FieldCodec};
     pub use crate::error::{DecodeError, EncodeError};
     pub use crate::instance::{
-        CachedInstance, LinkValues, ManyToManyVia, PkField, PkList, ReferencesVia, Relation,
-        RelationKind, Schema, Target, assert_codec,
+        CachedInstance, IndexField, LinkValues, ManyToManyVia, PkField, PkList, ReferencesVia,
+        Relation, RelationKind, Schema, Target, assert_codec,
     };
+    // Query indexes (`#[cached(index)]`, `sortable`, `search`).
     pub use crate::pk::PrimaryKey;
+    pub use crate::query::{
+        IndexValues, ParseScore, ParseScoreFallback, ParseTerm, ParseTermFallback, ScoreField,
+        ScoreOf, ScoreOfFallback, ScoreParser, SerdeTermField, SerdeTermParser, TermField, TermOf,
+        TermOfFallback, TermParser, TextField, TextOf, TextOfFallback, assert_indexable,
+        assert_searchable, assert_sortable,
+    };
     pub use serde;
     pub use serde_json;
     pub use std::time::Duration;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::LoadError;
 use crate::instance::CachedInstance;
+use crate::query::{Query, QueryPage};
 
 /// Loads instances of `T` from the database, in batches.
 ///
@@ -40,11 +41,40 @@ use crate::instance::CachedInstance;
 pub trait Loader<T: CachedInstance>: Send + Sync + 'static {
     /// Loads the instances whose pks are in `pks`; missing rows are omitted.
     fn load(&self, pks: &[T::Pk]) -> impl Future<Output = Result<Vec<T>, LoadError>> + Send;
+
+    /// Every primary key of the model (`SELECT id FROM ...`), which
+    /// [`Cache::warm`](crate::Cache::warm) loads and indexes. The default,
+    /// `None`, means the loader cannot list them, and `warm` fails.
+    fn all_pks(&self) -> impl Future<Output = Result<Option<Vec<T::Pk>>, LoadError>> + Send {
+        std::future::ready(Ok(None))
+    }
+
+    /// Answers `query` from the database: the pks of the requested page, in
+    /// order, and the count of all matches (see [`query`](crate::query) for
+    /// the semantics to follow). The cache asks it when the model is not
+    /// warmed. The default, `None`, means the loader cannot, and such a
+    /// query fails with [`QueryError::NoFallback`](crate::query::QueryError::NoFallback).
+    fn query(
+        &self,
+        query: &Query<T>,
+    ) -> impl Future<Output = Result<Option<QueryPage<T::Pk>>, LoadError>> + Send {
+        let _ = query;
+        std::future::ready(Ok(None))
+    }
 }
 
 impl<T: CachedInstance, L: Loader<T>> Loader<T> for Arc<L> {
     fn load(&self, pks: &[T::Pk]) -> impl Future<Output = Result<Vec<T>, LoadError>> + Send {
         (**self).load(pks)
+    }
+    fn all_pks(&self) -> impl Future<Output = Result<Option<Vec<T::Pk>>, LoadError>> + Send {
+        (**self).all_pks()
+    }
+    fn query(
+        &self,
+        query: &Query<T>,
+    ) -> impl Future<Output = Result<Option<QueryPage<T::Pk>>, LoadError>> + Send {
+        (**self).query(query)
     }
 }
 
@@ -53,10 +83,24 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// A loader behind a pointer, so the cache can hold loaders of any type.
 pub(crate) trait DynLoader<T: CachedInstance>: Send + Sync {
     fn load<'a>(&'a self, pks: &'a [T::Pk]) -> BoxFuture<'a, Result<Vec<T>, LoadError>>;
+    fn all_pks(&self) -> BoxFuture<'_, Result<Option<Vec<T::Pk>>, LoadError>>;
+    fn query<'a>(
+        &'a self,
+        query: &'a Query<T>,
+    ) -> BoxFuture<'a, Result<Option<QueryPage<T::Pk>>, LoadError>>;
 }
 
 impl<T: CachedInstance, L: Loader<T>> DynLoader<T> for L {
     fn load<'a>(&'a self, pks: &'a [T::Pk]) -> BoxFuture<'a, Result<Vec<T>, LoadError>> {
         Box::pin(Loader::load(self, pks))
+    }
+    fn all_pks(&self) -> BoxFuture<'_, Result<Option<Vec<T::Pk>>, LoadError>> {
+        Box::pin(Loader::all_pks(self))
+    }
+    fn query<'a>(
+        &'a self,
+        query: &'a Query<T>,
+    ) -> BoxFuture<'a, Result<Option<QueryPage<T::Pk>>, LoadError>> {
+        Box::pin(Loader::query(self, query))
     }
 }

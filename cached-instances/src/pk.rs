@@ -33,11 +33,49 @@ pub trait PrimaryKey: FieldCodec + Clone + Eq + Hash + Debug + Send + Sync + 'st
         self.write_key(&mut out);
         out
     }
+
+    /// Appends the form this pk takes as a member of the query indexes
+    /// (see [`query`](crate::query)). Members that tie on a sort score are
+    /// ordered by this form (byte order), so integers override it with a
+    /// fixed-width form that sorts numerically; the default is the key form.
+    fn write_index_member(&self, out: &mut String) {
+        self.write_key(out);
+    }
+
+    /// Parses a member written by [`write_index_member`](Self::write_index_member).
+    fn from_index_member(member: &str) -> Option<Self> {
+        Self::from_key(member)
+    }
+
+    /// The index member form as a fresh string.
+    fn to_index_member(&self) -> String {
+        let mut out = String::new();
+        self.write_index_member(&mut out);
+        out
+    }
 }
 
+/// Integer pks: the index member is the value with its sign bit flipped, in
+/// fixed-width lowercase hex, so byte order is numeric order.
 macro_rules! integer_pk {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $u:ty),*) => {$(
         impl PrimaryKey for $t {
+            #[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap, trivial_numeric_casts, unused_comparisons)]
+            fn write_index_member(&self, out: &mut String) {
+                use std::fmt::Write;
+                let bits = <$u>::BITS as usize;
+                let flip: $u = if <$t>::MIN < 0 as $t { 1 << (bits - 1) } else { 0 };
+                let _ = write!(out, "{:0width$x}", (*self as $u) ^ flip, width = bits / 4);
+            }
+            #[allow(clippy::cast_sign_loss, clippy::cast_possible_wrap, trivial_numeric_casts, unused_comparisons)]
+            fn from_index_member(member: &str) -> Option<Self> {
+                let bits = <$u>::BITS as usize;
+                if member.len() != bits / 4 {
+                    return None;
+                }
+                let flip: $u = if <$t>::MIN < 0 as $t { 1 << (bits - 1) } else { 0 };
+                <$u>::from_str_radix(member, 16).ok().map(|v| (v ^ flip) as $t)
+            }
             fn write_key(&self, out: &mut String) {
                 use std::fmt::Write;
                 // Writing to a String cannot fail.
@@ -52,7 +90,10 @@ macro_rules! integer_pk {
         }
     )*};
 }
-integer_pk!(i8, i16, i32, i64, i128, u8, u16, u32, u64, u128);
+integer_pk!(
+    i8 => u8, i16 => u16, i32 => u32, i64 => u64, i128 => u128,
+    u8 => u8, u16 => u16, u32 => u32, u64 => u64, u128 => u128
+);
 
 /// Bytes that must be escaped in a key form: the key layout separators, the
 /// hash-tag braces, the escape character itself, and anything invisible.
@@ -125,6 +166,25 @@ mod tests {
             assert_eq!(String::from_key(&key).as_deref(), Some(s));
         }
         assert_ne!("%41".to_string().to_key(), "A".to_string().to_key());
+    }
+
+    #[test]
+    fn integer_index_members_sort_numerically() {
+        let values = [i64::MIN, -300, -1, 0, 1, 9, 10, 300, i64::MAX];
+        let members: Vec<String> = values.iter().map(PrimaryKey::to_index_member).collect();
+        let mut sorted = members.clone();
+        sorted.sort();
+        assert_eq!(sorted, members);
+        for (v, m) in values.iter().zip(&members) {
+            assert_eq!(i64::from_index_member(m), Some(*v));
+        }
+        assert_eq!(255u8.to_index_member(), "ff");
+        assert_eq!((-1i8).to_index_member(), "7f");
+        assert_eq!(u8::from_index_member("1"), None);
+        assert_eq!(
+            String::from_index_member(&"a:b".to_string().to_index_member()).as_deref(),
+            Some("a:b")
+        );
     }
 
     #[test]

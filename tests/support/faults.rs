@@ -4,7 +4,8 @@
 //!   next `swap_many` until released (to script an interleaving with the
 //!   delivery of queued invalidations);
 //! - [`Instrumented`]: a loader wrapper that counts calls, delays them and
-//!   measures how many run at once.
+//!   measures how many run at once;
+//! - [`Flaky`]: a loader wrapper that fails or hangs on demand.
 
 #![allow(dead_code)]
 
@@ -31,6 +32,7 @@ struct Hold {
 #[derive(Default)]
 struct FaultState {
     fail_writes: AtomicBool,
+    lose_replies: AtomicBool,
     failed_writes: AtomicUsize,
     hold_swap: Mutex<Option<Hold>>,
 }
@@ -64,6 +66,13 @@ impl<S: Store> Faulty<S> {
         self.state.fail_writes.store(fail, Ordering::SeqCst);
     }
 
+    /// Turns lost replies on or off: each write reaches the inner store and
+    /// is applied, then fails as if its reply had timed out (a server that
+    /// ran a command late, after the client gave up on it).
+    pub fn lose_write_replies(&self, lose: bool) {
+        self.state.lose_replies.store(lose, Ordering::SeqCst);
+    }
+
     /// How many writes were failed so far.
     pub fn failed_writes(&self) -> usize {
         self.state.failed_writes.load(Ordering::SeqCst)
@@ -93,6 +102,22 @@ impl<S: Store> Faulty<S> {
     }
 }
 
+/// Runs a write on the inner store; with lost replies on, reports a
+/// timeout after it was applied.
+fn applied_then<'a, T: Send + 'a>(
+    state: &'a FaultState,
+    write: StoreFuture<'a, T>,
+) -> StoreFuture<'a, T> {
+    if !state.lose_replies.load(Ordering::SeqCst) {
+        return write;
+    }
+    Box::pin(async move {
+        write.await?;
+        state.failed_writes.fetch_add(1, Ordering::SeqCst);
+        Err(StoreError::Unavailable("injected lost reply".into()))
+    })
+}
+
 impl<S: Store> Store for Faulty<S> {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         self.inner.get(key)
@@ -111,14 +136,17 @@ impl<S: Store> Store for Faulty<S> {
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         match self.write_fault() {
             Some(e) => Box::pin(std::future::ready(Err(e))),
-            None => self.inner.set_if_absent_or(keys, value, replaceable, ttl),
+            None => applied_then(
+                &self.state,
+                self.inner.set_if_absent_or(keys, value, replaceable, ttl),
+            ),
         }
     }
 
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
         match self.write_fault() {
             Some(e) => Box::pin(std::future::ready(Err(e))),
-            None => self.inner.compare_and_set(ops),
+            None => applied_then(&self.state, self.inner.compare_and_set(ops)),
         }
     }
 
@@ -137,14 +165,14 @@ impl<S: Store> Store for Faulty<S> {
                 let _ = hold.reached.send(());
                 let _ = hold.release.await;
             }
-            self.inner.swap_many(keys, value, ttl).await
+            applied_then(&self.state, self.inner.swap_many(keys, value, ttl)).await
         })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         match self.write_fault() {
             Some(e) => Box::pin(std::future::ready(Err(e))),
-            None => self.inner.delete_many(keys),
+            None => applied_then(&self.state, self.inner.delete_many(keys)),
         }
     }
 }
@@ -208,6 +236,59 @@ impl<T: CachedInstance, L: Loader<T>> Loader<T> for Instrumented<L> {
         let _in_flight = InFlight(gauge);
         gauge.max_in_flight.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
+        self.inner.load(pks).await
+    }
+}
+
+#[derive(Default)]
+struct FlakyState {
+    fail: AtomicBool,
+    hang: AtomicBool,
+    calls: AtomicUsize,
+}
+
+/// A loader that fails (a database error) or hangs (a query that never
+/// returns) on demand, and loads through `inner` otherwise. Clones share
+/// the switches.
+#[derive(Clone)]
+pub struct Flaky<L> {
+    inner: L,
+    state: Arc<FlakyState>,
+}
+
+impl<L> Flaky<L> {
+    pub fn new(inner: L) -> Self {
+        Flaky {
+            inner,
+            state: Arc::default(),
+        }
+    }
+
+    /// Every call fails with a [`LoadError`] while on.
+    pub fn fail(&self, on: bool) {
+        self.state.fail.store(on, Ordering::SeqCst);
+    }
+
+    /// Every call waits forever while on (until the caller drops it).
+    pub fn hang(&self, on: bool) {
+        self.state.hang.store(on, Ordering::SeqCst);
+    }
+
+    /// Loader calls so far, failed and hung ones included.
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl<T: CachedInstance, L: Loader<T>> Loader<T> for Flaky<L> {
+    async fn load(&self, pks: &[T::Pk]) -> Result<Vec<T>, LoadError> {
+        self.state.calls.fetch_add(1, Ordering::SeqCst);
+        if self.state.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if self.state.fail.load(Ordering::SeqCst) {
+            return Err(LoadError::msg("injected load failure"));
+        }
         self.inner.load(pks).await
     }
 }

@@ -42,6 +42,7 @@ macro_rules! with_scenarios {
             a_fill_from_before_a_write_is_rejected,
             concurrent_misses_of_one_key_load_once,
             corrupt_bytes_are_a_miss_and_are_overwritten,
+            hostile_bytes_are_a_miss_for_every_read_and_are_overwritten,
             entries_expire_with_their_ttl,
             per_model_ttl_and_invalidates_key,
             the_reader_fill_is_counted_and_dates_round_trip,
@@ -633,6 +634,87 @@ pub async fn corrupt_bytes_are_a_miss_and_are_overwritten<S: Backend>(store: S) 
         .await;
     let json = cache.get_json::<Question>(&1).await.unwrap().unwrap();
     assert_eq!(&json[..], &db.question(1).unwrap().to_json().unwrap()[..]);
+}
+
+/// Bytes no reader may serve as `Question` 1: corrupt, truncated (at every
+/// length), foreign (another model's representation, another shape, a
+/// marker-looking value) and oversized (a well-formed representation over
+/// `max_entry_bytes`). For each, every read API returns the database's
+/// row and no error, and the entry is overwritten.
+pub async fn hostile_bytes_are_a_miss_for_every_read_and_are_overwritten<S: Backend>(store: S) {
+    const MAX_ENTRY_BYTES: usize = 2048;
+    let db = MemDb::seeded();
+    let cache = builder(&db, &store)
+        .max_entry_bytes(MAX_ENTRY_BYTES)
+        .build()
+        .unwrap();
+    let expected = db.question(1).unwrap();
+    let good = expected.to_json().unwrap();
+    let key = cache.key_of::<Question>(&1).unwrap();
+
+    let mut hostile: Vec<Vec<u8>> = vec![
+        b"not json".to_vec(),
+        b"{\"id\":\"x\"}".to_vec(),
+        b"{}".to_vec(),
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        b"\x00Zjunk".to_vec(),
+        b"\xff\xfe{\x00}".to_vec(),
+        // Another model's representation under this key.
+        db.choice(1).unwrap().to_json().unwrap(),
+        // An object of another shape, and another model's fields.
+        br#"{"id":1,"title":"x","pub_date":"2026-01-01T12:00:00Z","choices":[]}"#.to_vec(),
+        br#"{"id":1,"question_id":1,"choice_text":"x","voters":[]}"#.to_vec(),
+    ];
+    // Truncated at every length (the empty value included).
+    hostile.extend((0..good.len()).map(|n| good[..n].to_vec()));
+    // A well-formed representation, but over the size limit.
+    let mut big = expected.clone();
+    big.question_text = "x".repeat(MAX_ENTRY_BYTES);
+    hostile.push(big.to_json().unwrap());
+
+    let corrupt_before = cache.stats().corrupt_entries;
+    for (n, bytes) in hostile.iter().enumerate() {
+        let what = String::from_utf8_lossy(bytes);
+        for read in 0..4 {
+            store.put_raw(&key, bytes, Duration::from_secs(60)).await;
+            match read {
+                0 => assert_eq!(
+                    cache.get::<Question>(&1).await.unwrap().as_ref(),
+                    Some(&expected),
+                    "get after {what}"
+                ),
+                1 => assert_eq!(
+                    cache.get_many::<Question>(&[2, 1]).await.unwrap()[1],
+                    expected,
+                    "get_many after {what}"
+                ),
+                2 => assert_eq!(
+                    cache.get_json::<Question>(&1).await.unwrap().as_deref(),
+                    Some(&good[..]),
+                    "get_json after {what}"
+                ),
+                _ => assert_eq!(
+                    &cache.get_many_json::<Question>(&[1, 2]).await.unwrap()[0][..],
+                    &good[..],
+                    "get_many_json after {what}"
+                ),
+            }
+            assert_eq!(
+                raw::<Question, S>(&cache, &store, &1).await.as_deref(),
+                Some(&good[..]),
+                "overwritten after {what} (case {n}, read {read})"
+            );
+        }
+    }
+    // Every one was noticed as corrupt (the empty value is just a miss on
+    // stores that cannot tell it from an absent key).
+    assert!(
+        cache.stats().corrupt_entries - corrupt_before >= 4 * (hostile.len() as u64 - 1),
+        "{:?}",
+        cache.stats()
+    );
+    assert_eq!(cache.stats().store_errors, 0);
 }
 
 pub async fn entries_expire_with_their_ttl<S: Backend>(store: S) {

@@ -97,8 +97,12 @@ impl CacheBuilder {
         self
     }
 
-    /// The deepest cascade level followed (default: 16). Every level costs at
-    /// most two store round trips and one loader call per model.
+    /// The deepest cascade level that is reloaded (default: 16). Every level
+    /// costs at most two store round trips and one loader call per model.
+    /// Levels past it are not reloaded, so loader calls stay bounded: they
+    /// are invalidated with one round trip each, following everything the
+    /// states they held linked to (cycles end: each instance is visited
+    /// once), so no entry further down a long chain is left stale.
     pub fn max_cascade_depth(mut self, depth: usize) -> Self {
         self.config.max_cascade_depth = depth;
         self
@@ -117,6 +121,30 @@ impl CacheBuilder {
     /// sends to the database.
     pub fn degraded_concurrency(mut self, loads: usize) -> Self {
         self.config.degraded_concurrency = loads;
+        self
+    }
+
+    /// A deadline for every loader call (default: none). A load that runs
+    /// out of time is cancelled and the read returns
+    /// [`Error::LoadTimeout`](crate::Error::LoadTimeout); the leases it held
+    /// are released so that the next read loads again, and a cascade whose
+    /// reload times out leaves its entries invalidated. Set it below
+    /// [`lease_ttl`](Self::lease_ttl), so that a hung database fails reads
+    /// quickly instead of holding their callers.
+    pub fn loader_timeout(mut self, timeout: Duration) -> Self {
+        self.config.loader_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest representation cached, in bytes (default: 1 MiB). A
+    /// larger one (a question with 100 000 choices, say) is served to the
+    /// reader but not cached: the key is left invalidated, each read of it
+    /// loads from the database, and
+    /// [`Stats::entries_too_large`](crate::Stats::entries_too_large) counts
+    /// it, with a warning. Bytes larger than this found in the store are
+    /// treated as corrupt: a miss, and replaced.
+    pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_entry_bytes = bytes;
         self
     }
 

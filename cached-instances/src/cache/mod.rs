@@ -25,8 +25,13 @@ use bytes::Bytes;
 
 mod builder;
 mod degraded;
+// Query indexes: maintenance and warm (`index.rs`), running queries
+// (`query.rs`).
+mod index;
+mod query;
 mod read;
 mod registry;
+mod shape;
 mod stats;
 mod write;
 
@@ -51,6 +56,11 @@ struct Config {
     enabled: bool,
     store_retry_interval: Duration,
     degraded_concurrency: usize,
+    /// The deadline of every loader call; `None`: no deadline.
+    loader_timeout: Option<Duration>,
+    /// Representations larger than this are served but not cached, and
+    /// stored bytes larger than this are treated as corrupt.
+    max_entry_bytes: usize,
 }
 
 impl Default for Config {
@@ -65,6 +75,8 @@ impl Default for Config {
             enabled: true,
             store_retry_interval: Duration::from_secs(1),
             degraded_concurrency: 32,
+            loader_timeout: None,
+            max_entry_bytes: 1024 * 1024,
         }
     }
 }
@@ -109,7 +121,11 @@ impl Cache {
     /// # Errors
     ///
     /// [`Error::Load`] when a miss needed the loader and it failed;
-    /// [`Error::NotRegistered`] when `T` has no loader.
+    /// [`Error::LoadTimeout`] when it did not answer within
+    /// [`loader_timeout`](crate::CacheBuilder::loader_timeout);
+    /// [`Error::NotRegistered`] when `T` has no loader. A failed load leaves
+    /// nothing behind: the leases it held are released, and the next read
+    /// loads again.
     pub async fn get<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
         self.read_one::<T>(pk).await
     }
@@ -271,6 +287,66 @@ impl Cache {
 
     fn ttl_of(&self, schema: &crate::instance::Schema) -> Duration {
         schema.ttl.unwrap_or(self.inner.config.default_ttl)
+    }
+
+    /// One loader call for `pks`, counted, under the loader deadline.
+    async fn load_rows<T: CachedInstance>(
+        &self,
+        entry: &registry::ModelEntry,
+        pks: &[T::Pk],
+    ) -> Result<Vec<T>, Error> {
+        stats::add(&self.inner.counters.loader_calls, 1);
+        let load = async {
+            entry
+                .loader::<T>()
+                .load(pks)
+                .await
+                .map_err(|source| Error::Load {
+                    model: T::MODEL,
+                    source,
+                })
+        };
+        self.within_loader_timeout(T::MODEL, load).await
+    }
+
+    /// Runs a loader call under [`loader_timeout`](CacheBuilder::loader_timeout).
+    /// A call that runs out of time is dropped (the loader's future is
+    /// cancelled) and is [`Error::LoadTimeout`]; the caller then releases
+    /// whatever leases it held, as for any failed load.
+    async fn within_loader_timeout<R>(
+        &self,
+        model: &'static str,
+        load: impl std::future::Future<Output = Result<R, Error>>,
+    ) -> Result<R, Error> {
+        let Some(timeout) = self.inner.config.loader_timeout else {
+            return load.await;
+        };
+        match tokio::time::timeout(timeout, load).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                stats::add(&self.inner.counters.loader_timeouts, 1);
+                tracing::warn!(
+                    target: "cached_instances",
+                    model,
+                    ?timeout,
+                    "loader timed out"
+                );
+                Err(Error::LoadTimeout { model, timeout })
+            }
+        }
+    }
+
+    /// A representation of `bytes` bytes is over `max_entry_bytes`: it is
+    /// served, not cached.
+    fn too_large(&self, model: &'static str, bytes: usize) {
+        stats::add(&self.inner.counters.entries_too_large, 1);
+        tracing::warn!(
+            target: "cached_instances",
+            model,
+            bytes,
+            max_entry_bytes = self.inner.config.max_entry_bytes,
+            "representation larger than max_entry_bytes: served, not cached"
+        );
     }
 
     /// Runs a store operation, recording failures (degraded mode) and

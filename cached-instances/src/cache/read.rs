@@ -41,21 +41,37 @@ impl<T> Found<T> {
     }
 }
 
-/// A cached value as the caller wants it, or `None` if it is unusable.
-fn accept<T: CachedInstance>(bytes: Bytes, want: Want) -> Option<Found<T>> {
+/// Bytes read from the store, as the caller wants them, or `None` if they
+/// must not be served (a miss, and the entry is replaced): larger than
+/// `max_entry_bytes`, or not `T`'s representation. Instances are decoded;
+/// bytes served as they are pass the cheap shape check of `shape.rs`.
+fn accept<T: CachedInstance>(
+    entry: &ModelEntry,
+    max_bytes: usize,
+    bytes: Bytes,
+    want: Want,
+) -> Option<Found<T>> {
+    if bytes.len() > max_bytes {
+        return None;
+    }
+    match want {
+        Want::Bytes if !entry.shape.accepts::<T>(&bytes) => None,
+        _ => share(bytes, want),
+    }
+}
+
+/// A representation this read already accepted or encoded, for another
+/// copy of a duplicated pk: no checks.
+fn share<T: CachedInstance>(bytes: Bytes, want: Want) -> Option<Found<T>> {
     match want {
         Want::Instances => T::decode(&bytes).ok().map(|t| Found {
             instance: Some(t),
             bytes: None,
         }),
-        // Served without decoding; a representation is always one JSON object,
-        // so a truncated or foreign value is caught here cheaply.
-        Want::Bytes => {
-            (bytes.first() == Some(&b'{') && bytes.last() == Some(&b'}')).then_some(Found {
-                instance: None,
-                bytes: Some(bytes),
-            })
-        }
+        Want::Bytes => Some(Found {
+            instance: None,
+            bytes: Some(bytes),
+        }),
     }
 }
 
@@ -77,6 +93,10 @@ const FIRST_POLL: Duration = Duration::from_millis(1);
 const MAX_POLL: Duration = Duration::from_millis(50);
 
 impl Cache {
+    fn max_bytes(&self) -> usize {
+        self.inner.config.max_entry_bytes
+    }
+
     pub(super) async fn read_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
         Ok(self.read_single::<T>(pk, Want::Instances).await?.instance)
     }
@@ -104,7 +124,7 @@ impl Cache {
             {
                 if let Some(bytes) = &value
                     && let Slot::Value(_) = marker::classify(bytes)
-                    && let Some(found) = accept::<T>(bytes.clone(), want)
+                    && let Some(found) = accept::<T>(entry, self.max_bytes(), bytes.clone(), want)
                 {
                     add(&self.inner.counters.hits, 1);
                     return Ok(found);
@@ -176,7 +196,7 @@ impl Cache {
                     continue;
                 }
             }
-            if let Some(found) = accept::<T>(bytes, want) {
+            if let Some(found) = accept::<T>(entry, self.max_bytes(), bytes, want) {
                 out[i] = found;
             } else {
                 corrupt.push(keys[i].clone());
@@ -268,7 +288,7 @@ impl Cache {
                 Some(bytes) => match marker::classify(&bytes) {
                     Slot::Lease => waiting.push(i),
                     // Filled since our multi-get.
-                    Slot::Value(_) => match accept::<T>(bytes, want) {
+                    Slot::Value(_) => match accept::<T>(entry, self.max_bytes(), bytes, want) {
                         Some(found) => out[i] = found,
                         None => direct.push(i),
                     },
@@ -282,7 +302,7 @@ impl Cache {
                 .await?;
         }
         if !waiting.is_empty() {
-            direct.extend(self.wait_for_leases(keys, &waiting, out, want).await);
+            direct.extend(self.wait_for_leases(entry, keys, &waiting, out, want).await);
         }
         if !direct.is_empty() {
             self.load_direct(entry, pks, &direct, out, want).await?;
@@ -301,7 +321,7 @@ impl Cache {
             };
             for &i in rest {
                 if let Some(bytes) = &bytes {
-                    out[i] = accept::<T>(bytes.clone(), want).unwrap_or_else(Found::none);
+                    out[i] = share::<T>(bytes.clone(), want).unwrap_or_else(Found::none);
                 }
             }
         }
@@ -324,8 +344,7 @@ impl Cache {
         let counters = &self.inner.counters;
         let config = &self.inner.config;
         let load_pks: Vec<T::Pk> = granted.iter().map(|&i| pks[i].clone()).collect();
-        add(&counters.loader_calls, 1);
-        let loaded = entry.loader::<T>().load(&load_pks).await;
+        let loaded = self.load_rows::<T>(entry, &load_pks).await;
         let tombstone = Bytes::from_static(TOMBSTONE);
         let release = |i: usize| CompareAndSet {
             key: keys[i].clone(),
@@ -335,15 +354,14 @@ impl Cache {
         };
         let rows = match loaded {
             Ok(rows) => rows,
-            Err(source) => {
-                // Let waiting readers try the database themselves at once.
+            Err(error) => {
+                // A failed or timed-out load: release the leases, so that
+                // waiting readers try the database themselves at once and
+                // the next read loads again.
                 let ops: Vec<CompareAndSet> = granted.iter().map(|&i| release(i)).collect();
                 self.store_call(T::MODEL, "release", self.inner.store.compare_and_set(&ops))
                     .await;
-                return Err(Error::Load {
-                    model: T::MODEL,
-                    source,
-                });
+                return Err(error);
             }
         };
 
@@ -355,13 +373,21 @@ impl Cache {
             match by_pk.remove(&pks[i]) {
                 Some(row) => {
                     let bytes = Bytes::from(row.to_json()?);
-                    ops.push(CompareAndSet {
-                        key: keys[i].clone(),
-                        expected: lease.clone(),
-                        value: bytes.clone(),
-                        ttl,
-                    });
-                    filled.push(true);
+                    entry.shape.learn_from(&bytes);
+                    if bytes.len() > self.max_bytes() {
+                        // Served, not cached: the lease is released.
+                        self.too_large(T::MODEL, bytes.len());
+                        ops.push(release(i));
+                        filled.push(false);
+                    } else {
+                        ops.push(CompareAndSet {
+                            key: keys[i].clone(),
+                            expected: lease.clone(),
+                            value: bytes.clone(),
+                            ttl,
+                        });
+                        filled.push(true);
+                    }
                     out[i] = found_from_row(row, Some(bytes), want);
                 }
                 None => {
@@ -403,6 +429,7 @@ impl Cache {
     /// wait runs out. Returns the indexes still unresolved.
     async fn wait_for_leases<T: CachedInstance>(
         &self,
+        entry: &ModelEntry,
         keys: &[String],
         waiting: &[usize],
         out: &mut [Found<T>],
@@ -432,7 +459,7 @@ impl Cache {
                 match value {
                     Some(bytes) => match marker::classify(&bytes) {
                         Slot::Lease => still.push(i),
-                        Slot::Value(_) => match accept::<T>(bytes, want) {
+                        Slot::Value(_) => match accept::<T>(entry, self.max_bytes(), bytes, want) {
                             Some(found) => out[i] = found,
                             None => unresolved.push(i),
                         },
@@ -462,15 +489,7 @@ impl Cache {
         // Bounds what bypasses the store at once; the semaphore is never
         // closed, so acquiring cannot fail.
         let _permit = self.inner.degraded.direct_loads.acquire().await.ok();
-        add(&self.inner.counters.loader_calls, 1);
-        let rows = entry
-            .loader::<T>()
-            .load(&load_pks)
-            .await
-            .map_err(|source| Error::Load {
-                model: T::MODEL,
-                source,
-            })?;
+        let rows = self.load_rows::<T>(entry, &load_pks).await?;
         let mut by_pk: HashMap<T::Pk, T> = rows.into_iter().map(|r| (r.pk().clone(), r)).collect();
         for &i in indexes {
             if out[i].is_found() {
@@ -478,7 +497,11 @@ impl Cache {
             }
             if let Some(row) = by_pk.remove(&pks[i]) {
                 let bytes = match want {
-                    Want::Bytes => Some(Bytes::from(row.to_json()?)),
+                    Want::Bytes => {
+                        let bytes = Bytes::from(row.to_json()?);
+                        entry.shape.learn_from(&bytes);
+                        Some(bytes)
+                    }
                     Want::Instances => None,
                 };
                 out[i] = found_from_row(row, bytes, want);
@@ -493,7 +516,7 @@ impl Cache {
                     _ => None,
                 };
                 if let Some(b) = bytes {
-                    out[i] = accept::<T>(b, want).unwrap_or_else(Found::none);
+                    out[i] = share::<T>(b, want).unwrap_or_else(Found::none);
                 }
             }
         }

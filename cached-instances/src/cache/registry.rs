@@ -111,6 +111,9 @@ pub(crate) struct ModelEntry {
     loader: Box<dyn Any + Send + Sync>,
     pub(crate) ops: Box<dyn ModelOps>,
     edges: Vec<Edge>,
+    /// The field names of this type's representation, learned from the
+    /// first one encoded: what `get_json` checks (see `shape.rs`).
+    pub(crate) shape: super::shape::ShapeCell,
 }
 
 impl ModelEntry {
@@ -124,6 +127,7 @@ impl ModelEntry {
             }),
             loader: Box::new(loader),
             edges: Vec::new(),
+            shape: Default::default(),
         }
     }
 

@@ -22,10 +22,19 @@ pub struct Stats {
     pub invalidations: u64,
     /// Reads that waited for another reader's lease.
     pub lease_waits: u64,
-    /// Entries whose bytes could not be decoded and were replaced.
+    /// Entries whose bytes could not be decoded (or were larger than
+    /// [`max_entry_bytes`](crate::CacheBuilder::max_entry_bytes)) and were
+    /// replaced.
     pub corrupt_entries: u64,
     /// Store operations that failed; the cache fell back to the loaders.
     pub store_errors: u64,
+    /// Loader calls that ran out of
+    /// [`loader_timeout`](crate::CacheBuilder::loader_timeout).
+    pub loader_timeouts: u64,
+    /// Representations larger than
+    /// [`max_entry_bytes`](crate::CacheBuilder::max_entry_bytes): served to
+    /// the caller, not cached.
+    pub entries_too_large: u64,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +48,8 @@ pub(crate) struct Counters {
     pub(crate) lease_waits: AtomicU64,
     pub(crate) corrupt_entries: AtomicU64,
     pub(crate) store_errors: AtomicU64,
+    pub(crate) loader_timeouts: AtomicU64,
+    pub(crate) entries_too_large: AtomicU64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: usize) {
@@ -60,6 +71,8 @@ impl Counters {
             lease_waits: get(&self.lease_waits),
             corrupt_entries: get(&self.corrupt_entries),
             store_errors: get(&self.store_errors),
+            loader_timeouts: get(&self.loader_timeouts),
+            entries_too_large: get(&self.entries_too_large),
         }
     }
 }

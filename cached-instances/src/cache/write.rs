@@ -91,7 +91,11 @@ impl Cache {
         let entry = self.inner.registry.entry::<T>()?;
         let pk_key = pk.to_key();
         let new = match new {
-            Some(n) => Some((Links::of(n), n.to_json()?)),
+            Some(n) => {
+                let bytes = n.to_json()?;
+                entry.shape.learn_from(&bytes);
+                Some((Links::of(n), bytes))
+            }
             None => None,
         };
         let seed = Seed {
@@ -114,7 +118,10 @@ impl Cache {
         let mut visited = HashSet::new();
         visited.insert((T::MODEL, pk_key));
         let cascaded = self.cascade(targets, visited, false).await;
-        seeded.and(cascaded).map(|_| ())
+        // Query indexes (`index.rs`): after the invalidation, as the
+        // protocol there requires; a no-op for models without index fields.
+        let indexed = self.index_written::<T>(entry, pk).await;
+        seeded.and(cascaded).and(indexed).map(|_| ())
     }
 
     /// Reloads `pk` and, if its representation changed, writes as `saved`.
@@ -129,15 +136,7 @@ impl Cache {
             None
         };
         let cached = value_of(cached.as_ref());
-        add(&self.inner.counters.loader_calls, 1);
-        let rows = entry
-            .loader::<T>()
-            .load(std::slice::from_ref(pk))
-            .await
-            .map_err(|source| Error::Load {
-                model: T::MODEL,
-                source,
-            })?;
+        let rows = self.load_rows::<T>(entry, std::slice::from_ref(pk)).await?;
         let current = rows.into_iter().find(|row| row.pk() == pk);
         let current_bytes = current.as_ref().map(T::to_json).transpose()?;
         match (cached, current_bytes.as_deref()) {
@@ -224,7 +223,9 @@ impl Cache {
         taken
     }
 
-    /// Breadth-first over the targets; stops at the configured depth.
+    /// Breadth-first over the targets. Levels past `max_cascade_depth` are
+    /// invalidated without reloading, following what the old states linked
+    /// to, until nothing new is reached.
     /// `delivering`: see [`invalidate_keys`](Self::invalidate_keys).
     async fn cascade(
         &self,
@@ -255,7 +256,7 @@ impl Cache {
             }
             depth += 1;
             let reload = depth <= config.max_cascade_depth;
-            if !reload {
+            if depth == config.max_cascade_depth + 1 {
                 tracing::warn!(
                     target: "cached_instances",
                     depth,
@@ -272,9 +273,10 @@ impl Cache {
                     first_error.get_or_insert(e);
                 }
             }
-            if !reload {
-                break;
-            }
+            // Past the depth limit the walk goes on without reloading (see
+            // `cascade_level`): each instance is visited once, so it ends,
+            // cycles included, after one round trip per level and no
+            // loader call.
         }
         if !raw_keys.is_empty() {
             let keys: Vec<String> = raw_keys.into_iter().collect();
@@ -348,6 +350,16 @@ impl Cache {
             return Ok(false);
         };
         if !reload {
+            // Past the depth limit: no reload, so the new states (and the
+            // targets they would give) are unknown. Everything the old
+            // states linked to is invalidated instead, as if they had been
+            // deleted, so that an entry further down a long chain is never
+            // left stale; the walk only follows what was cached.
+            for (t, old) in touched.iter().zip(&olds) {
+                if let Some(links) = value_of(old.as_ref()).and_then(|b| t.entry.ops.links_of(b)) {
+                    t.entry.targets(Some(&links), None, next);
+                }
+            }
             return Ok(true);
         }
 
@@ -378,7 +390,8 @@ impl Cache {
             let mut reloaded = HashMap::new();
             if !to_load.is_empty() {
                 add(&self.inner.counters.loader_calls, 1);
-                match entry.ops.reload(&to_load).await {
+                let load = entry.ops.reload(&to_load);
+                match self.within_loader_timeout(entry.schema.model, load).await {
                     Ok(rows) => {
                         reloaded = rows.into_iter().map(|r| (r.pk_key.clone(), r)).collect();
                     }
@@ -394,6 +407,17 @@ impl Cache {
                 }
             }
             let ttl = self.ttl_of(&entry.schema);
+            // A reloaded representation over `max_entry_bytes` is not
+            // cached: its key keeps a tombstone.
+            let fill = |bytes: Bytes| -> (Bytes, std::time::Duration, bool) {
+                entry.shape.learn_from(&bytes);
+                if bytes.len() > config.max_entry_bytes {
+                    self.too_large(entry.schema.model, bytes.len());
+                    (tombstone.clone(), config.tombstone_ttl, false)
+                } else {
+                    (bytes, ttl, true)
+                }
+            };
             for &i in indexes {
                 let t = &touched[i];
                 let old = value_of(olds[i].as_ref());
@@ -403,7 +427,7 @@ impl Cache {
                     seed_targets(seed, old, row.as_ref(), was_loaded, next);
                     // The row may be gone despite `saved`: leave a tombstone.
                     let (value, ttl, is_fill) = match row {
-                        Some(row) => (row.bytes, ttl, true),
+                        Some(row) => fill(row.bytes),
                         None => (tombstone.clone(), config.tombstone_ttl, false),
                     };
                     ops.push(CompareAndSet {
@@ -421,13 +445,14 @@ impl Cache {
                             let old_links = old.and_then(|b| entry.ops.links_of(b));
                             entry.targets(old_links.as_ref(), Some(&row.links), next);
                         }
+                        let (value, ttl, is_fill) = fill(row.bytes);
                         ops.push(CompareAndSet {
                             key: t.key.clone(),
                             expected: lease.clone(),
-                            value: row.bytes,
+                            value,
                             ttl,
                         });
-                        fills.push(true);
+                        fills.push(is_fill);
                     }
                     None => {
                         if was_loaded && first_error.is_none() {

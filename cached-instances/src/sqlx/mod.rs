@@ -169,6 +169,12 @@ where
         let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
         T::sqlx_load(&mut *conn, pks).await.map_err(LoadError::new)
     }
+
+    /// `SELECT pk FROM table ORDER BY pk`, for [`Cache::warm`](crate::Cache::warm).
+    async fn all_pks(&self) -> Result<Option<Vec<T::Pk>>, LoadError> {
+        let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
+        T::sqlx_all_pks(&mut *conn).await.map_err(LoadError::new)
+    }
 }
 
 /// A model with a loader derived from `#[cached(table = "...")]` for
@@ -192,6 +198,19 @@ pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
     ) -> impl Future<Output = Result<Vec<Self>, ::sqlx::Error>> + Send + 'a
     where
         C: SqlxConnection<Database = DB>;
+
+    /// Every primary key of the table (`SELECT pk FROM table ORDER BY pk`),
+    /// which [`Cache::warm`](crate::Cache::warm) loads; `None` when the
+    /// model cannot list them. Derived with the loader.
+    fn sqlx_all_pks<'a, C>(
+        conn: &'a mut C,
+    ) -> impl Future<Output = Result<Option<Vec<Self::Pk>>, ::sqlx::Error>> + Send + 'a
+    where
+        C: SqlxConnection<Database = DB>,
+    {
+        let _ = conn;
+        std::future::ready(Ok(None))
+    }
 }
 
 /// A database the derived loaders support: `Sqlite` (feature `sqlx-sqlite`)
@@ -262,6 +281,17 @@ pub(crate) fn select_where(quote: char, columns: &[&str], table: &str, key: &str
     push_table(&mut sql, quote, table);
     sql.push_str(" WHERE ");
     push_name(&mut sql, quote, key);
+    sql
+}
+
+/// `SELECT pk FROM t ORDER BY pk`.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+pub(crate) fn select_all_keys(quote: char, table: &str, key: &str) -> String {
+    let mut sql = String::from("SELECT ");
+    push_name(&mut sql, quote, key);
+    sql.push_str(" FROM ");
+    push_table(&mut sql, quote, table);
+    sql.push_str(&order_by(quote, key));
     sql
 }
 

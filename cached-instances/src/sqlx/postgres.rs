@@ -10,7 +10,7 @@ use ::sqlx::postgres::{PgArguments, PgConnection, PgHasArrayType, PgRow, Postgre
 use ::sqlx::query::Query;
 use ::sqlx::{Decode, Encode, Row, Type};
 
-use super::{BoxFuture, json_error, name_column, order_by, select_where};
+use super::{BoxFuture, json_error, name_column, order_by, select_all_keys, select_where};
 use crate::table::FromJson;
 
 const QUOTE: char = '"';
@@ -100,6 +100,24 @@ pub fn fetch_rows<'a, K: PgKey>(
             .await?
             .into_iter()
             .map(|row| Ok((get::<K>(&row, 0, key)?, row)))
+            .collect()
+    })
+}
+
+/// Every key of `table` (its `key` column), in order.
+/// Boxed like [`fetch_rows`].
+pub fn fetch_all_pks<'a, K: PgKey>(
+    conn: &'a mut PgConnection,
+    table: &'a str,
+    key: &'a str,
+) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
+    Box::pin(async move {
+        let sql = select_all_keys(QUOTE, table, key);
+        ::sqlx::query(&sql)
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(|row| get::<K>(row, 0, key))
             .collect()
     })
 }

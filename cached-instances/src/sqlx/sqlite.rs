@@ -10,7 +10,7 @@ use ::sqlx::query_builder::Separated;
 use ::sqlx::sqlite::{Sqlite, SqliteConnection, SqliteRow};
 use ::sqlx::{Decode, Encode, QueryBuilder, Row, Type};
 
-use super::{BoxFuture, json_error, name_column, order_by, select_where};
+use super::{BoxFuture, json_error, name_column, order_by, select_all_keys, select_where};
 use crate::table::FromJson;
 
 /// Names are quoted with backticks: SQLite reads a double-quoted name that
@@ -117,6 +117,24 @@ pub fn fetch_rows<'a, K: SqliteKey>(
             .await?
             .into_iter()
             .map(|row| Ok((get::<K>(&row, 0, key)?, row)))
+            .collect()
+    })
+}
+
+/// Every key of `table` (its `key` column), in order.
+/// Boxed like [`fetch_rows`].
+pub fn fetch_all_pks<'a, K: SqliteKey>(
+    conn: &'a mut SqliteConnection,
+    table: &'a str,
+    key: &'a str,
+) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
+    Box::pin(async move {
+        let sql = select_all_keys(QUOTE, table, key);
+        ::sqlx::query(&sql)
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(|row| get::<K>(row, 0, key))
             .collect()
     })
 }

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
 
-use super::{CompareAndSet, Store, StoreFuture};
+use super::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, Store, StoreFuture};
+
+mod index;
 
 /// The default bound: 64 MiB of keys and values.
 const DEFAULT_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
@@ -50,6 +52,8 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
 pub struct MemoryStore {
     map: Moka<String, Entry>,
     round_trips: std::sync::Arc<AtomicU64>,
+    /// The query indexes, apart from the map so they are never evicted.
+    indexes: std::sync::Arc<index::Indexes>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -93,6 +97,7 @@ impl MemoryStoreBuilder {
         MemoryStore {
             map,
             round_trips: Default::default(),
+            indexes: Default::default(),
         }
     }
 }
@@ -239,5 +244,43 @@ impl Store for MemoryStore {
             self.map.invalidate(key.as_str());
         }
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn supports_indexes(&self) -> bool {
+        true
+    }
+
+    fn index_lease<'a>(
+        &'a self,
+        prefix: &'a str,
+        members: &'a [String],
+        token: &'a [u8],
+    ) -> StoreFuture<'a, ()> {
+        self.count();
+        self.indexes.lease(prefix, members, token);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn index_apply<'a>(
+        &'a self,
+        prefix: &'a str,
+        token: &'a [u8],
+        updates: &'a [IndexUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        self.count();
+        let applied = self.indexes.apply(prefix, token, updates);
+        Box::pin(std::future::ready(Ok(applied)))
+    }
+
+    fn index_query<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+    ) -> StoreFuture<'a, Option<IndexPage>> {
+        self.count();
+        let warm = format!("{prefix}{}", super::WARM_SUFFIX);
+        let page = (query.ignore_warm || self.get_now(&warm).is_some())
+            .then(|| self.indexes.query(prefix, query));
+        Box::pin(std::future::ready(Ok(page)))
     }
 }

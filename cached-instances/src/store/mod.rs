@@ -14,9 +14,12 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 
+mod index;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+
+pub use index::{IndexPage, IndexQuery, IndexRecord, IndexUpdate, ScoreRange, WARM_SUFFIX};
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -75,6 +78,56 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes keys.
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()>;
+
+    // Query indexes (see `index.rs`): provided, so a store without them
+    // keeps compiling; the cache then answers queries from the loaders.
+
+    /// Whether the store implements the query index primitives below
+    /// (default: `false`, and the cache never calls them).
+    fn supports_indexes(&self) -> bool {
+        false
+    }
+
+    /// Marks each member of the index under `prefix` as being updated by
+    /// `token` (replacing any other update's token).
+    fn index_lease<'a>(
+        &'a self,
+        _prefix: &'a str,
+        _members: &'a [String],
+        _token: &'a [u8],
+    ) -> StoreFuture<'a, ()> {
+        unsupported()
+    }
+
+    /// Applies each update whose member is still marked with `token`
+    /// (clearing the mark), atomically per member: the memberships its
+    /// record lists are removed, the new ones added, the record replaced.
+    /// Yields whether each was applied.
+    fn index_apply<'a>(
+        &'a self,
+        _prefix: &'a str,
+        _token: &'a [u8],
+        _updates: &'a [IndexUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        unsupported()
+    }
+
+    /// Runs `query` on the index under `prefix`, atomically; `None` when the
+    /// key `{prefix}warm` does not exist (the index is not known complete)
+    /// and `query.ignore_warm` is not set.
+    fn index_query<'a>(
+        &'a self,
+        _prefix: &'a str,
+        _query: &'a IndexQuery,
+    ) -> StoreFuture<'a, Option<IndexPage>> {
+        unsupported()
+    }
+}
+
+fn unsupported<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
+    Box::pin(std::future::ready(Err(StoreError::Protocol(
+        "this store does not support query indexes".to_owned(),
+    ))))
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -106,5 +159,31 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         (**self).delete_many(keys)
+    }
+    fn supports_indexes(&self) -> bool {
+        (**self).supports_indexes()
+    }
+    fn index_lease<'a>(
+        &'a self,
+        prefix: &'a str,
+        members: &'a [String],
+        token: &'a [u8],
+    ) -> StoreFuture<'a, ()> {
+        (**self).index_lease(prefix, members, token)
+    }
+    fn index_apply<'a>(
+        &'a self,
+        prefix: &'a str,
+        token: &'a [u8],
+        updates: &'a [IndexUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        (**self).index_apply(prefix, token, updates)
+    }
+    fn index_query<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+    ) -> StoreFuture<'a, Option<IndexPage>> {
+        (**self).index_query(prefix, query)
     }
 }

@@ -20,8 +20,10 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use super::{CompareAndSet, Store, StoreFuture};
+use super::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, Store, StoreFuture};
 use crate::error::StoreError;
+
+mod index;
 
 /// Default time to wait for a reply before failing the request.
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -655,6 +657,36 @@ impl Store for RedisStore {
             .await?;
             Ok(())
         })
+    }
+
+    fn supports_indexes(&self) -> bool {
+        true
+    }
+
+    fn index_lease<'a>(
+        &'a self,
+        prefix: &'a str,
+        members: &'a [String],
+        token: &'a [u8],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.lease_index(prefix, members, token))
+    }
+
+    fn index_apply<'a>(
+        &'a self,
+        prefix: &'a str,
+        token: &'a [u8],
+        updates: &'a [IndexUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(self.apply_index(prefix, token, updates))
+    }
+
+    fn index_query<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+    ) -> StoreFuture<'a, Option<IndexPage>> {
+        Box::pin(self.query_index(prefix, query))
     }
 }
 

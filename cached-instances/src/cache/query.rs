@@ -1,0 +1,177 @@
+//! Running [`Query`]s: from the store's indexes for a warmed model (one
+//! round trip for the page's pks and the count, one multi-get for the
+//! instances), else from the loader's `query`.
+
+use bytes::Bytes;
+
+use super::Cache;
+use super::read::{Found, Want};
+use crate::error::Error;
+use crate::instance::CachedInstance;
+use crate::pk::PrimaryKey;
+use crate::query::plan;
+use crate::query::{Query, QueryError, QueryResult, Source};
+
+/// A query's page before it is shaped for the caller.
+struct Answer<T: CachedInstance> {
+    pks: Vec<T::Pk>,
+    found: Vec<Found<T>>,
+    count: u64,
+    source: Source,
+}
+
+impl Cache {
+    /// Runs `query` and returns its page of instances and the count of all
+    /// matches. From the cache when `T` is [warmed](Self::warm) (one store
+    /// round trip for the page's pks and the count, one multi-get for the
+    /// instances, misses loaded with one loader call), else from the
+    /// loader's [`Loader::query`](crate::Loader::query); the result's
+    /// `source` says which. Instances read from the cache that no longer
+    /// match are dropped (see the [`query`](crate::query) module).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Query`] for a query naming undeclared fields or values of
+    /// the wrong type, or a model neither warmed nor queryable through its
+    /// loader; [`Error::Load`] when a load failed; [`Error::NotRegistered`]
+    /// when `T` has no loader.
+    pub async fn query<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+    ) -> Result<QueryResult<T>, Error> {
+        let answer = self.answer(query, Some(Want::Instances)).await?;
+        Ok(QueryResult {
+            items: answer
+                .found
+                .into_iter()
+                .filter_map(|f| f.instance)
+                .collect(),
+            count: answer.count,
+            source: answer.source,
+        })
+    }
+
+    /// Like [`query`](Self::query), returning the instances' cached JSON
+    /// representations, ready to serve.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query).
+    pub async fn query_json<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+    ) -> Result<QueryResult<Bytes>, Error> {
+        let answer = self.answer(query, Some(Want::Bytes)).await?;
+        Ok(QueryResult {
+            items: answer.found.into_iter().filter_map(|f| f.bytes).collect(),
+            count: answer.count,
+            source: answer.source,
+        })
+    }
+
+    /// Like [`query`](Self::query), returning only the page's pks: one
+    /// store round trip for a warmed model, and no check of the instances.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query).
+    pub async fn query_pks<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+    ) -> Result<QueryResult<T::Pk>, Error> {
+        let answer = self.answer(query, None).await?;
+        Ok(QueryResult {
+            items: answer.pks,
+            count: answer.count,
+            source: answer.source,
+        })
+    }
+
+    async fn answer<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+        want: Option<Want>,
+    ) -> Result<Answer<T>, Error> {
+        query.check()?;
+        let entry = self.inner.registry.entry::<T>()?;
+        if query.matches_nothing() {
+            return Ok(Answer {
+                pks: Vec::new(),
+                found: Vec::new(),
+                count: 0,
+                source: Source::Cache,
+            });
+        }
+        if self.indexed::<T>() && self.is_enabled() && self.store_usable().await {
+            let prefix = plan::prefix(&T::SCHEMA);
+            let plan = plan::index_query(query);
+            let page = self
+                .store_call(
+                    T::MODEL,
+                    "query",
+                    self.inner.store.index_query(&prefix, &plan),
+                )
+                .await
+                .flatten();
+            if let Some(page) = page {
+                let pks: Vec<T::Pk> = page
+                    .members
+                    .iter()
+                    .filter_map(|m| T::Pk::from_index_member(m))
+                    .collect();
+                let Some(want) = want else {
+                    return Ok(Answer {
+                        pks,
+                        found: Vec::new(),
+                        count: page.total,
+                        source: Source::Cache,
+                    });
+                };
+                let found = self.read_many::<T>(&pks, want).await?;
+                // Drop what changed since the index said it matched (a
+                // write between its commit and its index update).
+                let (pks, found): (Vec<T::Pk>, Vec<Found<T>>) = pks
+                    .into_iter()
+                    .zip(found)
+                    .filter(|(_, f)| match (&f.instance, &f.bytes) {
+                        (Some(instance), _) => query.matches(instance),
+                        (None, Some(bytes)) => T::decode(bytes).is_ok_and(|t| query.matches(&t)),
+                        (None, None) => false,
+                    })
+                    .unzip();
+                return Ok(Answer {
+                    pks,
+                    found,
+                    count: page.total,
+                    source: Source::Cache,
+                });
+            }
+        }
+
+        // Not warmed (or no store to read it from): the database answers.
+        super::stats::add(&self.inner.counters.loader_calls, 1);
+        let page = self
+            .within_loader_timeout(T::MODEL, async {
+                entry
+                    .loader::<T>()
+                    .query(query)
+                    .await
+                    .map_err(|source| Error::Load {
+                        model: T::MODEL,
+                        source,
+                    })
+            })
+            .await?
+            .ok_or(QueryError::NoFallback { model: T::MODEL })?;
+        let found = match want {
+            Some(want) => self.read_many::<T>(&page.pks, want).await?,
+            None => Vec::new(),
+        };
+        Ok(Answer {
+            pks: page.pks,
+            found,
+            count: page.count,
+            source: Source::Database,
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! The query index primitives a store provides (see [`query`](crate::query)).
+//!
+//! A model version's indexes live under one key prefix,
+//! `ci:{idx:<model>}:<version>:<hash>:`, whose hash tag puts every index
+//! structure of the model in one Redis Cluster slot, so each primitive is one
+//! atomic script there. Under the prefix, by suffix:
+//!
+//! | suffix | structure |
+//! | --- | --- |
+//! | `all` | sorted set of every indexed member, score 0 (so in member order) |
+//! | `e:<field>:<term>` | set of the members whose `index` field has that term |
+//! | `t:<field>:<token>` | set of the members whose `search` field has that token |
+//! | `s:<field>` | sorted set of every member, scored by its `sortable` field (`+inf` for `None`) |
+//! | `rec` | hash: member → its current memberships (the index record) |
+//! | `lease` | hash: member → the token of the update in progress |
+//! | `warm` | string: present once the index is complete (after `Cache::warm`) |
+//!
+//! Members are primary keys in their index form
+//! ([`PrimaryKey::write_index_member`](crate::PrimaryKey::write_index_member)).
+//! The record keeps what a member is in, so an update removes the old
+//! memberships without being told the old values, even when the member's
+//! cache entry expired long ago.
+
+use std::ops::Bound;
+
+/// The memberships of one member: the sets it belongs to and its score in
+/// each sorted set (suffixes under the model's prefix).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct IndexRecord {
+    /// Set suffixes (`e:...`, `t:...`).
+    pub sets: Vec<String>,
+    /// Sorted-set suffixes (`s:<field>`) with the member's score.
+    pub scores: Vec<(String, f64)>,
+}
+
+impl IndexRecord {
+    /// A record of `sets` and `scores`.
+    #[must_use]
+    pub fn new(sets: Vec<String>, scores: Vec<(String, f64)>) -> Self {
+        IndexRecord { sets, scores }
+    }
+}
+
+/// One member's new record, or its removal (`record: None`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct IndexUpdate {
+    /// The member (a pk in index form).
+    pub member: String,
+    /// The new memberships; `None` removes the member from every structure.
+    pub record: Option<IndexRecord>,
+}
+
+impl IndexUpdate {
+    /// Sets `member`'s record, or removes it.
+    #[must_use]
+    pub fn new(member: String, record: Option<IndexRecord>) -> Self {
+        IndexUpdate { member, record }
+    }
+}
+
+/// A score interval on one sorted set. Members scored `+inf` (a `None`
+/// value) only match an interval whose upper bound is `+inf`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ScoreRange {
+    /// The sorted set's suffix (`s:<field>`).
+    pub zset: String,
+    /// The lower bound.
+    pub min: Bound<f64>,
+    /// The upper bound.
+    pub max: Bound<f64>,
+}
+
+impl ScoreRange {
+    /// The interval `min..max` of `zset`.
+    #[must_use]
+    pub fn new(zset: String, min: Bound<f64>, max: Bound<f64>) -> Self {
+        ScoreRange { zset, min, max }
+    }
+
+    /// Whether `score` lies in the interval.
+    #[must_use]
+    pub fn contains(&self, score: f64) -> bool {
+        let above = match self.min {
+            Bound::Unbounded => true,
+            Bound::Included(min) => score >= min,
+            Bound::Excluded(min) => score > min,
+        };
+        let below = match self.max {
+            Bound::Unbounded => true,
+            Bound::Included(max) => score <= max,
+            Bound::Excluded(max) => score < max,
+        };
+        above && below
+    }
+}
+
+/// A query over a model's index, planned by the cache.
+///
+/// The result is every member that is in at least one set of each group
+/// and whose score lies in each range, ordered by its score in `order`
+/// (ties, and `order: None`, by member in byte order; `descending` reverses
+/// both), then `offset` and `limit` applied.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct IndexQuery {
+    /// Groups of set suffixes: a member must be in a set of every group.
+    pub groups: Vec<Vec<String>>,
+    /// Score intervals a member's scores must lie in.
+    pub ranges: Vec<ScoreRange>,
+    /// The sorted set to order by (`None`: by member).
+    pub order: Option<String>,
+    /// Highest scores first.
+    pub descending: bool,
+    /// Members to skip.
+    pub offset: u64,
+    /// Members to return at most (`None`: all).
+    pub limit: Option<u64>,
+    /// Run even if the index is not marked warm (to list what it holds).
+    pub ignore_warm: bool,
+}
+
+/// What an [`IndexQuery`] found: one page of members and the total count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IndexPage {
+    /// The page's members, in order.
+    pub members: Vec<String>,
+    /// How many members match, before `offset` and `limit`.
+    pub total: u64,
+}
+
+impl IndexPage {
+    /// A page of `members` out of `total`.
+    #[must_use]
+    pub fn new(members: Vec<String>, total: u64) -> Self {
+        IndexPage { members, total }
+    }
+}
+
+/// The suffix of the key marking an index complete.
+pub const WARM_SUFFIX: &str = "warm";
+
+/// Formats a score for a Redis command or script argument.
+#[cfg(feature = "redis")]
+pub(crate) fn score_arg(score: f64) -> String {
+    if score == f64::INFINITY {
+        "+inf".to_owned()
+    } else if score == f64::NEG_INFINITY {
+        "-inf".to_owned()
+    } else {
+        // Rust prints the shortest decimal that parses back to the same
+        // f64, and never uses an exponent, so `strtod` reads it exactly.
+        format!("{score}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_contain() {
+        let r = ScoreRange::new("s:x".into(), Bound::Included(1.0), Bound::Excluded(3.0));
+        assert!(r.contains(1.0) && r.contains(2.5));
+        assert!(!r.contains(3.0) && !r.contains(0.5) && !r.contains(f64::INFINITY));
+        let open = ScoreRange::new("s:x".into(), Bound::Unbounded, Bound::Unbounded);
+        assert!(open.contains(f64::INFINITY));
+    }
+}

@@ -1,0 +1,410 @@
+//! The query index primitives on Redis: Lua scripts over sets, sorted sets
+//! and two hashes, all under one model's prefix and so in one hash slot
+//! (the `{idx:<model>}` tag), which keeps each script atomic on a Redis
+//! Cluster too. Needs Redis 7.0 or later (`SINTERCARD`, `SMISMEMBER`,
+//! `ZMSCORE`).
+//!
+//! The scripts reach keys derived from the prefix they are given besides
+//! the one declared in `KEYS` (which routes the call): they all share the
+//! declared key's slot.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+use super::RedisStore;
+use crate::error::StoreError;
+use crate::store::index::score_arg;
+use crate::store::{IndexPage, IndexQuery, IndexUpdate};
+
+/// `ARGV`: prefix, token, then per update: member, record (JSON
+/// `[[sets],[zsets]]`, empty to remove), the number of scores, the scores
+/// (one per zset). Replies 1 or 0 per update: applied, or not (the member
+/// was not leased with this token).
+static APPLY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local P = ARGV[1]
+local token = ARGV[2]
+local leases = P .. 'lease'
+local recs = P .. 'rec'
+local all = P .. 'all'
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local member = ARGV[i]
+  local rec = ARGV[i + 1]
+  local n = tonumber(ARGV[i + 2])
+  local at = i + 3
+  i = at + n
+  if redis.call('HGET', leases, member) == token then
+    redis.call('HDEL', leases, member)
+    local olds, oldz, news, newz = {}, {}, {}, {}
+    local old = redis.call('HGET', recs, member)
+    if old then
+      local d = cjson.decode(old)
+      olds, oldz = d[1], d[2]
+    end
+    if rec ~= '' then
+      local d = cjson.decode(rec)
+      news, newz = d[1], d[2]
+    end
+    local keep = {}
+    for _, s in ipairs(news) do
+      keep[s] = true
+      redis.call('SADD', P .. s, member)
+    end
+    for _, s in ipairs(olds) do
+      if not keep[s] then redis.call('SREM', P .. s, member) end
+    end
+    local keepz = {}
+    for j, z in ipairs(newz) do
+      keepz[z] = true
+      redis.call('ZADD', P .. z, ARGV[at + j - 1], member)
+    end
+    for _, z in ipairs(oldz) do
+      if not keepz[z] then redis.call('ZREM', P .. z, member) end
+    end
+    if rec ~= '' then
+      redis.call('HSET', recs, member, rec)
+      redis.call('ZADD', all, 0, member)
+    else
+      redis.call('HDEL', recs, member)
+      redis.call('ZREM', all, member)
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+",
+    )
+});
+
+/// `ARGV`: prefix, order suffix (empty: `all`), descending (`1`/`0`),
+/// offset, limit (`-1`: none), ignore the warm mark (`1`/`0`), the number
+/// of groups, per group its size and
+/// set suffixes, the number of ranges, per range: zset suffix, min, min
+/// exclusive, max, max exclusive (bounds as numbers, `-inf` or `+inf`).
+/// Replies nil when the index is not marked warm, else `{total, members}`.
+///
+/// Plans: the order's sorted set alone is read by rank or score; sets whose
+/// intersection is large compared to the page are checked while walking the
+/// order's sorted set (`SMISMEMBER` per chunk) with the count from
+/// `SINTERCARD`; otherwise the candidates are materialized (`SINTER`,
+/// `SUNION` for a search term over several fields, or the narrowest score
+/// range), filtered by score (`ZMSCORE`), and ordered by walking the
+/// order's sorted set or by sorting.
+static QUERY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local P = ARGV[1]
+if ARGV[6] ~= '1' and redis.call('EXISTS', P .. 'warm') == 0 then return false end
+local all = P .. 'all'
+local okey = all
+if ARGV[2] ~= '' then okey = P .. ARGV[2] end
+local desc = ARGV[3] == '1'
+local offset = tonumber(ARGV[4])
+local limit = tonumber(ARGV[5])
+local i = 7
+local single, multi = {}, {}
+local ngroups = tonumber(ARGV[i]); i = i + 1
+for g = 1, ngroups do
+  local k = tonumber(ARGV[i]); i = i + 1
+  local keys = {}
+  for j = 1, k do keys[j] = P .. ARGV[i]; i = i + 1 end
+  if k == 1 then single[#single + 1] = keys[1] else multi[#multi + 1] = keys end
+end
+local orange = nil
+local others = {}
+local nranges = tonumber(ARGV[i]); i = i + 1
+for r = 1, nranges do
+  local range = {key = P .. ARGV[i], min = ARGV[i + 1], minx = ARGV[i + 2] == '1',
+                 max = ARGV[i + 3], maxx = ARGV[i + 4] == '1'}
+  i = i + 5
+  if range.key == okey and orange == nil then orange = range else others[#others + 1] = range end
+end
+
+local function num(s)
+  if not s then return nil end
+  if s == '-inf' then return -math.huge end
+  if s == '+inf' or s == 'inf' then return math.huge end
+  return tonumber(s)
+end
+local function lo(r) if r == nil then return '-inf' end return (r.minx and '(' or '') .. r.min end
+local function hi(r) if r == nil then return '+inf' end return (r.maxx and '(' or '') .. r.max end
+local function inside(v, r)
+  if v == nil then return false end
+  local a, b = num(r.min), num(r.max)
+  if r.minx then if not (v > a) then return false end elseif not (v >= a) then return false end
+  if r.maxx then if not (v < b) then return false end elseif not (v <= b) then return false end
+  return true
+end
+local function chunked(cmd, key, list)
+  local out = {}
+  for s = 1, #list, 1000 do
+    local part = redis.call(cmd, key, unpack(list, s, math.min(s + 999, #list)))
+    for j = 1, #part do out[#out + 1] = part[j] end
+  end
+  return out
+end
+local function slice(list, from)
+  local page = {}
+  local last = #list
+  if limit >= 0 then last = math.min(last, from + limit) end
+  for j = from + 1, last do page[#page + 1] = list[j] end
+  return page
+end
+local function filter(list, ok)
+  local out = {}
+  for j = 1, #list do if ok[j] then out[#out + 1] = list[j] end end
+  return out
+end
+-- Walks the order's sorted set (within its range) in order, keeping what
+-- `keep` accepts of each chunk, until `need` members are kept.
+local function walk(need, batch, keep)
+  local found = {}
+  local start = 0
+  batch = math.max(64, math.min(4000, batch))
+  while #found < need do
+    local chunk
+    if orange then
+      if desc then chunk = redis.call('ZREVRANGEBYSCORE', okey, hi(orange), lo(orange), 'LIMIT', start, batch)
+      else chunk = redis.call('ZRANGEBYSCORE', okey, lo(orange), hi(orange), 'LIMIT', start, batch) end
+    elseif desc then chunk = redis.call('ZREVRANGE', okey, start, start + batch - 1)
+    else chunk = redis.call('ZRANGE', okey, start, start + batch - 1) end
+    if #chunk == 0 then break end
+    local ok = keep(chunk)
+    for j = 1, #chunk do
+      if ok[j] then
+        found[#found + 1] = chunk[j]
+        if #found >= need then break end
+      end
+    end
+    start = start + #chunk
+    if #chunk < batch then break end
+    batch = math.min(batch * 2, 4000)
+  end
+  return found
+end
+
+-- The order's sorted set alone.
+if #single == 0 and #multi == 0 and #others == 0 then
+  local total
+  if orange then total = redis.call('ZCOUNT', okey, lo(orange), hi(orange))
+  else total = redis.call('ZCARD', okey) end
+  local page = {}
+  if limit ~= 0 and offset < total then
+    if desc then page = redis.call('ZREVRANGEBYSCORE', okey, hi(orange), lo(orange), 'LIMIT', offset, limit)
+    else page = redis.call('ZRANGEBYSCORE', okey, lo(orange), hi(orange), 'LIMIT', offset, limit) end
+  end
+  return {total, page}
+end
+
+-- Exact sets only: count them, and walk the order when that is cheaper
+-- than reading them.
+if #multi == 0 and #others == 0 and orange == nil and limit >= 0 then
+  local c
+  if #single == 1 then c = redis.call('SCARD', single[1])
+  else c = redis.call('SINTERCARD', #single, unpack(single)) end
+  if c == 0 or limit == 0 or offset >= c then return {c, {}} end
+  local need = offset + limit
+  local n = redis.call('ZCARD', okey)
+  if need * n < c * c then
+    local found = walk(need, math.ceil(need * n / c * 1.2) + 16, function(chunk)
+      local ok = {}
+      for j = 1, #chunk do ok[j] = true end
+      for _, key in ipairs(single) do
+        local flags = redis.call('SMISMEMBER', key, unpack(chunk))
+        for j = 1, #chunk do if flags[j] == 0 then ok[j] = false end end
+      end
+      return ok
+    end)
+    return {c, slice(found, offset)}
+  end
+end
+
+-- Materialize the candidates.
+local C
+local first_multi = 1
+if #single == 1 then C = redis.call('SMEMBERS', single[1])
+elseif #single > 1 then C = redis.call('SINTER', unpack(single))
+elseif #multi > 0 then C = redis.call('SUNION', unpack(multi[1])); first_multi = 2
+else
+  local best, bestn = nil, nil
+  local candidates = {}
+  for _, r in ipairs(others) do candidates[#candidates + 1] = r end
+  if orange then candidates[#candidates + 1] = orange end
+  for _, r in ipairs(candidates) do
+    local count = redis.call('ZCOUNT', r.key, lo(r), hi(r))
+    if best == nil or count < bestn then best, bestn = r, count end
+  end
+  C = redis.call('ZRANGEBYSCORE', best.key, lo(best), hi(best))
+end
+for g = first_multi, #multi do
+  if #C == 0 then break end
+  local ok = {}
+  for _, key in ipairs(multi[g]) do
+    local flags = chunked('SMISMEMBER', key, C)
+    for j = 1, #C do if flags[j] == 1 then ok[j] = true end end
+  end
+  C = filter(C, ok)
+end
+local checks = {}
+for _, r in ipairs(others) do checks[#checks + 1] = r end
+if orange then checks[#checks + 1] = orange end
+for _, r in ipairs(checks) do
+  if #C == 0 then break end
+  local scores = chunked('ZMSCORE', r.key, C)
+  local ok = {}
+  for j = 1, #C do ok[j] = inside(num(scores[j]), r) end
+  C = filter(C, ok)
+end
+local total = #C
+if limit == 0 or offset >= total then return {total, {}} end
+
+-- Order them: walk the order's sorted set when the page comes early in it,
+-- else sort.
+local need = offset + limit
+local n = redis.call('ZCARD', okey)
+if limit >= 0 and need * n < total * total then
+  local inC = {}
+  for j = 1, #C do inC[C[j]] = true end
+  local found = walk(need, math.ceil(need * n / total * 1.2) + 16, function(chunk)
+    local ok = {}
+    for j = 1, #chunk do ok[j] = inC[chunk[j]] == true end
+    return ok
+  end)
+  return {total, slice(found, offset)}
+end
+if okey == all then
+  if desc then table.sort(C, function(a, b) return a > b end) else table.sort(C) end
+else
+  local scores = chunked('ZMSCORE', okey, C)
+  local keyed = {}
+  for j = 1, #C do keyed[j] = {C[j], num(scores[j]) or math.huge} end
+  if desc then
+    table.sort(keyed, function(a, b) if a[2] ~= b[2] then return a[2] > b[2] end return a[1] > b[1] end)
+  else
+    table.sort(keyed, function(a, b) if a[2] ~= b[2] then return a[2] < b[2] end return a[1] < b[1] end)
+  end
+  for j = 1, #keyed do C[j] = keyed[j][1] end
+end
+return {total, slice(C, offset)}
+",
+    )
+});
+
+/// A bound as the query script reads it: the number and whether it is
+/// exclusive.
+fn bound_args(bound: std::ops::Bound<f64>, unbounded: &str) -> (String, &'static str) {
+    match bound {
+        std::ops::Bound::Unbounded => (unbounded.to_owned(), "0"),
+        std::ops::Bound::Included(v) => (score_arg(v), "0"),
+        std::ops::Bound::Excluded(v) => (score_arg(v), "1"),
+    }
+}
+
+impl RedisStore {
+    pub(super) async fn lease_index(
+        &self,
+        prefix: &str,
+        members: &[String],
+        token: &[u8],
+    ) -> Result<(), StoreError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("{prefix}lease"));
+        for member in members {
+            cmd.arg(member).arg(token);
+        }
+        self.query::<i64>(&cmd).await.map(|_| ())
+    }
+
+    pub(super) async fn apply_index(
+        &self,
+        prefix: &str,
+        token: &[u8],
+        updates: &[IndexUpdate],
+    ) -> Result<Vec<bool>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = APPLY.prepare_invoke();
+        invocation
+            .key(format!("{prefix}rec"))
+            .arg(prefix)
+            .arg(token);
+        for update in updates {
+            invocation.arg(&update.member);
+            match &update.record {
+                Some(record) => {
+                    let zsets: Vec<&str> = record.scores.iter().map(|(z, _)| z.as_str()).collect();
+                    let json = serde_json::to_string(&(&record.sets, zsets))
+                        .map_err(|e| StoreError::Protocol(e.to_string()))?;
+                    invocation.arg(json).arg(record.scores.len());
+                    for (_, score) in &record.scores {
+                        invocation.arg(score_arg(*score));
+                    }
+                }
+                None => {
+                    invocation.arg("").arg(0);
+                }
+            }
+        }
+        let applied = self.invoke::<Vec<i64>>(&invocation).await?;
+        if applied.len() != updates.len() {
+            return Err(StoreError::Protocol(format!(
+                "expected {} replies from the index script, got {}",
+                updates.len(),
+                applied.len()
+            )));
+        }
+        Ok(applied.into_iter().map(|a| a != 0).collect())
+    }
+
+    pub(super) async fn query_index(
+        &self,
+        prefix: &str,
+        query: &IndexQuery,
+    ) -> Result<Option<IndexPage>, StoreError> {
+        let mut invocation = QUERY.prepare_invoke();
+        invocation
+            .key(format!("{prefix}all"))
+            .arg(prefix)
+            .arg(query.order.as_deref().unwrap_or(""))
+            .arg(if query.descending { "1" } else { "0" })
+            .arg(query.offset)
+            .arg(
+                query
+                    .limit
+                    .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+            )
+            .arg(if query.ignore_warm { "1" } else { "0" })
+            .arg(query.groups.len());
+        for group in &query.groups {
+            invocation.arg(group.len());
+            for set in group {
+                invocation.arg(set);
+            }
+        }
+        invocation.arg(query.ranges.len());
+        for range in &query.ranges {
+            let (min, min_excluded) = bound_args(range.min, "-inf");
+            let (max, max_excluded) = bound_args(range.max, "+inf");
+            invocation
+                .arg(&range.zset)
+                .arg(min)
+                .arg(min_excluded)
+                .arg(max)
+                .arg(max_excluded);
+        }
+        let reply = self
+            .invoke::<Option<(u64, Vec<String>)>>(&invocation)
+            .await?;
+        Ok(reply.map(|(total, members)| IndexPage::new(members, total)))
+    }
+}

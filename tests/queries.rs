@@ -1,0 +1,952 @@
+//! Cached queries (`#[cached(index)]`, `sortable`, `search`): the cache's
+//! answer equals a naive evaluation over the database rows, for random data,
+//! random queries and random writes and deletes, on the `MemoryStore` and
+//! on a real Redis server (started by the test); the index stays consistent
+//! under concurrent writes; unwarmed models fall back to the loader.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cached_instances::query::{Query, QueryError, QueryPage, Source};
+use cached_instances::{
+    Cache, CachedInstance, Error, LoadError, Loader, MemoryStore, RedisStore, Store,
+};
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde::{Deserialize, Serialize};
+use support::redis_server::RedisServer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Staff,
+    Guest,
+}
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+pub struct Team {
+    #[cached(pk)]
+    pub id: i64,
+}
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+pub struct Person {
+    #[cached(pk)]
+    pub id: i64,
+    #[cached(index, search)]
+    pub name: String,
+    #[cached(index)]
+    pub country: String,
+    #[cached(index)]
+    pub active: bool,
+    #[cached(index, serde)]
+    pub role: Role,
+    #[cached(references = Team, index)]
+    pub team_id: Option<i64>,
+    #[cached(sortable, rename = "years")]
+    pub age: i32,
+    #[cached(sortable)]
+    pub score: Option<f64>,
+    #[cached(sortable)]
+    pub joined: DateTime<Utc>,
+    #[cached(search)]
+    pub bio: String,
+}
+
+/// The database: rows, and a loader whose `query` is the "database pk
+/// query" of an unwarmed model.
+#[derive(Clone, Default)]
+struct Db {
+    rows: Arc<Mutex<BTreeMap<i64, Person>>>,
+    /// Loader latency, to shuffle concurrent writes.
+    jitter: bool,
+}
+
+impl Db {
+    fn rows(&self) -> Vec<Person> {
+        self.rows.lock().unwrap().values().cloned().collect()
+    }
+}
+
+async fn jitter(on: bool) {
+    if on {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        tokio::time::sleep(Duration::from_micros(u64::from(nanos % 3000))).await;
+    }
+}
+
+impl Loader<Person> for Db {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Person>, LoadError> {
+        let rows: Vec<Person> = {
+            let rows = self.rows.lock().unwrap();
+            pks.iter().filter_map(|pk| rows.get(pk).cloned()).collect()
+        };
+        jitter(self.jitter).await;
+        Ok(rows)
+    }
+
+    async fn all_pks(&self) -> Result<Option<Vec<i64>>, LoadError> {
+        Ok(Some(self.rows.lock().unwrap().keys().copied().collect()))
+    }
+
+    async fn query(&self, query: &Query<Person>) -> Result<Option<QueryPage<i64>>, LoadError> {
+        // What a hand-written SQL query would do, through the public API:
+        // WHERE (the query's filters) ORDER BY field, id LIMIT OFFSET.
+        let mut rows: Vec<Person> = self
+            .rows()
+            .into_iter()
+            .filter(|p| query.matches(p))
+            .collect();
+        if let Some(order) = query.order_by_field() {
+            let score = |p: &Person| {
+                cached_instances::query::IndexValues::of(p)
+                    .field(order.index)
+                    .and_then(|f| f.score)
+                    .unwrap_or(f64::INFINITY)
+            };
+            rows.sort_by(|a, b| score(a).total_cmp(&score(b)).then(a.id.cmp(&b.id)));
+            if order.descending {
+                rows.reverse();
+            }
+        }
+        let count = rows.len() as u64;
+        let pks = rows
+            .iter()
+            .skip(query.offset_value() as usize)
+            .take(query.limit_value().map_or(usize::MAX, |l| l as usize))
+            .map(|p| p.id)
+            .collect();
+        Ok(Some(QueryPage::new(pks, count)))
+    }
+}
+
+impl Loader<Team> for Db {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Team>, LoadError> {
+        Ok(pks.iter().map(|&id| Team { id }).collect())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Random data and queries, and the naive evaluation.
+
+const WORDS: &[&str] = &[
+    "alpha", "bravo", "charlie", "delta", "echo", "Foxtrot", "golf",
+];
+const COUNTRIES: &[&str] = &["FR", "GB", "US", "Élysée"];
+
+fn text(words: &[usize]) -> String {
+    words
+        .iter()
+        .map(|&w| WORDS[w % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn person_strategy(id: i64) -> impl Strategy<Value = Person> {
+    (
+        proptest::collection::vec(0..7usize, 1..3),
+        0..4usize,
+        any::<bool>(),
+        0..3usize,
+        proptest::option::of(0..3i64),
+        (18..24i32, proptest::option::of(0..4u8), 0..5i64),
+        proptest::collection::vec(0..7usize, 0..4),
+    )
+        .prop_map(
+            move |(name, country, active, role, team, (age, score, day), bio)| Person {
+                id,
+                name: text(&name),
+                country: COUNTRIES[country].to_owned(),
+                active,
+                role: [Role::Admin, Role::Staff, Role::Guest][role],
+                team_id: team,
+                age,
+                score: score.map(|s| f64::from(s) * 0.5 - 0.25),
+                joined: Utc.timestamp_opt(1_700_000_000 + day * 86_400, 0).unwrap(),
+                bio: text(&bio),
+            },
+        )
+}
+
+/// A query, described for both the naive evaluation and `Query`.
+#[derive(Debug, Clone)]
+struct Q {
+    country: Option<usize>,
+    active: Option<bool>,
+    role: Option<usize>,
+    team: Option<i64>,
+    name: Option<Vec<usize>>,
+    age: (Option<i32>, Option<i32>),
+    score_gt: Option<f64>,
+    joined_lt: Option<i64>,
+    search: Vec<usize>,
+    order: Option<(usize, bool)>,
+    offset: u64,
+    limit: Option<u64>,
+}
+
+fn query_strategy() -> impl Strategy<Value = Q> {
+    (
+        (
+            proptest::option::of(0..4usize),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(0..3usize),
+            proptest::option::of(0..3i64),
+            proptest::option::weighted(0.1, proptest::collection::vec(0..7usize, 1..3)),
+        ),
+        (
+            (
+                proptest::option::of(18..24i32),
+                proptest::option::of(18..24i32),
+            ),
+            proptest::option::weighted(0.3, (0..4u8).prop_map(|s| f64::from(s) * 0.5 - 0.25)),
+            proptest::option::weighted(0.3, 0..5i64),
+        ),
+        proptest::collection::vec(0..7usize, 0..3),
+        proptest::option::of((0..3usize, any::<bool>())),
+        0..6u64,
+        proptest::option::of(0..8u64),
+    )
+        .prop_map(
+            |(
+                (country, active, role, team, name),
+                (age, score_gt, joined_lt),
+                search,
+                order,
+                offset,
+                limit,
+            )| Q {
+                country,
+                active,
+                role,
+                team,
+                name,
+                age,
+                score_gt,
+                joined_lt,
+                search,
+                order,
+                offset,
+                limit,
+            },
+        )
+}
+
+const ORDER_FIELDS: [&str; 3] = ["years", "score", "joined"];
+
+fn build(q: &Q) -> Query<Person> {
+    let mut query = Query::<Person>::new();
+    if let Some(c) = q.country {
+        query = query.filter("country", COUNTRIES[c]);
+    }
+    if let Some(a) = q.active {
+        query = query.filter_text("active", if a { "true" } else { "false" });
+    }
+    if let Some(r) = q.role {
+        query = query.filter_text("role", ["admin", "staff", "guest"][r]);
+    }
+    if let Some(t) = q.team {
+        query = query.filter("team_id", t);
+    }
+    if let Some(n) = &q.name {
+        query = query.filter("name", text(n));
+    }
+    if let Some(min) = q.age.0 {
+        query = query.gte("years", min);
+    }
+    if let Some(max) = q.age.1 {
+        query = query.lt("age", max);
+    }
+    if let Some(s) = q.score_gt {
+        query = query.gt("score", s);
+    }
+    if let Some(d) = q.joined_lt {
+        query = query.lte(
+            "joined",
+            Utc.timestamp_opt(1_700_000_000 + d * 86_400, 0).unwrap(),
+        );
+    }
+    if !q.search.is_empty() {
+        // Mixed case: search is case-folded.
+        query = query.search(&text(&q.search).to_uppercase());
+    }
+    if let Some((field, desc)) = q.order {
+        query = if desc {
+            query.order_by_desc(ORDER_FIELDS[field])
+        } else {
+            query.order_by(ORDER_FIELDS[field])
+        };
+    }
+    query = query.offset(q.offset);
+    if let Some(l) = q.limit {
+        query = query.limit(l);
+    }
+    query
+}
+
+/// The answer computed from the rows, independently of the library.
+fn naive(rows: &[Person], q: &Q) -> (Vec<i64>, u64) {
+    let words = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_lowercase).collect() };
+    let mut matched: Vec<&Person> = rows
+        .iter()
+        .filter(|p| q.country.is_none_or(|c| p.country == COUNTRIES[c]))
+        .filter(|p| q.active.is_none_or(|a| p.active == a))
+        .filter(|p| {
+            q.role
+                .is_none_or(|r| p.role == [Role::Admin, Role::Staff, Role::Guest][r])
+        })
+        .filter(|p| q.team.is_none_or(|t| p.team_id == Some(t)))
+        .filter(|p| q.name.as_ref().is_none_or(|n| p.name == text(n)))
+        .filter(|p| q.age.0.is_none_or(|min| p.age >= min))
+        .filter(|p| q.age.1.is_none_or(|max| p.age < max))
+        .filter(|p| q.score_gt.is_none_or(|s| p.score.is_some_and(|v| v > s)))
+        .filter(|p| {
+            q.joined_lt.is_none_or(|d| {
+                p.joined <= Utc.timestamp_opt(1_700_000_000 + d * 86_400, 0).unwrap()
+            })
+        })
+        .filter(|p| {
+            let tokens: Vec<String> = words(&p.name).into_iter().chain(words(&p.bio)).collect();
+            q.search
+                .iter()
+                .all(|&w| tokens.contains(&WORDS[w % WORDS.len()].to_lowercase()))
+        })
+        .collect();
+    // By the field (None last), ties by id; descending reverses both.
+    matched.sort_by(|a, b| {
+        let by_field = match q.order {
+            None => std::cmp::Ordering::Equal,
+            Some((0, _)) => a.age.cmp(&b.age),
+            Some((1, _)) => match (a.score, b.score) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            },
+            Some(_) => a.joined.cmp(&b.joined),
+        };
+        by_field.then(a.id.cmp(&b.id))
+    });
+    if q.order.is_some_and(|(_, desc)| desc) {
+        matched.reverse();
+    }
+    let count = matched.len() as u64;
+    let page = matched
+        .into_iter()
+        .skip(q.offset as usize)
+        .take(q.limit.map_or(usize::MAX, |l| l as usize))
+        .map(|p| p.id)
+        .collect();
+    (page, count)
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Query(Q),
+    Save(Person),
+    Delete(i64),
+}
+
+fn case_strategy() -> impl Strategy<Value = (Vec<Person>, Vec<Step>)> {
+    let people = proptest::collection::btree_set(0..60i64, 0..40)
+        .prop_flat_map(|ids| ids.into_iter().map(person_strategy).collect::<Vec<_>>());
+    let step = prop_oneof![
+        3 => query_strategy().prop_map(Step::Query),
+        2 => (0..60i64).prop_flat_map(person_strategy).prop_map(Step::Save),
+        1 => (0..60i64).prop_map(Step::Delete),
+    ];
+    (people, proptest::collection::vec(step, 1..25))
+}
+
+fn cache_over(store: impl Store, db: &Db) -> Cache {
+    Cache::builder()
+        .store(store)
+        .loader::<Person>(db.clone())
+        .loader::<Team>(db.clone())
+        .build()
+        .unwrap()
+}
+
+/// Seeds the database, checks the unwarmed fallback, warms, then runs the
+/// steps, comparing every query with the naive answer.
+async fn differential(store: impl Store + Clone, people: Vec<Person>, steps: Vec<Step>) {
+    let db = Db::default();
+    for p in &people {
+        db.rows.lock().unwrap().insert(p.id, p.clone());
+    }
+    let cache = cache_over(store, &db);
+
+    // Not warmed: the loader answers.
+    let everything = Q {
+        country: None,
+        active: None,
+        role: None,
+        team: None,
+        name: None,
+        age: (None, None),
+        score_gt: None,
+        joined_lt: None,
+        search: Vec::new(),
+        order: Some((1, true)),
+        offset: 0,
+        limit: None,
+    };
+    let cold = cache.query(&build(&everything)).await.unwrap();
+    assert_eq!(cold.source, Source::Database);
+    assert_eq!(
+        (
+            cold.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+            cold.count
+        ),
+        naive(&db.rows(), &everything)
+    );
+
+    let report = cache.warm::<Person>().batch_size(7).await.unwrap();
+    assert_eq!(report.indexed, people.len() as u64);
+
+    for step in steps {
+        match step {
+            Step::Query(q) => {
+                let query = build(&q);
+                let expected = naive(&db.rows(), &q);
+                let found = cache.query(&query).await.unwrap();
+                assert_eq!(found.source, Source::Cache, "{q:?}");
+                let got = (
+                    found.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+                    found.count,
+                );
+                assert_eq!(got, expected, "{q:?}");
+                // Instances come back as the database has them.
+                for p in &found.items {
+                    assert_eq!(Some(p), db.rows.lock().unwrap().get(&p.id));
+                }
+                let pks = cache.query_pks(&query).await.unwrap();
+                assert_eq!((pks.items, pks.count), expected, "{q:?}");
+            }
+            Step::Save(p) => {
+                let previous = db.rows.lock().unwrap().insert(p.id, p.clone());
+                let _ = previous;
+                cache.saved(&p).await.unwrap();
+            }
+            Step::Delete(id) => {
+                let removed = db.rows.lock().unwrap().remove(&id);
+                if let Some(p) = removed {
+                    cache.deleted(&p).await.unwrap();
+                }
+            }
+        }
+    }
+}
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn memory_store_answers_like_the_database() {
+    let rt = runtime();
+    runner(64)
+        .run(&case_strategy(), |(people, steps)| {
+            rt.block_on(differential(MemoryStore::new(), people, steps));
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn flush(server: &RedisServer) {
+    let mut con = server.connection();
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+}
+
+#[test]
+fn redis_store_answers_like_the_database() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let store = rt.block_on(RedisStore::connect(&server.url())).unwrap();
+    runner(48)
+        .run(&case_strategy(), |(people, steps)| {
+            flush(&server);
+            rt.block_on(differential(store.clone(), people, steps));
+            Ok(())
+        })
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Concurrent writes.
+
+/// Tasks write the same few rows concurrently (database first, then
+/// `saved`/`deleted`), with a loader that takes a random while; afterwards
+/// every query agrees with the database.
+async fn concurrent_writes(store: impl Store + Clone) {
+    let db = Db {
+        jitter: true,
+        ..Db::default()
+    };
+    let seed = |id: i64, k: i64| Person {
+        id,
+        name: text(&[(k % 7) as usize]),
+        country: COUNTRIES[(k % 4) as usize].to_owned(),
+        active: k % 2 == 0,
+        role: [Role::Admin, Role::Staff, Role::Guest][(k % 3) as usize],
+        team_id: (k % 3 != 0).then_some(k % 3),
+        age: 18 + (k % 6) as i32,
+        score: (k % 5 != 0).then_some((k % 4) as f64),
+        joined: Utc
+            .timestamp_opt(1_700_000_000 + (k % 5) * 86_400, 0)
+            .unwrap(),
+        bio: text(&[(k % 5) as usize, (k % 3) as usize]),
+    };
+    for id in 0..8 {
+        db.rows.lock().unwrap().insert(id, seed(id, id));
+    }
+    let cache = cache_over(store, &db);
+    cache.warm::<Person>().await.unwrap();
+
+    let mut tasks = Vec::new();
+    for task in 0..8i64 {
+        let (cache, db) = (cache.clone(), db.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..30i64 {
+                let id = (task * 7 + round * 3) % 8;
+                let k = task * 31 + round * 17;
+                if k % 11 == 0 {
+                    let removed = db.rows.lock().unwrap().remove(&id);
+                    if let Some(p) = removed {
+                        cache.deleted(&p).await.unwrap();
+                    }
+                } else {
+                    let p = seed(id, k);
+                    db.rows.lock().unwrap().insert(id, p.clone());
+                    cache.saved(&p).await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let rows = db.rows();
+    let mut queries = Vec::new();
+    for c in 0..4 {
+        for order in [None, Some((0, false)), Some((1, true)), Some((2, false))] {
+            queries.push(Q {
+                country: Some(c),
+                active: None,
+                role: None,
+                team: None,
+                name: None,
+                age: (None, None),
+                score_gt: None,
+                joined_lt: None,
+                search: Vec::new(),
+                order,
+                offset: 0,
+                limit: None,
+            });
+        }
+    }
+    for w in 0..7 {
+        queries.push(Q {
+            country: None,
+            active: Some(w % 2 == 0),
+            role: Some(w % 3),
+            team: None,
+            name: None,
+            age: (Some(18 + w as i32 % 3), None),
+            score_gt: Some(0.5),
+            joined_lt: None,
+            search: vec![w],
+            order: Some((1, false)),
+            offset: 0,
+            limit: None,
+        });
+    }
+    for q in queries {
+        let found = cache.query_pks(&build(&q)).await.unwrap();
+        assert_eq!(found.source, Source::Cache);
+        assert_eq!((found.items, found.count), naive(&rows, &q), "{q:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_index_is_consistent_after_concurrent_writes() {
+    for _ in 0..5 {
+        concurrent_writes(MemoryStore::new()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_index_is_consistent_after_concurrent_writes() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    for _ in 0..5 {
+        flush(&server);
+        concurrent_writes(store.clone()).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Budgets, bytes, errors.
+
+fn person(id: i64, country: &str, age: i32) -> Person {
+    Person {
+        id,
+        name: format!("person {id}"),
+        country: country.to_owned(),
+        active: true,
+        role: Role::Staff,
+        team_id: None,
+        age,
+        score: None,
+        joined: Utc.timestamp_opt(1_700_000_000, 0).unwrap(),
+        bio: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_warm_query_is_one_round_trip_for_the_pks_and_one_multi_get() {
+    let db = Db::default();
+    for id in 0..50 {
+        db.rows.lock().unwrap().insert(
+            id,
+            person(id, ["FR", "GB"][id as usize % 2], 20 + (id as i32 % 7)),
+        );
+    }
+    let store = MemoryStore::new();
+    let cache = cache_over(store.clone(), &db);
+    cache.warm::<Person>().await.unwrap();
+    let query = Query::<Person>::new()
+        .filter("country", "GB")
+        .order_by_desc("years")
+        .limit(5);
+
+    let before = (store.round_trips(), cache.stats().loader_calls);
+    let found = cache.query_json(&query).await.unwrap();
+    assert_eq!(found.count, 25);
+    assert_eq!(found.items.len(), 5);
+    // Warm filled the entries: one round trip for the page, one multi-get.
+    assert_eq!(store.round_trips() - before.0, 2);
+    assert_eq!(cache.stats().loader_calls, before.1);
+    let first: serde_json::Value = serde_json::from_slice(&found.items[0]).unwrap();
+    assert_eq!(first["years"], 26);
+
+    // Count only: one round trip.
+    let before = store.round_trips();
+    let counted = cache.query_pks(&query.clone().limit(0)).await.unwrap();
+    assert_eq!((counted.items.len(), counted.count), (0, 25));
+    assert_eq!(store.round_trips() - before, 1);
+}
+
+#[tokio::test]
+async fn undeclared_fields_and_bad_values_are_errors() {
+    let db = Db::default();
+    let cache = cache_over(MemoryStore::new(), &db);
+    let cases: Vec<(Query<Person>, &str)> = vec![
+        (Query::new().filter("nope", 1), "no field `nope`"),
+        (
+            Query::new().filter("years", 1),
+            "not declared `#[cached(index)]`",
+        ),
+        (
+            Query::new().order_by("country"),
+            "not declared `#[cached(sortable)]`",
+        ),
+        (
+            Query::new().search_in("country", "x"),
+            "not declared `#[cached(search)]`",
+        ),
+        (
+            Query::new().filter_text("active", "maybe"),
+            "\"maybe\" is not a valid value",
+        ),
+        (
+            Query::new().range_text("joined", cached_instances::query::RangeOp::Gte, "yesterday"),
+            "not a valid value",
+        ),
+        (Query::new().ordering("years,-score"), "one field only"),
+    ];
+    for (query, message) in cases {
+        match cache.query(&query).await {
+            Err(Error::Query(e)) => assert!(e.to_string().contains(message), "{e}"),
+            other => panic!("{message}: {other:?}"),
+        }
+    }
+    // URL parameters.
+    let q = Query::<Person>::from_params([
+        ("years__gte", "20"),
+        ("ordering", "-joined"),
+        ("search", "a b"),
+    ])
+    .unwrap();
+    assert_eq!(q.filters().len(), 1);
+    assert_eq!(q.search_terms().len(), 2);
+    assert!(q.order_by_field().unwrap().descending);
+    assert!(matches!(
+        Query::<Person>::from_params([("bio", "x")]),
+        Err(QueryError::NotDeclared { .. })
+    ));
+    // A model that is not warmed, with a loader that cannot query.
+    struct NoQueries;
+    impl Loader<Person> for NoQueries {
+        async fn load(&self, _: &[i64]) -> Result<Vec<Person>, LoadError> {
+            Ok(Vec::new())
+        }
+    }
+    let cache = Cache::builder()
+        .loader::<Person>(NoQueries)
+        .loader::<Team>(db)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        cache.query(&Query::<Person>::new()).await,
+        Err(Error::Query(QueryError::NoFallback { .. }))
+    ));
+    assert!(matches!(
+        cache.warm::<Person>().await,
+        Err(Error::Query(QueryError::NoPkList { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn warm_removes_rows_deleted_behind_its_back_and_reports_progress() {
+    let db = Db::default();
+    for id in 0..10 {
+        db.rows.lock().unwrap().insert(id, person(id, "FR", 30));
+    }
+    let cache = cache_over(MemoryStore::new(), &db);
+    cache.warm::<Person>().await.unwrap();
+    // Deleted without telling the cache: still indexed until the next warm.
+    db.rows.lock().unwrap().remove(&3);
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    let seen = progress.clone();
+    let report = cache
+        .warm::<Person>()
+        .batch_size(4)
+        .on_progress(move |p| seen.lock().unwrap().push((p.done, p.total)))
+        .await
+        .unwrap();
+    assert_eq!((report.indexed, report.removed), (9, 1));
+    assert_eq!(*progress.lock().unwrap(), [(4, 9), (8, 9), (9, 9)]);
+    let found = cache
+        .query_pks(&Query::<Person>::new().filter("country", "FR"))
+        .await
+        .unwrap();
+    assert_eq!(found.count, 9);
+    assert!(!found.items.contains(&3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_work_on_a_redis_cluster_in_one_slot_per_model() {
+    let cluster = support::redis_server::RedisCluster::start();
+    let store = RedisStore::connect_cluster(cluster.urls()).await.unwrap();
+    let db = Db::default();
+    for id in 0..200 {
+        let p = person(
+            id,
+            ["FR", "GB", "US"][id as usize % 3],
+            18 + (id as i32 % 40),
+        );
+        db.rows.lock().unwrap().insert(id, p);
+    }
+    let cache = cache_over(store, &db);
+    cache.warm::<Person>().batch_size(64).await.unwrap();
+    let query = Query::<Person>::new()
+        .filter("country", "GB")
+        .gte("years", 30)
+        .order_by_desc("years")
+        .limit(7);
+    let q = Q {
+        country: Some(1),
+        active: None,
+        role: None,
+        team: None,
+        name: None,
+        age: (Some(30), None),
+        score_gt: None,
+        joined_lt: None,
+        search: Vec::new(),
+        order: Some((0, true)),
+        offset: 0,
+        limit: Some(7),
+    };
+    let found = cache.query_pks(&query).await.unwrap();
+    assert_eq!(found.source, Source::Cache);
+    assert_eq!((found.items, found.count), naive(&db.rows(), &q));
+    // A write moves a person out of the result.
+    let first = naive(&db.rows(), &q).0[0];
+    let mut moved = db.rows.lock().unwrap()[&first].clone();
+    moved.country = "US".to_owned();
+    db.rows.lock().unwrap().insert(first, moved.clone());
+    cache.saved(&moved).await.unwrap();
+    let found = cache.query_pks(&query).await.unwrap();
+    assert_eq!((found.items, found.count), naive(&db.rows(), &q));
+    // Every index key of the model is on one node.
+    let per_node = cluster.keys_per_node();
+    let index_keys: Vec<u64> = cluster
+        .ports()
+        .iter()
+        .map(|&port| {
+            let mut con = cluster.node_connection(port);
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("ci:{idx:Person}*")
+                .query(&mut con)
+                .unwrap();
+            keys.len() as u64
+        })
+        .collect();
+    assert_eq!(
+        index_keys.iter().filter(|&&n| n > 0).count(),
+        1,
+        "{index_keys:?} of {per_node:?}"
+    );
+}
+
+/// A `MemoryStore` whose index updates fail while `fail` is set.
+#[derive(Clone)]
+struct FlakyIndex {
+    inner: MemoryStore,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for FlakyIndex {
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> cached_instances::store::StoreFuture<'a, Option<bytes::Bytes>> {
+        self.inner.get(key)
+    }
+    fn get_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> cached_instances::store::StoreFuture<'a, Vec<Option<bytes::Bytes>>> {
+        self.inner.get_many(keys)
+    }
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> cached_instances::store::StoreFuture<'a, Vec<Option<bytes::Bytes>>> {
+        self.inner.set_if_absent_or(keys, value, replaceable, ttl)
+    }
+    fn compare_and_set<'a>(
+        &'a self,
+        ops: &'a [cached_instances::store::CompareAndSet],
+    ) -> cached_instances::store::StoreFuture<'a, Vec<bool>> {
+        self.inner.compare_and_set(ops)
+    }
+    fn swap_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> cached_instances::store::StoreFuture<'a, Vec<Option<bytes::Bytes>>> {
+        self.inner.swap_many(keys, value, ttl)
+    }
+    fn delete_many<'a>(
+        &'a self,
+        keys: &'a [String],
+    ) -> cached_instances::store::StoreFuture<'a, ()> {
+        self.inner.delete_many(keys)
+    }
+    fn supports_indexes(&self) -> bool {
+        true
+    }
+    fn index_lease<'a>(
+        &'a self,
+        prefix: &'a str,
+        members: &'a [String],
+        token: &'a [u8],
+    ) -> cached_instances::store::StoreFuture<'a, ()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Box::pin(std::future::ready(Err(
+                cached_instances::StoreError::Unavailable("index down".into()),
+            )));
+        }
+        self.inner.index_lease(prefix, members, token)
+    }
+    fn index_apply<'a>(
+        &'a self,
+        prefix: &'a str,
+        token: &'a [u8],
+        updates: &'a [cached_instances::store::IndexUpdate],
+    ) -> cached_instances::store::StoreFuture<'a, Vec<bool>> {
+        self.inner.index_apply(prefix, token, updates)
+    }
+    fn index_query<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a cached_instances::store::IndexQuery,
+    ) -> cached_instances::store::StoreFuture<'a, Option<cached_instances::store::IndexPage>> {
+        self.inner.index_query(prefix, query)
+    }
+}
+
+#[tokio::test]
+async fn a_write_the_index_missed_unwarms_the_model_until_the_next_warm() {
+    let db = Db::default();
+    for id in 0..6 {
+        db.rows.lock().unwrap().insert(id, person(id, "FR", 30));
+    }
+    let store = FlakyIndex {
+        inner: MemoryStore::new(),
+        fail: Arc::default(),
+    };
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<Person>(db.clone())
+        .loader::<Team>(db.clone())
+        .store_retry_interval(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    cache.warm::<Person>().await.unwrap();
+    let query = Query::<Person>::new().filter("country", "GB");
+    assert_eq!(cache.query_pks(&query).await.unwrap().source, Source::Cache);
+
+    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moved = person(2, "GB", 30);
+    db.rows.lock().unwrap().insert(2, moved.clone());
+    cache.saved(&moved).await.unwrap();
+    store
+        .fail
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    // The loader answers, correctly, until the model is warmed again.
+    for _ in 0..2 {
+        let found = cache.query_pks(&query).await.unwrap();
+        assert_eq!(
+            (found.items, found.count, found.source),
+            (vec![2], 1, Source::Database)
+        );
+    }
+    cache.warm::<Person>().await.unwrap();
+    let found = cache.query_pks(&query).await.unwrap();
+    assert_eq!(
+        (found.items, found.count, found.source),
+        (vec![2], 1, Source::Cache)
+    );
+}
