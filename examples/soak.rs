@@ -11,7 +11,9 @@
 //! create and delete choices) in transactions and tell the cache after each
 //! commit, as the polls API does (`saved_from` with the previous row the
 //! transaction read, `saved`, `refresh`, `deleted`). Readers read random
-//! users, questions and choices through every read API. Commits are taken
+//! users, questions and choices through every read API; the cache loads
+//! with the models' generated sqlx loaders, one REPEATABLE READ snapshot per
+//! load. Commits are taken
 //! one at a time (a lock around commit + snapshot) so that the database's
 //! history is one sequence of states; the cache calls that follow them run
 //! concurrently.
@@ -34,13 +36,12 @@ mod redis_server;
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, RedisStore, Store};
+use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
 use polls::db::{ChoiceChanges, Db, QuestionChanges};
 use polls::{Choice, Question, User};
 
@@ -165,24 +166,19 @@ enum Model {
 
 type Key = (Model, i64);
 
-/// A state as a hash of its representation; 0 for "no such row".
-fn state_hash(bytes: Option<&[u8]>) -> u64 {
-    match bytes {
-        None => 0,
-        Some(bytes) => {
-            let mut h = DefaultHasher::new();
-            bytes.hash(&mut h);
-            h.finish() | 1
-        }
-    }
+/// A representation, or `None` for "no such row".
+type State = Option<Arc<[u8]>>;
+
+fn state_of(bytes: Option<&[u8]>) -> State {
+    bytes.map(Arc::from)
 }
 
 /// What one read returned for one key. Times are nanoseconds since the run
 /// began.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ReadRecord {
     key: Key,
-    state: u64,
+    state: State,
     started: u64,
     finished: u64,
 }
@@ -191,7 +187,7 @@ struct ReadRecord {
 struct History {
     /// Per key, (commit, state) for every commit that changed it, in
     /// commit order; commit 0 is the initial data.
-    states: HashMap<Key, Vec<(usize, u64)>>,
+    states: HashMap<Key, Vec<(usize, State)>>,
     /// When each commit began (it holds the commit lock from then until its
     /// snapshot is recorded). Index = commit.
     commit_started: Vec<u64>,
@@ -199,6 +195,8 @@ struct History {
     in_progress: Option<u64>,
     /// When each commit's cache call returned (index = commit).
     acked_at: Vec<Option<u64>>,
+    /// What each commit did, for the report of a stale read.
+    described: Vec<String>,
     /// Reads waiting to be checked.
     pending: Vec<ReadRecord>,
     checked: u64,
@@ -215,7 +213,7 @@ impl History {
         let (ready, later): (Vec<_>, Vec<_>) =
             pending.into_iter().partition(|r| r.finished < horizon);
         self.pending = later;
-        const NEVER: &[(usize, u64)] = &[(0, 0)];
+        const NEVER: &[(usize, State)] = &[(0, None)];
         for read in ready {
             self.checked += 1;
             // The key's changes; a choice id not created yet has none.
@@ -224,28 +222,55 @@ impl History {
             // 0, the initial data, always is).
             let floor = changes
                 .iter()
-                .rposition(|&(c, _)| c == 0 || self.acked_at[c].is_some_and(|at| at < read.started))
+                .rposition(|(c, _)| {
+                    *c == 0 || self.acked_at[*c].is_some_and(|at| at < read.started)
+                })
                 .unwrap_or(0);
             // The newest commit that began before the read ended.
             let upper = self
                 .commit_started
                 .partition_point(|&at| at < read.finished)
                 .saturating_sub(1);
-            let ok = changes[floor..]
+            let held: Vec<&State> = changes[floor..]
                 .iter()
                 .enumerate()
-                .any(|(i, &(c, s))| (i == 0 || c <= upper) && s == read.state);
-            if !ok {
+                .filter(|(i, (c, _))| *i == 0 || *c <= upper)
+                .map(|(_, (_, s))| s)
+                .collect();
+            if held.contains(&&read.state) {
+                continue;
+            }
+            {
                 let floor = changes[floor].0;
                 self.stale += 1;
                 if self.examples.len() < 10 {
-                    self.examples.push(format!(
-                        "{:?} {}: read a state not held between commits {floor} and {upper} (read {:.3} s to {:.3} s)",
+                    let shown = |s: &State| {
+                        s.as_deref()
+                            .map_or("(none)".into(), |b| String::from_utf8_lossy(b).into_owned())
+                    };
+                    let mut report = format!(
+                        "{:?} {}: read {:.6} s to {:.6} s returned {}\n    floor commit {floor}, upper commit {upper}; the key's changes:",
                         read.key.0,
                         read.key.1,
                         read.started as f64 / 1e9,
                         read.finished as f64 / 1e9,
-                    ));
+                        shown(&read.state),
+                    );
+                    let from = changes.iter().position(|(c, _)| *c == floor).unwrap_or(0);
+                    for (c, state) in changes[from.saturating_sub(3)..]
+                        .iter()
+                        .take_while(|(c, _)| *c <= upper + 3)
+                    {
+                        report.push_str(&format!(
+                            "\n    commit {c} began {:.6} s, acknowledged {}: {} -> {}",
+                            self.commit_started[*c] as f64 / 1e9,
+                            self.acked_at[*c]
+                                .map_or("never".into(), |a| format!("{:.6} s", a as f64 / 1e9)),
+                            self.described[*c],
+                            shown(state),
+                        ));
+                    }
+                    self.examples.push(report);
                 }
             }
         }
@@ -262,6 +287,8 @@ struct Shared {
     history: Mutex<History>,
     /// Live choice ids (changed under the commit lock).
     choices: Mutex<BTreeSet<i64>>,
+    /// The same, for readers to pick from.
+    live_choices: Mutex<Arc<Vec<i64>>>,
     max_choice: AtomicI64,
     base: Instant,
     deadline: Instant,
@@ -275,6 +302,11 @@ struct Shared {
 impl Shared {
     fn now(&self) -> u64 {
         self.base.elapsed().as_nanos() as u64
+    }
+
+    fn publish_live_choices(&self) {
+        let live: Vec<i64> = self.choices.lock().unwrap().iter().copied().collect();
+        *self.live_choices.lock().unwrap() = Arc::new(live);
     }
 
     fn keep_going(&self) -> bool {
@@ -291,7 +323,7 @@ impl Shared {
 }
 
 /// Loads the current states of `keys` (after a commit, under the lock).
-async fn snapshot(db: &Db, keys: &[Key]) -> Result<Vec<(Key, u64)>, Box<dyn Error>> {
+async fn snapshot(db: &Db, keys: &[Key]) -> Result<Vec<(Key, State)>, Box<dyn Error>> {
     let mut out = Vec::with_capacity(keys.len());
     for model in [Model::User, Model::Question, Model::Choice] {
         let pks: Vec<i64> = keys.iter().filter(|k| k.0 == model).map(|k| k.1).collect();
@@ -304,7 +336,7 @@ async fn snapshot(db: &Db, keys: &[Key]) -> Result<Vec<(Key, u64)>, Box<dyn Erro
             Model::Choice => encode_all(Loader::<Choice>::load(db, &pks).await?),
         };
         for pk in pks {
-            out.push(((model, pk), state_hash(found.get(&pk).map(Vec::as_slice))));
+            out.push(((model, pk), state_of(found.get(&pk).map(Vec::as_slice))));
         }
     }
     Ok(out)
@@ -328,6 +360,22 @@ enum Tell {
     QuestionSavedFrom(Question, Question),
     QuestionSaved(Question),
     Nothing,
+}
+
+/// A line of the report of a stale read.
+fn describe(tell: &Tell) -> String {
+    match tell {
+        Tell::SavedFrom(p, n) => format!(
+            "choice {}: question {} -> {}, voters {:?} -> {:?} (saved_from)",
+            n.id, p.question_id, n.question_id, p.voters, n.voters
+        ),
+        Tell::Saved(n) => format!("choice {} in question {} (saved)", n.id, n.question_id),
+        Tell::Refresh(c) => format!("choice {c} renamed (refresh)"),
+        Tell::Deleted(p) => format!("choice {} of question {} deleted", p.id, p.question_id),
+        Tell::QuestionSavedFrom(_, n) => format!("question {} renamed (saved_from)", n.id),
+        Tell::QuestionSaved(n) => format!("question {} renamed (saved)", n.id),
+        Tell::Nothing => "nothing".into(),
+    }
 }
 
 /// One write: commit (under the commit lock, with a snapshot of what it
@@ -395,6 +443,7 @@ async fn write_once(s: &Shared, rng: &mut Rng, n: u64) -> Result<(), Box<dyn Err
         let q = rng.pk(s.args.questions);
         let new = db.create_choice(q, &format!("new choice #{n}")).await?;
         s.choices.lock().unwrap().insert(new.id);
+        s.publish_live_choices();
         s.max_choice.fetch_max(new.id, Ordering::Relaxed);
         let keys = vec![(Model::Choice, new.id), (Model::Question, q)];
         (Tell::Saved(new), keys)
@@ -402,6 +451,7 @@ async fn write_once(s: &Shared, rng: &mut Rng, n: u64) -> Result<(), Box<dyn Err
         // A choice deleted, with its votes.
         let previous = db.delete_choice(pick(rng)).await?;
         s.choices.lock().unwrap().remove(&previous.id);
+        s.publish_live_choices();
         let mut keys = vec![
             (Model::Choice, previous.id),
             (Model::Question, previous.question_id),
@@ -418,13 +468,17 @@ async fn write_once(s: &Shared, rng: &mut Rng, n: u64) -> Result<(), Box<dyn Err
         let mut h = s.history.lock().unwrap();
         h.commit_started.push(started);
         h.acked_at.push(None);
+        h.described.push(describe(&tell));
         let commit = h.commit_started.len() - 1;
         for (key, state) in states {
             // A choice created now had no row before.
-            h.states
-                .entry(key)
-                .or_insert_with(|| vec![(0, 0)])
-                .push((commit, state));
+            let changes = h.states.entry(key).or_insert_with(|| vec![(0, None)]);
+            // Only changes: a write that touched a key without changing it
+            // (a choice "moved" to its own question) says nothing of it,
+            // and its acknowledgement promises nothing about it.
+            if changes.last().is_none_or(|(_, last)| *last != state) {
+                changes.push((commit, state));
+            }
         }
         h.in_progress = None;
         commit
@@ -470,25 +524,25 @@ async fn read_model<T: CachedInstance<Pk = i64>>(
     cache: &Cache,
     kind: u64,
     pks: &[i64],
-) -> Result<Vec<(i64, u64)>, cached_instances::Error> {
-    let found: HashMap<i64, u64> = match kind {
+) -> Result<Vec<(i64, State)>, cached_instances::Error> {
+    let found: HashMap<i64, State> = match kind {
         0 => cache
             .get::<T>(&pks[0])
             .await?
-            .map(|r| (pks[0], state_hash(Some(&r.to_json().expect("encodable")))))
+            .map(|r| (pks[0], state_of(Some(&r.to_json().expect("encodable")))))
             .into_iter()
             .collect(),
         1 => cache
             .get_json::<T>(&pks[0])
             .await?
-            .map(|b| (pks[0], state_hash(Some(&b))))
+            .map(|b| (pks[0], state_of(Some(&b))))
             .into_iter()
             .collect(),
         2 => cache
             .get_many::<T>(pks)
             .await?
             .into_iter()
-            .map(|r| (*r.pk(), state_hash(Some(&r.to_json().expect("encodable")))))
+            .map(|r| (*r.pk(), state_of(Some(&r.to_json().expect("encodable")))))
             .collect(),
         _ => cache
             .get_many_json::<T>(pks)
@@ -496,13 +550,13 @@ async fn read_model<T: CachedInstance<Pk = i64>>(
             .into_iter()
             .map(|b| {
                 let pk = *T::decode(&b).expect("served JSON decodes").pk();
-                (pk, state_hash(Some(&b)))
+                (pk, state_of(Some(&b)))
             })
             .collect(),
     };
     Ok(pks
         .iter()
-        .map(|pk| (*pk, found.get(pk).copied().unwrap_or(0)))
+        .map(|pk| (*pk, found.get(pk).cloned().flatten()))
         .collect())
 }
 
@@ -521,9 +575,22 @@ async fn reader(s: Arc<Shared>, id: u64) {
             // Past the newest id too: rows that do not exist (yet).
             Model::Choice => s.max_choice.load(Ordering::Relaxed) + 2,
         };
+        let live = match model {
+            Model::Choice => Some(s.live_choices.lock().unwrap().clone()),
+            _ => None,
+        };
         let kind = rng.below(4);
         let count = if kind < 2 { 1 } else { 1 + rng.below(8) };
-        let pks: Vec<i64> = (0..count).map(|_| rng.pk(range)).collect();
+        let pks: Vec<i64> = (0..count)
+            .map(|_| match &live {
+                // Mostly choices that exist; a tenth of the time any id,
+                // deleted, never created or not yet created.
+                Some(live) if !live.is_empty() && rng.below(10) != 0 => {
+                    live[rng.below(live.len() as u64) as usize]
+                }
+                _ => rng.pk(range),
+            })
+            .collect();
         let started = s.now();
         let seen = match model {
             Model::User => read_model::<User>(&s.cache, kind, &pks).await,
@@ -585,6 +652,48 @@ async fn setup_data(db: &Db, url: &str, schema: &str, args: &Args) -> Result<(),
     Ok(())
 }
 
+/// The cache's loaders: the polls models' generated sqlx loaders (the
+/// same rows and relation lists as the polls database layer's loaders),
+/// each load in one REPEATABLE READ transaction, so that it reads one
+/// snapshot. (The polls layer's loaders run their statements one after the
+/// other at READ COMMITTED: a load that straddles commits can return a mix
+/// of states, each field fresh, that the database never held as a whole;
+/// CONSISTENCY.md, and `tests/consistency_limits.rs`.)
+#[derive(Clone)]
+struct SnapshotLoader {
+    pool: sqlx::PgPool,
+}
+
+impl SnapshotLoader {
+    async fn connect(url: &str, schema: &str) -> Result<Self, sqlx::Error> {
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.options([("search_path", schema)]))
+            .await?;
+        Ok(SnapshotLoader { pool })
+    }
+}
+
+impl<T> Loader<T> for SnapshotLoader
+where
+    T: cached_instances::sqlx::SqlxModel<sqlx::Postgres>,
+{
+    async fn load(&self, pks: &[T::Pk]) -> Result<Vec<T>, LoadError> {
+        let mut tx = self.pool.begin().await.map_err(LoadError::new)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(LoadError::new)?;
+        let rows = T::sqlx_load(&mut *tx, pks)
+            .await
+            .map_err(LoadError::new)?;
+        tx.commit().await.map_err(LoadError::new)?;
+        Ok(rows)
+    }
+}
+
 struct Report {
     elapsed: Duration,
     stale: u64,
@@ -594,7 +703,7 @@ struct Report {
 
 async fn soak(
     args: Args,
-    loaders: Db,
+    loaders: SnapshotLoader,
     writes: Db,
     store: impl Store + Clone,
 ) -> Result<Report, Box<dyn Error>> {
@@ -624,6 +733,7 @@ async fn soak(
     }
     history.commit_started.push(0);
     history.acked_at.push(Some(0));
+    history.described.push("the initial data".into());
 
     let base = Instant::now();
     let shared = Arc::new(Shared {
@@ -633,6 +743,7 @@ async fn soak(
         writes,
         commit: tokio::sync::Mutex::new(()),
         history: Mutex::new(history),
+        live_choices: Mutex::new(Arc::new(live.iter().copied().collect())),
         choices: Mutex::new(live),
         max_choice: AtomicI64::new(max_choice),
         base,
@@ -677,7 +788,7 @@ async fn soak(
         };
         let pks: Vec<i64> = (1..=n).collect();
         let keys: Vec<Key> = pks.iter().map(|&pk| (model, pk)).collect();
-        let expected: HashMap<Key, u64> =
+        let expected: HashMap<Key, State> =
             snapshot(&shared.writes, &keys).await?.into_iter().collect();
         let read = match model {
             Model::User => read_model::<User>(&cache, 2, &pks).await?,
@@ -694,9 +805,9 @@ async fn soak(
             let held = store.get(&store_key).await?;
             let held = held
                 .filter(|b| b.first() == Some(&b'{'))
-                .map(|b| state_hash(Some(&b)));
-            let want = expected[&key];
-            if state != want || held.is_some_and(|h| h != want) {
+                .map(|b| state_of(Some(&b)));
+            let want = &expected[&key];
+            if state != *want || held.is_some_and(|h| h != *want) {
                 divergent += 1;
                 eprintln!("after quiescence, {key:?} differs from the database");
             }
@@ -761,7 +872,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
         .map_err(|e| format!("cannot connect to {}: {e}", args.database))?;
     let result = async {
         setup_data(&writes, &args.database, &schema, &args).await?;
-        let loaders = Db::postgres(&args.database, &schema).await?;
+        let loaders = SnapshotLoader::connect(&args.database, &schema).await?;
         let report = if args.memory {
             soak(
                 args.clone(),
@@ -775,7 +886,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
             let store = RedisStore::connect(&server.url()).await?;
             soak(args.clone(), loaders.clone(), writes.clone(), store).await
         };
-        loaders.close().await;
+        loaders.pool.close().await;
         report
     }
     .await;

@@ -201,3 +201,86 @@ async fn a_loader_that_reads_a_lagging_replica_fills_stale_data() {
         "the write's own reload read the replica"
     );
 }
+
+/// A first step read, then held until released.
+type Gate = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+
+/// Loads `Question`s in two steps, as a loader of several statements
+/// outside one transaction does (the rows, then the relation list); the
+/// first load is held between its two steps.
+#[derive(Clone)]
+struct TwoStatements {
+    db: MemDb,
+    gate: std::sync::Arc<std::sync::Mutex<Option<Gate>>>,
+}
+
+impl cached_instances::Loader<Question> for TwoStatements {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Question>, cached_instances::LoadError> {
+        let rows: Vec<Question> = pks.iter().filter_map(|&pk| self.db.question(pk)).collect();
+        let gate = self.gate.lock().unwrap().take();
+        if let Some((read, release)) = gate {
+            let _ = read.send(());
+            let _ = release.await;
+        }
+        Ok(rows
+            .into_iter()
+            .map(|mut q| {
+                q.choices = self
+                    .db
+                    .question(q.id)
+                    .map(|now| now.choices)
+                    .unwrap_or_default();
+                q
+            })
+            .collect())
+    }
+}
+
+/// A loader whose statements see different commits can return, to a read
+/// that overlaps two writes, a mix of two states that the database never
+/// held as a whole (each field fresh); the lease keeps it out of the cache.
+/// Loaders should read one snapshot (one statement, or one REPEATABLE READ
+/// transaction).
+#[tokio::test]
+async fn a_loader_that_straddles_commits_can_return_a_mix_but_never_caches_it() {
+    let db = MemDb::seeded();
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+    let loader = TwoStatements {
+        db: db.clone(),
+        gate: std::sync::Arc::new(std::sync::Mutex::new(Some((read_tx, release_rx)))),
+    };
+    let cache = Cache::builder()
+        .store(MemoryStore::new())
+        .loader::<Question>(loader)
+        .loader::<Choice>(db.clone())
+        .loader::<User>(db.clone())
+        .build()
+        .unwrap();
+    let reader = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get::<Question>(&1).await }
+    });
+    // The reader's loader has read the row of question 1.
+    read_rx.await.unwrap();
+    // A rename, then a move of choice 3 into the question, both told.
+    db.write(|t| t.questions.get_mut(&1).unwrap().0 = "Renamed".into());
+    cache.saved(&db.question(1).unwrap()).await.unwrap();
+    let (previous, new) = {
+        let previous = db.choice(3).unwrap();
+        db.write(|t| t.choices.get_mut(&3).unwrap().0 = 1);
+        (previous, db.choice(3).unwrap())
+    };
+    cache.saved_from(&previous, &new).await.unwrap();
+    release_tx.send(()).unwrap();
+
+    let mixed = reader.await.unwrap().unwrap().unwrap();
+    assert_eq!(mixed.question_text, "What's up?", "from before the rename");
+    assert_eq!(mixed.choices, [1, 2, 3], "from after the move");
+    // Never cached: the writes voided the reader's lease.
+    assert_eq!(cache.stats().fills_rejected, 1);
+    assert_eq!(cache.get::<Question>(&1).await.unwrap(), db.question(1));
+}

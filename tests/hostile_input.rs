@@ -42,13 +42,13 @@ struct Tags {
 impl Loader<Tag> for Tags {
     async fn load(&self, pks: &[String]) -> Result<Vec<Tag>, LoadError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(pks.iter().map(tag).collect())
+        Ok(pks.iter().map(|pk| tag(pk)).collect())
     }
 }
 
-fn tag(name: &String) -> Tag {
+fn tag(name: &str) -> Tag {
     Tag {
-        name: name.clone(),
+        name: name.to_owned(),
         chars: name.chars().count() as i64,
     }
 }
@@ -187,7 +187,7 @@ proptest! {
 /// only) and checks each comes back as its own row.
 async fn round_trip_tags(cache: &Cache, loader: &Tags, pks: &[String]) {
     let first = cache.get_many::<Tag>(pks).await.unwrap();
-    assert_eq!(first, pks.iter().map(tag).collect::<Vec<_>>());
+    assert_eq!(first, pks.iter().map(|pk| tag(pk)).collect::<Vec<_>>());
     let calls = loader.calls.load(Ordering::SeqCst);
     let again = cache.get_many::<Tag>(pks).await.unwrap();
     assert_eq!(again, first);
@@ -221,7 +221,7 @@ async fn nasty_string_pks_round_trip_through_redis_without_colliding() {
         .query(&mut server.connection())
         .unwrap();
     assert_eq!(keys as usize, pks.len());
-    cache.saved(&tag(&":".to_string())).await.unwrap();
+    cache.saved(&tag(":")).await.unwrap();
     let calls = loader.calls.load(Ordering::SeqCst);
     for pk in &pks {
         assert_eq!(cache.get::<Tag>(pk).await.unwrap(), Some(tag(pk)));
@@ -390,10 +390,7 @@ pub struct Node {
 }
 
 fn node_children(node: &Node) -> Vec<Target> {
-    node.children
-        .iter()
-        .map(|child| Target::instance::<Node>(child))
-        .collect()
+    node.children.iter().map(Target::instance::<Node>).collect()
 }
 
 /// Node id -> parent, with a count of loader calls.

@@ -52,21 +52,10 @@ async fn a_table_model_is_warmed_through_its_derived_loader() {
         .loader::<Article>(SqlxLoader::new(pool.clone()))
         .build()
         .unwrap();
-    let report = cache.warm::<Article>().batch_size(8).await.unwrap();
-    assert_eq!(report.indexed, 30);
-    // `all_pks` and one load per batch of 8.
-    assert_eq!(report.loader_calls, 1 + 4);
-
-    let found = cache
-        .query(
-            &Query::<Article>::new()
-                .search("redis")
-                .filter("published", true)
-                .order_by_desc("views"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(found.source, Source::Cache);
+    let query = Query::<Article>::new()
+        .search("redis")
+        .filter("published", true)
+        .order_by_desc("views");
     let expected: Vec<i64> = {
         let mut rows: Vec<(i64, i64)> = (1..=30i64)
             .filter(|id| id % 3 == 1 && id % 2 == 0)
@@ -76,6 +65,35 @@ async fn a_table_model_is_warmed_through_its_derived_loader() {
         rows.reverse();
         rows.into_iter().map(|(_, id)| id).collect()
     };
+
+    // Not warmed: the derived loader scans the (small) table.
+    let found = cache.query(&query).await.unwrap();
+    assert_eq!(found.source, Source::Database);
+    assert_eq!(
+        found.items.iter().map(|a| a.id).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(found.count, expected.len() as u64);
+    // Past its scan limit it declines.
+    let small = Cache::builder()
+        .store(MemoryStore::new())
+        .loader::<Article>(SqlxLoader::new(pool.clone()).scan_limit(10))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        small.query(&query).await,
+        Err(cached_instances::Error::Query(
+            cached_instances::query::QueryError::NoFallback { .. }
+        ))
+    ));
+
+    let report = cache.warm::<Article>().batch_size(8).await.unwrap();
+    assert_eq!(report.indexed, 30);
+    // `all_pks` and one load per batch of 8.
+    assert_eq!(report.loader_calls, 1 + 4);
+
+    let found = cache.query(&query).await.unwrap();
+    assert_eq!(found.source, Source::Cache);
     assert_eq!(
         found.items.iter().map(|a| a.id).collect::<Vec<_>>(),
         expected

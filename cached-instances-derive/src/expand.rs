@@ -849,8 +849,15 @@ fn sqlx_loader(cont: &Container, pk: &Field, database: Database) -> TokenStream 
         #module::fetch_rows::<#pk_ty>(&mut *__conn, #table, &[#(#column_names),*], __pks).await?
     };
     let pk_column = pk.column();
-    let fetch_all_pks = quote_spanned! {pk_ty.span()=>
-        #module::fetch_all_pks::<#pk_ty>(&mut *__conn, #table, #pk_column).await?
+    // Through autoref dispatch: a pk type the database cannot bind is
+    // reported once, by `fetch_rows`.
+    let fetch_all_pks = quote! {
+        {
+            use #module::{FetchAllKeys as _, FetchAllKeysFallback as _};
+            #module::AllKeys::<#pk_ty>::new()
+                .__cached_fetch_all(&mut *__conn, #table, #pk_column)
+                .await?
+        }
     };
     let keys = if lists.is_empty() {
         TokenStream::new()

@@ -64,12 +64,24 @@ fn seed_targets(
             .then(|| seed.entry.ops.links_of(old))
             .flatten()
     });
-    let new_links = match reloaded {
-        Some(row) => Some(&row.links),
-        None if was_loaded => None,
-        None => seed.new.as_ref().map(|(links, _)| links),
+    // The caller's own change, always: once `saved` returns, every instance
+    // that change touched has been invalidated, even when a concurrent write
+    // of the same instance has moved it on since (the reload below then
+    // finds a later state, whose relations may not include the caller's).
+    let caller_new = seed.new.as_ref().map(|(links, _)| links);
+    seed.entry.targets(old_links.as_ref(), caller_new, next);
+    // And the change to the state the reload found, which is what the entry
+    // is refilled with (the row may be gone).
+    let found = match reloaded {
+        Some(row) => Some(Some(&row.links)),
+        None if was_loaded => Some(None),
+        None => None,
     };
-    seed.entry.targets(old_links.as_ref(), new_links, next);
+    if let Some(found) = found
+        && found != caller_new
+    {
+        seed.entry.targets(old_links.as_ref(), found, next);
+    }
 }
 
 fn value_of(bytes: Option<&Bytes>) -> Option<&[u8]> {

@@ -273,6 +273,52 @@ impl<P> QueryPage<P> {
     }
 }
 
+impl<P: crate::PrimaryKey> QueryPage<P> {
+    /// Evaluates `query` over `instances` in memory, with the cache's
+    /// semantics (filters, search tokens, ordering by sort score with ties
+    /// by pk, `None` last ascending, offset and limit): what a
+    /// [`Loader::query`](crate::Loader::query) can return after reading the
+    /// candidate rows itself.
+    #[must_use]
+    pub fn evaluate<T>(query: &Query<T>, instances: impl IntoIterator<Item = T>) -> Self
+    where
+        T: CachedInstance<Pk = P>,
+    {
+        let order = query.order_by_field();
+        let mut matched: Vec<(f64, String, P)> = instances
+            .into_iter()
+            .filter_map(|instance| {
+                let values = IndexValues::of(&instance);
+                if !query.matches_values(&values) {
+                    return None;
+                }
+                let score = order
+                    .and_then(|o| values.field(o.index))
+                    .and_then(|f| f.score)
+                    .unwrap_or(if order.is_some() { f64::INFINITY } else { 0.0 });
+                let pk = instance.pk().clone();
+                Some((score, pk.to_index_member(), pk))
+            })
+            .collect();
+        matched.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        if order.is_some_and(|o| o.descending) {
+            matched.reverse();
+        }
+        let count = matched.len() as u64;
+        let skip = usize::try_from(query.offset_value()).unwrap_or(usize::MAX);
+        let take = query
+            .limit_value()
+            .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        let pks = matched
+            .into_iter()
+            .skip(skip)
+            .take(take)
+            .map(|(_, _, pk)| pk)
+            .collect();
+        QueryPage::new(pks, count)
+    }
+}
+
 /// A query over the instances of `T`: filters, search terms, an ordering
 /// and a window. Build it, then run it with [`Cache::query`](crate::Cache::query),
 /// [`Cache::query_json`](crate::Cache::query_json) or

@@ -75,6 +75,11 @@
 //! PostgreSQL array) takes `#[cached(database = "sqlite")]` or
 //! `#[cached(database = "postgres")]`.
 //!
+//! The derived loaders also list every primary key
+//! (`SELECT "id" FROM "questions" ORDER BY "id"`, [`SqlxModel::sqlx_all_pks`]),
+//! which is what [`Cache::warm`](crate::Cache::warm) loads, so a model with a
+//! table can be warmed for [cached queries](crate::query) as it is.
+//!
 //! The derived loaders implement [`SqlxModel`], whose
 //! [`sqlx_load`](SqlxModel::sqlx_load) also works on a connection or inside
 //! a transaction (`Question::sqlx_load(&mut *tx, &[id])`).
@@ -87,6 +92,7 @@ use ::sqlx::{Database, Pool};
 use crate::error::LoadError;
 use crate::instance::CachedInstance;
 use crate::loader::Loader;
+use crate::query::{Query, QueryPage};
 
 #[cfg(feature = "sqlx-postgres")]
 #[doc(hidden)]
@@ -125,13 +131,36 @@ pub mod sqlite;
 /// ```
 pub struct SqlxLoader<DB: Database> {
     pool: Pool<DB>,
+    scan_limit: usize,
 }
+
+/// The largest table [`SqlxLoader`] scans to answer a query on a model that
+/// is not warmed (see [`SqlxLoader::scan_limit`]).
+pub const DEFAULT_SCAN_LIMIT: usize = 10_000;
 
 impl<DB: Database> SqlxLoader<DB> {
     /// A loader over `pool` (`SqlitePool`, `PgPool`, ...).
     #[must_use]
     pub fn new(pool: Pool<DB>) -> Self {
-        SqlxLoader { pool }
+        SqlxLoader {
+            pool,
+            scan_limit: DEFAULT_SCAN_LIMIT,
+        }
+    }
+
+    /// Answers [cached queries](crate::query) of models that are not
+    /// warmed by reading tables of at most `rows` rows (default
+    /// [`DEFAULT_SCAN_LIMIT`]): every pk, then the rows in batches through
+    /// the derived loader, evaluated in memory with the cache's semantics
+    /// ([`QueryPage::evaluate`](crate::query::QueryPage::evaluate)). Larger
+    /// tables decline, and the query fails with
+    /// [`QueryError::NoFallback`](crate::query::QueryError::NoFallback):
+    /// warm such models, or wrap the loader in one whose `query` is an
+    /// indexed SQL query. `0` never scans.
+    #[must_use]
+    pub fn scan_limit(mut self, rows: usize) -> Self {
+        self.scan_limit = rows;
+        self
     }
 
     /// The pool the loader reads from.
@@ -145,6 +174,7 @@ impl<DB: Database> Clone for SqlxLoader<DB> {
     fn clone(&self) -> Self {
         SqlxLoader {
             pool: self.pool.clone(),
+            scan_limit: self.scan_limit,
         }
     }
 }
@@ -174,6 +204,36 @@ where
     async fn all_pks(&self) -> Result<Option<Vec<T::Pk>>, LoadError> {
         let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
         T::sqlx_all_pks(&mut *conn).await.map_err(LoadError::new)
+    }
+
+    /// A scan of tables up to [`scan_limit`](SqlxLoader::scan_limit) rows.
+    async fn query(&self, query: &Query<T>) -> Result<Option<QueryPage<T::Pk>>, LoadError> {
+        if self.scan_limit == 0 {
+            return Ok(None);
+        }
+        let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
+        let Some(pks) = T::sqlx_all_pks(&mut *conn).await.map_err(LoadError::new)? else {
+            return Ok(None);
+        };
+        if pks.len() > self.scan_limit {
+            tracing::warn!(
+                target: "cached_instances",
+                model = T::MODEL,
+                rows = pks.len(),
+                scan_limit = self.scan_limit,
+                "query on a model that is not warmed: the table is too large to scan; warm it"
+            );
+            return Ok(None);
+        }
+        let mut rows = Vec::with_capacity(pks.len());
+        for chunk in pks.chunks(1000) {
+            rows.extend(
+                T::sqlx_load(&mut *conn, chunk)
+                    .await
+                    .map_err(LoadError::new)?,
+            );
+        }
+        Ok(Some(QueryPage::evaluate(query, rows)))
     }
 }
 

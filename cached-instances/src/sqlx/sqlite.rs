@@ -139,6 +139,67 @@ pub fn fetch_all_pks<'a, K: SqliteKey>(
     })
 }
 
+/// The keys of a pk type, for `sqlx_all_pks`: read through autoref
+/// dispatch, so that a pk type the database cannot bind is reported once,
+/// by the loader's `fetch_rows`, and not again here.
+pub struct AllKeys<K>(std::marker::PhantomData<fn() -> K>);
+
+impl<K> AllKeys<K> {
+    #[must_use]
+    pub const fn new() -> Self {
+        AllKeys(std::marker::PhantomData)
+    }
+}
+
+impl<K> Default for AllKeys<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub trait FetchAllKeys<K> {
+    fn __cached_fetch_all<'a>(
+        self,
+        conn: &'a mut SqliteConnection,
+        table: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
+}
+
+impl<K: SqliteKey> FetchAllKeys<K> for AllKeys<K> {
+    #[inline]
+    fn __cached_fetch_all<'a>(
+        self,
+        conn: &'a mut SqliteConnection,
+        table: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
+        fetch_all_pks(conn, table, key)
+    }
+}
+
+pub trait FetchAllKeysFallback<K> {
+    fn __cached_fetch_all<'a>(
+        self,
+        conn: &'a mut SqliteConnection,
+        table: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
+}
+
+impl<K: Send + 'static> FetchAllKeysFallback<K> for &AllKeys<K> {
+    fn __cached_fetch_all<'a>(
+        self,
+        _conn: &'a mut SqliteConnection,
+        _table: &'a str,
+        _key: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
+        Box::pin(std::future::ready(Err(super::schema_error(
+            "the primary key cannot be bound (the derive's assertion should have failed)",
+        ))))
+    }
+}
+
 /// The `item` column of the rows of `table` whose `owner` column is one of
 /// `owners`, grouped by owner and in ascending `item` order. No query for
 /// no owners.

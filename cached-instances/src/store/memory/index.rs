@@ -132,7 +132,7 @@ impl ModelIndex {
         };
 
         let empty_set = HashSet::new();
-        let groups: Vec<Vec<&HashSet<String>>> = query
+        let mut groups: Vec<Vec<&HashSet<String>>> = query
             .groups
             .iter()
             .map(|g| {
@@ -141,6 +141,8 @@ impl ModelIndex {
                     .collect()
             })
             .collect();
+        // Smallest first: most members fail there, before the bigger ones.
+        groups.sort_by_key(|g| g.iter().map(|s| s.len()).sum::<usize>());
         let in_groups = |m: &str| groups.iter().all(|g| g.iter().any(|s| s.contains(m)));
         let in_ranges = |m: &str| query.ranges.iter().all(|r| self.in_range(r, m));
         let matches = |m: &str| in_groups(m) && in_ranges(m);

@@ -212,13 +212,27 @@ if #multi == 0 and #others == 0 and orange == nil and limit >= 0 then
   local need = offset + limit
   local n = redis.call('ZCARD', okey)
   if need * n < c * c then
+    -- Smallest set first: the others only check what it kept.
+    local sizes = {}
+    for _, key in ipairs(single) do sizes[key] = redis.call('SCARD', key) end
+    table.sort(single, function(a, b) return sizes[a] < sizes[b] end)
     local found = walk(need, math.ceil(need * n / c * 1.2) + 16, function(chunk)
       local ok = {}
-      for j = 1, #chunk do ok[j] = true end
+      local left, at = chunk, {}
+      for j = 1, #chunk do at[j] = j end
       for _, key in ipairs(single) do
-        local flags = redis.call('SMISMEMBER', key, unpack(chunk))
-        for j = 1, #chunk do if flags[j] == 0 then ok[j] = false end end
+        if #left == 0 then break end
+        local flags = redis.call('SMISMEMBER', key, unpack(left))
+        local kept, kept_at = {}, {}
+        for j = 1, #left do
+          if flags[j] == 1 then
+            kept[#kept + 1] = left[j]
+            kept_at[#kept_at + 1] = at[j]
+          end
+        end
+        left, at = kept, kept_at
       end
+      for j = 1, #at do ok[at[j]] = true end
       return ok
     end)
     return {c, slice(found, offset)}
