@@ -686,9 +686,7 @@ where
             .execute(&mut *tx)
             .await
             .map_err(LoadError::new)?;
-        let rows = T::sqlx_load(&mut *tx, pks)
-            .await
-            .map_err(LoadError::new)?;
+        let rows = T::sqlx_load(&mut *tx, pks).await.map_err(LoadError::new)?;
         tx.commit().await.map_err(LoadError::new)?;
         Ok(rows)
     }

@@ -391,7 +391,11 @@ pub async fn a_write_invalidates_what_it_changed_even_when_the_instance_moved_on
 
     // Every question the first write touched reads as the database has it.
     for q in [1, 2, 3] {
-        assert_eq!(cache.get::<Question>(&q).await.unwrap(), db.question(q), "question {q}");
+        assert_eq!(
+            cache.get::<Question>(&q).await.unwrap(),
+            db.question(q),
+            "question {q}"
+        );
     }
 }
 
