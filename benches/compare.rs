@@ -115,7 +115,8 @@ Options:
   --pool N         PostgreSQL connections of the baselines' pool (default 16)
   --only LIST      comma-separated groups: detail,list,memory-store,cold,write,http,memory
                    (and breakdown: each layer of the Redis rows alone, printed apart)
-  --wait-load X    wait (up to 40 min) until the 1-minute load average is below X
+  --wait-load X    before each run, wait until the 1-minute load average is below X
+  --wait-max MIN   ... for at most MIN minutes, then measure anyway (default 40)
   -h, --help       this help
 
 Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test).";
@@ -133,6 +134,7 @@ struct Config {
     pool: u32,
     only: Option<Vec<String>>,
     wait_load: Option<f64>,
+    wait_max: Duration,
     /// Questions in the data set (plus one 500-byte question).
     questions: i64,
     /// The hot set: questions 1..=hot are cached before the hit rows.
@@ -154,6 +156,7 @@ impl Config {
             pool: 16,
             only: None,
             wait_load: None,
+            wait_max: Duration::from_secs(40 * 60),
             questions: 2000,
             hot: 1000,
             iterations: 120,
@@ -190,6 +193,10 @@ impl Config {
                     )
                 }
                 "--wait-load" => c.wait_load = Some(number("--wait-load", value("--wait-load")?)?),
+                "--wait-max" => {
+                    c.wait_max =
+                        Duration::from_secs_f64(60.0 * number("--wait-max", value("--wait-max")?)?)
+                }
                 // cargo passes --bench to harness = false targets.
                 "--bench" => {}
                 "-h" | "--help" => return Ok(None),
@@ -1297,6 +1304,19 @@ async fn detail_rows(env: &Env, rows: &mut Vec<Row>) {
         "detail: {} samples per side; ours made {misses} misses and {queries} database queries while measured",
         lats[0].n
     );
+    let show = |r: &Rate| {
+        r.windows
+            .iter()
+            .map(|w| format!("{:.0}", w / 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "detail: throughput windows, k/s in round order: ours {}; raw GET {}; PostgreSQL {}",
+        show(&rates[0]),
+        show(&rates[1]),
+        show(&rates[2])
+    );
     let (o, r, p) = (lats[0], lats[1], lats[2]);
     rows.push(ratio_row(
         "redis_p50",
@@ -2031,6 +2051,7 @@ fn print_spread(runs: &[Vec<Row>]) {
         let label = match key {
             "write_move" | "write_vote" => "p50 us".to_owned(),
             "mem_decode" => "decode p50 ns".to_owned(),
+            "mem_get_json" => "ours p50 ns".to_owned(),
             _ => label,
         };
         let met = rows.iter().filter(|r| r.met == Some(true)).count();
@@ -2046,8 +2067,8 @@ fn print_spread(runs: &[Vec<Row>]) {
     }
 }
 
-async fn wait_for_load(threshold: f64) {
-    let deadline = Instant::now() + Duration::from_secs(40 * 60);
+async fn wait_for_load(threshold: f64, max: Duration) {
+    let deadline = Instant::now() + max;
     loop {
         let load = load1();
         if load < threshold {
@@ -2083,7 +2104,7 @@ async fn main_async(cfg: Config) -> Result<(), String> {
     let mut runs = Vec::new();
     for run in 0..cfg.runs {
         if let Some(threshold) = cfg.wait_load {
-            wait_for_load(threshold).await;
+            wait_for_load(threshold, cfg.wait_max).await;
         }
         let load_before = loadavg();
         let started = Instant::now();

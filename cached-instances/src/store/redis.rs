@@ -254,15 +254,20 @@ impl RedisStoreBuilder {
         // loaded up front so the first call of each is one EVALSHA; after a
         // server restart `invoke_async` reloads them on NOSCRIPT.
         for script in scripts() {
-            match &store.connection {
-                Connection::Single(c) => script.load_async(&mut c.clone()).await,
-                #[cfg(feature = "cluster")]
-                Connection::Cluster(c) => match c.get().await {
-                    Ok(mut connection) => script.load_async(&mut connection).await,
-                    Err(e) => Err(e),
-                },
-            }
-            .map_err(store_error)?;
+            // Bounded like every request (the single connection's manager
+            // has no response timeout of its own: see `lazy_single`).
+            store
+                .bounded(async {
+                    match &store.connection {
+                        Connection::Single(c) => script.load_async(&mut c.clone()).await,
+                        #[cfg(feature = "cluster")]
+                        Connection::Cluster(c) => match c.get().await {
+                            Ok(mut connection) => script.load_async(&mut connection).await,
+                            Err(e) => Err(e),
+                        },
+                    }
+                })
+                .await?;
         }
         Ok(store)
     }
@@ -311,8 +316,11 @@ impl RedisStoreBuilder {
         }
         let url = self.urls.first().map(String::as_str).unwrap_or_default();
         let client = redis::Client::open(url).map_err(store_error)?;
+        // No response timeout here: `bounded` already bounds every request,
+        // the reply included, and a second timer per request cost about 3%
+        // of a hit's throughput (BENCHMARKS.md).
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.response_timeout))
+            .set_response_timeout(None)
             .set_connection_timeout(Some(self.connect_timeout))
             .set_number_of_retries(self.retries);
         // The manager connects on first use and reconnects in the
