@@ -905,12 +905,7 @@ impl Store for FlakyIndex {
     }
 }
 
-#[tokio::test]
-async fn a_write_the_index_missed_unwarms_the_model_until_the_next_warm() {
-    let db = Db::default();
-    for id in 0..6 {
-        db.rows.lock().unwrap().insert(id, person(id, "FR", 30));
-    }
+fn flaky_index_cache(db: &Db) -> (Cache, FlakyIndex) {
     let store = FlakyIndex {
         inner: MemoryStore::new(),
         fail: Arc::default(),
@@ -922,14 +917,76 @@ async fn a_write_the_index_missed_unwarms_the_model_until_the_next_warm() {
         .store_retry_interval(Duration::from_millis(5))
         .build()
         .unwrap();
+    (cache, store)
+}
+
+#[tokio::test]
+async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
+    let db = Db::default();
+    for id in 0..6 {
+        db.rows.lock().unwrap().insert(id, person(id, "FR", 30));
+    }
+    let (cache, store) = flaky_index_cache(&db);
     cache.warm::<Person>().await.unwrap();
-    let query = Query::<Person>::new().filter("country", "GB");
-    assert_eq!(cache.query_pks(&query).await.unwrap().source, Source::Cache);
+    let gb = Query::<Person>::new().filter("country", "GB");
+    let fr = Query::<Person>::new().filter("country", "FR");
+    assert_eq!(cache.query_pks(&gb).await.unwrap().source, Source::Cache);
 
     store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
     let moved = person(2, "GB", 30);
     db.rows.lock().unwrap().insert(2, moved.clone());
     cache.saved(&moved).await.unwrap();
+    assert_eq!(cache.stats().index_updates_missed, 1);
+    // Queued: until it is delivered, the loader answers, correctly.
+    let found = cache.query_pks(&gb).await.unwrap();
+    assert_eq!(
+        (found.items, found.count, found.source),
+        (vec![2], 1, Source::Database)
+    );
+    store
+        .fail
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    // Delivered on the next read: re-indexed, and still warmed.
+    let found = cache.query_pks(&gb).await.unwrap();
+    assert_eq!(
+        (found.items, found.count, found.source),
+        (vec![2], 1, Source::Cache)
+    );
+    let found = cache.query_pks(&fr).await.unwrap();
+    assert_eq!(
+        (found.items, found.count, found.source),
+        (vec![0, 1, 3, 4, 5], 5, Source::Cache)
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.reindexes, stats.unwarmed), (1, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_reindex_that_fails_again_unwarms_the_model_until_the_next_warm() {
+    let db = Db::default();
+    for id in 0..6 {
+        db.rows.lock().unwrap().insert(id, person(id, "FR", 30));
+    }
+    let (cache, store) = flaky_index_cache(&db);
+    cache.warm::<Person>().await.unwrap();
+    let query = Query::<Person>::new().filter("country", "GB");
+
+    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moved = person(2, "GB", 30);
+    db.rows.lock().unwrap().insert(2, moved.clone());
+    cache.saved(&moved).await.unwrap();
+    // The store is tried again while the index still fails: the re-index
+    // fails, and the model is un-warmed (the mark's deletion is queued).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let found = cache.query_pks(&query).await.unwrap();
+    assert_eq!(
+        (found.items, found.count, found.source),
+        (vec![2], 1, Source::Database)
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.reindexes, stats.unwarmed), (0, 1), "{stats:?}");
     store
         .fail
         .store(false, std::sync::atomic::Ordering::Relaxed);

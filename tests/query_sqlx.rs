@@ -66,7 +66,8 @@ async fn a_table_model_is_warmed_through_its_derived_loader() {
         rows.into_iter().map(|(_, id)| id).collect()
     };
 
-    // Not warmed: the derived loader scans the (small) table.
+    // Not warmed: the derived loader answers in SQL (for a search: the
+    // candidates the other filters leave, matched in memory).
     let found = cache.query(&query).await.unwrap();
     assert_eq!(found.source, Source::Database);
     assert_eq!(
@@ -74,7 +75,7 @@ async fn a_table_model_is_warmed_through_its_derived_loader() {
         expected
     );
     assert_eq!(found.count, expected.len() as u64);
-    // Past its scan limit it declines.
+    // A search with more candidates than its scan limit is declined.
     let small = Cache::builder()
         .store(MemoryStore::new())
         .loader::<Article>(SqlxLoader::new(pool.clone()).scan_limit(10))

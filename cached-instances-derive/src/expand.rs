@@ -859,6 +859,24 @@ fn sqlx_loader(cont: &Container, pk: &Field, database: Database) -> TokenStream 
                 .await?
         }
     };
+    let filter_arms = sqlx_filter_arms(cont, &db);
+    // Without arms the trait's default (no SQL form) is the same thing.
+    let filter = if filter_arms.is_empty() {
+        TokenStream::new()
+    } else {
+        quote! {
+            fn sqlx_filter(
+                __field: usize,
+                __condition: &#p::Condition,
+                __builder: &mut #p::sqlx_query::Builder<#db>,
+            ) -> #p::Option<()> {
+                match (__field, __condition) {
+                    #(#filter_arms)*
+                    _ => #p::Option::None,
+                }
+            }
+        }
+    };
     let keys = if lists.is_empty() {
         TokenStream::new()
     } else {
@@ -914,9 +932,64 @@ fn sqlx_loader(cont: &Container, pk: &Field, database: Database) -> TokenStream 
                         #p::Result::Ok(#p::Option::Some(#fetch_all_pks))
                     }
                 }
+
+                fn sqlx_table() -> #p::Option<(&'static str, &'static str)> {
+                    #p::Option::Some((#table, #pk_column))
+                }
+
+                #filter
+
+                fn sqlx_fetch_keys<'__a>(
+                    __conn: &'__a mut <#db as #p::sqlx::Database>::Connection,
+                    __builder: &'__a mut #p::sqlx_query::Builder<#db>,
+                ) -> #p::BoxFuture<
+                    '__a,
+                    #p::Result<
+                        #p::Option<#p::FetchedKeys<<Self as #p::CachedInstance>::Pk>>,
+                        #p::sqlx::Error,
+                    >,
+                > {
+                    use #module::{FetchAllKeys as _, FetchAllKeysFallback as _};
+                    #module::AllKeys::<#pk_ty>::new().__cached_fetch_keys(__conn, __builder)
+                }
             }
         }
     }
+}
+
+/// The arms of the derived `sqlx_filter`: each index field's SQL
+/// predicates, its values bound in the field's type (spanned at the type,
+/// so a type the database cannot bind fails there). Fields the fallback
+/// cannot compare in SQL get no arm, and their queries are declined.
+fn sqlx_filter_arms(cont: &Container, db: &TokenStream) -> Vec<TokenStream> {
+    let p = private();
+    let mut arms = Vec::new();
+    for (i, field) in cont.fields.iter().filter(|f| f.is_indexed()).enumerate() {
+        if !field.is_column() {
+            continue;
+        }
+        let a = &field.attrs;
+        let ty = &field.ty;
+        let column = field.column();
+        let serde = field.storage() == Storage::Serde;
+        if a.index.is_some() {
+            let push = if serde {
+                quote_spanned!(ty.span()=> #p::sqlx_query::push_json_term::<#db, #ty>)
+            } else {
+                quote_spanned!(ty.span()=> #p::sqlx_query::push_term::<#db, #ty>)
+            };
+            arms.push(quote! {
+                (#i, #p::Condition::Equals(__term)) => #push(__builder, #column, __term),
+            });
+        }
+        if a.sortable.is_some() && !serde {
+            let push = quote_spanned!(ty.span()=> #p::sqlx_query::push_range::<#db, #ty>);
+            arms.push(quote! {
+                (#i, #p::Condition::Range(__min, __max)) => #push(__builder, #column, *__min, *__max),
+            });
+        }
+    }
+    arms
 }
 
 /// `X` when `ty` is written `Vec<X>` (any path ending in `Vec`).

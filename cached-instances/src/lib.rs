@@ -109,12 +109,15 @@ pub mod __private {
     // Derived sqlx loaders (`#[cached(table = "...")]`). The metadata and
     // dispatch helpers exist whatever the features; what names sqlx sits
     // behind the `__cached_if_*` macros below.
+    pub use crate::query::Condition;
     #[cfg(feature = "sqlx-postgres")]
     pub use crate::sqlx::postgres as sqlx_postgres;
+    #[cfg(feature = "sqlx")]
+    pub use crate::sqlx::query as sqlx_query;
     #[cfg(feature = "sqlx-sqlite")]
     pub use crate::sqlx::sqlite as sqlx_sqlite;
     #[cfg(feature = "sqlx")]
-    pub use crate::sqlx::{SqlxConnection, SqlxModel, schema_error};
+    pub use crate::sqlx::{BoxFuture, FetchedKeys, SqlxConnection, SqlxModel, schema_error};
     pub use crate::table::*;
     pub use crate::{__cached_if_sqlx, __cached_if_sqlx_postgres, __cached_if_sqlx_sqlite};
     #[cfg(feature = "sqlx")]

@@ -11,7 +11,9 @@
 //!   An instance's delivery is a cascade level of its own: what the store
 //!   still held for it is compared with a reload, so the relations of a
 //!   state the write could not see (the old parent of a moved foreign key)
-//!   are invalidated too.
+//!   are invalidated too. A write's query-index update that could not reach
+//!   the store is queued the same way, and redone on delivery, after the
+//!   instances (see `index.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,14 +43,15 @@ pub enum Event {
     },
     /// The store answered again after an outage.
     StoreRecovered,
-    /// Invalidations that could not be delivered were queued for retry.
+    /// Invalidations (or query-index updates) that could not be delivered
+    /// were queued for retry.
     InvalidationsQueued {
-        /// How many keys are now waiting.
+        /// How many keys (and index updates) are now waiting.
         pending: usize,
     },
-    /// Queued invalidations were delivered.
+    /// Queued invalidations (or query-index updates) were delivered.
     InvalidationsDelivered {
-        /// How many keys.
+        /// How many keys (and index updates).
         count: usize,
     },
 }
@@ -64,6 +67,18 @@ pub(crate) enum PendingOp {
     Tombstone(String),
     /// A raw key: gets deleted.
     Delete(String),
+    /// A write's query-index update that could not reach the store: the
+    /// index record of `pk_key` in the index of `model`'s registered
+    /// `version` (each version has its own index). Delivered after the
+    /// instances, as the write would have done it: leased, reloaded and
+    /// applied if the lease holds, so the model stays warmed; if that fails
+    /// too, the model's warm mark is deleted instead (a `Delete`, queued
+    /// when the store is what failed). See `cache/index.rs`.
+    Reindex {
+        model: &'static str,
+        version: &'static str,
+        pk_key: String,
+    },
 }
 
 pub(crate) struct Degraded {

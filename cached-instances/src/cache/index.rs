@@ -8,8 +8,18 @@
 //! lease read the database after every write that leased before it, and a
 //! write that comes later takes the lease over: the index ends with the
 //! values of the last committed state.
+//!
+//! A write whose update cannot reach the store (it is down, or the lease or
+//! the apply fails) queues it as a `PendingOp::Reindex` in the retry queue
+//! of undelivered invalidations (`degraded.rs`). Until the queue is
+//! delivered no read uses the store, so the model's queries go to the
+//! loader meanwhile; on delivery, after the instances, the update is redone
+//! under a new lease with a fresh reload, as the write would have done it,
+//! and the model stays warmed. Only when that fails too (the store fails
+//! again, or the loader) is the model un-warmed: its warm mark is deleted,
+//! and its queries go to the loader until the next [`Cache::warm`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::marker::PhantomData;
 
 use super::Cache;
@@ -33,7 +43,7 @@ const MEMBERS_PER_SCRIPT: usize = 250;
 /// `warm`; effectively for good).
 const WARM_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
-fn update_of<T: CachedInstance>(member: String, row: Option<&T>) -> IndexUpdate {
+pub(super) fn update_of<T: CachedInstance>(member: String, row: Option<&T>) -> IndexUpdate {
     let record = row.map(|row| plan::record(&T::SCHEMA, &IndexValues::of(row)));
     IndexUpdate::new(member, record)
 }
@@ -47,7 +57,8 @@ impl Cache {
     /// After a write of `pk` (its commit and its invalidation): leases its
     /// index record, reloads it, and applies its values (or removes it when
     /// the row is gone). One loader call and two store round trips, for
-    /// models with index fields only.
+    /// models with index fields only. When the store cannot take it, the
+    /// update is queued and redone on delivery (see the module docs).
     pub(super) async fn index_written<T: CachedInstance>(
         &self,
         entry: &ModelEntry,
@@ -58,7 +69,7 @@ impl Cache {
         }
         let prefix = plan::prefix(&T::SCHEMA);
         if !self.store_usable().await {
-            self.unwarm::<T>(&prefix);
+            self.index_missed::<T>(pk);
             return Ok(());
         }
         let store = &self.inner.store;
@@ -72,7 +83,7 @@ impl Cache {
             )
             .await;
         if leased.is_none() {
-            self.unwarm::<T>(&prefix);
+            self.index_missed::<T>(pk);
             return Ok(());
         }
         // A failed load leaves the lease, and the old values, in place:
@@ -87,26 +98,157 @@ impl Cache {
                 store.index_apply(&prefix, &token, &updates),
             )
             .await;
-        if applied.is_none() {
-            self.unwarm::<T>(&prefix);
+        match applied {
+            Some(applied) => self.count_applied(&applied),
+            // The apply may have run on the server after its reply was
+            // lost; the re-index takes a new lease and reloads either way.
+            None => self.index_missed::<T>(pk),
         }
         Ok(())
     }
 
-    /// A write's index update could not reach the store: the index may miss
-    /// it, so the model is no longer answered from the cache until the next
-    /// [`warm`](Self::warm). The mark's deletion goes through the retry
-    /// queue of undelivered invalidations, and until it is delivered no read
-    /// uses the store.
-    fn unwarm<T: CachedInstance>(&self, prefix: &str) {
+    /// Counts the index records an apply wrote (those whose lease held).
+    fn count_applied(&self, applied: &[bool]) {
+        let n = applied.iter().filter(|&&ok| ok).count();
+        super::stats::add(&self.inner.counters.index_updates, n);
+    }
+
+    /// A write's index update could not reach the store: it is queued, with
+    /// the undelivered invalidations, and redone when they are delivered.
+    /// Until then no read uses the store, so no query is answered from an
+    /// index that misses the write.
+    fn index_missed<T: CachedInstance>(&self, pk: &T::Pk) {
+        super::stats::add(&self.inner.counters.index_updates_missed, 1);
         tracing::warn!(
             target: "cached_instances",
             model = T::MODEL,
-            "store unavailable: the query index missed a write; queries go to the loader until the next warm"
+            "store unavailable: a write's query index update is queued; queries go to the loader until it is delivered"
         );
-        self.inner
-            .degraded
-            .queue([PendingOp::Delete(format!("{prefix}{WARM_SUFFIX}"))]);
+        self.inner.degraded.queue([PendingOp::Reindex {
+            model: T::MODEL,
+            version: T::SCHEMA.version,
+            pk_key: pk.to_key(),
+        }]);
+    }
+
+    /// Delivers queued index updates (`PendingOp::Reindex`), `(model,
+    /// version, pk_key)`: per registered type, in batches, leases the index
+    /// records, reloads the rows with one loader call and applies them where
+    /// the lease holds, as the writes would have. A type whose re-index
+    /// fails is un-warmed instead (see [`unwarm`](Self::unwarm)), and the
+    /// rest of its batches are not tried. Returns how many were re-indexed.
+    ///
+    /// Runs inside the delivery, so it goes to the store directly (as
+    /// `invalidate_keys` does when delivering): `store_usable` is what waits
+    /// for it.
+    pub(super) async fn deliver_reindexes(
+        &self,
+        ops: Vec<(&'static str, &'static str, String)>,
+    ) -> usize {
+        let mut by_type: BTreeMap<(&'static str, &'static str), Vec<String>> = BTreeMap::new();
+        for (model, version, pk_key) in ops {
+            by_type.entry((model, version)).or_default().push(pk_key);
+        }
+        let store = &self.inner.store;
+        let mut delivered = 0;
+        for ((model, version), pk_keys) in by_type {
+            let entry = self
+                .inner
+                .registry
+                .versions(model)
+                .iter()
+                .find(|e| e.schema.version == version);
+            // Only registered, indexed types queue updates; anything else
+            // has no index to repair.
+            let Some(entry) = entry else { continue };
+            if entry.schema.indexes.is_empty() || !store.supports_indexes() {
+                continue;
+            }
+            let prefix = plan::prefix(&entry.schema);
+            // The key forms that name a row (all of them, as queued by
+            // `index_missed`), with their members, in the same order.
+            let (pk_keys, members): (Vec<String>, Vec<String>) = pk_keys
+                .into_iter()
+                .filter_map(|k| entry.ops.index_member(&k).map(|m| (k, m)))
+                .unzip();
+            for (keys, members) in pk_keys
+                .chunks(MEMBERS_PER_SCRIPT)
+                .zip(members.chunks(MEMBERS_PER_SCRIPT))
+            {
+                let token = marker::new_lease();
+                let leased = self
+                    .store_call(
+                        model,
+                        "index lease",
+                        store.index_lease(&prefix, members, &token),
+                    )
+                    .await;
+                if leased.is_none() {
+                    self.unwarm(model, &prefix, true).await;
+                    break;
+                }
+                super::stats::add(&self.inner.counters.loader_calls, 1);
+                let updates = self
+                    .within_loader_timeout(model, entry.ops.index_updates(keys))
+                    .await;
+                let updates = match updates {
+                    Ok(updates) => updates,
+                    Err(error) => {
+                        tracing::warn!(
+                            target: "cached_instances",
+                            model,
+                            error = %error,
+                            "reload failed while re-indexing a queued index update"
+                        );
+                        self.unwarm(model, &prefix, false).await;
+                        break;
+                    }
+                };
+                let applied = self
+                    .store_call(
+                        model,
+                        "index apply",
+                        store.index_apply(&prefix, &token, &updates),
+                    )
+                    .await;
+                let Some(applied) = applied else {
+                    self.unwarm(model, &prefix, true).await;
+                    break;
+                };
+                // A member whose lease a later write took over counts as
+                // delivered: that write applies a later state.
+                self.count_applied(&applied);
+                super::stats::add(&self.inner.counters.reindexes, keys.len());
+                delivered += keys.len();
+            }
+        }
+        delivered
+    }
+
+    /// A queued index update could not be redone: the index may miss a
+    /// write for good, so the model is no longer answered from the cache
+    /// until the next [`warm`](Self::warm). Its warm mark is deleted now,
+    /// or, when the store is what failed (`store_failed`), queued for
+    /// deletion with the undelivered invalidations: until it is delivered
+    /// no read uses the store.
+    async fn unwarm(&self, model: &'static str, prefix: &str, store_failed: bool) {
+        super::stats::add(&self.inner.counters.unwarmed, 1);
+        tracing::warn!(
+            target: "cached_instances",
+            model,
+            "a queued query index update failed again; queries go to the loader until the next warm"
+        );
+        let mark = vec![format!("{prefix}{WARM_SUFFIX}")];
+        let deleted = !store_failed
+            && self
+                .store_call(model, "index unwarm", self.inner.store.delete_many(&mark))
+                .await
+                .is_some();
+        if !deleted {
+            self.inner
+                .degraded
+                .queue(mark.into_iter().map(PendingOp::Delete));
+        }
     }
 
     /// Loads every instance of `T` in batches through its loader (filling
@@ -215,13 +357,15 @@ impl Cache {
                 if !self.indexed::<T>() {
                     break;
                 }
-                self.store_call(
-                    T::MODEL,
-                    "index apply",
-                    store.index_apply(&prefix, &token, part),
-                )
-                .await
-                .ok_or_else(unavailable)?;
+                let applied = self
+                    .store_call(
+                        T::MODEL,
+                        "index apply",
+                        store.index_apply(&prefix, &token, part),
+                    )
+                    .await
+                    .ok_or_else(unavailable)?;
+                self.count_applied(&applied);
             }
             seen.extend(members);
             done += chunk.len() as u64;
@@ -263,13 +407,15 @@ impl Cache {
                     update_of(member.clone(), row)
                 })
                 .collect();
-            self.store_call(
-                T::MODEL,
-                "index apply",
-                store.index_apply(&prefix, &token, &updates),
-            )
-            .await
-            .ok_or_else(unavailable)?;
+            let applied = self
+                .store_call(
+                    T::MODEL,
+                    "index apply",
+                    store.index_apply(&prefix, &token, &updates),
+                )
+                .await
+                .ok_or_else(unavailable)?;
+            self.count_applied(&applied);
         }
 
         if self.indexed::<T>() {

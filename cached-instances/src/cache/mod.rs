@@ -406,10 +406,11 @@ impl Cache {
         self.inner.degraded.settle()
     }
 
-    /// Delivers `ops` (anything that fails is queued again) and returns how
-    /// many were delivered. Boxed: it runs the write path, whose calls to
-    /// `store_usable` can lead back to `deliver_pending`, so the future
-    /// types would otherwise contain themselves.
+    /// Delivers `ops` (anything that fails is queued again, except a failed
+    /// re-index, which un-warms its model instead: see `index.rs`) and
+    /// returns how many were delivered. Boxed: it runs the write path,
+    /// whose calls to `store_usable` can lead back to `deliver_pending`, so
+    /// the future types would otherwise contain themselves.
     fn deliver(
         &self,
         ops: Vec<degraded::PendingOp>,
@@ -417,21 +418,32 @@ impl Cache {
         use degraded::PendingOp;
         Box::pin(async move {
             let (mut instances, mut tombstones, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+            let mut reindexes = Vec::new();
             for op in ops {
                 match op {
                     PendingOp::Instance { model, pk_key } => instances.push((model, pk_key)),
                     PendingOp::Tombstone(k) => tombstones.push(k),
                     PendingOp::Delete(k) => deletes.push(k),
+                    PendingOp::Reindex {
+                        model,
+                        version,
+                        pk_key,
+                    } => reindexes.push((model, version, pk_key)),
                 }
             }
             let store = &self.inner.store;
             let mut delivered = 0;
+            // Whether the store took everything so far: index updates are
+            // only redone on a store that answers, since a re-index that
+            // fails un-warms its model.
+            let mut store_ok = true;
             if !tombstones.is_empty() {
                 let ttl = self.inner.config.tombstone_ttl;
                 let call = store.swap_many(&tombstones, crate::marker::TOMBSTONE, ttl);
                 if self.store_call("retry", "invalidate", call).await.is_some() {
                     delivered += tombstones.len();
                 } else {
+                    store_ok = false;
                     self.inner
                         .degraded
                         .queue(tombstones.into_iter().map(PendingOp::Tombstone));
@@ -442,6 +454,7 @@ impl Cache {
                 if self.store_call("retry", "delete", call).await.is_some() {
                     delivered += deletes.len();
                 } else {
+                    store_ok = false;
                     self.inner
                         .degraded
                         .queue(deletes.into_iter().map(PendingOp::Delete));
@@ -451,6 +464,24 @@ impl Cache {
                 let count = instances.len();
                 if self.deliver_instances(instances).await {
                     delivered += count;
+                } else {
+                    store_ok = false;
+                }
+            }
+            // After the instances: a query answered from the index right
+            // after this delivery fetches entries already invalidated.
+            if !reindexes.is_empty() {
+                if store_ok {
+                    delivered += self.deliver_reindexes(reindexes).await;
+                } else {
+                    // Not tried: kept for the next delivery, as they were.
+                    self.inner.degraded.queue(reindexes.into_iter().map(
+                        |(model, version, pk_key)| PendingOp::Reindex {
+                            model,
+                            version,
+                            pk_key,
+                        },
+                    ));
                 }
             }
             delivered

@@ -87,7 +87,23 @@ impl Cache {
         })
     }
 
+    /// [`find`](Self::find), counted by where the answer came from (only
+    /// answers: a query that failed is in neither counter).
     async fn answer<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+        want: Option<Want>,
+    ) -> Result<Answer<T>, Error> {
+        let answer = self.find(query, want).await?;
+        let counter = match answer.source {
+            Source::Cache => &self.inner.counters.queries_from_cache,
+            Source::Database => &self.inner.counters.queries_from_database,
+        };
+        super::stats::add(counter, 1);
+        Ok(answer)
+    }
+
+    async fn find<T: CachedInstance>(
         &self,
         query: &Query<T>,
         want: Option<Want>,

@@ -13,6 +13,7 @@ use crate::instance::{CachedInstance, RelationKind, Schema, Target};
 use crate::key::instance_key;
 use crate::loader::{BoxFuture, DynLoader};
 use crate::pk::PrimaryKey;
+use crate::store::IndexUpdate;
 
 /// The relation values of one instance state, in key form.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -66,6 +67,17 @@ pub(crate) struct Reloaded {
 pub(crate) trait ModelOps: Send + Sync {
     fn links_of(&self, bytes: &[u8]) -> Option<Links>;
     fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>>;
+    /// The query-index member of a pk in key form; `None` when the key form
+    /// does not parse (it names no row of this model).
+    fn index_member(&self, pk_key: &str) -> Option<String>;
+    /// Reloads `pk_keys` with one loader call and returns the index update
+    /// of each one that parses, in order: the row's values, or the
+    /// member's removal when the row is gone. For the delivery of queued
+    /// index updates (`index.rs`), which knows the model only by name.
+    fn index_updates<'a>(
+        &'a self,
+        pk_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<IndexUpdate>, Error>>;
 }
 
 struct TypedOps<T: CachedInstance> {
@@ -98,6 +110,38 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
                 });
             }
             Ok(out)
+        })
+    }
+
+    fn index_member(&self, pk_key: &str) -> Option<String> {
+        T::Pk::from_key(pk_key).map(|pk| pk.to_index_member())
+    }
+
+    fn index_updates<'a>(
+        &'a self,
+        pk_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<IndexUpdate>, Error>> {
+        Box::pin(async move {
+            let pks: Vec<T::Pk> = pk_keys.iter().filter_map(|k| T::Pk::from_key(k)).collect();
+            if pks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let rows = self.loader.load(&pks).await.map_err(|source| Error::Load {
+                model: T::MODEL,
+                source,
+            })?;
+            let by_member: HashMap<String, &T> = rows
+                .iter()
+                .map(|row| (row.pk().to_index_member(), row))
+                .collect();
+            Ok(pks
+                .iter()
+                .map(|pk| {
+                    let member = pk.to_index_member();
+                    let row = by_member.get(&member).copied();
+                    super::index::update_of(member, row)
+                })
+                .collect())
         })
     }
 }

@@ -21,7 +21,10 @@
 //! model's queries once [`Cache::warm`](crate::Cache::warm) has indexed
 //! every instance; until then (or with the store unavailable or caching
 //! switched off) they go to the loader's [`Loader::query`](crate::Loader::query),
-//! and [`QueryResult::source`] says which answered.
+//! and [`QueryResult::source`] says which answered. Models with
+//! `#[cached(table = "...")]` get that fallback in SQL from the derived
+//! [`SqlxLoader`](crate::sqlx::SqlxLoader) (see
+//! [`sqlx::query`](crate::sqlx::query)).
 //!
 //! ```
 //! use cached_instances::query::{Query, Source};
@@ -99,11 +102,24 @@
 //! not see. Reads never write the index. Every instance a query returns is
 //! checked against its filters once fetched, and dropped if it no longer
 //! matches, so a page never holds an instance that does not match; but
-//! while a write is between its commit and its index update (or if its
-//! index update failed, with the store unreachable), an instance can be
-//! missing from results, a page can be shorter than its limit, and the
-//! count can be off by the instances in flight. Writes made without
+//! while a write is between its commit and its index update, an instance
+//! can be missing from results, a page can be shorter than its limit, and
+//! the count can be off by the instances in flight. Writes made without
 //! `saved`/`deleted` are not seen until the next `warm`.
+//!
+//! A write whose index update cannot reach the store (it is down, or the
+//! lease or the apply fails) queues the update with the invalidations the
+//! store could not take. While anything is queued, no read uses the store,
+//! so queries go to [`Loader::query`](crate::Loader::query) and see the
+//! write. When the store answers again, the queue is delivered before any
+//! read uses it: the instances first, then each missed index update is
+//! redone as the write would have done it (leased, reloaded, applied if the
+//! lease holds), and the model stays warmed, answered from the cache with
+//! the write in its index. Only if that re-index fails too (the store fails
+//! again, or the loader) is the model un-warmed (its warm mark deleted, or
+//! queued for deletion): its queries then go to the loader until the next
+//! `warm`. [`Stats`](crate::Stats) counts the missed updates, the
+//! re-indexes and the models un-warmed.
 
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
@@ -117,6 +133,7 @@ mod warm;
 #[doc(hidden)]
 pub use support::*;
 pub use values::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
+pub(crate) use values::{decode_text, serde_text};
 pub(crate) use warm::ProgressFn;
 pub use warm::{Warm, WarmProgress, WarmReport};
 

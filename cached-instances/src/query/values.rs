@@ -59,6 +59,40 @@ pub trait Sortable {
     /// The score of the value `text` spells (as in the JSON
     /// representation), or `None`.
     fn parse_score(text: &str) -> Option<f64>;
+
+    /// The value nearest to `score` on one side: with `up`, the smallest
+    /// value whose score is at least `score`, else the largest whose score
+    /// is at most `score`; past the type's range, its last value on that
+    /// side. Database fallbacks use it to bind a range filter's bounds with
+    /// the column's own type (so the database's indexes serve them).
+    ///
+    /// The default, `None`, means the type cannot say; the derived SQL
+    /// fallback then declines range filters on the field.
+    fn from_score(score: f64, up: bool) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        let _ = (score, up);
+        None
+    }
+}
+
+/// `score` rounded to a whole number toward its side (see
+/// [`Sortable::from_score`]); `None` for NaN.
+fn whole(score: f64, up: bool) -> Option<f64> {
+    if score.is_nan() {
+        None
+    } else if up {
+        Some(score.ceil())
+    } else {
+        Some(score.floor())
+    }
+}
+
+/// A whole score as `i64`, saturating.
+#[allow(clippy::cast_possible_truncation)]
+fn whole_i64(score: f64, up: bool) -> Option<i64> {
+    whole(score, up).map(|v| v as i64)
 }
 
 /// A field type that `#[cached(search)]` accepts: text.
@@ -137,6 +171,11 @@ macro_rules! indexable_integers {
             }
             fn parse_score(text: &str) -> Option<f64> {
                 text.trim().parse::<$t>().ok().map(|v| v.score())
+            }
+            // `as` from a float saturates at the type's bounds.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            fn from_score(score: f64, up: bool) -> Option<Self> {
+                whole(score, up).map(|v| v as $t)
             }
         }
     )*};
@@ -237,6 +276,21 @@ macro_rules! sortable_floats {
             fn parse_score(text: &str) -> Option<f64> {
                 text.trim().parse::<$t>().ok().filter(|v| v.is_finite()).map(|v| v.score())
             }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_lossless)]
+            fn from_score(score: f64, up: bool) -> Option<Self> {
+                if score.is_nan() {
+                    return None;
+                }
+                // Narrowing rounds to nearest: step once toward the side.
+                let value = score as $t;
+                Some(if up && (value as f64) < score {
+                    value.next_up()
+                } else if !up && (value as f64) > score {
+                    value.next_down()
+                } else {
+                    value
+                })
+            }
         }
     )*};
 }
@@ -256,6 +310,14 @@ impl Sortable for DateTime<Utc> {
     fn parse_score(text: &str) -> Option<f64> {
         decode_text::<DateTime<Utc>>(text).map(|v| v.score())
     }
+    fn from_score(score: f64, up: bool) -> Option<Self> {
+        let us = whole_i64(score, up)?;
+        Some(DateTime::from_timestamp_micros(us).unwrap_or(if us < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        }))
+    }
 }
 
 impl Sortable for NaiveDateTime {
@@ -264,6 +326,9 @@ impl Sortable for NaiveDateTime {
     }
     fn parse_score(text: &str) -> Option<f64> {
         decode_text::<NaiveDateTime>(text).map(|v| v.score())
+    }
+    fn from_score(score: f64, up: bool) -> Option<Self> {
+        DateTime::<Utc>::from_score(score, up).map(|v| v.naive_utc())
     }
 }
 
@@ -274,6 +339,19 @@ impl Sortable for NaiveDate {
     }
     fn parse_score(text: &str) -> Option<f64> {
         decode_text::<NaiveDate>(text).map(|v| v.score())
+    }
+    fn from_score(score: f64, up: bool) -> Option<Self> {
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+        let days = whole_i64(score, up)?;
+        Some(
+            epoch
+                .checked_add_signed(TimeDelta::try_days(days).unwrap_or(TimeDelta::MAX))
+                .unwrap_or(if days < 0 {
+                    NaiveDate::MIN
+                } else {
+                    NaiveDate::MAX
+                }),
+        )
     }
 }
 
@@ -286,6 +364,15 @@ impl Sortable for NaiveTime {
     }
     fn parse_score(text: &str) -> Option<f64> {
         decode_text::<NaiveTime>(text).map(|v| v.score())
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn from_score(score: f64, up: bool) -> Option<Self> {
+        const DAY: i64 = 86_400_000_000;
+        let us = whole_i64(score, up)?.clamp(0, DAY - 1);
+        NaiveTime::from_num_seconds_from_midnight_opt(
+            (us / 1_000_000) as u32,
+            (us % 1_000_000) as u32 * 1_000,
+        )
     }
 }
 
@@ -300,6 +387,9 @@ impl Sortable for TimeDelta {
     fn parse_score(text: &str) -> Option<f64> {
         decode_text::<TimeDelta>(text).map(|v| v.score())
     }
+    fn from_score(score: f64, up: bool) -> Option<Self> {
+        Some(TimeDelta::microseconds(whole_i64(score, up)?))
+    }
 }
 
 impl<T: Sortable> Sortable for Option<T> {
@@ -308,6 +398,9 @@ impl<T: Sortable> Sortable for Option<T> {
     }
     fn parse_score(text: &str) -> Option<f64> {
         T::parse_score(text)
+    }
+    fn from_score(score: f64, up: bool) -> Option<Self> {
+        T::from_score(score, up).map(Some)
     }
 }
 
@@ -450,5 +543,33 @@ mod tests {
         assert_eq!(None::<f64>.score(), f64::INFINITY);
         assert_eq!(f64::parse_score("NaN"), None);
         assert_eq!(TimeDelta::seconds(-2).score(), -2_000_000.0);
+    }
+
+    #[test]
+    fn values_from_scores_round_toward_their_side() {
+        assert_eq!(i64::from_score(17.5, true), Some(18));
+        assert_eq!(i64::from_score(17.5, false), Some(17));
+        assert_eq!(i64::from_score(-3.0, true), Some(-3));
+        assert_eq!(u8::from_score(1e9, true), Some(u8::MAX));
+        assert_eq!(u8::from_score(-1.0, false), Some(0));
+        assert_eq!(i64::from_score(f64::NAN, true), None);
+        let up = f32::from_score(0.1, true).unwrap();
+        let down = f32::from_score(0.1, false).unwrap();
+        assert!(f64::from(up) >= 0.1 && f64::from(down) <= 0.1 && up > down);
+        let t: DateTime<Utc> = "2024-05-01T10:00:00.123456Z".parse().unwrap();
+        assert_eq!(<DateTime<Utc>>::from_score(t.score(), true), Some(t));
+        assert_eq!(
+            <DateTime<Utc>>::from_score(1e300, true),
+            Some(DateTime::<Utc>::MAX_UTC)
+        );
+        let date = NaiveDate::from_ymd_opt(2024, 5, 1).unwrap();
+        assert_eq!(NaiveDate::from_score(date.score() - 0.5, true), Some(date));
+        let time = NaiveTime::from_hms_micro_opt(10, 0, 0, 5).unwrap();
+        assert_eq!(NaiveTime::from_score(time.score(), false), Some(time));
+        assert_eq!(
+            TimeDelta::from_score(-2e6, true),
+            Some(TimeDelta::seconds(-2))
+        );
+        assert_eq!(Option::<i32>::from_score(2.0, true), Some(Some(2)));
     }
 }

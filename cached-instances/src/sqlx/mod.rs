@@ -92,11 +92,12 @@ use ::sqlx::{Database, Pool};
 use crate::error::LoadError;
 use crate::instance::CachedInstance;
 use crate::loader::Loader;
-use crate::query::{Query, QueryPage};
+use crate::query::{Condition, Query, QueryPage};
 
 #[cfg(feature = "sqlx-postgres")]
 #[doc(hidden)]
 pub mod postgres;
+pub mod query;
 #[cfg(feature = "sqlx-sqlite")]
 #[doc(hidden)]
 pub mod sqlite;
@@ -134,8 +135,8 @@ pub struct SqlxLoader<DB: Database> {
     scan_limit: usize,
 }
 
-/// The largest table [`SqlxLoader`] scans to answer a query on a model that
-/// is not warmed (see [`SqlxLoader::scan_limit`]).
+/// The most candidate rows [`SqlxLoader`] scans to answer a search on a
+/// model that is not warmed (see [`SqlxLoader::scan_limit`]).
 pub const DEFAULT_SCAN_LIMIT: usize = 10_000;
 
 impl<DB: Database> SqlxLoader<DB> {
@@ -148,15 +149,14 @@ impl<DB: Database> SqlxLoader<DB> {
         }
     }
 
-    /// Answers [cached queries](crate::query) of models that are not
-    /// warmed by reading tables of at most `rows` rows (default
-    /// [`DEFAULT_SCAN_LIMIT`]): every pk, then the rows in batches through
-    /// the derived loader, evaluated in memory with the cache's semantics
-    /// ([`QueryPage::evaluate`](crate::query::QueryPage::evaluate)). Larger
-    /// tables decline, and the query fails with
-    /// [`QueryError::NoFallback`](crate::query::QueryError::NoFallback):
-    /// warm such models, or wrap the loader in one whose `query` is an
-    /// indexed SQL query. `0` never scans.
+    /// [Cached queries](crate::query) of a model that is not warmed are
+    /// answered in SQL ([`query`]), except full-text search,
+    /// which has no SQL form with the cache's tokenizer: the database
+    /// narrows the candidates with the query's other filters, and at most
+    /// `rows` of them (default [`DEFAULT_SCAN_LIMIT`]) are loaded and
+    /// matched in memory. A search leaving more candidates is declined, and
+    /// fails with [`QueryError::NoFallback`](crate::query::QueryError::NoFallback):
+    /// warm such models. `0` declines every search.
     #[must_use]
     pub fn scan_limit(mut self, rows: usize) -> Self {
         self.scan_limit = rows;
@@ -206,34 +206,13 @@ where
         T::sqlx_all_pks(&mut *conn).await.map_err(LoadError::new)
     }
 
-    /// A scan of tables up to [`scan_limit`](SqlxLoader::scan_limit) rows.
+    /// The query in SQL (see [`query`](self::query)): one statement for the
+    /// page and its count.
     async fn query(&self, query: &Query<T>) -> Result<Option<QueryPage<T::Pk>>, LoadError> {
-        if self.scan_limit == 0 {
-            return Ok(None);
-        }
         let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
-        let Some(pks) = T::sqlx_all_pks(&mut *conn).await.map_err(LoadError::new)? else {
-            return Ok(None);
-        };
-        if pks.len() > self.scan_limit {
-            tracing::warn!(
-                target: "cached_instances",
-                model = T::MODEL,
-                rows = pks.len(),
-                scan_limit = self.scan_limit,
-                "query on a model that is not warmed: the table is too large to scan; warm it"
-            );
-            return Ok(None);
-        }
-        let mut rows = Vec::with_capacity(pks.len());
-        for chunk in pks.chunks(1000) {
-            rows.extend(
-                T::sqlx_load(&mut *conn, chunk)
-                    .await
-                    .map_err(LoadError::new)?,
-            );
-        }
-        Ok(Some(QueryPage::evaluate(query, rows)))
+        query::run::<DB, T>(&mut conn, query, self.scan_limit)
+            .await
+            .map_err(LoadError::new)
     }
 }
 
@@ -271,7 +250,42 @@ pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
         let _ = conn;
         std::future::ready(Ok(None))
     }
+
+    /// The table and its pk column. Derived with the loader.
+    #[doc(hidden)]
+    fn sqlx_table() -> Option<(&'static str, &'static str)> {
+        None
+    }
+
+    /// Writes the SQL predicate of `condition` on index field `field`
+    /// (see [`query`](self::query)); `None` when it has none. Derived with
+    /// the loader.
+    #[doc(hidden)]
+    fn sqlx_filter(
+        field: usize,
+        condition: &Condition,
+        builder: &mut query::Builder<DB>,
+    ) -> Option<()> {
+        let _ = (field, condition, builder);
+        None
+    }
+
+    /// Runs `builder`, a `SELECT pk[, count]`: the pks, and the count of
+    /// the first row if there is one; `None` when the pk cannot be read.
+    /// Derived with the loader.
+    #[doc(hidden)]
+    fn sqlx_fetch_keys<'a>(
+        conn: &'a mut DB::Connection,
+        builder: &'a mut query::Builder<DB>,
+    ) -> BoxFuture<'a, Result<Option<FetchedKeys<Self::Pk>>, ::sqlx::Error>> {
+        let _ = (conn, builder);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
+
+/// The pks a query's statement returned, with the count of its first row.
+#[doc(hidden)]
+pub type FetchedKeys<K> = (Vec<K>, Option<i64>);
 
 /// A database the derived loaders support: `Sqlite` (feature `sqlx-sqlite`)
 /// and `Postgres` (feature `sqlx-postgres`). Code generic over the database
@@ -285,13 +299,40 @@ pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
 ///     Question::sqlx_load(conn, &[1]).await
 /// }
 /// ```
-pub trait SqlxDatabase: Database<Connection: SqlxConnection<Database = Self>> {}
+pub trait SqlxDatabase: Database<Connection: SqlxConnection<Database = Self>> {
+    /// How names are quoted.
+    #[doc(hidden)]
+    const QUOTE: char;
+    /// `LIMIT` without a limit (before an `OFFSET`).
+    #[doc(hidden)]
+    const NO_LIMIT: &'static str;
+    /// `column = value`, compared as JSON (`column` already quoted).
+    #[doc(hidden)]
+    fn push_json_eq(builder: &mut query::Builder<Self>, column: &str, value: serde_json::Value);
+}
 
 #[cfg(feature = "sqlx-sqlite")]
-impl SqlxDatabase for ::sqlx::Sqlite {}
+impl SqlxDatabase for ::sqlx::Sqlite {
+    const QUOTE: char = '`';
+    const NO_LIMIT: &'static str = "-1";
+    fn push_json_eq(builder: &mut query::Builder<Self>, column: &str, value: serde_json::Value) {
+        builder
+            .push(format_args!("json({column}) = json("))
+            .push_bind(value)
+            .push(")");
+    }
+}
 
 #[cfg(feature = "sqlx-postgres")]
-impl SqlxDatabase for ::sqlx::Postgres {}
+impl SqlxDatabase for ::sqlx::Postgres {
+    const QUOTE: char = '"';
+    const NO_LIMIT: &'static str = "ALL";
+    fn push_json_eq(builder: &mut query::Builder<Self>, column: &str, value: serde_json::Value) {
+        builder
+            .push(format_args!("{column}::jsonb = "))
+            .push_bind(value);
+    }
+}
 
 /// A connection the derived loaders run on: `SqliteConnection` (feature
 /// `sqlx-sqlite`) or `PgConnection` (feature `sqlx-postgres`).
@@ -324,8 +365,8 @@ impl SqlxConnection for ::sqlx::PgConnection {
 }
 
 /// A future of the runtime's helpers for generated code.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
-pub(crate) type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+#[doc(hidden)]
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `SELECT a, b FROM t WHERE k`, every name quoted with `quote`.
 #[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
@@ -364,7 +405,6 @@ pub(crate) fn order_by(quote: char, column: &str) -> String {
 }
 
 /// A table name, `schema.table` quoted part by part.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
 fn push_table(sql: &mut String, quote: char, table: &str) {
     for (i, part) in table.split('.').enumerate() {
         if i > 0 {
@@ -376,7 +416,6 @@ fn push_table(sql: &mut String, quote: char, table: &str) {
 
 /// A quoted identifier (the derive rejects names with quotes; they are
 /// doubled all the same).
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
 fn push_name(sql: &mut String, quote: char, name: &str) {
     sql.push(quote);
     for c in name.chars() {

@@ -10,7 +10,10 @@ use ::sqlx::postgres::{PgArguments, PgConnection, PgHasArrayType, PgRow, Postgre
 use ::sqlx::query::Query;
 use ::sqlx::{Decode, Encode, Row, Type};
 
-use super::{BoxFuture, json_error, name_column, order_by, select_all_keys, select_where};
+use super::query::Builder;
+use super::{
+    BoxFuture, FetchedKeys, json_error, name_column, order_by, select_all_keys, select_where,
+};
 use crate::table::FromJson;
 
 const QUOTE: char = '"';
@@ -122,6 +125,27 @@ pub fn fetch_all_pks<'a, K: PgKey>(
     })
 }
 
+/// Runs a cached query's `SELECT pk[, COUNT(*) OVER ()]` (see
+/// `sqlx::query`): the pks, and the count of the first row.
+/// Boxed like [`fetch_rows`].
+pub fn fetch_keys<'a, K: PgKey>(
+    conn: &'a mut PgConnection,
+    builder: &'a mut Builder<Postgres>,
+) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>> {
+    Box::pin(async move {
+        let rows = builder.build().fetch_all(conn).await?;
+        let count = match rows.first() {
+            Some(row) if row.len() > 1 => Some(row.try_get::<i64, _>(1)?),
+            _ => None,
+        };
+        let keys = rows
+            .iter()
+            .map(|row| get::<K>(row, 0, "primary key"))
+            .collect::<Result<_, _>>()?;
+        Ok(Some((keys, count)))
+    })
+}
+
 /// The keys of a pk type, for `sqlx_all_pks`: read through autoref
 /// dispatch, so that a pk type the database cannot bind is reported once,
 /// by the loader's `fetch_rows`, and not again here.
@@ -147,6 +171,12 @@ pub trait FetchAllKeys<K> {
         table: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
+
+    fn __cached_fetch_keys<'a>(
+        self,
+        conn: &'a mut PgConnection,
+        builder: &'a mut Builder<Postgres>,
+    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>>;
 }
 
 impl<K: PgKey> FetchAllKeys<K> for AllKeys<K> {
@@ -159,6 +189,15 @@ impl<K: PgKey> FetchAllKeys<K> for AllKeys<K> {
     ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
         fetch_all_pks(conn, table, key)
     }
+
+    #[inline]
+    fn __cached_fetch_keys<'a>(
+        self,
+        conn: &'a mut PgConnection,
+        builder: &'a mut Builder<Postgres>,
+    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>> {
+        fetch_keys(conn, builder)
+    }
 }
 
 pub trait FetchAllKeysFallback<K> {
@@ -168,6 +207,12 @@ pub trait FetchAllKeysFallback<K> {
         table: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
+
+    fn __cached_fetch_keys<'a>(
+        self,
+        conn: &'a mut PgConnection,
+        builder: &'a mut Builder<Postgres>,
+    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>>;
 }
 
 impl<K: Send + 'static> FetchAllKeysFallback<K> for &AllKeys<K> {
@@ -180,6 +225,14 @@ impl<K: Send + 'static> FetchAllKeysFallback<K> for &AllKeys<K> {
         Box::pin(std::future::ready(Err(super::schema_error(
             "the primary key cannot be bound (the derive's assertion should have failed)",
         ))))
+    }
+
+    fn __cached_fetch_keys<'a>(
+        self,
+        _conn: &'a mut PgConnection,
+        _builder: &'a mut Builder<Postgres>,
+    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>> {
+        Box::pin(std::future::ready(Ok(None)))
     }
 }
 

@@ -1,0 +1,289 @@
+//! A write whose query-index update cannot reach the store, on a real Redis
+//! server (started, paused and fault-injected by the test): the update is
+//! queued, queries go to the loader while it is pending, and on recovery it
+//! is redone (leased, reloaded, applied), so the model stays warmed and is
+//! answered from the cache again, with the write in it. When that re-index
+//! fails too (the loader, or the store's index operations), the model is
+//! un-warmed: its queries go to the loader until the next `warm`, and are
+//! never wrong meanwhile.
+//!
+//! Every wait is bounded and polls for the outcome; no sleep decides a
+//! result.
+
+#[path = "support/query_model.rs"]
+mod query_model;
+#[allow(dead_code)]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::time::{Duration, Instant};
+
+use cached_instances::query::{Query, Source};
+use cached_instances::{Cache, RedisStore, Store};
+use query_model::{Db, IndexFaults, Member, member};
+use redis_server::RedisServer;
+
+/// Short enough for the tests to recover quickly.
+const RETRY: Duration = Duration::from_millis(50);
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(200);
+/// The bound of every wait for something that must happen.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn connected(server: &RedisServer) -> RedisStore {
+    RedisStore::builder(server.url())
+        .response_timeout(RESPONSE_TIMEOUT)
+        .connect_timeout(Duration::from_millis(200))
+        .retries(0)
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn cache_over(store: impl Store, db: &Db) -> Cache {
+    Cache::builder()
+        .store(store)
+        .loader::<Member>(db.clone())
+        .store_retry_interval(RETRY)
+        .build()
+        .unwrap()
+}
+
+fn in_country(country: &str) -> Query<Member> {
+    Query::<Member>::new().filter("country", country)
+}
+
+/// The warm marks on the server (one per warmed model version).
+fn warm_marks(server: &RedisServer) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg("ci:{idx:Member}:*warm")
+        .query(&mut server.connection())
+        .unwrap()
+}
+
+/// Pauses the server's writes (and scripts) for `pause`; plain reads go on.
+fn pause_writes(server: &RedisServer, pause: Duration) -> Instant {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("WRITE")
+        .query(&mut server.connection())
+        .unwrap();
+    Instant::now()
+}
+
+/// Runs the query by `country` and checks it against the database: the
+/// same pks, count and instances, whichever side answered. Returns the
+/// side.
+async fn check(cache: &Cache, db: &Db, country: &str) -> Source {
+    let expected = db.in_country(country);
+    let found = cache.query(&in_country(country)).await.unwrap();
+    let ids: Vec<i64> = found.items.iter().map(|m| m.id).collect();
+    assert_eq!(
+        (&ids, found.count),
+        (&expected, expected.len() as u64),
+        "{country}, from {:?}",
+        found.source
+    );
+    for m in &found.items {
+        assert_eq!(Some(m), db.row(m.id).as_ref());
+    }
+    found.source
+}
+
+/// Like [`check`], with the pks only (no instance is loaded: usable while
+/// loads fail).
+async fn check_pks(cache: &Cache, db: &Db, country: &str) -> Source {
+    let expected = db.in_country(country);
+    let found = cache.query_pks(&in_country(country)).await.unwrap();
+    assert_eq!(
+        (&found.items, found.count),
+        (&expected, expected.len() as u64),
+        "{country}, from {:?}",
+        found.source
+    );
+    found.source
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_paused_on_the_server_is_reindexed_and_the_model_stays_warmed() {
+    const PAUSE: Duration = Duration::from_millis(1500);
+    let server = RedisServer::start();
+    let db = Db::seeded(6, "FR");
+    let cache = cache_over(connected(&server).await, &db);
+    cache.warm::<Member>().await.unwrap();
+    assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
+    assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
+
+    let paused_at = pause_writes(&server, PAUSE);
+    let moved = member(2, "GB");
+    db.put(moved.clone());
+    cache.saved(&moved).await.unwrap();
+    let stats = cache.stats();
+    assert_eq!(stats.index_updates_missed, 1, "{stats:?}");
+    assert_eq!(stats.reindexes, 0, "{stats:?}");
+    // Pending: the loader answers, with the write.
+    assert!(paused_at.elapsed() < PAUSE - Duration::from_millis(500));
+    assert_eq!(check(&cache, &db, "GB").await, Source::Database);
+    assert_eq!(check(&cache, &db, "FR").await, Source::Database);
+
+    // After the pause, the first read delivers the queue; the query that
+    // delivered it is answered from the cache, with the write in it.
+    let deadline = Instant::now() + PATIENCE;
+    let (loads, queries) = loop {
+        let before = (db.loads(), db.queries());
+        if check(&cache, &db, "GB").await == Source::Cache {
+            break (db.loads() - before.0, db.queries() - before.1);
+        }
+        assert!(Instant::now() < deadline, "never answered from the cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(paused_at.elapsed() >= PAUSE);
+    // No `Loader::query`; two loads: the re-index's reload, and member 2
+    // itself (reloaded by the delivery of its invalidation, or by the
+    // page's read if the write's timed-out swap ran late on the server and
+    // left no value to compare).
+    assert_eq!((loads, queries), (2, 0));
+    // The member moved out of the old value's results too, and the model
+    // is still warmed: no loader call at all from here.
+    let before = (db.loads(), db.queries());
+    assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
+    assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
+    assert_eq!((db.loads(), db.queries()), before);
+    assert_eq!(warm_marks(&server).len(), 1);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.index_updates_missed, stats.reindexes, stats.unwarmed),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reindex_whose_reload_fails_unwarms_the_model_and_queries_stay_correct() {
+    const PAUSE: Duration = Duration::from_millis(1000);
+    let server = RedisServer::start();
+    let db = Db::seeded(6, "FR");
+    let cache = cache_over(connected(&server).await, &db);
+    cache.warm::<Member>().await.unwrap();
+    assert_eq!(warm_marks(&server).len(), 1);
+
+    let paused_at = pause_writes(&server, PAUSE);
+    let moved = member(2, "GB");
+    db.put(moved.clone());
+    cache.saved(&moved).await.unwrap();
+    assert_eq!(cache.stats().index_updates_missed, 1);
+    assert_eq!(check(&cache, &db, "GB").await, Source::Database);
+
+    // Once the server runs writes again, the database fails: the delivery's
+    // re-index cannot reload, so the model is un-warmed.
+    tokio::time::sleep((PAUSE + Duration::from_millis(100)).saturating_sub(paused_at.elapsed()))
+        .await;
+    db.fail_loads(true);
+    let deadline = Instant::now() + PATIENCE;
+    while cache.stats().unwarmed == 0 {
+        assert_eq!(check_pks(&cache, &db, "GB").await, Source::Database);
+        assert!(Instant::now() < deadline, "never un-warmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(check_pks(&cache, &db, "GB").await, Source::Database);
+    assert_eq!(cache.stats().reindexes, 0);
+    // The store answered: the mark was deleted at once.
+    assert!(warm_marks(&server).is_empty());
+
+    // The database is back: the loader answers, correctly, until the next
+    // warm.
+    db.fail_loads(false);
+    for _ in 0..2 {
+        assert_eq!(check(&cache, &db, "GB").await, Source::Database);
+        assert_eq!(check(&cache, &db, "FR").await, Source::Database);
+    }
+    cache.warm::<Member>().await.unwrap();
+    assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
+    assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
+    let stats = cache.stats();
+    assert_eq!((stats.reindexes, stats.unwarmed), (0, 1), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reindex_the_store_fails_again_unwarms_the_model() {
+    let server = RedisServer::start();
+    let db = Db::seeded(6, "FR");
+    let store = IndexFaults::new(connected(&server).await);
+    let cache = cache_over(store.clone(), &db);
+    cache.warm::<Member>().await.unwrap();
+    assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
+
+    // The server takes the invalidation, not the index lease.
+    store.fail_lease(true);
+    let moved = member(2, "GB");
+    db.put(moved.clone());
+    cache.saved(&moved).await.unwrap();
+    assert_eq!(cache.stats().index_updates_missed, 1);
+    // Past the retry interval the store is tried again: the re-index fails
+    // at its lease, and the mark's deletion is queued (the store failed).
+    let deadline = Instant::now() + PATIENCE;
+    while cache.stats().unwarmed == 0 {
+        assert_eq!(check(&cache, &db, "GB").await, Source::Database);
+        assert!(Instant::now() < deadline, "never un-warmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(warm_marks(&server).len(), 1);
+    assert_eq!(check(&cache, &db, "GB").await, Source::Database);
+
+    store.fail_lease(false);
+    let deadline = Instant::now() + PATIENCE;
+    while !warm_marks(&server).is_empty() {
+        assert_eq!(check(&cache, &db, "GB").await, Source::Database);
+        assert!(Instant::now() < deadline, "the mark was never deleted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(check(&cache, &db, "GB").await, Source::Database);
+        assert_eq!(check(&cache, &db, "FR").await, Source::Database);
+    }
+    cache.warm::<Member>().await.unwrap();
+    assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
+    let stats = cache.stats();
+    assert_eq!((stats.reindexes, stats.unwarmed), (0, 1), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_index_apply_failed_is_reindexed() {
+    let server = RedisServer::start();
+    let db = Db::seeded(6, "FR");
+    let store = IndexFaults::new(connected(&server).await);
+    let cache = cache_over(store.clone(), &db);
+    cache.warm::<Member>().await.unwrap();
+
+    // Leased and reloaded, but not applied: the index still says FR.
+    store.fail_apply(true);
+    let moved = member(2, "GB");
+    db.put(moved.clone());
+    cache.saved(&moved).await.unwrap();
+    store.fail_apply(false);
+    assert_eq!(cache.stats().index_updates_missed, 1);
+
+    let deadline = Instant::now() + PATIENCE;
+    while check(&cache, &db, "GB").await != Source::Cache {
+        assert!(Instant::now() < deadline, "never answered from the cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
+    // Deleted during the next outage of the index: re-indexed as a removal.
+    store.fail_lease(true);
+    let gone = db.remove(2).unwrap();
+    cache.deleted(&gone).await.unwrap();
+    store.fail_lease(false);
+    let deadline = Instant::now() + PATIENCE;
+    while check(&cache, &db, "GB").await != Source::Cache {
+        assert!(Instant::now() < deadline, "never answered from the cache");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(db.in_country("GB").is_empty());
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.index_updates_missed, stats.reindexes, stats.unwarmed),
+        (2, 2, 0),
+        "{stats:?}"
+    );
+}
