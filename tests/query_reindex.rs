@@ -18,9 +18,9 @@ mod redis_server;
 
 use std::time::{Duration, Instant};
 
-use cached_instances::query::{Query, Source};
+use cached_instances::query::Source;
 use cached_instances::{Cache, RedisStore, Store};
-use query_model::{Db, IndexFaults, Member, member};
+use query_model::{Db, IndexFaults, Member, in_country, member};
 use redis_server::RedisServer;
 
 /// Short enough for the tests to recover quickly.
@@ -40,16 +40,7 @@ async fn connected(server: &RedisServer) -> RedisStore {
 }
 
 fn cache_over(store: impl Store, db: &Db) -> Cache {
-    Cache::builder()
-        .store(store)
-        .loader::<Member>(db.clone())
-        .store_retry_interval(RETRY)
-        .build()
-        .unwrap()
-}
-
-fn in_country(country: &str) -> Query<Member> {
-    Query::<Member>::new().filter("country", country)
+    query_model::cache_over(store, db, RETRY)
 }
 
 /// The warm marks on the server (one per warmed model version).

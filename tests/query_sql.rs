@@ -226,51 +226,44 @@ async fn differential<DB: SqlxDatabase>(
     }
 }
 
-async fn sqlite_write(pool: &SqlitePool, row: Option<&Member>, id: i64) {
-    sqlx::query("DELETE FROM members WHERE id = ?")
-        .bind(id)
-        .execute(pool)
-        .await
-        .unwrap();
-    let Some(m) = row else { return };
-    sqlx::query("INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-        .bind(m.id)
-        .bind(&m.name)
-        .bind(&m.bio)
-        .bind(&m.country)
-        .bind(m.active)
-        .bind(m.age)
-        .bind(m.score)
-        .bind(m.joined)
-        .bind(m.birthday)
-        .bind(serde_json::to_value(m.status).unwrap())
-        .execute(pool)
-        .await
-        .unwrap();
+/// `async fn $name(pool, row, id)`: deletes row `id`, then inserts `row`
+/// with its values bound (so dates are stored as sqlx writes them, which
+/// the fallback's bound values compare with).
+macro_rules! write_fn {
+    ($name:ident, $pool:ty, $delete:literal, $insert:literal) => {
+        async fn $name(pool: &$pool, row: Option<&Member>, id: i64) {
+            sqlx::query($delete).bind(id).execute(pool).await.unwrap();
+            let Some(m) = row else { return };
+            sqlx::query($insert)
+                .bind(m.id)
+                .bind(&m.name)
+                .bind(&m.bio)
+                .bind(&m.country)
+                .bind(m.active)
+                .bind(m.age)
+                .bind(m.score)
+                .bind(m.joined)
+                .bind(m.birthday)
+                .bind(serde_json::to_value(m.status).unwrap())
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    };
 }
 
-async fn postgres_write(pool: &PgPool, row: Option<&Member>, id: i64) {
-    sqlx::query("DELETE FROM members WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .unwrap();
-    let Some(m) = row else { return };
-    sqlx::query("INSERT INTO members VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-        .bind(m.id)
-        .bind(&m.name)
-        .bind(&m.bio)
-        .bind(&m.country)
-        .bind(m.active)
-        .bind(m.age)
-        .bind(m.score)
-        .bind(m.joined)
-        .bind(m.birthday)
-        .bind(serde_json::to_value(m.status).unwrap())
-        .execute(pool)
-        .await
-        .unwrap();
-}
+write_fn!(
+    sqlite_write,
+    SqlitePool,
+    "DELETE FROM members WHERE id = ?",
+    "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
+write_fn!(
+    postgres_write,
+    PgPool,
+    "DELETE FROM members WHERE id = $1",
+    "INSERT INTO members VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+);
 
 #[tokio::test]
 async fn sqlite_answers_unwarmed_queries_like_the_cache() {

@@ -14,23 +14,14 @@ use std::time::{Duration, Instant};
 
 use cached_instances::query::{Query, Source};
 use cached_instances::{Cache, Error, MemoryStore, RedisStore, Stats, Store};
-use query_model::{Db, IndexFaults, Member, member};
+use query_model::{Db, IndexFaults, Member, in_country, member};
 use redis_server::RedisServer;
 
 const RETRY: Duration = Duration::from_millis(5);
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn cache_over(store: impl Store, db: &Db) -> Cache {
-    Cache::builder()
-        .store(store)
-        .loader::<Member>(db.clone())
-        .store_retry_interval(RETRY)
-        .build()
-        .unwrap()
-}
-
-fn in_country(country: &str) -> Query<Member> {
-    Query::<Member>::new().filter("country", country)
+    query_model::cache_over(store, db, RETRY)
 }
 
 /// The query counters of `stats`, in declaration order.

@@ -44,6 +44,21 @@ struct DbState {
 #[derive(Clone, Default)]
 pub struct Db(Arc<DbState>);
 
+/// A cache over `store` and `db` that retries the store after `retry`.
+pub fn cache_over(store: impl Store, db: &Db, retry: Duration) -> cached_instances::Cache {
+    cached_instances::Cache::builder()
+        .store(store)
+        .loader::<Member>(db.clone())
+        .store_retry_interval(retry)
+        .build()
+        .unwrap()
+}
+
+/// Members of `country`.
+pub fn in_country(country: &str) -> Query<Member> {
+    Query::<Member>::new().filter("country", country)
+}
+
 impl Db {
     /// Members `0..n`, all in `country`.
     pub fn seeded(n: i64, country: &str) -> Db {

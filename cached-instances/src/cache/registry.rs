@@ -84,6 +84,23 @@ struct TypedOps<T: CachedInstance> {
     loader: Arc<dyn DynLoader<T>>,
 }
 
+impl<T: CachedInstance> TypedOps<T> {
+    /// The pks whose key forms are `pk_keys`, and their rows, in one
+    /// loader call (none for no pks).
+    async fn load_keys(&self, pk_keys: &[String]) -> Result<(Vec<T::Pk>, Vec<T>), Error> {
+        // A key form that does not parse names no row of this model.
+        let pks: Vec<T::Pk> = pk_keys.iter().filter_map(|k| T::Pk::from_key(k)).collect();
+        if pks.is_empty() {
+            return Ok((pks, Vec::new()));
+        }
+        let rows = self.loader.load(&pks).await.map_err(|source| Error::Load {
+            model: T::MODEL,
+            source,
+        })?;
+        Ok((pks, rows))
+    }
+}
+
 impl<T: CachedInstance> ModelOps for TypedOps<T> {
     fn links_of(&self, bytes: &[u8]) -> Option<Links> {
         T::decode(bytes).ok().map(|t| Links::of(&t))
@@ -91,15 +108,7 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
 
     fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>> {
         Box::pin(async move {
-            // A key form that does not parse names no row of this model.
-            let pks: Vec<T::Pk> = pk_keys.iter().filter_map(|k| T::Pk::from_key(k)).collect();
-            if pks.is_empty() {
-                return Ok(Vec::new());
-            }
-            let rows = self.loader.load(&pks).await.map_err(|source| Error::Load {
-                model: T::MODEL,
-                source,
-            })?;
+            let (_, rows) = self.load_keys(pk_keys).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let bytes = Bytes::from(row.to_json()?);
@@ -122,14 +131,7 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
         pk_keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<IndexUpdate>, Error>> {
         Box::pin(async move {
-            let pks: Vec<T::Pk> = pk_keys.iter().filter_map(|k| T::Pk::from_key(k)).collect();
-            if pks.is_empty() {
-                return Ok(Vec::new());
-            }
-            let rows = self.loader.load(&pks).await.map_err(|source| Error::Load {
-                model: T::MODEL,
-                source,
-            })?;
+            let (pks, rows) = self.load_keys(pk_keys).await?;
             let by_member: HashMap<String, &T> = rows
                 .iter()
                 .map(|row| (row.pk().to_index_member(), row))

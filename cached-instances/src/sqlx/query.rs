@@ -43,7 +43,7 @@ use ::sqlx::{Encode, QueryBuilder, Type};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{SqlxDatabase, SqlxModel, push_name, push_table};
+use super::{FetchedKeys, SqlxDatabase, SqlxModel, push_name, push_table};
 use crate::codec::FieldCodec;
 use crate::query::{Query, QueryPage, Sortable, decode_text, serde_text};
 
@@ -204,6 +204,26 @@ fn push_window<DB: SqlxDatabase>(builder: &mut Builder<DB>, offset: u64, limit: 
     builder.push(clamp(offset));
 }
 
+/// Runs the query's statement over the window `offset`, `limit`; `None`
+/// when it has no SQL form.
+async fn fetch<DB, T>(
+    conn: &mut DB::Connection,
+    query: &Query<T>,
+    counted: bool,
+    offset: u64,
+    limit: Option<u64>,
+) -> Result<Option<FetchedKeys<T::Pk>>, ::sqlx::Error>
+where
+    DB: SqlxDatabase,
+    T: SqlxModel<DB>,
+{
+    let Some(mut builder) = select::<DB, T>(query, counted) else {
+        return Ok(None);
+    };
+    push_window(&mut builder, offset, limit);
+    T::sqlx_fetch_keys(conn, &mut builder).await
+}
+
 fn count_of(count: Option<i64>) -> u64 {
     count.and_then(|c| u64::try_from(c).ok()).unwrap_or(0)
 }
@@ -226,34 +246,21 @@ where
     if !query.search_terms().is_empty() {
         return scan(conn, query, scan_limit).await;
     }
-    let offset = query.offset_value();
-    let limit = query.limit_value();
-    let Some(mut builder) = select::<DB, T>(query, true) else {
-        return Ok(None);
-    };
     // Only the count: one row carries it.
-    let (offset, limit) = if limit == Some(0) {
-        (0, Some(1))
-    } else {
-        (offset, limit)
+    let (offset, limit) = match query.limit_value() {
+        Some(0) => (0, Some(1)),
+        limit => (query.offset_value(), limit),
     };
-    push_window(&mut builder, offset, limit);
-    let Some((mut pks, count)) = T::sqlx_fetch_keys(conn, &mut builder).await? else {
+    let Some((mut pks, count)) = fetch(conn, query, true, offset, limit).await? else {
         return Ok(None);
     };
     let count = match count {
         Some(count) => count_of(Some(count)),
         // No row: nothing matches, or the page is past the last match.
         None if offset == 0 => 0,
-        None => {
-            let Some(mut builder) = select::<DB, T>(query, true) else {
-                return Ok(None);
-            };
-            push_window(&mut builder, 0, Some(1));
-            T::sqlx_fetch_keys(conn, &mut builder)
-                .await?
-                .map_or(0, |(_, count)| count_of(count))
-        }
+        None => fetch(conn, query, true, 0, Some(1))
+            .await?
+            .map_or(0, |(_, count)| count_of(count)),
     };
     if query.limit_value() == Some(0) {
         pks.clear();
@@ -273,20 +280,11 @@ where
     T: SqlxModel<DB>,
 {
     const BATCH: usize = 1_000;
-    let Some(mut builder) = select::<DB, T>(query, false) else {
-        return Ok(None);
-    };
     // One more than the limit tells a table too large to scan.
-    push_window(
-        &mut builder,
-        0,
-        Some(
-            u64::try_from(scan_limit)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1),
-        ),
-    );
-    let Some((candidates, _)) = T::sqlx_fetch_keys(conn, &mut builder).await? else {
+    let most = u64::try_from(scan_limit)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let Some((candidates, _)) = fetch(conn, query, false, 0, Some(most)).await? else {
         return Ok(None);
     };
     if candidates.len() > scan_limit {
