@@ -80,7 +80,7 @@ impl Rng {
     }
 }
 
-const COUNTRIES: [&str; 4] = ["GB", "US", "FR", "Ünïcode"];
+const COUNTRIES: [&str; 6] = ["GB", "US", "FR", "Ünïcode", "null", "\"GB\""];
 const WORDS: [&str; 8] = [
     "Rust", "redis", "Straße", "ÉCOLE", "don't", "tokio", "axum", "sql",
 ];

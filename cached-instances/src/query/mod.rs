@@ -133,7 +133,6 @@ mod warm;
 #[doc(hidden)]
 pub use support::*;
 pub use values::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
-pub(crate) use values::{decode_text, serde_text};
 pub(crate) use warm::ProgressFn;
 pub use warm::{Warm, WarmProgress, WarmReport};
 

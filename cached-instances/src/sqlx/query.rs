@@ -44,8 +44,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{FetchedKeys, SqlxDatabase, SqlxModel, push_name, push_table};
-use crate::codec::FieldCodec;
-use crate::query::{Query, QueryPage, Sortable, decode_text, serde_text};
+use crate::codec::{Decoded, FieldCodec};
+use crate::query::{Query, QueryPage, Sortable};
 
 /// A statement being built.
 pub type Builder<DB> = QueryBuilder<'static, DB>;
@@ -61,6 +61,16 @@ fn push_false<DB: SqlxDatabase>(builder: &mut Builder<DB>) {
     builder.push("1 = 0");
 }
 
+/// The value whose exact-match term is `term`. A term is the value's JSON,
+/// unquoted when that is a string, so the string reading comes first:
+/// `"GB"` (quotes included) is the string with quotes, `null` the string
+/// `null`, and only values whose JSON is no string are read from JSON.
+fn term_value<V: DeserializeOwned>(term: &str) -> Option<V> {
+    serde_json::from_value(term.into())
+        .ok()
+        .or_else(|| serde_json::from_str(term).ok())
+}
+
 /// `column = value`, `term` parsed as the field's type `V` (a term that is
 /// not one of `V` matches nothing, as in the cache).
 pub fn push_term<DB, V>(builder: &mut Builder<DB>, column: &str, term: &str) -> Option<()>
@@ -68,7 +78,7 @@ where
     DB: SqlxDatabase,
     V: FieldCodec + Encode<'static, DB> + Type<DB> + Send + 'static,
 {
-    match decode_text::<V>(term) {
+    match term_value::<Decoded<V>>(term).map(|decoded| decoded.0) {
         Some(value) => {
             push_column(builder, column);
             builder.push(" = ").push_bind(value);
@@ -84,7 +94,7 @@ where
     DB: SqlxDatabase,
     V: Serialize + DeserializeOwned,
 {
-    match serde_text::<V>(term).and_then(|value| serde_json::to_value(value).ok()) {
+    match term_value::<V>(term).and_then(|value| serde_json::to_value(value).ok()) {
         Some(value) => {
             let mut name = String::new();
             push_name(&mut name, DB::QUOTE, column);
