@@ -77,9 +77,8 @@ macro_rules! integer_pk {
                 <$u>::from_str_radix(member, 16).ok().map(|v| (v ^ flip) as $t)
             }
             fn write_key(&self, out: &mut String) {
-                use std::fmt::Write;
-                // Writing to a String cannot fail.
-                let _ = write!(out, "{self}");
+                // On every read's path: itoa, not the `fmt` machinery.
+                out.push_str(itoa::Buffer::new().format(*self));
             }
             fn from_key(key: &str) -> Option<Self> {
                 key.parse().ok()

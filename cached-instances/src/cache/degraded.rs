@@ -151,7 +151,9 @@ impl Degraded {
     }
 
     pub(crate) fn succeeded(&self) {
-        if self.is_down.swap(false, Ordering::Relaxed) {
+        // Called on every store answer: a load first, so that a healthy
+        // store costs no write to a cache line every thread shares.
+        if self.is_down.load(Ordering::Relaxed) && self.is_down.swap(false, Ordering::Relaxed) {
             *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
             tracing::info!(target: "cached_instances", "store answers again");
             self.emit(Event::StoreRecovered);

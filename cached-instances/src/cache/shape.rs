@@ -83,17 +83,18 @@ impl Shape {
             return false;
         }
         let mut at = first.len();
-        for pattern in rest {
-            // Scan for the next comma that starts this field name.
-            let found = bytes[at..]
-                .iter()
-                .enumerate()
-                .filter(|&(_, &b)| b == b',')
-                .find(|&(i, _)| bytes[at + i..].starts_with(pattern));
-            match found {
-                Some((i, _)) => at += i + pattern.len(),
-                None => return false,
+        'fields: for pattern in rest {
+            // Jump from comma to comma (memchr skips the values' bytes in
+            // wide steps) to the one that starts this field name.
+            while let Some(i) = memchr::memchr(b',', &bytes[at..]) {
+                at += i;
+                if bytes[at..].starts_with(pattern) {
+                    at += pattern.len();
+                    continue 'fields;
+                }
+                at += 1;
             }
+            return false;
         }
         true
     }
