@@ -80,6 +80,10 @@
 //! which is what [`Cache::warm`](crate::Cache::warm) loads, so a model with a
 //! table can be warmed for [cached queries](crate::query) as it is.
 //!
+//! Until a model is warmed, its [cached queries](crate::query) are answered
+//! by the derived loader in SQL, one statement for the page and the count,
+//! with the cache's semantics (see [`query`]).
+//!
 //! The derived loaders implement [`SqlxModel`], whose
 //! [`sqlx_load`](SqlxModel::sqlx_load) also works on a connection or inside
 //! a transaction (`Question::sqlx_load(&mut *tx, &[id])`).
