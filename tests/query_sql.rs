@@ -141,7 +141,7 @@ fn query(rng: &mut Rng) -> Query<Member> {
                     q.range("birthday", day..)
                 }
             }
-            10 => q.filter_text("status", *rng.pick(&["active", "away", "gone"])),
+            10 => q.filter_text("status", rng.pick::<&str>(&["active", "away", "gone"])),
             _ => q.search(&format!("{} {}", rng.pick(&WORDS), rng.pick(&["", "RUST"]))),
         };
     }

@@ -99,7 +99,9 @@
 //! reloads the instance from the loader and applies its values only if the
 //! lease still holds, so of two concurrent writes the later one's reload
 //! wins, and a slow one cannot put back values older than a write it did
-//! not see. Reads never write the index. Every instance a query returns is
+//! not see. Reads never write the index's memberships (a query may store
+//! the count it computed, in the same atomic step, next to the index; any
+//! change of a membership drops those counts). Every instance a query returns is
 //! checked against its filters once fetched, and dropped if it no longer
 //! matches, so a page never holds an instance that does not match; but
 //! while a write is between its commit and its index update, an instance

@@ -14,12 +14,28 @@
 //! | `rec` | hash: member → its current memberships (the index record) |
 //! | `lease` | hash: member → the token of the update in progress |
 //! | `warm` | string: present once the index is complete (after `Cache::warm`) |
+//! | `counts` | hash: the count cache, filters → how many members match them |
 //!
 //! Members are primary keys in their index form
 //! ([`PrimaryKey::write_index_member`](crate::PrimaryKey::write_index_member)).
 //! The record keeps what a member is in, so an update removes the old
 //! memberships without being told the old values, even when the member's
 //! cache entry expired long ago.
+//!
+//! The count cache keeps the counts a query had to compute with more than
+//! O(1) work (an intersection of sets, a set or search term filtered by a
+//! score range), keyed by the filters in a canonical form, so that the next
+//! query with the same filters (in any order, with any ordering, offset or
+//! limit) reads its count instead of recomputing it, and, with the count
+//! known, can find its page by walking the order's sorted set rather than
+//! reading every match: reads far outnumber writes. Every applied update
+//! that adds, removes or rescores a member in a set or sorted set clears
+//! it, so a cached count is always the count the query would compute at
+//! that moment, and the first such query after a change computes it again
+//! (an update that changes nothing, such as a save of unindexed fields,
+//! keeps it). It holds at most `COUNTS_MAX` (10 000) counts: it is cleared
+//! before it would hold more. The `MemoryStore` keeps the same cache in its
+//! index.
 
 use std::ops::Bound;
 
@@ -142,6 +158,11 @@ impl IndexPage {
 
 /// The suffix of the key marking an index complete.
 pub const WARM_SUFFIX: &str = "warm";
+
+/// The most counts a model's count cache holds: it is cleared before it
+/// would hold more, so many distinct filters cannot grow it without bound
+/// (a count is a few dozen bytes, so this bounds it to a few hundred KiB).
+pub(crate) const COUNTS_MAX: usize = 10_000;
 
 /// Formats a score for a Redis command or script argument.
 #[cfg(feature = "redis")]

@@ -1,5 +1,5 @@
 //! The query index primitives on Redis: Lua scripts over sets, sorted sets
-//! and two hashes, all under one model's prefix and so in one hash slot
+//! and hashes, all under one model's prefix and so in one hash slot
 //! (the `{idx:<model>}` tag), which keeps each script atomic on a Redis
 //! Cluster too. Needs Redis 7.0 or later (`SINTERCARD`, `SMISMEMBER`,
 //! `ZMSCORE`).
@@ -14,13 +14,21 @@ use redis::Script;
 
 use super::RedisStore;
 use crate::error::StoreError;
-use crate::store::index::score_arg;
+use crate::store::index::{COUNTS_MAX, score_arg};
 use crate::store::{IndexPage, IndexQuery, IndexUpdate};
 
 /// `ARGV`: prefix, token, then per update: member, record (JSON
 /// `[[sets],[zsets]]`, empty to remove), the number of scores, the scores
 /// (one per zset). Replies 1 or 0 per update: applied, or not (the member
 /// was not leased with this token).
+///
+/// Deletes the count cache (`counts`, see [`QUERY`]) when any set or sorted
+/// set changed: the replies of `SADD`, `SREM`, `ZADD CH` and `ZREM` say
+/// whether they changed anything, so an update that leaves the member's
+/// memberships and scores as they were (a save of unindexed fields) keeps
+/// the cached counts, which are still exact. `UNLINK`: the hash can hold
+/// up to [`COUNTS_MAX`] fields, and freeing them in the background keeps
+/// that off the write's latency.
 static APPLY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -30,6 +38,7 @@ local leases = P .. 'lease'
 local recs = P .. 'rec'
 local all = P .. 'all'
 local out = {}
+local changed = false
 local i = 3
 while i <= #ARGV do
   local member = ARGV[i]
@@ -52,31 +61,32 @@ while i <= #ARGV do
     local keep = {}
     for _, s in ipairs(news) do
       keep[s] = true
-      redis.call('SADD', P .. s, member)
+      if redis.call('SADD', P .. s, member) == 1 then changed = true end
     end
     for _, s in ipairs(olds) do
-      if not keep[s] then redis.call('SREM', P .. s, member) end
+      if not keep[s] and redis.call('SREM', P .. s, member) == 1 then changed = true end
     end
     local keepz = {}
     for j, z in ipairs(newz) do
       keepz[z] = true
-      redis.call('ZADD', P .. z, ARGV[at + j - 1], member)
+      if redis.call('ZADD', P .. z, 'CH', ARGV[at + j - 1], member) == 1 then changed = true end
     end
     for _, z in ipairs(oldz) do
-      if not keepz[z] then redis.call('ZREM', P .. z, member) end
+      if not keepz[z] and redis.call('ZREM', P .. z, member) == 1 then changed = true end
     end
     if rec ~= '' then
       redis.call('HSET', recs, member, rec)
-      redis.call('ZADD', all, 0, member)
+      if redis.call('ZADD', all, 0, member) == 1 then changed = true end
     else
       redis.call('HDEL', recs, member)
-      redis.call('ZREM', all, member)
+      if redis.call('ZREM', all, member) == 1 then changed = true end
     end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
+if changed then redis.call('UNLINK', P .. 'counts') end
 return out
 ",
     )
@@ -89,16 +99,31 @@ return out
 /// exclusive, max, max exclusive (bounds as numbers, `-inf` or `+inf`).
 /// Replies nil when the index is not marked warm, else `{total, members}`.
 ///
-/// Plans: the order's sorted set alone is read by rank or score; sets whose
-/// intersection is large compared to the page are checked while walking the
-/// order's sorted set (`SMISMEMBER` per chunk) with the count from
-/// `SINTERCARD`; otherwise the candidates are materialized (`SINTER`,
+/// Plans: the order's sorted set alone is read by rank or score. Otherwise
+/// the count is `SCARD` for one set alone; else it comes from the count
+/// cache, or `SINTERCARD` computes it (exact sets only). With the count
+/// known, a page that comes early in the order's sorted set is found by
+/// walking it and checking each chunk against the filters (`SMISMEMBER`,
+/// `ZMSCORE`). Otherwise the candidates are materialized (`SINTER`,
 /// `SUNION` for a search term over several fields, or the narrowest score
-/// range), filtered by score (`ZMSCORE`), and ordered by walking the
-/// order's sorted set or by sorting.
+/// range), filtered by score (`ZMSCORE`), counted, and ordered by walking
+/// the order's sorted set or by sorting.
+///
+/// The count cache is the hash `counts`: field, a canonical form of the
+/// filters (the groups with their sets sorted, and the ranges, sorted,
+/// every string length-prefixed so that two different filters never share
+/// a field); value, the number of members matching them. Only counts that
+/// cost more than O(1) are cached: not one set's `SCARD`, nor one sorted
+/// set's `ZCARD`/`ZCOUNT`. It stays exact because [`APPLY`], the only
+/// script that changes sets and sorted sets, deletes the hash whenever it
+/// changes one; so the first such query after a change computes the count
+/// again. The hash is deleted when it reaches [`COUNTS_MAX`] fields before
+/// a new one is added, so distinct queries cannot grow it without bound.
+/// Writing it is best effort (`redis.pcall`): a server out of memory
+/// refuses the write, and the count is right without it.
 static QUERY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
+        &r"
 local P = ARGV[1]
 if ARGV[6] ~= '1' and redis.call('EXISTS', P .. 'warm') == 0 then return false end
 local all = P .. 'all'
@@ -108,13 +133,19 @@ local desc = ARGV[3] == '1'
 local offset = tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
 local i = 7
+local function enc(s) return #s .. ':' .. s end
 local single, multi = {}, {}
+-- The count cache's field, in parts: one per group, one per range.
+local gparts, rparts = {}, {}
 local ngroups = tonumber(ARGV[i]); i = i + 1
 for g = 1, ngroups do
   local k = tonumber(ARGV[i]); i = i + 1
-  local keys = {}
-  for j = 1, k do keys[j] = P .. ARGV[i]; i = i + 1 end
+  local keys, names = {}, {}
+  for j = 1, k do keys[j] = P .. ARGV[i]; names[j] = ARGV[i]; i = i + 1 end
   if k == 1 then single[#single + 1] = keys[1] else multi[#multi + 1] = keys end
+  table.sort(names)
+  for j = 1, k do names[j] = enc(names[j]) end
+  gparts[#gparts + 1] = enc(table.concat(names))
 end
 local orange = nil
 local others = {}
@@ -122,6 +153,8 @@ local nranges = tonumber(ARGV[i]); i = i + 1
 for r = 1, nranges do
   local range = {key = P .. ARGV[i], min = ARGV[i + 1], minx = ARGV[i + 2] == '1',
                  max = ARGV[i + 3], maxx = ARGV[i + 4] == '1'}
+  rparts[#rparts + 1] = enc(enc(ARGV[i]) .. enc(ARGV[i + 1]) .. ARGV[i + 2]
+                            .. enc(ARGV[i + 3]) .. ARGV[i + 4])
   i = i + 5
   if range.key == okey and orange == nil then orange = range else others[#others + 1] = range end
 end
@@ -202,24 +235,56 @@ if #single == 0 and #multi == 0 and #others == 0 then
   return {total, page}
 end
 
--- Exact sets only: count them, and walk the order when that is cheaper
--- than reading them.
-if #multi == 0 and #others == 0 and orange == nil and limit >= 0 then
-  local c
-  if #single == 1 then c = redis.call('SCARD', single[1])
-  else c = redis.call('SINTERCARD', #single, unpack(single)) end
-  if c == 0 or limit == 0 or offset >= c then return {c, {}} end
+-- The count, when it is cheap: one set's SCARD, the cache, or SINTERCARD
+-- for exact sets only (and a limit: without one the candidates are read
+-- anyway). Anything else is counted once materialized, below.
+local counts = P .. 'counts'
+local cacheable = not (#single == 1 and #multi == 0 and #others == 0 and orange == nil)
+local field = nil
+local function remember(c)
+  if not cacheable then return end
+  if redis.call('HLEN', counts) >= COUNTS_MAX then redis.pcall('UNLINK', counts) end
+  redis.pcall('HSET', counts, field, c)
+end
+local total = nil
+if not cacheable then total = redis.call('SCARD', single[1])
+else
+  table.sort(gparts)
+  table.sort(rparts)
+  field = #gparts .. ':' .. table.concat(gparts) .. #rparts .. ':' .. table.concat(rparts)
+  local hit = redis.call('HGET', counts, field)
+  if hit then total = tonumber(hit)
+  elseif #multi == 0 and #others == 0 and orange == nil and limit >= 0 then
+    total = redis.call('SINTERCARD', #single, unpack(single))
+    remember(total)
+  end
+end
+
+-- With the count known, walk the order when that is cheaper than reading
+-- the candidates, checking each chunk against every filter.
+if total ~= nil then
+  if total == 0 or limit == 0 or offset >= total then return {total, {}} end
   local need = offset + limit
   local n = redis.call('ZCARD', okey)
-  if need * n < c * c then
+  if limit >= 0 and need * n < total * total then
     -- Smallest set first: the others only check what it kept.
     local sizes = {}
     for _, key in ipairs(single) do sizes[key] = redis.call('SCARD', key) end
     table.sort(single, function(a, b) return sizes[a] < sizes[b] end)
-    local found = walk(need, math.ceil(need * n / c * 1.2) + 16, function(chunk)
-      local ok = {}
+    local found = walk(need, math.ceil(need * n / total * 1.2) + 16, function(chunk)
       local left, at = chunk, {}
       for j = 1, #chunk do at[j] = j end
+      local function narrow(ok)
+        local kept, kept_at = {}, {}
+        for j = 1, #left do
+          if ok[j] then
+            kept[#kept + 1] = left[j]
+            kept_at[#kept_at + 1] = at[j]
+          end
+        end
+        left, at = kept, kept_at
+      end
+      -- Exact sets, the common case, without the `ok` table of `narrow`.
       for _, key in ipairs(single) do
         if #left == 0 then break end
         local flags = redis.call('SMISMEMBER', key, unpack(left))
@@ -232,10 +297,27 @@ if #multi == 0 and #others == 0 and orange == nil and limit >= 0 then
         end
         left, at = kept, kept_at
       end
+      for _, keys in ipairs(multi) do
+        if #left == 0 then break end
+        local ok = {}
+        for _, key in ipairs(keys) do
+          local flags = redis.call('SMISMEMBER', key, unpack(left))
+          for j = 1, #left do if flags[j] == 1 then ok[j] = true end end
+        end
+        narrow(ok)
+      end
+      for _, r in ipairs(others) do
+        if #left == 0 then break end
+        local scores = redis.call('ZMSCORE', r.key, unpack(left))
+        local ok = {}
+        for j = 1, #left do ok[j] = inside(num(scores[j]), r) end
+        narrow(ok)
+      end
+      local ok = {}
       for j = 1, #at do ok[at[j]] = true end
       return ok
     end)
-    return {c, slice(found, offset)}
+    return {total, slice(found, offset)}
   end
 end
 
@@ -275,7 +357,8 @@ for _, r in ipairs(checks) do
   for j = 1, #C do ok[j] = inside(num(scores[j]), r) end
   C = filter(C, ok)
 end
-local total = #C
+if total == nil then remember(#C) end
+total = #C
 if limit == 0 or offset >= total then return {total, {}} end
 
 -- Order them: walk the order's sorted set when the page comes early in it,
@@ -306,7 +389,8 @@ else
   for j = 1, #keyed do C[j] = keyed[j][1] end
 end
 return {total, slice(C, offset)}
-",
+"
+        .replace("COUNTS_MAX", &COUNTS_MAX.to_string()),
     )
 });
 
