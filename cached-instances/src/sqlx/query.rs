@@ -20,6 +20,11 @@
 //!   bound between two values (`age >= 17.5`) means what it means to the
 //!   cache. `NULL` matches no range and sorts last ascending, first
 //!   descending, as `None` does in the cache.
+//! - SQLite has no date types: dates and times are text, compared as text,
+//!   which orders them right when every row holds them as sqlx writes them
+//!   (as the bound values are). Rows written in another format (`T`
+//!   instead of a space, another offset) compare wrongly; PostgreSQL's
+//!   date and time columns have no such caveat.
 //! - Ties are ordered by the pk column in the ordering's direction. For
 //!   string pks that is the database's collation, which can differ from the
 //!   cache's order of their key forms (see [`query`](crate::query)).
