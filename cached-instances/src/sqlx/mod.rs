@@ -368,6 +368,157 @@ impl SqlxConnection for ::sqlx::PgConnection {
     }
 }
 
+/// The parts of a derived loader's database module that only differ by the
+/// database's types: reading rows, keys and relation lists, and the autoref
+/// dispatch that keeps a pk type the database cannot bind to one error.
+/// Each database module defines its column and key traits, and the
+/// functions whose bounds a user's type can fail (`get`, `fetch_rows`,
+/// `fetch_lists`: written out there, so that such an error points at plain
+/// code, not inside this macro), and invokes this.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+macro_rules! loader_rows {
+    (
+        db: $db:ty,
+        conn: $conn:ty,
+        row: $row:ty,
+        key: $key:ident,
+        column: $column:ident,
+        quote: $quote:expr $(,)?
+    ) => {
+        /// Every key of `table` (its `key` column), in order.
+        /// Boxed like `fetch_rows`.
+        pub fn fetch_all_pks<'a, K: $key>(
+            conn: &'a mut $conn,
+            table: &'a str,
+            key: &'a str,
+        ) -> $crate::sqlx::BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
+            Box::pin(async move {
+                let sql = $crate::sqlx::select_all_keys($quote, table, key);
+                ::sqlx::query(&sql)
+                    .fetch_all(conn)
+                    .await?
+                    .iter()
+                    .map(|row| get::<K>(row, 0, key))
+                    .collect()
+            })
+        }
+
+        /// Runs a cached query's `SELECT pk[, COUNT(*) OVER ()]` (see
+        /// `sqlx::query`): the pks, and the count of the first row.
+        /// Boxed like `fetch_rows`.
+        pub fn fetch_keys<'a, K: $key>(
+            conn: &'a mut $conn,
+            builder: &'a mut $crate::sqlx::query::Builder<$db>,
+        ) -> $crate::sqlx::BoxFuture<'a, Result<Option<$crate::sqlx::FetchedKeys<K>>, ::sqlx::Error>> {
+            Box::pin(async move {
+                let rows = builder.build().fetch_all(conn).await?;
+                let count = match rows.first() {
+                    Some(row) if ::sqlx::Row::len(row) > 1 => Some(::sqlx::Row::try_get::<i64, _>(row, 1)?),
+                    _ => None,
+                };
+                let keys = rows
+                    .iter()
+                    .map(|row| get::<K>(row, 0, "primary key"))
+                    .collect::<Result<_, _>>()?;
+                Ok(Some((keys, count)))
+            })
+        }
+
+        /// The keys of a pk type, for `sqlx_all_pks`: read through autoref
+        /// dispatch, so that a pk type the database cannot bind is reported once,
+        /// by the loader's `fetch_rows`, and not again here.
+        pub struct AllKeys<K>(std::marker::PhantomData<fn() -> K>);
+
+        impl<K> AllKeys<K> {
+            #[must_use]
+            pub const fn new() -> Self {
+                AllKeys(std::marker::PhantomData)
+            }
+        }
+
+        impl<K> Default for AllKeys<K> {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        pub trait FetchAllKeys<K> {
+            fn __cached_fetch_all<'a>(
+                self,
+                conn: &'a mut $conn,
+                table: &'a str,
+                key: &'a str,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
+
+            fn __cached_fetch_keys<'a>(
+                self,
+                conn: &'a mut $conn,
+                builder: &'a mut $crate::sqlx::query::Builder<$db>,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Option<$crate::sqlx::FetchedKeys<K>>, ::sqlx::Error>>;
+        }
+
+        impl<K: $key> FetchAllKeys<K> for AllKeys<K> {
+            #[inline]
+            fn __cached_fetch_all<'a>(
+                self,
+                conn: &'a mut $conn,
+                table: &'a str,
+                key: &'a str,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
+                fetch_all_pks(conn, table, key)
+            }
+
+            #[inline]
+            fn __cached_fetch_keys<'a>(
+                self,
+                conn: &'a mut $conn,
+                builder: &'a mut $crate::sqlx::query::Builder<$db>,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Option<$crate::sqlx::FetchedKeys<K>>, ::sqlx::Error>> {
+                fetch_keys(conn, builder)
+            }
+        }
+
+        pub trait FetchAllKeysFallback<K> {
+            fn __cached_fetch_all<'a>(
+                self,
+                conn: &'a mut $conn,
+                table: &'a str,
+                key: &'a str,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
+
+            fn __cached_fetch_keys<'a>(
+                self,
+                conn: &'a mut $conn,
+                builder: &'a mut $crate::sqlx::query::Builder<$db>,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Option<$crate::sqlx::FetchedKeys<K>>, ::sqlx::Error>>;
+        }
+
+        impl<K: Send + 'static> FetchAllKeysFallback<K> for &AllKeys<K> {
+            fn __cached_fetch_all<'a>(
+                self,
+                _conn: &'a mut $conn,
+                _table: &'a str,
+                _key: &'a str,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
+                Box::pin(std::future::ready(Err($crate::sqlx::schema_error(
+                    "the primary key cannot be bound (the derive's assertion should have failed)",
+                ))))
+            }
+
+            fn __cached_fetch_keys<'a>(
+                self,
+                _conn: &'a mut $conn,
+                _builder: &'a mut $crate::sqlx::query::Builder<$db>,
+            ) -> $crate::sqlx::BoxFuture<'a, Result<Option<$crate::sqlx::FetchedKeys<K>>, ::sqlx::Error>> {
+                Box::pin(std::future::ready(Ok(None)))
+            }
+        }
+
+    };
+}
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+pub(crate) use loader_rows;
+
 /// A future of the runtime's helpers for generated code.
 #[doc(hidden)]
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -10,12 +10,6 @@ use ::sqlx::query_builder::Separated;
 use ::sqlx::sqlite::{Sqlite, SqliteConnection, SqliteRow};
 use ::sqlx::{Decode, Encode, QueryBuilder, Row, Type};
 
-use super::query::Builder;
-use super::{
-    BoxFuture, FetchedKeys, json_error, name_column, order_by, select_all_keys, select_where,
-};
-use crate::table::FromJson;
-
 /// Names are quoted with backticks: SQLite reads a double-quoted name that
 /// is not a column as a string literal, which would hide a typo.
 const QUOTE: char = '`';
@@ -110,147 +104,18 @@ pub fn fetch_rows<'a, K: SqliteKey>(
     table: &'a str,
     columns: &'a [&'a str],
     keys: &'a [K],
-) -> BoxFuture<'a, Result<Vec<(K, SqliteRow)>, ::sqlx::Error>> {
+) -> super::BoxFuture<'a, Result<Vec<(K, SqliteRow)>, ::sqlx::Error>> {
     Box::pin(async move {
         let (Some(&key), false) = (columns.first(), keys.is_empty()) else {
             return Ok(Vec::new());
         };
-        let head = select_where(QUOTE, columns, table, key);
+        let head = super::select_where(QUOTE, columns, table, key);
         fetch_in(conn, &head, keys, "")
             .await?
             .into_iter()
             .map(|row| Ok((get::<K>(&row, 0, key)?, row)))
             .collect()
     })
-}
-
-/// Every key of `table` (its `key` column), in order.
-/// Boxed like [`fetch_rows`].
-pub fn fetch_all_pks<'a, K: SqliteKey>(
-    conn: &'a mut SqliteConnection,
-    table: &'a str,
-    key: &'a str,
-) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
-    Box::pin(async move {
-        let sql = select_all_keys(QUOTE, table, key);
-        ::sqlx::query(&sql)
-            .fetch_all(conn)
-            .await?
-            .iter()
-            .map(|row| get::<K>(row, 0, key))
-            .collect()
-    })
-}
-
-/// Runs a cached query's `SELECT pk[, COUNT(*) OVER ()]` (see
-/// `sqlx::query`): the pks, and the count of the first row.
-/// Boxed like [`fetch_rows`].
-pub fn fetch_keys<'a, K: SqliteKey>(
-    conn: &'a mut SqliteConnection,
-    builder: &'a mut Builder<Sqlite>,
-) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>> {
-    Box::pin(async move {
-        let rows = builder.build().fetch_all(conn).await?;
-        let count = match rows.first() {
-            Some(row) if row.len() > 1 => Some(row.try_get::<i64, _>(1)?),
-            _ => None,
-        };
-        let keys = rows
-            .iter()
-            .map(|row| get::<K>(row, 0, "primary key"))
-            .collect::<Result<_, _>>()?;
-        Ok(Some((keys, count)))
-    })
-}
-
-/// The keys of a pk type, for `sqlx_all_pks`: read through autoref
-/// dispatch, so that a pk type the database cannot bind is reported once,
-/// by the loader's `fetch_rows`, and not again here.
-pub struct AllKeys<K>(std::marker::PhantomData<fn() -> K>);
-
-impl<K> AllKeys<K> {
-    #[must_use]
-    pub const fn new() -> Self {
-        AllKeys(std::marker::PhantomData)
-    }
-}
-
-impl<K> Default for AllKeys<K> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-pub trait FetchAllKeys<K> {
-    fn __cached_fetch_all<'a>(
-        self,
-        conn: &'a mut SqliteConnection,
-        table: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
-
-    fn __cached_fetch_keys<'a>(
-        self,
-        conn: &'a mut SqliteConnection,
-        builder: &'a mut Builder<Sqlite>,
-    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>>;
-}
-
-impl<K: SqliteKey> FetchAllKeys<K> for AllKeys<K> {
-    #[inline]
-    fn __cached_fetch_all<'a>(
-        self,
-        conn: &'a mut SqliteConnection,
-        table: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
-        fetch_all_pks(conn, table, key)
-    }
-
-    #[inline]
-    fn __cached_fetch_keys<'a>(
-        self,
-        conn: &'a mut SqliteConnection,
-        builder: &'a mut Builder<Sqlite>,
-    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>> {
-        fetch_keys(conn, builder)
-    }
-}
-
-pub trait FetchAllKeysFallback<K> {
-    fn __cached_fetch_all<'a>(
-        self,
-        conn: &'a mut SqliteConnection,
-        table: &'a str,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>>;
-
-    fn __cached_fetch_keys<'a>(
-        self,
-        conn: &'a mut SqliteConnection,
-        builder: &'a mut Builder<Sqlite>,
-    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>>;
-}
-
-impl<K: Send + 'static> FetchAllKeysFallback<K> for &AllKeys<K> {
-    fn __cached_fetch_all<'a>(
-        self,
-        _conn: &'a mut SqliteConnection,
-        _table: &'a str,
-        _key: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
-        Box::pin(std::future::ready(Err(super::schema_error(
-            "the primary key cannot be bound (the derive's assertion should have failed)",
-        ))))
-    }
-
-    fn __cached_fetch_keys<'a>(
-        self,
-        _conn: &'a mut SqliteConnection,
-        _builder: &'a mut Builder<Sqlite>,
-    ) -> BoxFuture<'a, Result<Option<FetchedKeys<K>>, ::sqlx::Error>> {
-        Box::pin(std::future::ready(Ok(None)))
-    }
 }
 
 /// The `item` column of the rows of `table` whose `owner` column is one of
@@ -263,14 +128,14 @@ pub fn fetch_lists<'a, O: SqliteKey, I: SqliteColumn>(
     owner: &'a str,
     item: &'a str,
     owners: &'a [O],
-) -> BoxFuture<'a, Result<HashMap<O, Vec<I>>, ::sqlx::Error>> {
+) -> super::BoxFuture<'a, Result<HashMap<O, Vec<I>>, ::sqlx::Error>> {
     Box::pin(async move {
         let mut lists: HashMap<O, Vec<I>> = HashMap::new();
         if owners.is_empty() {
             return Ok(lists);
         }
-        let head = select_where(QUOTE, &[owner, item], table, owner);
-        for row in fetch_in(conn, &head, owners, &order_by(QUOTE, item)).await? {
+        let head = super::select_where(QUOTE, &[owner, item], table, owner);
+        for row in fetch_in(conn, &head, owners, &super::order_by(QUOTE, item)).await? {
             let owner = get::<O>(&row, 0, owner)?;
             lists
                 .entry(owner)
@@ -281,6 +146,15 @@ pub fn fetch_lists<'a, O: SqliteKey, I: SqliteColumn>(
     })
 }
 
+super::loader_rows! {
+    db: Sqlite,
+    conn: SqliteConnection,
+    row: SqliteRow,
+    key: SqliteKey,
+    column: SqliteColumn,
+    quote: QUOTE,
+}
+
 /// Column `index` (named `column` in errors) of `row`.
 #[inline]
 pub fn get<T: SqliteColumn>(
@@ -288,7 +162,7 @@ pub fn get<T: SqliteColumn>(
     index: usize,
     column: &str,
 ) -> Result<T, ::sqlx::Error> {
-    T::__cached_get(row, index).map_err(|error| name_column(error, column))
+    T::__cached_get(row, index).map_err(|error| super::name_column(error, column))
 }
 
 /// A `#[cached(serde)]` field: the column's JSON (`NULL` as `null`) through
@@ -297,8 +171,9 @@ pub fn get_json<T>(
     row: &SqliteRow,
     index: usize,
     column: &str,
-    from_json: FromJson<T>,
+    from_json: crate::table::FromJson<T>,
 ) -> Result<T, ::sqlx::Error> {
     let value: Option<serde_json::Value> = get(row, index, column)?;
-    from_json(value.unwrap_or(serde_json::Value::Null)).map_err(|error| json_error(error, column))
+    from_json(value.unwrap_or(serde_json::Value::Null))
+        .map_err(|error| super::json_error(error, column))
 }
