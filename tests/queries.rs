@@ -948,7 +948,7 @@ async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
         .store(false, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(10)).await;
 
-    // Delivered on the next read: re-indexed, and still warmed.
+    // Delivered by the recovery task: re-indexed, and still warmed.
     let found = cache.query_pks(&gb).await.unwrap();
     assert_eq!(
         (found.items, found.count, found.source),

@@ -204,15 +204,11 @@ impl Degraded {
         self.retry_interval
     }
 
-    pub(crate) fn failed(&self, model: Option<&'static str>, op: StoreOp, error: StoreError) {
+    pub(crate) fn failed(&self, model: Option<&'static str>, op: StoreOp, error: Arc<StoreError>) {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.retry_interval);
         self.is_down.store(true, Ordering::Relaxed);
-        self.emit(Event::StoreUnavailable {
-            model,
-            op,
-            error: Arc::new(error),
-        });
+        self.emit(Event::StoreUnavailable { model, op, error });
     }
 
     pub(crate) fn succeeded(&self) {

@@ -25,7 +25,7 @@ use std::marker::PhantomData;
 
 use super::Cache;
 use super::degraded::{PendingOp, StoreOp};
-use super::read::Want;
+use super::read::{Found, Want};
 use super::registry::ModelEntry;
 use crate::error::Error;
 use crate::instance::CachedInstance;
@@ -187,10 +187,7 @@ impl Cache {
                     self.unwarm(model, &prefix, true).await;
                     break;
                 }
-                super::stats::add(&self.inner.counters.loader_calls, 1);
-                let updates = self
-                    .within_loader_timeout(model, entry.ops.index_updates(keys))
-                    .await;
+                let updates = entry.ops.index_updates(self.loading(), keys).await;
                 let updates = match updates {
                     Ok(updates) => updates,
                     Err(error) => {
@@ -271,6 +268,33 @@ impl Cache {
     pub(crate) async fn warm_model<T: CachedInstance>(
         &self,
         batch_size: usize,
+        progress: Option<crate::query::ProgressFn<'_>>,
+    ) -> Result<WarmReport, Error> {
+        let (report, loader_calls) =
+            super::loading::counting_calls(self.warm_batches::<T>(batch_size, progress)).await;
+        Ok(WarmReport {
+            loader_calls,
+            ..report?
+        })
+    }
+
+    /// A store call of `warm`, which cannot do without the store: its
+    /// failure is the warm's error.
+    async fn warm_store_call<R>(
+        &self,
+        model: &'static str,
+        op: StoreOp,
+        call: crate::store::StoreFuture<'_, R>,
+    ) -> Result<R, Error> {
+        self.store_result(Some(model), op, call)
+            .await
+            .map_err(|source| Error::Store { model, op, source })
+    }
+
+    /// `warm`, without its count of loader calls.
+    async fn warm_batches<T: CachedInstance>(
+        &self,
+        batch_size: usize,
         mut progress: Option<crate::query::ProgressFn<'_>>,
     ) -> Result<WarmReport, Error> {
         let entry = self.inner.registry.entry::<T>()?;
@@ -279,26 +303,12 @@ impl Cache {
         }
         let store = &self.inner.store;
         let prefix = plan::prefix(&T::SCHEMA);
-        let mut loader_calls = 1;
         let pks = self
-            .within_loader_timeout(T::MODEL, async {
-                entry
-                    .loader::<T>()
-                    .all_pks()
-                    .await
-                    .map_err(|source| Error::Load {
-                        model: T::MODEL,
-                        source,
-                    })
-            })
+            .loading()
+            .call(T::MODEL, entry.loader::<T>().all_pks())
             .await?
             .ok_or(QueryError::NoPkList { model: T::MODEL })?;
-        super::stats::add(&self.inner.counters.loader_calls, 1);
         let total = pks.len() as u64;
-        let unavailable = || Error::Load {
-            model: T::MODEL,
-            source: crate::error::LoadError::msg("the cache store is unavailable"),
-        };
 
         // What the index held before, to remove what no longer exists.
         let before: Vec<String> = if self.indexed::<T>() {
@@ -306,13 +316,12 @@ impl Cache {
                 ignore_warm: true,
                 ..IndexQuery::default()
             };
-            self.store_call(
-                Some(T::MODEL),
+            self.warm_store_call(
+                T::MODEL,
                 StoreOp::IndexMembers,
                 store.index_query(&prefix, &all),
             )
-            .await
-            .ok_or_else(unavailable)?
+            .await?
             .map(|page| page.members)
             .unwrap_or_default()
         } else {
@@ -329,34 +338,26 @@ impl Cache {
                 if !self.indexed::<T>() {
                     break;
                 }
-                self.store_call(
-                    Some(T::MODEL),
+                self.warm_store_call(
+                    T::MODEL,
                     StoreOp::IndexLease,
                     store.index_lease(&prefix, part, &token),
                 )
-                .await
-                .ok_or_else(unavailable)?;
+                .await?;
             }
-            let calls_before = self
-                .inner
-                .counters
-                .loader_calls
-                .load(std::sync::atomic::Ordering::Relaxed);
             let found = self.read_many::<T>(chunk, Want::Instances).await?;
-            let calls_after = self
-                .inner
-                .counters
-                .loader_calls
-                .load(std::sync::atomic::Ordering::Relaxed);
-            loader_calls += calls_after.saturating_sub(calls_before);
             let updates: Vec<IndexUpdate> = members
                 .iter()
                 .zip(&found)
                 .map(|(member, f)| {
-                    if f.instance.is_some() {
+                    let row = match f {
+                        Found::Instance(row) => Some(row),
+                        _ => None,
+                    };
+                    if row.is_some() {
                         indexed += 1;
                     }
-                    update_of(member.clone(), f.instance.as_ref())
+                    update_of(member.clone(), row)
                 })
                 .collect();
             for part in updates.chunks(MEMBERS_PER_SCRIPT) {
@@ -364,13 +365,12 @@ impl Cache {
                     break;
                 }
                 let applied = self
-                    .store_call(
-                        Some(T::MODEL),
+                    .warm_store_call(
+                        T::MODEL,
                         StoreOp::IndexApply,
                         store.index_apply(&prefix, &token, part),
                     )
-                    .await
-                    .ok_or_else(unavailable)?;
+                    .await?;
                 self.count_applied(&applied);
             }
             seen.extend(members);
@@ -390,19 +390,17 @@ impl Cache {
         let mut removed = 0u64;
         for chunk in stale.chunks(batch_size.clamp(1, MEMBERS_PER_SCRIPT)) {
             let token = marker::new_lease();
-            self.store_call(
-                Some(T::MODEL),
+            self.warm_store_call(
+                T::MODEL,
                 StoreOp::IndexLease,
                 store.index_lease(&prefix, chunk, &token),
             )
-            .await
-            .ok_or_else(unavailable)?;
+            .await?;
             let pks: Vec<T::Pk> = chunk
                 .iter()
                 .filter_map(|m| T::Pk::from_index_member(m))
                 .collect();
             let rows = self.load_rows::<T>(entry, &pks).await?;
-            loader_calls += 1;
             let updates: Vec<IndexUpdate> = chunk
                 .iter()
                 .map(|member| {
@@ -414,25 +412,23 @@ impl Cache {
                 })
                 .collect();
             let applied = self
-                .store_call(
-                    Some(T::MODEL),
+                .warm_store_call(
+                    T::MODEL,
                     StoreOp::IndexApply,
                     store.index_apply(&prefix, &token, &updates),
                 )
-                .await
-                .ok_or_else(unavailable)?;
+                .await?;
             self.count_applied(&applied);
         }
 
         if self.indexed::<T>() {
             let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
-            self.store_call(
-                Some(T::MODEL),
+            self.warm_store_call(
+                T::MODEL,
                 StoreOp::IndexMark,
                 store.swap_many(&marker_key, b"1", WARM_TTL),
             )
-            .await
-            .ok_or_else(unavailable)?;
+            .await?;
         }
         tracing::info!(
             target: "cached_instances",
@@ -445,7 +441,8 @@ impl Cache {
             model: T::MODEL,
             indexed,
             removed,
-            loader_calls,
+            // Counted by `warm_model`.
+            loader_calls: 0,
         })
     }
 }

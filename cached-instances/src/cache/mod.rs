@@ -28,6 +28,7 @@ mod degraded;
 // Query indexes: maintenance and warm (`index.rs`), running queries
 // (`query.rs`).
 mod index;
+mod loading;
 mod query;
 mod read;
 mod recovery;
@@ -146,7 +147,10 @@ impl Cache {
     /// As [`get`](Self::get).
     pub async fn get_many<T: CachedInstance>(&self, pks: &[T::Pk]) -> Result<Vec<T>, Error> {
         let found = self.read_many::<T>(pks, read::Want::Instances).await?;
-        Ok(found.into_iter().filter_map(|f| f.instance).collect())
+        Ok(found
+            .into_iter()
+            .filter_map(read::Found::into_instance)
+            .collect())
     }
 
     /// The cached JSON representation of `pk`, ready to serve, without
@@ -170,7 +174,10 @@ impl Cache {
         pks: &[T::Pk],
     ) -> Result<Vec<Bytes>, Error> {
         let found = self.read_many::<T>(pks, read::Want::Bytes).await?;
-        Ok(found.into_iter().filter_map(|f| f.bytes).collect())
+        Ok(found
+            .into_iter()
+            .filter_map(read::Found::into_bytes)
+            .collect())
     }
 
     /// Tells the cache that `instance` was written to the database. Call it
@@ -297,51 +304,23 @@ impl Cache {
         schema.ttl.unwrap_or(self.inner.config.default_ttl)
     }
 
-    /// One loader call for `pks`, counted, under the loader deadline.
+    /// The loader calls' settings (see `loading.rs`).
+    fn loading(&self) -> loading::Loading<'_> {
+        loading::Loading {
+            counters: &self.inner.counters,
+            timeout: self.inner.config.loader_timeout,
+        }
+    }
+
+    /// One loader call for `pks`.
     async fn load_rows<T: CachedInstance>(
         &self,
         entry: &registry::ModelEntry,
         pks: &[T::Pk],
     ) -> Result<Vec<T>, Error> {
-        stats::add(&self.inner.counters.loader_calls, 1);
-        let load = async {
-            entry
-                .loader::<T>()
-                .load(pks)
-                .await
-                .map_err(|source| Error::Load {
-                    model: T::MODEL,
-                    source,
-                })
-        };
-        self.within_loader_timeout(T::MODEL, load).await
-    }
-
-    /// Runs a loader call under [`loader_timeout`](CacheBuilder::loader_timeout).
-    /// A call that runs out of time is dropped (the loader's future is
-    /// cancelled) and is [`Error::LoadTimeout`]; the caller then releases
-    /// whatever leases it held, as for any failed load.
-    async fn within_loader_timeout<R>(
-        &self,
-        model: &'static str,
-        load: impl std::future::Future<Output = Result<R, Error>>,
-    ) -> Result<R, Error> {
-        let Some(timeout) = self.inner.config.loader_timeout else {
-            return load.await;
-        };
-        match tokio::time::timeout(timeout, load).await {
-            Ok(result) => result,
-            Err(_elapsed) => {
-                stats::add(&self.inner.counters.loader_timeouts, 1);
-                tracing::warn!(
-                    target: "cached_instances",
-                    model,
-                    ?timeout,
-                    "loader timed out"
-                );
-                Err(Error::LoadTimeout { model, timeout })
-            }
-        }
+        self.loading()
+            .call(T::MODEL, entry.loader::<T>().load(pks))
+            .await
     }
 
     /// A representation of `bytes` bytes is over `max_entry_bytes`: it is
@@ -365,10 +344,20 @@ impl Cache {
         op: StoreOp,
         call: crate::store::StoreFuture<'_, T>,
     ) -> Option<T> {
+        self.store_result(model, op, call).await.ok()
+    }
+
+    /// [`store_call`](Self::store_call), keeping the error.
+    async fn store_result<T>(
+        &self,
+        model: Option<&'static str>,
+        op: StoreOp,
+        call: crate::store::StoreFuture<'_, T>,
+    ) -> Result<T, Arc<crate::error::StoreError>> {
         match call.await {
             Ok(value) => {
                 self.inner.degraded.succeeded();
-                Some(value)
+                Ok(value)
             }
             Err(error) => {
                 stats::add(&self.inner.counters.store_errors, 1);
@@ -379,8 +368,9 @@ impl Cache {
                     error = %error,
                     "store operation failed; serving from the database"
                 );
-                self.inner.degraded.failed(model, op, error);
-                None
+                let error = Arc::new(error);
+                self.inner.degraded.failed(model, op, error.clone());
+                Err(error)
             }
         }
     }

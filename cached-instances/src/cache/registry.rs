@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::loading::Loading;
 use crate::error::{BuildError, Error};
 use crate::instance::{CachedInstance, RelationKind, Schema, Target};
 use crate::key::instance_key;
@@ -66,7 +67,11 @@ pub(crate) struct Reloaded {
 /// What the write path needs of a model without knowing its type.
 pub(crate) trait ModelOps: Send + Sync {
     fn links_of(&self, bytes: &[u8]) -> Option<Links>;
-    fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>>;
+    fn reload<'a>(
+        &'a self,
+        loading: Loading<'a>,
+        pk_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>>;
     /// The query-index member of a pk in key form; `None` when the key form
     /// does not parse (it names no row of this model).
     fn index_member(&self, pk_key: &str) -> Option<String>;
@@ -76,6 +81,7 @@ pub(crate) trait ModelOps: Send + Sync {
     /// index updates (`index.rs`), which knows the model only by name.
     fn index_updates<'a>(
         &'a self,
+        loading: Loading<'a>,
         pk_keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<IndexUpdate>, Error>>;
 }
@@ -87,16 +93,17 @@ struct TypedOps<T: CachedInstance> {
 impl<T: CachedInstance> TypedOps<T> {
     /// The pks whose key forms are `pk_keys`, and their rows, in one
     /// loader call (none for no pks).
-    async fn load_keys(&self, pk_keys: &[String]) -> Result<(Vec<T::Pk>, Vec<T>), Error> {
+    async fn load_keys(
+        &self,
+        loading: Loading<'_>,
+        pk_keys: &[String],
+    ) -> Result<(Vec<T::Pk>, Vec<T>), Error> {
         // A key form that does not parse names no row of this model.
         let pks: Vec<T::Pk> = pk_keys.iter().filter_map(|k| T::Pk::from_key(k)).collect();
         if pks.is_empty() {
             return Ok((pks, Vec::new()));
         }
-        let rows = self.loader.load(&pks).await.map_err(|source| Error::Load {
-            model: T::MODEL,
-            source,
-        })?;
+        let rows = loading.call(T::MODEL, self.loader.load(&pks)).await?;
         Ok((pks, rows))
     }
 }
@@ -106,9 +113,13 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
         T::decode(bytes).ok().map(|t| Links::of(&t))
     }
 
-    fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>> {
+    fn reload<'a>(
+        &'a self,
+        loading: Loading<'a>,
+        pk_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>> {
         Box::pin(async move {
-            let (_, rows) = self.load_keys(pk_keys).await?;
+            let (_, rows) = self.load_keys(loading, pk_keys).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let bytes = Bytes::from(row.to_json()?);
@@ -128,10 +139,11 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
 
     fn index_updates<'a>(
         &'a self,
+        loading: Loading<'a>,
         pk_keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<IndexUpdate>, Error>> {
         Box::pin(async move {
-            let (pks, rows) = self.load_keys(pk_keys).await?;
+            let (pks, rows) = self.load_keys(loading, pk_keys).await?;
             let by_member: HashMap<String, &T> = rows
                 .iter()
                 .map(|row| (row.pk().to_index_member(), row))

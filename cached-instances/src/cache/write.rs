@@ -449,9 +449,7 @@ impl Cache {
                 .collect();
             let mut reloaded = HashMap::new();
             if !to_load.is_empty() {
-                add(&self.inner.counters.loader_calls, 1);
-                let load = entry.ops.reload(&to_load);
-                match self.within_loader_timeout(entry.schema.model, load).await {
+                match entry.ops.reload(self.loading(), &to_load).await {
                     Ok(rows) => {
                         reloaded = rows.into_iter().map(|r| (r.pk_key.clone(), r)).collect();
                     }
