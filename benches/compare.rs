@@ -36,7 +36,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, RedisStore, Store};
 use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Empty};
@@ -978,6 +978,11 @@ impl<S: Store> Store for Counted<S> {
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         self.tick();
         self.inner.delete_many(keys)
+    }
+
+    // The inner store's query indexes, called directly.
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()
     }
 }
 

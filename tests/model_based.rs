@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
 use polls::memdb::{MemDb, date};
 use polls::{Choice, Question, User};
@@ -255,6 +255,11 @@ impl<S: Store> Store for YieldingStore<S> {
             self.yields.some().await;
             self.inner.delete_many(keys).await
         })
+    }
+
+    // The inner store's query indexes, called directly.
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()
     }
 }
 

@@ -872,9 +872,12 @@ impl Store for FlakyIndex {
     ) -> cached_instances::store::StoreFuture<'a, ()> {
         self.inner.delete_many(keys)
     }
-    fn supports_indexes(&self) -> bool {
-        true
+    fn indexes(&self) -> Option<&dyn cached_instances::store::IndexStore> {
+        Some(self)
     }
+}
+
+impl cached_instances::store::IndexStore for FlakyIndex {
     fn index_lease<'a>(
         &'a self,
         prefix: &'a str,
@@ -886,7 +889,7 @@ impl Store for FlakyIndex {
                 cached_instances::StoreError::Unavailable("index down".into()),
             )));
         }
-        self.inner.index_lease(prefix, members, token)
+        cached_instances::store::IndexStore::index_lease(&self.inner, prefix, members, token)
     }
     fn index_apply<'a>(
         &'a self,
@@ -894,14 +897,14 @@ impl Store for FlakyIndex {
         token: &'a [u8],
         updates: &'a [cached_instances::store::IndexUpdate],
     ) -> cached_instances::store::StoreFuture<'a, Vec<bool>> {
-        self.inner.index_apply(prefix, token, updates)
+        cached_instances::store::IndexStore::index_apply(&self.inner, prefix, token, updates)
     }
     fn index_query<'a>(
         &'a self,
         prefix: &'a str,
         query: &'a cached_instances::store::IndexQuery,
     ) -> cached_instances::store::StoreFuture<'a, Option<cached_instances::store::IndexPage>> {
-        self.inner.index_query(prefix, query)
+        cached_instances::store::IndexStore::index_query(&self.inner, prefix, query)
     }
 }
 
@@ -927,6 +930,7 @@ async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
         db.rows.lock().unwrap().insert(id, person(id, "FR", 30));
     }
     let (cache, store) = flaky_index_cache(&db);
+    let mut events = cache.events();
     cache.warm::<Person>().await.unwrap();
     let gb = Query::<Person>::new().filter("country", "GB");
     let fr = Query::<Person>::new().filter("country", "FR");
@@ -946,7 +950,14 @@ async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
     store
         .fail
         .store(false, std::sync::atomic::Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !matches!(
+            events.recv().await,
+            Ok(cached_instances::Event::InvalidationsDelivered { .. })
+        ) {}
+    })
+    .await
+    .expect("never delivered");
 
     // Delivered by the recovery task: re-indexed, and still warmed.
     let found = cache.query_pks(&gb).await.unwrap();
@@ -979,7 +990,11 @@ async fn a_reindex_that_fails_again_unwarms_the_model_until_the_next_warm() {
     cache.saved(&moved).await.unwrap();
     // The store is tried again while the index still fails: the re-index
     // fails, and the model is un-warmed (the mark's deletion is queued).
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cache.stats().unwarmed == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never un-warmed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let found = cache.query_pks(&query).await.unwrap();
     assert_eq!(
         (found.items, found.count, found.source),

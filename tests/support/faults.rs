@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
 use cached_instances::{CachedInstance, LoadError, Loader, Store, StoreError};
 use tokio::sync::oneshot;
 
@@ -174,6 +174,11 @@ impl<S: Store> Store for Faulty<S> {
             Some(e) => Box::pin(std::future::ready(Err(e))),
             None => applied_then(&self.state, self.inner.delete_many(keys)),
         }
+    }
+
+    // The inner store's query indexes, called directly.
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()
     }
 }
 

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cached_instances::query::{Query, QueryPage};
-use cached_instances::store::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, StoreFuture};
+use cached_instances::store::{
+    CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, StoreFuture,
+};
 use cached_instances::{CachedInstance, LoadError, Loader, Store, StoreError};
 
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
@@ -216,10 +218,22 @@ impl<S: Store> Store for IndexFaults<S> {
         self.inner.delete_many(keys)
     }
 
-    fn supports_indexes(&self) -> bool {
-        self.inner.supports_indexes()
+    /// Its own index primitives (faulty on demand) over the inner store's.
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()?;
+        Some(self)
     }
+}
 
+impl<S: Store> IndexFaults<S> {
+    fn inner_indexes(&self) -> &dyn IndexStore {
+        self.inner
+            .indexes()
+            .expect("only reached through `indexes`")
+    }
+}
+
+impl<S: Store> IndexStore for IndexFaults<S> {
     fn index_lease<'a>(
         &'a self,
         prefix: &'a str,
@@ -229,7 +243,7 @@ impl<S: Store> Store for IndexFaults<S> {
         if self.state.fail_lease.load(Ordering::SeqCst) {
             return injected();
         }
-        self.inner.index_lease(prefix, members, token)
+        self.inner_indexes().index_lease(prefix, members, token)
     }
 
     fn index_apply<'a>(
@@ -241,7 +255,7 @@ impl<S: Store> Store for IndexFaults<S> {
         if self.state.fail_apply.load(Ordering::SeqCst) {
             return injected();
         }
-        self.inner.index_apply(prefix, token, updates)
+        self.inner_indexes().index_apply(prefix, token, updates)
     }
 
     fn index_query<'a>(
@@ -249,6 +263,6 @@ impl<S: Store> Store for IndexFaults<S> {
         prefix: &'a str,
         query: &'a IndexQuery,
     ) -> StoreFuture<'a, Option<IndexPage>> {
-        self.inner.index_query(prefix, query)
+        self.inner_indexes().index_query(prefix, query)
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
 use cached_instances::{Cache, CachedInstance, MemoryStore, Store};
 use polls::memdb::{MemDb, date};
 use polls::{Choice, Question, User};
@@ -151,6 +151,11 @@ impl<S: Store> Store for Counting<S> {
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         self.count();
         self.inner.delete_many(keys)
+    }
+
+    // The inner store's query indexes, called directly.
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()
     }
 }
 

@@ -33,7 +33,7 @@ use crate::marker;
 use crate::pk::PrimaryKey;
 use crate::query::plan;
 use crate::query::{IndexValues, QueryError, Warm, WarmProgress, WarmReport};
-use crate::store::{IndexQuery, IndexUpdate, WARM_SUFFIX};
+use crate::store::{IndexQuery, IndexStore, IndexUpdate, WARM_SUFFIX};
 
 /// The most members one index script handles: a bigger batch is split, so
 /// that no script holds the server for long (or outlasts the store's
@@ -50,9 +50,13 @@ pub(super) fn update_of<T: CachedInstance>(member: String, row: Option<&T>) -> I
 }
 
 impl Cache {
-    /// Whether `T`'s queries can use the store's indexes at all.
-    pub(super) fn indexed<T: CachedInstance>(&self) -> bool {
-        !T::SCHEMA.indexes.is_empty() && self.inner.store.supports_indexes()
+    /// The store's indexes, when `T` has index fields and the store has
+    /// indexes: whether `T`'s queries can use them at all.
+    pub(super) fn indexes_of<T: CachedInstance>(&self) -> Option<&dyn IndexStore> {
+        if T::SCHEMA.indexes.is_empty() {
+            return None;
+        }
+        self.inner.store.indexes()
     }
 
     /// After a write of `pk` (its commit and its invalidation): leases its
@@ -65,15 +69,14 @@ impl Cache {
         entry: &ModelEntry,
         pk: &T::Pk,
     ) -> Result<(), Error> {
-        if !self.indexed::<T>() {
+        let Some(store) = self.indexes_of::<T>() else {
             return Ok(());
-        }
+        };
         let prefix = plan::prefix(&T::SCHEMA);
         if !self.store_usable() {
             self.index_missed::<T>(pk);
             return Ok(());
         }
-        let store = &self.inner.store;
         let members = vec![pk.to_index_member()];
         let token = marker::new_lease();
         let leased = self
@@ -149,7 +152,10 @@ impl Cache {
         for (model, version, pk_key) in ops {
             by_type.entry((model, version)).or_default().push(pk_key);
         }
-        let store = &self.inner.store;
+        // Only stores with indexes queue index updates.
+        let Some(store) = self.inner.store.indexes() else {
+            return 0;
+        };
         let mut delivered = 0;
         for ((model, version), pk_keys) in by_type {
             let entry = self
@@ -161,7 +167,7 @@ impl Cache {
             // Only registered, indexed types queue updates; anything else
             // has no index to repair.
             let Some(entry) = entry else { continue };
-            if entry.schema.indexes.is_empty() || !store.supports_indexes() {
+            if entry.schema.indexes.is_empty() {
                 continue;
             }
             let prefix = plan::prefix(&entry.schema);
@@ -298,10 +304,15 @@ impl Cache {
         mut progress: Option<crate::query::ProgressFn<'_>>,
     ) -> Result<WarmReport, Error> {
         let entry = self.inner.registry.entry::<T>()?;
-        if !self.inner.store.supports_indexes() {
+        let Some(indexes) = self.inner.store.indexes() else {
             return Err(QueryError::StoreUnsupported.into());
-        }
-        let store = &self.inner.store;
+        };
+        // An un-warm still queued is superseded by this warm: delivered
+        // first, so that it cannot delete the mark this warm sets.
+        self.deliver_queued().await;
+        // A model without index fields is loaded and cached, and has no
+        // index to build.
+        let has_index = !T::SCHEMA.indexes.is_empty();
         let prefix = plan::prefix(&T::SCHEMA);
         let pks = self
             .loading()
@@ -311,7 +322,7 @@ impl Cache {
         let total = pks.len() as u64;
 
         // What the index held before, to remove what no longer exists.
-        let before: Vec<String> = if self.indexed::<T>() {
+        let before: Vec<String> = if has_index {
             let all = IndexQuery {
                 ignore_warm: true,
                 ..IndexQuery::default()
@@ -319,7 +330,7 @@ impl Cache {
             self.warm_store_call(
                 T::MODEL,
                 StoreOp::IndexMembers,
-                store.index_query(&prefix, &all),
+                indexes.index_query(&prefix, &all),
             )
             .await?
             .map(|page| page.members)
@@ -335,13 +346,13 @@ impl Cache {
             let members: Vec<String> = chunk.iter().map(PrimaryKey::to_index_member).collect();
             let token = marker::new_lease();
             for part in members.chunks(MEMBERS_PER_SCRIPT) {
-                if !self.indexed::<T>() {
+                if !has_index {
                     break;
                 }
                 self.warm_store_call(
                     T::MODEL,
                     StoreOp::IndexLease,
-                    store.index_lease(&prefix, part, &token),
+                    indexes.index_lease(&prefix, part, &token),
                 )
                 .await?;
             }
@@ -361,14 +372,14 @@ impl Cache {
                 })
                 .collect();
             for part in updates.chunks(MEMBERS_PER_SCRIPT) {
-                if !self.indexed::<T>() {
+                if !has_index {
                     break;
                 }
                 let applied = self
                     .warm_store_call(
                         T::MODEL,
                         StoreOp::IndexApply,
-                        store.index_apply(&prefix, &token, part),
+                        indexes.index_apply(&prefix, &token, part),
                     )
                     .await?;
                 self.count_applied(&applied);
@@ -393,7 +404,7 @@ impl Cache {
             self.warm_store_call(
                 T::MODEL,
                 StoreOp::IndexLease,
-                store.index_lease(&prefix, chunk, &token),
+                indexes.index_lease(&prefix, chunk, &token),
             )
             .await?;
             let pks: Vec<T::Pk> = chunk
@@ -415,18 +426,18 @@ impl Cache {
                 .warm_store_call(
                     T::MODEL,
                     StoreOp::IndexApply,
-                    store.index_apply(&prefix, &token, &updates),
+                    indexes.index_apply(&prefix, &token, &updates),
                 )
                 .await?;
             self.count_applied(&applied);
         }
 
-        if self.indexed::<T>() {
+        if has_index {
             let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
             self.warm_store_call(
                 T::MODEL,
                 StoreOp::IndexMark,
-                store.swap_many(&marker_key, b"1", WARM_TTL),
+                self.inner.store.swap_many(&marker_key, b"1", WARM_TTL),
             )
             .await?;
         }

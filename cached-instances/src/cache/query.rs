@@ -123,14 +123,17 @@ impl Cache {
                 source: Source::Cache,
             });
         }
-        if self.indexed::<T>() && self.is_enabled() && self.store_usable() {
+        if let Some(indexes) = self.indexes_of::<T>()
+            && self.is_enabled()
+            && self.store_usable()
+        {
             let prefix = plan::prefix(&T::SCHEMA);
             let plan = plan::index_query(query);
             let page = self
                 .store_call(
                     Some(T::MODEL),
                     StoreOp::Query,
-                    self.inner.store.index_query(&prefix, &plan),
+                    indexes.index_query(&prefix, &plan),
                 )
                 .await
                 .flatten();

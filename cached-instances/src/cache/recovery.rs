@@ -36,6 +36,8 @@ use super::{Cache, Inner};
 #[derive(Default)]
 pub(super) struct Recovery {
     signal: Arc<Signal>,
+    /// Held by whoever delivers the queue: the task, or `warm`.
+    delivering: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -95,6 +97,16 @@ impl Cache {
             return;
         };
         runtime.spawn(run(Arc::downgrade(&self.inner), signal.clone()));
+    }
+
+    /// Delivers what is queued now, in the caller's task. For `warm` only
+    /// (never a read): an un-warm queued before it must not be delivered
+    /// after it marked the index complete.
+    pub(super) async fn deliver_queued(&self) {
+        if self.inner.degraded.has_pending() {
+            let _one = self.inner.recovery.delivering.lock().await;
+            self.deliver_pending().await;
+        }
     }
 
     /// Delivers queued invalidations: how many were delivered, and whether
@@ -211,7 +223,12 @@ async fn run(cache: Weak<Inner>, signal: Arc<Signal>) {
             tokio::time::sleep_until(at).await;
         }
         let Some(inner) = cache.upgrade() else { return };
-        let (delivered, settled) = Cache { inner }.deliver_pending().await;
+        let cache = Cache { inner };
+        let (delivered, settled) = {
+            let _one = cache.inner.recovery.delivering.lock().await;
+            cache.deliver_pending().await
+        };
+        drop(cache);
         if !settled && delivered == 0 && retry_at.is_none() {
             // Nothing went through, yet the store did not fail: do not
             // spin on it.
