@@ -127,6 +127,79 @@ pub enum StoreError {
     /// The store answered something the cache did not expect.
     #[error("unexpected store reply: {0}")]
     Protocol(String),
+    /// Connecting to the store failed, for the reason given (see
+    /// [`ConnectError`]). Returned by
+    /// [`RedisStoreBuilder::connect`](crate::RedisStoreBuilder::connect)
+    /// and its lazy variant, never by a request.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Why a store could not be connected (or configured), told apart so that a
+/// refused port, a wrong password and a missing database each read as what
+/// they are. Each variant names the server (`host:port`, never the
+/// password) and keeps the client's error as its [`source`](StdError::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nothing accepts connections at the address (the server is down, or
+    /// the host or port is wrong).
+    #[error("Redis at {addr} refused the connection")]
+    Refused {
+        /// The server, `host:port`.
+        addr: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The server rejected the credentials, or wants some and the URL has
+    /// none (`redis://:password@host/` or `redis://user:password@host/`).
+    #[error("Redis at {addr} rejected the credentials")]
+    Auth {
+        /// The server, `host:port`.
+        addr: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The server has no database of the URL's index (`/db`); the number of
+    /// databases is the server's `databases` setting, 16 by default.
+    #[error("Redis at {addr} has no database {db}")]
+    NoSuchDatabase {
+        /// The server, `host:port`.
+        addr: String,
+        /// The database index asked for.
+        db: i64,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The server did not complete the connection (TCP and handshake)
+    /// within the connect timeout, or did not answer within the response
+    /// timeout.
+    #[error("Redis at {addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// The server, `host:port`.
+        addr: String,
+        /// The timeout that ran out.
+        timeout: std::time::Duration,
+    },
+    /// The configuration is unusable: an invalid URL or key prefix, or no
+    /// Tokio runtime to run the connection on.
+    #[error("invalid Redis store configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Any other failure while connecting.
+    #[error("connecting to Redis at {addr} failed")]
+    Other {
+        /// The server, `host:port`.
+        addr: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// The cache registry is inconsistent; returned by
