@@ -197,7 +197,7 @@ impl Cache {
                         tracing::warn!(
                             target: "cached_instances",
                             model,
-                            error = %error,
+                            error = %crate::error::Chain(&error),
                             "reload failed while re-indexing a queued index update"
                         );
                         self.unwarm(model, &prefix, false).await;
