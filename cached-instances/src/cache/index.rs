@@ -272,6 +272,9 @@ impl Cache {
         mut progress: Option<crate::query::ProgressFn<'_>>,
     ) -> Result<WarmReport, Error> {
         let entry = self.inner.registry.entry::<T>()?;
+        if T::SCHEMA.indexes.is_empty() {
+            return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
+        }
         if !self.inner.store.supports_indexes() {
             return Err(QueryError::StoreUnsupported.into());
         }
