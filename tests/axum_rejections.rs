@@ -1,8 +1,9 @@
 //! Errors as users meet them: the `Pk` extractor answers a malformed pk as
 //! the detail endpoint does; pagination links are absolute; a failing
 //! database keeps its cause in the error chain and the log line, while the
-//! `503` body shows none of it; and `?` converts a `sqlx::Error` in a list
-//! query (over a real SQLite database).
+//! `503` body shows none of it; `?` converts a `sqlx::Error` in a list
+//! query (over a real SQLite database); and a scope hides its instances,
+//! not their pks in other models' relation lists, as the README says.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -297,4 +298,109 @@ async fn a_list_query_uses_the_question_mark_on_sqlx_errors() {
     let rejection = Rejection::from(cache(true).get::<Item>(&1).await.unwrap_err());
     assert_eq!(rejection.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(rejection.body_text(), "loading Item failed");
+}
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+pub struct Author {
+    #[cached(pk)]
+    pub id: i64,
+    #[cached(has_many = Post, via = author_id)]
+    pub posts: Vec<i64>,
+}
+
+#[derive(CachedInstance, Debug, Clone, PartialEq)]
+pub struct Post {
+    #[cached(pk)]
+    pub id: i64,
+    #[cached(references = Author)]
+    pub author_id: i64,
+    pub published: bool,
+}
+
+/// Author 3 wrote post 4 (scheduled, unpublished) and post 5 (published).
+/// `hide_scheduled`: the Author loader leaves unpublished posts out of the
+/// relation list, as the README suggests.
+struct Blog {
+    hide_scheduled: bool,
+}
+
+const POSTS: [(i64, i64, bool); 2] = [(4, 3, false), (5, 3, true)];
+
+impl Loader<Author> for Blog {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Author>, LoadError> {
+        Ok(pks
+            .iter()
+            .map(|&id| Author {
+                id,
+                posts: POSTS
+                    .iter()
+                    .filter(|&&(_, author, published)| {
+                        author == id && (published || !self.hide_scheduled)
+                    })
+                    .map(|&(post, _, _)| post)
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+impl Loader<Post> for Blog {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Post>, LoadError> {
+        Ok(POSTS
+            .iter()
+            .filter(|(id, _, _)| pks.contains(id))
+            .map(|&(id, author_id, published)| Post {
+                id,
+                author_id,
+                published,
+            })
+            .collect())
+    }
+}
+
+struct Published;
+
+impl ListQuery<Post> for Published {
+    async fn page(&self, _: PageRequest) -> Result<Page<i64>, LoadError> {
+        Ok(Page::new(vec![5], 1))
+    }
+    fn scope(&self) -> Option<impl Fn(&Post) -> bool> {
+        Some(|p: &Post| p.published)
+    }
+}
+
+struct Authors;
+
+impl ListQuery<Author> for Authors {
+    async fn page(&self, _: PageRequest) -> Result<Page<i64>, LoadError> {
+        Ok(Page::new(vec![3], 1))
+    }
+}
+
+fn blog(hide_scheduled: bool) -> Router {
+    let cache = Cache::builder()
+        .loader::<Author>(Blog { hide_scheduled })
+        .loader::<Post>(Blog { hide_scheduled })
+        .build()
+        .unwrap();
+    Router::new()
+        .merge(Resource::new(cache.clone(), Authors).router("/authors"))
+        .merge(Resource::new(cache, Published).router("/posts"))
+}
+
+#[tokio::test]
+async fn a_scope_does_not_filter_other_models_relation_lists() {
+    // As documented: the post is hidden, its pk is not.
+    let app = blog(false);
+    let (status, _) = call(&app, get("/posts/4")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, author) = call(&app, get("/authors/3")).await;
+    assert_eq!(author["posts"], json!([4, 5]));
+
+    // The documented remedy: the relation's loader applies the scope.
+    let app = blog(true);
+    let (_, author) = call(&app, get("/authors/3")).await;
+    assert_eq!(author["posts"], json!([5]));
+    let (status, _) = call(&app, get("/posts/4")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -231,6 +231,12 @@ pub trait ListQuery<T: CachedInstance>: Send + Sync + 'static {
     ///
     /// Called once per request, after the cache read: a predicate comparing
     /// with "now" can capture it here.
+    ///
+    /// A scope filters this resource's list and detail only, not the
+    /// relation lists of other models: a hidden post's pk still appears in
+    /// its author's `posts` (the cached representation is the same for every
+    /// reader). Keep hidden rows out of the relation in that model's loader
+    /// when their pks must not show.
     fn scope(&self) -> Option<impl Fn(&T) -> bool> {
         None::<fn(&T) -> bool>
     }
