@@ -10,18 +10,14 @@
 //! Every wait is bounded and polls for the outcome; no sleep decides a
 //! result.
 
-#[path = "support/query_model.rs"]
-mod query_model;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::time::{Duration, Instant};
 
 use cached_instances::query::Source;
 use cached_instances::{Cache, Event, RedisStore, Store};
-use query_model::{Db, IndexFaults, Member, in_country, member};
-use redis_server::RedisServer;
+use cached_instances_testkit::faults::Faulty;
+use cached_instances_testkit::query_model;
+use cached_instances_testkit::query_model::{Db, Member, in_country, member};
+use cached_instances_testkit::redis_server::RedisServer;
 
 /// Short enough for the tests to recover quickly.
 const RETRY: Duration = Duration::from_millis(50);
@@ -204,13 +200,13 @@ async fn a_reindex_whose_reload_fails_unwarms_the_model_and_queries_stay_correct
 async fn a_reindex_the_store_fails_again_unwarms_the_model() {
     let server = RedisServer::start();
     let db = Db::seeded(6, "FR");
-    let store = IndexFaults::new(connected(&server).await);
+    let store = Faulty::new(connected(&server).await);
     let cache = cache_over(store.clone(), &db);
     cache.warm::<Member>().await.unwrap();
     assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
 
     // The server takes the invalidation, not the index lease.
-    store.fail_lease(true);
+    store.fail_index_lease(true);
     let moved = member(2, "GB");
     db.put(moved.clone());
     cache.saved(&moved).await.unwrap();
@@ -226,7 +222,7 @@ async fn a_reindex_the_store_fails_again_unwarms_the_model() {
     assert_eq!(warm_marks(&server).len(), 1);
     assert_eq!(check(&cache, &db, "GB").await, Source::Database);
 
-    store.fail_lease(false);
+    store.fail_index_lease(false);
     let deadline = Instant::now() + PATIENCE;
     while !warm_marks(&server).is_empty() {
         assert_eq!(check(&cache, &db, "GB").await, Source::Database);
@@ -247,16 +243,16 @@ async fn a_reindex_the_store_fails_again_unwarms_the_model() {
 async fn a_write_whose_index_apply_failed_is_reindexed() {
     let server = RedisServer::start();
     let db = Db::seeded(6, "FR");
-    let store = IndexFaults::new(connected(&server).await);
+    let store = Faulty::new(connected(&server).await);
     let cache = cache_over(store.clone(), &db);
     cache.warm::<Member>().await.unwrap();
 
     // Leased and reloaded, but not applied: the index still says FR.
-    store.fail_apply(true);
+    store.fail_index_apply(true);
     let moved = member(2, "GB");
     db.put(moved.clone());
     cache.saved(&moved).await.unwrap();
-    store.fail_apply(false);
+    store.fail_index_apply(false);
     assert_eq!(cache.stats().index_updates_missed, 1);
 
     let deadline = Instant::now() + PATIENCE;
@@ -266,10 +262,10 @@ async fn a_write_whose_index_apply_failed_is_reindexed() {
     }
     assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
     // Deleted during the next outage of the index: re-indexed as a removal.
-    store.fail_lease(true);
+    store.fail_index_lease(true);
     let gone = db.remove(2).unwrap();
     cache.deleted(&gone).await.unwrap();
-    store.fail_lease(false);
+    store.fail_index_lease(false);
     let deadline = Instant::now() + PATIENCE;
     while check(&cache, &db, "GB").await != Source::Cache {
         assert!(Instant::now() < deadline, "never answered from the cache");

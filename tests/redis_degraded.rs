@@ -11,19 +11,13 @@
 //! result); the only timing assertion is that a stalled server does not stall
 //! reads, with a wide margin.
 
-#[path = "support/faults.rs"]
-mod faults;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::time::{Duration, Instant};
 
 use cached_instances::{Cache, CacheBuilder, CachedInstance, Error, Event, RedisStore, Store};
-use faults::{Faulty, Flaky, Instrumented};
-use polls::memdb::MemDb;
+use cached_instances_testkit::faults::{Faulty, Flaky, Instrumented};
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::redis_server::RedisServer;
 use polls::{Choice, Question, User};
-use redis_server::RedisServer;
 use tokio::sync::broadcast;
 
 /// Short enough for the tests to recover quickly.

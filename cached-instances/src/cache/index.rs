@@ -200,7 +200,7 @@ impl Cache {
                         tracing::warn!(
                             target: "cached_instances",
                             model,
-                            error = %error,
+                            error = %crate::error::Chain(&error),
                             "reload failed while re-indexing a queued index update"
                         );
                         self.unwarm(model, &prefix, false).await;
@@ -304,15 +304,15 @@ impl Cache {
         mut progress: Option<crate::query::ProgressFn<'_>>,
     ) -> Result<WarmReport, Error> {
         let entry = self.inner.registry.entry::<T>()?;
+        if T::SCHEMA.indexes.is_empty() {
+            return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
+        }
         let Some(indexes) = self.inner.store.indexes() else {
             return Err(QueryError::StoreUnsupported.into());
         };
         // An un-warm still queued is superseded by this warm: delivered
         // first, so that it cannot delete the mark this warm sets.
         self.deliver_queued().await;
-        // A model without index fields is loaded and cached, and has no
-        // index to build.
-        let has_index = !T::SCHEMA.indexes.is_empty();
         let prefix = plan::prefix(&T::SCHEMA);
         let pks = self
             .loading()
@@ -322,22 +322,19 @@ impl Cache {
         let total = pks.len() as u64;
 
         // What the index held before, to remove what no longer exists.
-        let before: Vec<String> = if has_index {
-            let all = IndexQuery {
-                ignore_warm: true,
-                ..IndexQuery::default()
-            };
-            self.warm_store_call(
+        let all = IndexQuery {
+            ignore_warm: true,
+            ..IndexQuery::default()
+        };
+        let before: Vec<String> = self
+            .warm_store_call(
                 T::MODEL,
                 StoreOp::IndexMembers,
                 indexes.index_query(&prefix, &all),
             )
             .await?
             .map(|page| page.members)
-            .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+            .unwrap_or_default();
 
         let mut seen: HashSet<String> = HashSet::with_capacity(pks.len());
         let mut indexed = 0u64;
@@ -346,9 +343,6 @@ impl Cache {
             let members: Vec<String> = chunk.iter().map(PrimaryKey::to_index_member).collect();
             let token = marker::new_lease();
             for part in members.chunks(MEMBERS_PER_SCRIPT) {
-                if !has_index {
-                    break;
-                }
                 self.warm_store_call(
                     T::MODEL,
                     StoreOp::IndexLease,
@@ -372,9 +366,6 @@ impl Cache {
                 })
                 .collect();
             for part in updates.chunks(MEMBERS_PER_SCRIPT) {
-                if !has_index {
-                    break;
-                }
                 let applied = self
                     .warm_store_call(
                         T::MODEL,
@@ -432,15 +423,13 @@ impl Cache {
             self.count_applied(&applied);
         }
 
-        if has_index {
-            let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
-            self.warm_store_call(
-                T::MODEL,
-                StoreOp::IndexMark,
-                self.inner.store.swap_many(&marker_key, b"1", WARM_TTL),
-            )
-            .await?;
-        }
+        let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
+        self.warm_store_call(
+            T::MODEL,
+            StoreOp::IndexMark,
+            self.inner.store.swap_many(&marker_key, b"1", WARM_TTL),
+        )
+        .await?;
         tracing::info!(
             target: "cached_instances",
             model = T::MODEL,

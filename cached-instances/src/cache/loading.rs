@@ -3,14 +3,15 @@
 //! Every call (a read's load, a cascade's reload, a re-index, `warm`'s pk
 //! list, a query's fallback) goes through [`Loading::call`]: it is counted
 //! when it starts (`Stats::loader_calls`), runs under
-//! [`loader_timeout`](crate::CacheBuilder::loader_timeout), and its error
-//! becomes [`Error::Load`] (or [`Error::LoadTimeout`]).
+//! [`loader_timeout`](crate::CacheBuilder::loader_timeout), is timed (the
+//! `cache.load.duration` metric), and its error becomes [`Error::Load`] (or
+//! [`Error::LoadTimeout`]).
 
 use std::cell::Cell;
 use std::future::Future;
 use std::time::Duration;
 
-use super::stats::{Counters, add};
+use super::stats::{Counters, LoadTimer, add};
 use crate::error::{Error, LoadError};
 
 tokio::task_local! {
@@ -41,12 +42,21 @@ impl Loading<'_> {
         // Outside a counting scope there is nothing to add to.
         let _ = CALLS_IN_SCOPE.try_with(|calls| calls.set(calls.get() + 1));
         let call = async { call.await.map_err(|source| Error::Load { model, source }) };
+        let timer = LoadTimer::start();
+        let outcome =
+            |result: &Result<R, Error>| if result.is_ok() { "success" } else { "failure" };
         let Some(timeout) = self.timeout else {
-            return call.await;
+            let result = call.await;
+            timer.finish(model, outcome(&result));
+            return result;
         };
         match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
+            Ok(result) => {
+                timer.finish(model, outcome(&result));
+                result
+            }
             Err(_elapsed) => {
+                timer.finish(model, "timeout");
                 add(&self.counters.loader_timeouts, 1);
                 tracing::warn!(
                     target: "cached_instances",
