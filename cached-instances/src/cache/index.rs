@@ -1,53 +1,29 @@
 //! Query index maintenance (see [`query`](crate::query)): the update made
-//! by every write of a model with index fields, and [`Cache::warm`].
-//!
-//! Every update follows the lease protocol of the entries: lease the
-//! members' index records (a token, replacing any other update's), read
-//! the instances, apply their values if the lease still holds. A write
-//! leases after its commit and its invalidation, so the holder of the last
-//! lease read the database after every write that leased before it, and a
-//! write that comes later takes the lease over: the index ends with the
-//! values of the last committed state.
-//!
-//! A write whose update cannot reach the store (it is down, or the lease or
-//! the apply fails) queues it as a `PendingOp::Reindex` in the retry queue
-//! of undelivered invalidations (`degraded.rs`). Until the recovery task
-//! (`recovery.rs`) has delivered the queue no read uses the store, so the
-//! model's queries go to the loader meanwhile; on delivery, after the
-//! instances, the update is redone
-//! under a new lease with a fresh reload, as the write would have done it,
-//! and the model stays warmed. Only when that fails too (the store fails
-//! again, or the loader) is the model un-warmed: its warm mark is deleted,
-//! and its queries go to the loader until the next [`Cache::warm`].
+//! by every write of a model with index fields, and the re-index of the
+//! updates the store missed (see "Query indexes" and "Store outages" in the
+//! protocol, `cache/mod.rs`).
 
-use std::collections::{BTreeMap, HashSet};
-use std::marker::PhantomData;
+use std::collections::BTreeMap;
 
 use super::Cache;
 use super::degraded::{PendingOp, StoreOp};
-use super::read::{Found, Want};
-use super::registry::ModelEntry;
+use super::registry::{ModelEntry, update_of};
 use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
 use crate::query::plan;
-use crate::query::{IndexValues, QueryError, Warm, WarmProgress, WarmReport};
-use crate::store::{IndexQuery, IndexStore, IndexUpdate, WARM_SUFFIX};
+use crate::store::{IndexStore, WARM_SUFFIX};
 
 /// The most members one index script handles: a bigger batch is split, so
 /// that no script holds the server for long (or outlasts the store's
 /// response timeout on a busy one).
-const MEMBERS_PER_SCRIPT: usize = 250;
+pub(super) const MEMBERS_PER_SCRIPT: usize = 250;
 
 /// How long the mark of a warmed index lasts (it is refreshed by every
 /// `warm`; effectively for good).
-const WARM_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
-
-pub(super) fn update_of<T: CachedInstance>(member: String, row: Option<&T>) -> IndexUpdate {
-    let record = row.map(|row| plan::record(&T::SCHEMA, &IndexValues::of(row)));
-    IndexUpdate::new(member, record)
-}
+pub(super) const WARM_TTL: std::time::Duration =
+    std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl Cache {
     /// The store's indexes, when `T` has index fields and the store has
@@ -112,7 +88,7 @@ impl Cache {
     }
 
     /// Counts the index records an apply wrote (those whose lease held).
-    fn count_applied(&self, applied: &[bool]) {
+    pub(super) fn count_applied(&self, applied: &[bool]) {
         let n = applied.iter().filter(|&&ok| ok).count();
         super::stats::add(&self.inner.counters.index_updates, n);
     }
@@ -254,195 +230,5 @@ impl Cache {
         if !deleted {
             self.queue(mark.into_iter().map(PendingOp::Delete));
         }
-    }
-
-    /// Loads every instance of `T` in batches through its loader (filling
-    /// the cache as reads do), indexes them, removes from the index the
-    /// members that no longer exist, and marks the index complete: from
-    /// then on [`query`](Self::query) answers `T`'s queries from the cache.
-    /// Await the returned [`Warm`], after setting its batch size or progress
-    /// callback if need be. See the [`query`](crate::query) module.
-    pub fn warm<T: CachedInstance>(&self) -> Warm<'_, T> {
-        Warm {
-            cache: self,
-            batch_size: 1000,
-            progress: None,
-            _model: PhantomData,
-        }
-    }
-
-    pub(crate) async fn warm_model<T: CachedInstance>(
-        &self,
-        batch_size: usize,
-        progress: Option<crate::query::ProgressFn<'_>>,
-    ) -> Result<WarmReport, Error> {
-        let (report, loader_calls) =
-            super::loading::counting_calls(self.warm_batches::<T>(batch_size, progress)).await;
-        Ok(WarmReport {
-            loader_calls,
-            ..report?
-        })
-    }
-
-    /// A store call of `warm`, which cannot do without the store: its
-    /// failure is the warm's error.
-    async fn warm_store_call<R>(
-        &self,
-        model: &'static str,
-        op: StoreOp,
-        call: crate::store::StoreFuture<'_, R>,
-    ) -> Result<R, Error> {
-        self.store_result(Some(model), op, call)
-            .await
-            .map_err(|source| Error::Store { model, op, source })
-    }
-
-    /// `warm`, without its count of loader calls.
-    async fn warm_batches<T: CachedInstance>(
-        &self,
-        batch_size: usize,
-        mut progress: Option<crate::query::ProgressFn<'_>>,
-    ) -> Result<WarmReport, Error> {
-        let entry = self.inner.registry.entry::<T>()?;
-        if T::SCHEMA.indexes.is_empty() {
-            return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
-        }
-        let Some(indexes) = self.inner.store.indexes() else {
-            return Err(QueryError::StoreUnsupported.into());
-        };
-        // An un-warm still queued is superseded by this warm: delivered
-        // first, so that it cannot delete the mark this warm sets.
-        self.deliver_queued().await;
-        let prefix = plan::prefix(&T::SCHEMA);
-        let pks = self
-            .loading()
-            .call(T::MODEL, entry.loader::<T>().all_pks())
-            .await?
-            .ok_or(QueryError::NoPkList { model: T::MODEL })?;
-        let total = pks.len() as u64;
-
-        // What the index held before, to remove what no longer exists.
-        let all = IndexQuery {
-            ignore_warm: true,
-            ..IndexQuery::default()
-        };
-        let before: Vec<String> = self
-            .warm_store_call(
-                T::MODEL,
-                StoreOp::IndexMembers,
-                indexes.index_query(&prefix, &all),
-            )
-            .await?
-            .map(|page| page.members)
-            .unwrap_or_default();
-
-        let mut seen: HashSet<String> = HashSet::with_capacity(pks.len());
-        let mut indexed = 0u64;
-        let mut done = 0u64;
-        for chunk in pks.chunks(batch_size.max(1)) {
-            let members: Vec<String> = chunk.iter().map(PrimaryKey::to_index_member).collect();
-            let token = marker::new_lease();
-            for part in members.chunks(MEMBERS_PER_SCRIPT) {
-                self.warm_store_call(
-                    T::MODEL,
-                    StoreOp::IndexLease,
-                    indexes.index_lease(&prefix, part, &token),
-                )
-                .await?;
-            }
-            let found = self.read_many::<T>(chunk, Want::Instances).await?;
-            let updates: Vec<IndexUpdate> = members
-                .iter()
-                .zip(&found)
-                .map(|(member, f)| {
-                    let row = match f {
-                        Found::Instance(row) => Some(row),
-                        _ => None,
-                    };
-                    if row.is_some() {
-                        indexed += 1;
-                    }
-                    update_of(member.clone(), row)
-                })
-                .collect();
-            for part in updates.chunks(MEMBERS_PER_SCRIPT) {
-                let applied = self
-                    .warm_store_call(
-                        T::MODEL,
-                        StoreOp::IndexApply,
-                        indexes.index_apply(&prefix, &token, part),
-                    )
-                    .await?;
-                self.count_applied(&applied);
-            }
-            seen.extend(members);
-            done += chunk.len() as u64;
-            if let Some(progress) = progress.as_mut() {
-                progress(WarmProgress {
-                    model: T::MODEL,
-                    done,
-                    total,
-                });
-            }
-        }
-
-        // Members of rows that are gone: leased and reloaded like the rest,
-        // so one created meanwhile (and indexed by its write) stays.
-        let stale: Vec<String> = before.into_iter().filter(|m| !seen.contains(m)).collect();
-        let mut removed = 0u64;
-        for chunk in stale.chunks(batch_size.clamp(1, MEMBERS_PER_SCRIPT)) {
-            let token = marker::new_lease();
-            self.warm_store_call(
-                T::MODEL,
-                StoreOp::IndexLease,
-                indexes.index_lease(&prefix, chunk, &token),
-            )
-            .await?;
-            let pks: Vec<T::Pk> = chunk
-                .iter()
-                .filter_map(|m| T::Pk::from_index_member(m))
-                .collect();
-            let rows = self.load_rows::<T>(entry, &pks).await?;
-            let updates: Vec<IndexUpdate> = chunk
-                .iter()
-                .map(|member| {
-                    let row = rows.iter().find(|r| &r.pk().to_index_member() == member);
-                    if row.is_none() {
-                        removed += 1;
-                    }
-                    update_of(member.clone(), row)
-                })
-                .collect();
-            let applied = self
-                .warm_store_call(
-                    T::MODEL,
-                    StoreOp::IndexApply,
-                    indexes.index_apply(&prefix, &token, &updates),
-                )
-                .await?;
-            self.count_applied(&applied);
-        }
-
-        let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
-        self.warm_store_call(
-            T::MODEL,
-            StoreOp::IndexMark,
-            self.inner.store.swap_many(&marker_key, b"1", WARM_TTL),
-        )
-        .await?;
-        tracing::info!(
-            target: "cached_instances",
-            model = T::MODEL,
-            indexed,
-            removed,
-            "warmed"
-        );
-        Ok(WarmReport {
-            model: T::MODEL,
-            indexed,
-            removed,
-            // Counted by `warm_model`.
-            loader_calls: 0,
-        })
     }
 }

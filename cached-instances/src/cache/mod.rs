@@ -3,7 +3,11 @@
 //!
 //! # Protocol
 //!
-//! A look-aside cache with leases and tombstones:
+//! This is the one explanation of the protocol; the modules that implement
+//! a part of it point here, and CONSISTENCY.md states the guarantees it
+//! gives and the tests that show them.
+//!
+//! ## Entries: a look-aside cache with leases and tombstones
 //!
 //! 1. A read multi-gets its keys. Misses take a lease (a unique token written
 //!    to the key) where the key is absent or a tombstone.
@@ -16,6 +20,45 @@
 //! 4. A reader that finds another's lease waits for the fill (bounded by
 //!    [`lease_wait`](crate::CacheBuilder::lease_wait)), then reads the database
 //!    without filling.
+//!
+//! ## Writes: cascade levels (`write.rs`)
+//!
+//! A write invalidates breadth-first, level by level, from the written
+//! instance. Every level costs one round trip that swaps each key (every
+//! version) to the write's lease, voiding readers' leases and returning the
+//! old bytes; one loader call per model to reload the entries that were
+//! cached (all of them without `update_only`); and one round trip that fills
+//! them if the lease still holds, or leaves a tombstone. The old and new
+//! states give the next level's targets; a visited set makes cycles
+//! terminate, and past `max_cascade_depth` levels are tombstoned without
+//! reloading, following what the old states linked to. Reloading the written
+//! instance keeps it cached with the committed state, so its next write can
+//! still be compared with what it replaces.
+//!
+//! ## Query indexes (`index.rs`, `warm.rs`)
+//!
+//! Every index update follows the entries' lease protocol: lease the
+//! members' index records (a token, replacing any other update's), read the
+//! instances, apply their values if the lease still holds. A write leases
+//! after its commit and its invalidation, so the holder of the last lease
+//! read the database after every write that leased before it: the index
+//! ends with the values of the last committed state. A model is answered
+//! from its index only once [`Cache::warm`] marked it complete.
+//!
+//! ## Store outages (`degraded.rs`, `recovery.rs`)
+//!
+//! After a store error the store is skipped for `store_retry_interval`;
+//! reads go to the loaders (at most `degraded_concurrency` at once).
+//! Invalidations and index updates the store could not take are queued, and
+//! **while anything is queued or being delivered, this process does not use
+//! the store**: reads go to the loaders, writes queue behind. The queue is
+//! delivered by a background task the cache owns, never by a reader: each
+//! queued instance is delivered as a cascade level of its own (what the
+//! store still held is compared with a reload, so a relation the write
+//! could not see is invalidated too), then the index updates are redone
+//! under a new lease. An index update that fails again un-warms its model
+//! (its warm mark deleted) until the next `warm`. If the process exits
+//! first, the entries' TTL is the backstop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,11 +78,13 @@ mod recovery;
 mod registry;
 mod shape;
 mod stats;
+mod warm;
 mod write;
 
 pub use builder::CacheBuilder;
 pub use degraded::{Event, StoreOp};
 pub use stats::Stats;
+pub use warm::{Warm, WarmProgress, WarmReport};
 
 use crate::error::Error;
 use crate::instance::CachedInstance;

@@ -1,27 +1,14 @@
-//! Recovery: the background task that delivers queued invalidations.
+//! Recovery: the background task that delivers queued invalidations (see
+//! "Store outages" in the protocol, `cache/mod.rs`).
 //!
-//! Invalidations (and query-index updates) that could not reach the store
-//! are queued (`degraded.rs`). While anything is queued *or being
-//! delivered*, no read or write of this process uses the store: reads go to
-//! the loaders, writes queue their own invalidations behind the others. So
-//! a read only checks a flag; it never runs a delivery (a cascade, reloads,
-//! re-indexes) inside its caller's request.
-//!
-//! The delivery runs in one task the cache owns, as redis-rs's
-//! `ConnectionManager` reconnects and moka's housekeeper evicts: spawned on
-//! the Tokio runtime by the first call that queues work (a cache can be
-//! built outside a runtime), woken through a [`Notify`], it waits for the
-//! store's retry time (`store_retry_interval` after its last failure),
-//! delivers, and sleeps again while anything is left. It holds the cache
-//! only through a [`Weak`] between deliveries, so it ends when the last
-//! [`Cache`] clone is dropped. A task dropped with its runtime is spawned
-//! again by the next call that finds work queued.
-//!
-//! An instance's delivery is a cascade level of its own (`write.rs`): what
-//! the store still held for it is compared with a reload, so the relations
-//! of a state the write could not see (the old parent of a moved foreign
-//! key) are invalidated too. Query-index updates are redone after the
-//! instances (`index.rs`).
+//! It runs as redis-rs's `ConnectionManager` reconnects and moka's
+//! housekeeper evicts: spawned on the Tokio runtime by the first call that
+//! queues work (a cache can be built outside a runtime), woken through a
+//! [`Notify`], it waits for the store's retry time, delivers, and sleeps
+//! again while anything is left. It holds the cache only through a
+//! [`Weak`] between deliveries, so it ends when the last [`Cache`] clone is
+//! dropped; a task dropped with its runtime is spawned again by the next
+//! call that finds work queued. A read only checks a flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

@@ -14,6 +14,7 @@ use crate::instance::{CachedInstance, RelationKind, Schema, Target};
 use crate::key::instance_key;
 use crate::loader::{BoxFuture, DynLoader};
 use crate::pk::PrimaryKey;
+use crate::query::{IndexValues, plan};
 use crate::store::IndexUpdate;
 
 /// The relation values of one instance state, in key form.
@@ -153,7 +154,7 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
                 .map(|pk| {
                     let member = pk.to_index_member();
                     let row = by_member.get(&member).copied();
-                    super::index::update_of(member, row)
+                    update_of(member, row)
                 })
                 .collect())
         })
@@ -365,4 +366,11 @@ impl Registry {
         }
         Ok(registry)
     }
+}
+
+/// The index update of `member`: the row's values, or the member's removal
+/// when the row is gone.
+pub(super) fn update_of<T: CachedInstance>(member: String, row: Option<&T>) -> IndexUpdate {
+    let record = row.map(|row| plan::record(&T::SCHEMA, &IndexValues::of(row)));
+    IndexUpdate::new(member, record)
 }

@@ -1,16 +1,6 @@
-//! The write path: invalidate the written instance, then cascade breadth-first
-//! through the instances whose representation the write changed.
-//!
-//! Every level, the written instance's included, costs one round trip that
-//! swaps each key (every version) to this write's lease, voiding readers'
-//! leases and returning the old bytes; one loader call per model to reload
-//! the entries that were cached (all of them without `update_only`); and one
-//! round trip that fills them if the lease still holds, or leaves a tombstone.
-//! The old and new states give the next level's targets. A visited set makes
-//! cycles (`User.votes` <-> `Choice.voters`) terminate.
-//!
-//! Reloading the written instance keeps it cached with the committed state,
-//! so the next write of it can still be compared with what it replaces.
+//! The write path: invalidate the written instance, then cascade
+//! breadth-first through the instances whose representation the write
+//! changed (see "Writes" in the protocol, `cache/mod.rs`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
