@@ -563,10 +563,10 @@ async fn setup_data(db: &Db, url: &str, schema: &str, args: &Args) -> Result<(),
     db.seed(chrono::Utc::now()).await?;
     // More users than the seed's three (the polls API has no user writes).
     let mut conn = sqlx::PgConnection::connect(url).await?;
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {schema}.users (username) SELECT 'user' || g FROM generate_series(4, {}) g",
         args.users
-    ))
+    )))
     .execute(&mut conn)
     .await?;
     conn.close().await?;

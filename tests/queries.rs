@@ -918,3 +918,35 @@ async fn a_reindex_that_fails_again_unwarms_the_model_until_the_next_warm() {
         (vec![2], 1, Source::Cache)
     );
 }
+
+#[tokio::test]
+async fn warm_of_a_model_without_query_fields_is_an_error_that_says_so() {
+    // Team declares no index, sortable or search field: nothing to index.
+    struct Teams(Arc<Mutex<usize>>);
+    impl Loader<Team> for Teams {
+        async fn load(&self, pks: &[i64]) -> Result<Vec<Team>, LoadError> {
+            *self.0.lock().unwrap() += 1;
+            Ok(pks.iter().map(|&id| Team { id }).collect())
+        }
+        async fn all_pks(&self) -> Result<Option<Vec<i64>>, LoadError> {
+            *self.0.lock().unwrap() += 1;
+            Ok(Some(vec![1, 2, 3, 4]))
+        }
+    }
+    let calls = Arc::new(Mutex::new(0));
+    let cache = Cache::builder()
+        .loader::<Team>(Teams(calls.clone()))
+        .build()
+        .unwrap();
+    let error = cache.warm::<Team>().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Query(QueryError::NothingToIndex { model: "Team" })
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("no index to warm"), "{error}");
+    assert_eq!(*calls.lock().unwrap(), 0, "no loader call for nothing");
+    assert_eq!(cache.stats().loader_calls, 0);
+}

@@ -238,7 +238,7 @@ where
         Utc::now().timestamp_micros(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await
         .unwrap();
@@ -260,7 +260,7 @@ where
 
     let outcome = tokio::spawn(test(pool.clone(), statements)).await;
     pool.close().await;
-    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&admin)
         .await
         .unwrap();

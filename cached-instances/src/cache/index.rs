@@ -197,7 +197,7 @@ impl Cache {
                         tracing::warn!(
                             target: "cached_instances",
                             model,
-                            error = %error,
+                            error = %crate::error::Chain(&error),
                             "reload failed while re-indexing a queued index update"
                         );
                         self.unwarm(model, &prefix, false).await;
@@ -274,6 +274,9 @@ impl Cache {
         mut progress: Option<crate::query::ProgressFn<'_>>,
     ) -> Result<WarmReport, Error> {
         let entry = self.inner.registry.entry::<T>()?;
+        if T::SCHEMA.indexes.is_empty() {
+            return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
+        }
         if !self.inner.store.supports_indexes() {
             return Err(QueryError::StoreUnsupported.into());
         }

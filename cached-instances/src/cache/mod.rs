@@ -326,12 +326,19 @@ impl Cache {
         model: &'static str,
         load: impl std::future::Future<Output = Result<R, Error>>,
     ) -> Result<R, Error> {
+        let timer = stats::LoadTimer::start();
         let Some(timeout) = self.inner.config.loader_timeout else {
-            return load.await;
+            let result = load.await;
+            timer.finish(model, if result.is_ok() { "success" } else { "failure" });
+            return result;
         };
         match tokio::time::timeout(timeout, load).await {
-            Ok(result) => result,
+            Ok(result) => {
+                timer.finish(model, if result.is_ok() { "success" } else { "failure" });
+                result
+            }
             Err(_elapsed) => {
+                timer.finish(model, "timeout");
                 stats::add(&self.inner.counters.loader_timeouts, 1);
                 tracing::warn!(
                     target: "cached_instances",

@@ -271,7 +271,7 @@ impl Cache {
         if let Err(error) = level.and(self.cascade(next, visited, Caller::Recovery).await) {
             tracing::warn!(
                 target: "cached_instances",
-                error = %error,
+                error = %crate::error::Chain(&error),
                 "reload failed while delivering queued invalidations; entries left invalidated"
             );
         }
@@ -459,7 +459,7 @@ impl Cache {
                         tracing::warn!(
                             target: "cached_instances",
                             model = entry.schema.model,
-                            error = %e,
+                            error = %crate::error::Chain(&e),
                             "cascade reload failed; entries left invalidated"
                         );
                         first_error.get_or_insert(e);
