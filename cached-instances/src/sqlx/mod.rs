@@ -333,6 +333,7 @@ pub trait SqlxDatabase: Database<Connection: SqlxConnection<Database = Self>> {
 }
 
 /// `NULLS FIRST`/`NULLS LAST`, for the databases that have them.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
 fn push_order_nulls<DB: SqlxDatabase>(
     builder: &mut query::Builder<DB>,
     column: &str,
