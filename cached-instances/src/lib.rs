@@ -112,6 +112,8 @@ pub mod __private {
     // dispatch helpers exist whatever the features; what names sqlx sits
     // behind the `__cached_if_*` macros below.
     pub use crate::query::Condition;
+    #[cfg(feature = "sqlx-mysql")]
+    pub use crate::sqlx::mysql as sqlx_mysql;
     #[cfg(feature = "sqlx-postgres")]
     pub use crate::sqlx::postgres as sqlx_postgres;
     #[cfg(feature = "sqlx")]
@@ -121,7 +123,10 @@ pub mod __private {
     #[cfg(feature = "sqlx")]
     pub use crate::sqlx::{BoxFuture, FetchedKeys, SqlxConnection, SqlxModel, schema_error};
     pub use crate::table::*;
-    pub use crate::{__cached_if_sqlx, __cached_if_sqlx_postgres, __cached_if_sqlx_sqlite};
+    pub use crate::{
+        __cached_if_sqlx, __cached_if_sqlx_mysql, __cached_if_sqlx_postgres,
+        __cached_if_sqlx_sqlite,
+    };
     #[cfg(feature = "sqlx")]
     pub use ::sqlx;
     pub use std::clone::Clone;
@@ -212,6 +217,24 @@ macro_rules! __cached_if_sqlx_postgres {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cached_if_sqlx_postgres {
+    ($($t:tt)*) => {};
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(feature = "sqlx-mysql")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(not(feature = "sqlx-mysql"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
     ($($t:tt)*) => {};
 }
 
