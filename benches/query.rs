@@ -36,10 +36,6 @@
 //! `-- --memory-only` runs the `MemoryStore` side alone, on users made in
 //! memory (no PostgreSQL, no Redis), for profiling.
 
-#[path = "../tests/support/redis_server.rs"]
-#[allow(dead_code)]
-mod redis_server;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +43,10 @@ use std::time::{Duration, Instant};
 
 use cached_instances::query::{Query, Source};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
+use cached_instances_testkit::databases::DEFAULT_DATABASE_URL;
+use cached_instances_testkit::redis_server::RedisServer;
 use chrono::{DateTime, Utc};
-use redis_server::RedisServer;
+use clap::Parser;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -268,10 +266,35 @@ async fn memory_only(users: u64, iterations: u64) {
     }
 }
 
+/// Cached queries against PostgreSQL (QUERY_BENCHMARKS.md).
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo bench --bench query --")]
+struct Args {
+    /// 10 000 users and short runs (CI smoke).
+    #[arg(long)]
+    quick: bool,
+    /// The `MemoryStore` side alone, on users made in memory (no
+    /// PostgreSQL, no Redis), for profiling.
+    #[arg(long)]
+    memory_only: bool,
+    /// The PostgreSQL server (a schema of its own, dropped at the end).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    database: String,
+    /// Passed by cargo to `harness = false` targets.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let quick = std::env::args().any(|a| a == "--quick");
-    if std::env::args().any(|a| a == "--memory-only") {
+    let args = Args::parse();
+    let quick = args.quick;
+    if args.memory_only {
         memory_only(if quick { 10_000 } else { 100_000 }, 2_000).await;
         return ExitCode::SUCCESS;
     }
@@ -279,8 +302,7 @@ async fn main() -> ExitCode {
     let iterations: u64 = if quick { 200 } else { 1_000 };
     let window = Duration::from_secs(if quick { 1 } else { 4 });
 
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = args.database;
     let pool = match PgPoolOptions::new().max_connections(16).connect(&url).await {
         Ok(pool) => pool,
         Err(e) => {

@@ -4,18 +4,12 @@
 //! applications on one Redis apart: entries, invalidations and query
 //! indexes of a same-named model.
 
-#[path = "support/query_model.rs"]
-mod query_model;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::time::Duration;
 
 use cached_instances::query::Source;
 use cached_instances::{ConnectError, RedisStore, StoreError};
-use query_model::{Db, Member, cache_over, in_country, member};
-use redis_server::RedisServer;
+use cached_instances_testkit::query_model::{Db, Member, cache_over, in_country, member};
+use cached_instances_testkit::redis_server::RedisServer;
 
 /// Far longer than any failure below may take to be reported: a failure
 /// that waited for it would come back as `ConnectError::Timeout`.

@@ -65,7 +65,7 @@ pub mod sqlx;
 pub mod store;
 mod table;
 
-pub use cache::{Cache, CacheBuilder, Event, Stats};
+pub use cache::{Cache, CacheBuilder, Event, Stats, StoreOp};
 pub use codec::FieldCodec;
 pub use error::{
     BoxError, BuildError, ConnectError, DecodeError, EncodeError, Error, LoadError, StoreError,
