@@ -383,7 +383,7 @@ impl Cache {
                     target: "cached_instances",
                     model = model.unwrap_or("-"),
                     op = op.as_str(),
-                    error = %error,
+                    error = %crate::error::Chain(&error),
                     "store operation failed; serving from the database"
                 );
                 self.inner.degraded.failed(model, op, error);
