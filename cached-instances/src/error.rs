@@ -7,7 +7,9 @@
 //! [`source`](std::error::Error::source), never both, so that a report that
 //! walks the chain prints each cause once. These errors return it:
 //! [`Error::Load`] displays as `loading Author failed` and its `source()`
-//! is the loader's [`LoadError`], whose message is the database's.
+//! is the loader's [`LoadError`], whose message is the database's;
+//! [`StoreError::Unavailable`] displays as `store unavailable` and its
+//! `source()` is the client's error.
 //!
 //! To see the whole chain, print it with a reporter: `anyhow`'s `{:#}`
 //! (`loading Author failed: error returned from database: relation
@@ -240,7 +242,7 @@ impl EncodeError {
 #[non_exhaustive]
 pub enum StoreError {
     /// The store could not be reached or did not answer in time.
-    #[error("store unavailable: {0}")]
+    #[error("store unavailable")]
     Unavailable(#[source] BoxError),
     /// The store answered something the cache did not expect.
     #[error("unexpected store reply: {0}")]

@@ -410,7 +410,7 @@ impl Cache {
                     target: "cached_instances",
                     model = model.unwrap_or("-"),
                     op = op.as_str(),
-                    error = %error,
+                    error = %crate::error::Chain(&error),
                     "store operation failed; serving from the database"
                 );
                 let error = Arc::new(error);
