@@ -24,6 +24,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 mod builder;
+// The change feed's entry (`crate::feed`).
+mod changes;
 mod degraded;
 // Query indexes: maintenance and warm (`index.rs`), running queries
 // (`query.rs`).
@@ -36,6 +38,7 @@ mod stats;
 mod write;
 
 pub use builder::CacheBuilder;
+pub(crate) use changes::{Changes, RowChange, Unusable};
 pub use degraded::Event;
 pub use stats::Stats;
 

@@ -239,7 +239,7 @@ impl Cache {
     /// invalidated without reloading, following what the old states linked
     /// to, until nothing new is reached.
     /// `delivering`: see [`invalidate_keys`](Self::invalidate_keys).
-    async fn cascade(
+    pub(super) async fn cascade(
         &self,
         mut targets: Vec<Target>,
         mut visited: HashSet<(&'static str, String)>,
