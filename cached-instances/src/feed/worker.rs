@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// A boxed `Send` future.
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 use super::ddl::{self, DEAD_LETTER_TABLE, Dialect, OUTBOX_TABLE};
 use crate::cache::{Changes, RowChange, Unusable};
 use crate::{Cache, Error};
@@ -314,26 +317,35 @@ impl Feed {
     /// [`FeedError::Database`] when the DDL fails (a declared table or
     /// column that does not exist, say).
     pub async fn install(&self) -> Result<(), FeedError> {
-        let sql = self.install_sql();
-        match &self.inner.pool {
-            #[cfg(feature = "sqlx-postgres")]
-            FeedPool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                // Installs from several processes take turns.
-                sqlx::query("SELECT pg_advisory_xact_lock(7306232907563311202)")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::raw_sql(&sql).execute(&mut *tx).await?;
-                tx.commit().await?;
+        self.install_boxed().await
+    }
+
+    /// Boxed as `Send`, here where the connection's lifetimes are known:
+    /// sqlx's executor bounds are higher-ranked, and a caller's `Send`
+    /// check cannot see through an unboxed future to prove them.
+    fn install_boxed(&self) -> BoxFuture<'_, Result<(), FeedError>> {
+        Box::pin(async move {
+            let sql = self.install_sql();
+            match &self.inner.pool {
+                #[cfg(feature = "sqlx-postgres")]
+                FeedPool::Postgres(pool) => {
+                    let mut tx = pool.begin().await?;
+                    // Installs from several processes take turns.
+                    sqlx::query("SELECT pg_advisory_xact_lock(7306232907563311202)")
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
+                    tx.commit().await?;
+                }
+                #[cfg(feature = "sqlx-sqlite")]
+                FeedPool::Sqlite(pool) => {
+                    let mut tx = pool.begin().await?;
+                    sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
+                    tx.commit().await?;
+                }
             }
-            #[cfg(feature = "sqlx-sqlite")]
-            FeedPool::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::raw_sql(&sql).execute(&mut *tx).await?;
-                tx.commit().await?;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The mark of the transaction `conn` is in, for [`flush`](Self::flush)
@@ -437,119 +449,122 @@ impl Feed {
     /// Claims one batch (all of `only`'s rows, or the next `batch_size`),
     /// delivers it, and deletes what was delivered or moved aside. Returns
     /// how many rows were claimed.
-    async fn batch(&self, only: Option<Mark>) -> Result<(usize, Delivery), FeedError> {
-        let limit = i64::try_from(self.inner.batch_size).unwrap_or(i64::MAX);
-        match &self.inner.pool {
-            #[cfg(feature = "sqlx-postgres")]
-            FeedPool::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let columns = "id, table_name, op, old_row::text, new_row::text";
-                let rows: Vec<OutboxRow> = match only {
-                    // Rows another worker holds are skipped, not waited for.
-                    None => {
-                        let sql = format!(
-                            "SELECT {columns} FROM {OUTBOX_TABLE} ORDER BY id LIMIT $1 \
+    /// Boxed as `Send`: see [`install_boxed`](Self::install_boxed).
+    fn batch(&self, only: Option<Mark>) -> BoxFuture<'_, Result<(usize, Delivery), FeedError>> {
+        Box::pin(async move {
+            let limit = i64::try_from(self.inner.batch_size).unwrap_or(i64::MAX);
+            match &self.inner.pool {
+                #[cfg(feature = "sqlx-postgres")]
+                FeedPool::Postgres(pool) => {
+                    let mut tx = pool.begin().await?;
+                    let columns = "id, table_name, op, old_row::text, new_row::text";
+                    let rows: Vec<OutboxRow> = match only {
+                        // Rows another worker holds are skipped, not waited for.
+                        None => {
+                            let sql = format!(
+                                "SELECT {columns} FROM {OUTBOX_TABLE} ORDER BY id LIMIT $1 \
                              FOR UPDATE SKIP LOCKED"
-                        );
-                        sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?
-                    }
-                    // A flush waits for a worker holding its rows: they are
-                    // then delivered (and gone) or released to it.
-                    Some(Mark::Txid(txid) | Mark::UpTo(txid)) => {
-                        let sql = format!(
-                            "SELECT {columns} FROM {OUTBOX_TABLE} WHERE txid = $2 ORDER BY id \
+                            );
+                            sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?
+                        }
+                        // A flush waits for a worker holding its rows: they are
+                        // then delivered (and gone) or released to it.
+                        Some(Mark::Txid(txid) | Mark::UpTo(txid)) => {
+                            let sql = format!(
+                                "SELECT {columns} FROM {OUTBOX_TABLE} WHERE txid = $2 ORDER BY id \
                              LIMIT $1 FOR UPDATE"
-                        );
-                        sqlx::query_as(&sql)
-                            .bind(limit)
-                            .bind(txid)
-                            .fetch_all(&mut *tx)
-                            .await?
-                    }
-                };
-                let delivery = self.deliver(&rows).await;
-                for (id, reason) in &delivery.dead {
-                    sqlx::query(&format!(
-                        "INSERT INTO {DEAD_LETTER_TABLE} \
+                            );
+                            sqlx::query_as(&sql)
+                                .bind(limit)
+                                .bind(txid)
+                                .fetch_all(&mut *tx)
+                                .await?
+                        }
+                    };
+                    let delivery = self.deliver(&rows).await;
+                    for (id, reason) in &delivery.dead {
+                        sqlx::query(&format!(
+                            "INSERT INTO {DEAD_LETTER_TABLE} \
                          (id, table_name, op, txid, old_row, new_row, reason) \
                          SELECT id, table_name, op, txid, old_row::text, new_row::text, $2 \
                          FROM {OUTBOX_TABLE} WHERE id = $1 ON CONFLICT (id) DO NOTHING"
-                    ))
-                    .bind(id)
-                    .bind(reason)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let done: Vec<i64> = delivery
-                    .delivered
-                    .iter()
-                    .copied()
-                    .chain(delivery.dead.iter().map(|(id, _)| *id))
-                    .collect();
-                if !done.is_empty() {
-                    sqlx::query(&format!("DELETE FROM {OUTBOX_TABLE} WHERE id = ANY($1)"))
-                        .bind(&done)
+                        ))
+                        .bind(id)
+                        .bind(reason)
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    let done: Vec<i64> = delivery
+                        .delivered
+                        .iter()
+                        .copied()
+                        .chain(delivery.dead.iter().map(|(id, _)| *id))
+                        .collect();
+                    if !done.is_empty() {
+                        sqlx::query(&format!("DELETE FROM {OUTBOX_TABLE} WHERE id = ANY($1)"))
+                            .bind(&done)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    self.count(&delivery);
+                    Ok((rows.len(), delivery))
                 }
-                tx.commit().await?;
-                self.count(&delivery);
-                Ok((rows.len(), delivery))
-            }
-            #[cfg(feature = "sqlx-sqlite")]
-            FeedPool::Sqlite(pool) => {
-                let columns = "id, table_name, op, old_row, new_row";
-                let rows: Vec<OutboxRow> = match only {
-                    None => {
-                        let sql =
-                            format!("SELECT {columns} FROM {OUTBOX_TABLE} ORDER BY id LIMIT ?");
-                        sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?
-                    }
-                    Some(Mark::UpTo(id) | Mark::Txid(id)) => {
-                        let sql = format!(
-                            "SELECT {columns} FROM {OUTBOX_TABLE} WHERE id <= ? ORDER BY id LIMIT ?"
-                        );
-                        sqlx::query_as(&sql)
-                            .bind(id)
-                            .bind(limit)
-                            .fetch_all(pool)
-                            .await?
-                    }
-                };
-                let delivery = self.deliver(&rows).await;
-                let mut tx = pool.begin().await?;
-                for (id, reason) in &delivery.dead {
-                    sqlx::query(&format!(
-                        "INSERT OR IGNORE INTO {DEAD_LETTER_TABLE} \
+                #[cfg(feature = "sqlx-sqlite")]
+                FeedPool::Sqlite(pool) => {
+                    let columns = "id, table_name, op, old_row, new_row";
+                    let rows: Vec<OutboxRow> = match only {
+                        None => {
+                            let sql =
+                                format!("SELECT {columns} FROM {OUTBOX_TABLE} ORDER BY id LIMIT ?");
+                            sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?
+                        }
+                        Some(Mark::UpTo(id) | Mark::Txid(id)) => {
+                            let sql = format!(
+                                "SELECT {columns} FROM {OUTBOX_TABLE} WHERE id <= ? ORDER BY id LIMIT ?"
+                            );
+                            sqlx::query_as(&sql)
+                                .bind(id)
+                                .bind(limit)
+                                .fetch_all(pool)
+                                .await?
+                        }
+                    };
+                    let delivery = self.deliver(&rows).await;
+                    let mut tx = pool.begin().await?;
+                    for (id, reason) in &delivery.dead {
+                        sqlx::query(&format!(
+                            "INSERT OR IGNORE INTO {DEAD_LETTER_TABLE} \
                          (id, table_name, op, txid, old_row, new_row, reason) \
                          SELECT id, table_name, op, txid, old_row, new_row, ? \
                          FROM {OUTBOX_TABLE} WHERE id = ?"
-                    ))
-                    .bind(reason)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let done: Vec<i64> = delivery
-                    .delivered
-                    .iter()
-                    .copied()
-                    .chain(delivery.dead.iter().map(|(id, _)| *id))
-                    .collect();
-                if !done.is_empty() {
-                    let ids = serde_json::to_string(&done).unwrap_or_else(|_| "[]".to_owned());
-                    sqlx::query(&format!(
+                        ))
+                        .bind(reason)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    let done: Vec<i64> = delivery
+                        .delivered
+                        .iter()
+                        .copied()
+                        .chain(delivery.dead.iter().map(|(id, _)| *id))
+                        .collect();
+                    if !done.is_empty() {
+                        let ids = serde_json::to_string(&done).unwrap_or_else(|_| "[]".to_owned());
+                        sqlx::query(&format!(
                         "DELETE FROM {OUTBOX_TABLE} WHERE id IN (SELECT value FROM json_each(?))"
                     ))
                     .bind(ids)
                     .execute(&mut *tx)
                     .await?;
+                    }
+                    tx.commit().await?;
+                    self.count(&delivery);
+                    Ok((rows.len(), delivery))
                 }
-                tx.commit().await?;
-                self.count(&delivery);
-                Ok((rows.len(), delivery))
             }
-        }
+        })
     }
 
     fn count(&self, delivery: &Delivery) {
