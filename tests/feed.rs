@@ -20,6 +20,7 @@ use cached_instances::sqlx::SqlxLoader;
 use cached_instances::store::{CompareAndSet, StoreFuture};
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
 use polls::{Choice, Question, User};
+use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
@@ -129,7 +130,7 @@ impl PgSchema {
     }
 
     async fn setup(self) -> PgSchema {
-        sqlx::raw_sql(&format!("CREATE SCHEMA {}", self.name))
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {}", self.name)))
             .execute(&self.admin)
             .await
             .unwrap();
@@ -150,7 +151,7 @@ impl PgSchema {
     }
 
     async fn drop_schema(self) {
-        sqlx::raw_sql(&format!("DROP SCHEMA {} CASCADE", self.name))
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", self.name)))
             .execute(&self.admin)
             .await
             .unwrap();
@@ -204,8 +205,8 @@ impl Db {
     fn run<'a>(&'a self, sql: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             match self {
-                Db::Pg(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-                Db::Lite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+                Db::Pg(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(pool).await.map(drop),
+                Db::Lite(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(pool).await.map(drop),
             }
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         })
@@ -215,8 +216,8 @@ impl Db {
         Box::pin(async move {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             match self {
-                Db::Pg(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await,
-                Db::Lite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await,
+                Db::Pg(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await,
+                Db::Lite(pool) => sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await,
             }
             .unwrap()
         })

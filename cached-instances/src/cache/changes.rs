@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashSet};
 use serde_json::{Map, Value};
 
 use super::Cache;
+use super::recovery::Caller;
 use super::registry::{Links, ModelEntry};
 use crate::error::Error;
 use crate::feed::Capture;
@@ -198,7 +199,7 @@ impl Cache {
         if changes.is_empty() {
             return Ok(true);
         }
-        if !self.store_usable().await {
+        if !self.store_usable() {
             return Ok(false);
         }
         let Changes {
@@ -214,7 +215,7 @@ impl Cache {
             .map(|(model, pk)| Target::Instance { model, pk })
             .chain(targets)
             .collect();
-        self.cascade(first, HashSet::new(), false).await?;
+        self.cascade(first, HashSet::new(), Caller::Write).await?;
         if !self.inner.degraded.has_pending() && !reindex.is_empty() {
             self.deliver_reindexes(reindex.into_iter().collect()).await;
         }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use sqlx::AssertSqlSafe;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -130,10 +131,11 @@ impl FeedConnection for sqlx::SqliteConnection {
         Box::pin(async move {
             // One writer at a time: every row up to the highest this
             // transaction sees is committed once it is.
-            let (id,): (i64,) =
-                sqlx::query_as(&format!("SELECT COALESCE(MAX(id), 0) FROM {OUTBOX_TABLE}"))
-                    .fetch_one(self)
-                    .await?;
+            let (id,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT COALESCE(MAX(id), 0) FROM {OUTBOX_TABLE}"
+            )))
+            .fetch_one(self)
+            .await?;
             Ok(WriteMark(Mark::UpTo(id)))
         })
     }
@@ -334,13 +336,13 @@ impl Feed {
                     sqlx::query("SELECT pg_advisory_xact_lock(7306232907563311202)")
                         .execute(&mut *tx)
                         .await?;
-                    sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
+                    sqlx::Executor::execute(&mut *tx, AssertSqlSafe(sql.as_str())).await?;
                     tx.commit().await?;
                 }
                 #[cfg(feature = "sqlx-sqlite")]
                 FeedPool::Sqlite(pool) => {
                     let mut tx = pool.begin().await?;
-                    sqlx::Executor::execute(&mut *tx, sql.as_str()).await?;
+                    sqlx::Executor::execute(&mut *tx, AssertSqlSafe(sql.as_str())).await?;
                     tx.commit().await?;
                 }
             }
@@ -465,7 +467,10 @@ impl Feed {
                                 "SELECT {columns} FROM {OUTBOX_TABLE} ORDER BY id LIMIT $1 \
                              FOR UPDATE SKIP LOCKED"
                             );
-                            sqlx::query_as(&sql).bind(limit).fetch_all(&mut *tx).await?
+                            sqlx::query_as(AssertSqlSafe(sql))
+                                .bind(limit)
+                                .fetch_all(&mut *tx)
+                                .await?
                         }
                         // A flush waits for a worker holding its rows: they are
                         // then delivered (and gone) or released to it.
@@ -474,7 +479,7 @@ impl Feed {
                                 "SELECT {columns} FROM {OUTBOX_TABLE} WHERE txid = $2 ORDER BY id \
                              LIMIT $1 FOR UPDATE"
                             );
-                            sqlx::query_as(&sql)
+                            sqlx::query_as(AssertSqlSafe(sql))
                                 .bind(limit)
                                 .bind(txid)
                                 .fetch_all(&mut *tx)
@@ -483,12 +488,12 @@ impl Feed {
                     };
                     let delivery = self.deliver(&rows).await;
                     for (id, reason) in &delivery.dead {
-                        sqlx::query(&format!(
+                        sqlx::query(AssertSqlSafe(format!(
                             "INSERT INTO {DEAD_LETTER_TABLE} \
                          (id, table_name, op, txid, old_row, new_row, reason) \
                          SELECT id, table_name, op, txid, old_row::text, new_row::text, $2 \
                          FROM {OUTBOX_TABLE} WHERE id = $1 ON CONFLICT (id) DO NOTHING"
-                        ))
+                        )))
                         .bind(id)
                         .bind(reason)
                         .execute(&mut *tx)
@@ -501,10 +506,12 @@ impl Feed {
                         .chain(delivery.dead.iter().map(|(id, _)| *id))
                         .collect();
                     if !done.is_empty() {
-                        sqlx::query(&format!("DELETE FROM {OUTBOX_TABLE} WHERE id = ANY($1)"))
-                            .bind(&done)
-                            .execute(&mut *tx)
-                            .await?;
+                        sqlx::query(AssertSqlSafe(format!(
+                            "DELETE FROM {OUTBOX_TABLE} WHERE id = ANY($1)"
+                        )))
+                        .bind(&done)
+                        .execute(&mut *tx)
+                        .await?;
                     }
                     tx.commit().await?;
                     self.count(&delivery);
@@ -517,13 +524,16 @@ impl Feed {
                         None => {
                             let sql =
                                 format!("SELECT {columns} FROM {OUTBOX_TABLE} ORDER BY id LIMIT ?");
-                            sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?
+                            sqlx::query_as(AssertSqlSafe(sql))
+                                .bind(limit)
+                                .fetch_all(pool)
+                                .await?
                         }
                         Some(Mark::UpTo(id) | Mark::Txid(id)) => {
                             let sql = format!(
                                 "SELECT {columns} FROM {OUTBOX_TABLE} WHERE id <= ? ORDER BY id LIMIT ?"
                             );
-                            sqlx::query_as(&sql)
+                            sqlx::query_as(AssertSqlSafe(sql))
                                 .bind(id)
                                 .bind(limit)
                                 .fetch_all(pool)
@@ -533,12 +543,12 @@ impl Feed {
                     let delivery = self.deliver(&rows).await;
                     let mut tx = pool.begin().await?;
                     for (id, reason) in &delivery.dead {
-                        sqlx::query(&format!(
+                        sqlx::query(AssertSqlSafe(format!(
                             "INSERT OR IGNORE INTO {DEAD_LETTER_TABLE} \
                          (id, table_name, op, txid, old_row, new_row, reason) \
                          SELECT id, table_name, op, txid, old_row, new_row, ? \
                          FROM {OUTBOX_TABLE} WHERE id = ?"
-                        ))
+                        )))
                         .bind(reason)
                         .bind(id)
                         .execute(&mut *tx)
@@ -552,9 +562,9 @@ impl Feed {
                         .collect();
                     if !done.is_empty() {
                         let ids = serde_json::to_string(&done).unwrap_or_else(|_| "[]".to_owned());
-                        sqlx::query(&format!(
+                        sqlx::query(AssertSqlSafe(format!(
                         "DELETE FROM {OUTBOX_TABLE} WHERE id IN (SELECT value FROM json_each(?))"
-                    ))
+                    )))
                     .bind(ids)
                     .execute(&mut *tx)
                     .await?;
