@@ -53,6 +53,7 @@ mod cache;
 mod codec;
 mod derive_support;
 mod error;
+pub mod feed;
 mod instance;
 mod key;
 mod loader;
@@ -88,6 +89,7 @@ pub use cached_instances_derive::CachedInstance;
 pub mod __private {
     pub use crate::codec::{Decode, Decoded, Encode, FieldCodec};
     pub use crate::error::{DecodeError, EncodeError};
+    pub use crate::feed::{Capture, CapturedJoin, CapturedReference};
     pub use crate::instance::{
         CachedInstance, IndexField, LinkValues, ManyToManyVia, PkField, PkList, ReferencesVia,
         Relation, RelationKind, Schema, Target, assert_codec,

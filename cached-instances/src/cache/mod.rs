@@ -67,6 +67,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 mod builder;
+// The change feed's entry (`crate::feed`).
+mod changes;
 mod degraded;
 // Query indexes: maintenance and warm (`index.rs`), running queries
 // (`query.rs`).
@@ -82,6 +84,7 @@ mod warm;
 mod write;
 
 pub use builder::CacheBuilder;
+pub(crate) use changes::{Changes, RowChange, Unusable};
 pub use degraded::{Event, StoreOp};
 pub use stats::Stats;
 pub use warm::{Warm, WarmProgress, WarmReport};

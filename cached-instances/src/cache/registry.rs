@@ -39,6 +39,15 @@ impl Links {
         instance.extra_targets(&mut extra);
         Links { relations, extra }
     }
+
+    /// The links of a state known only by its relation values (the change
+    /// feed's columns), without `invalidator` targets.
+    pub(crate) fn from_relations(relations: Vec<Vec<String>>) -> Self {
+        Links {
+            relations,
+            extra: Vec::new(),
+        }
+    }
 }
 
 /// How a change of a model's relation field reaches another model.
@@ -76,6 +85,9 @@ pub(crate) trait ModelOps: Send + Sync {
     /// The query-index member of a pk in key form; `None` when the key form
     /// does not parse (it names no row of this model).
     fn index_member(&self, pk_key: &str) -> Option<String>;
+    /// The key form of a pk as the database writes it as text (the change
+    /// feed's columns); `None` when it is not a pk of this model.
+    fn key_of_text(&self, text: &str) -> Option<String>;
     /// Reloads `pk_keys` with one loader call and returns the index update
     /// of each one that parses, in order: the row's values, or the
     /// member's removal when the row is gone. For the delivery of queued
@@ -136,6 +148,10 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
 
     fn index_member(&self, pk_key: &str) -> Option<String> {
         T::Pk::from_key(pk_key).map(|pk| pk.to_index_member())
+    }
+
+    fn key_of_text(&self, text: &str) -> Option<String> {
+        T::Pk::from_url(text).map(|pk| pk.to_key())
     }
 
     fn index_updates<'a>(
@@ -255,6 +271,11 @@ impl Registry {
                 model: T::SCHEMA.model,
                 version: T::SCHEMA.version,
             })
+    }
+
+    /// Every registered type.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Arc<ModelEntry>> {
+        self.by_model.values().flatten()
     }
 
     /// Every registered version of a model.

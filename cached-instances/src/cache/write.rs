@@ -271,7 +271,7 @@ impl Cache {
     /// Breadth-first over the targets. Levels past `max_cascade_depth` are
     /// invalidated without reloading, following what the old states linked
     /// to, until nothing new is reached.
-    async fn cascade(
+    pub(super) async fn cascade(
         &self,
         mut targets: Vec<Target>,
         mut visited: HashSet<(&'static str, String)>,

@@ -713,7 +713,7 @@ pub(crate) fn order_by(quote: char, column: &str) -> String {
 }
 
 /// A table name, `schema.table` quoted part by part.
-fn push_table(sql: &mut String, quote: char, table: &str) {
+pub(crate) fn push_table(sql: &mut String, quote: char, table: &str) {
     for (i, part) in table.split('.').enumerate() {
         if i > 0 {
             sql.push('.');
@@ -724,7 +724,7 @@ fn push_table(sql: &mut String, quote: char, table: &str) {
 
 /// A quoted identifier (the derive rejects names with quotes; they are
 /// doubled all the same).
-fn push_name(sql: &mut String, quote: char, name: &str) {
+pub(crate) fn push_name(sql: &mut String, quote: char, name: &str) {
     sql.push(quote);
     for c in name.chars() {
         if c == quote {
