@@ -4,7 +4,6 @@
 //! applications on one Redis apart: entries, invalidations and query
 //! indexes of a same-named model.
 
-
 use std::time::Duration;
 
 use cached_instances::query::Source;

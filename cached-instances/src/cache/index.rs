@@ -27,12 +27,13 @@ use super::Cache;
 use super::degraded::{PendingOp, StoreOp};
 use super::read::Want;
 use super::registry::ModelEntry;
+use super::warm::{ProgressFn, Warm, WarmProgress, WarmReport};
 use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
-use crate::query::plan;
-use crate::query::{IndexValues, QueryError, Warm, WarmProgress, WarmReport};
+use crate::query::{IndexValues, QueryError};
+use crate::store::plan;
 use crate::store::{IndexQuery, IndexUpdate, WARM_SUFFIX};
 
 /// The most members one index script handles: a bigger batch is split, so
@@ -271,7 +272,7 @@ impl Cache {
     pub(crate) async fn warm_model<T: CachedInstance>(
         &self,
         batch_size: usize,
-        mut progress: Option<crate::query::ProgressFn<'_>>,
+        mut progress: Option<ProgressFn<'_>>,
     ) -> Result<WarmReport, Error> {
         let entry = self.inner.registry.entry::<T>()?;
         if T::SCHEMA.indexes.is_empty() {

@@ -34,11 +34,13 @@ mod recovery;
 mod registry;
 mod shape;
 mod stats;
+mod warm;
 mod write;
 
 pub use builder::CacheBuilder;
 pub use degraded::{Event, StoreOp};
 pub use stats::Stats;
+pub use warm::{Warm, WarmProgress, WarmReport};
 
 use crate::error::Error;
 use crate::instance::CachedInstance;

@@ -4,7 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 
-use crate::cache::Cache;
+use super::Cache;
 use crate::error::Error;
 use crate::instance::CachedInstance;
 
@@ -104,10 +104,10 @@ impl<'c, T: CachedInstance> Warm<'c, T> {
     ///
     /// # Errors
     ///
-    /// [`QueryError::NoPkList`](super::QueryError::NoPkList) when the
-    /// loader cannot list every pk, [`QueryError::StoreUnsupported`](super::QueryError::StoreUnsupported)
+    /// [`QueryError::NoPkList`](crate::query::QueryError::NoPkList) when the
+    /// loader cannot list every pk, [`QueryError::StoreUnsupported`](crate::query::QueryError::StoreUnsupported)
     /// for a store without query indexes,
-    /// [`QueryError::NothingToIndex`](super::QueryError::NothingToIndex)
+    /// [`QueryError::NothingToIndex`](crate::query::QueryError::NothingToIndex)
     /// for a model that declares no field for queries (before any loader
     /// call), [`Error::Load`] when a load
     /// failed (the model stays cold: queries keep going to the loader),
