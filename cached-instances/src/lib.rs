@@ -52,6 +52,7 @@ pub mod axum;
 mod cache;
 mod codec;
 mod error;
+pub mod feed;
 mod instance;
 mod key;
 mod loader;
@@ -64,9 +65,13 @@ pub mod sqlx;
 pub mod store;
 
 // The sqlx database modules (derive support themselves, reached by generated
-// code as `__private::sqlx_postgres` / `sqlx_sqlite`) name their table
+// code as `__private::sqlx_postgres`, `sqlx_sqlite`, `sqlx_mysql`) name their table
 // helpers by this path.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 use __private::table;
 
 pub use cache::{Cache, CacheBuilder, Event, Stats, StoreOp};
@@ -101,6 +106,7 @@ pub mod __private {
 
     pub use crate::codec::{Decode, Decoded, Encode, FieldCodec};
     pub use crate::error::{DecodeError, EncodeError};
+    pub use crate::feed::{Capture, CapturedJoin, CapturedReference};
     pub use crate::instance::{
         CachedInstance, IndexField, LinkValues, ManyToManyVia, PkField, PkList, ReferencesVia,
         Relation, RelationKind, Schema, Target, assert_codec,
@@ -121,6 +127,8 @@ pub mod __private {
     // dispatch helpers exist whatever the features; what names sqlx sits
     // behind the `__cached_if_*` macros below.
     pub use crate::query::Condition;
+    #[cfg(feature = "sqlx-mysql")]
+    pub use crate::sqlx::mysql as sqlx_mysql;
     #[cfg(feature = "sqlx-postgres")]
     pub use crate::sqlx::postgres as sqlx_postgres;
     #[cfg(feature = "sqlx")]
@@ -129,7 +137,10 @@ pub mod __private {
     pub use crate::sqlx::sqlite as sqlx_sqlite;
     #[cfg(feature = "sqlx")]
     pub use crate::sqlx::{BoxFuture, FetchedKeys, SqlxConnection, SqlxModel, schema_error};
-    pub use crate::{__cached_if_sqlx, __cached_if_sqlx_postgres, __cached_if_sqlx_sqlite};
+    pub use crate::{
+        __cached_if_sqlx, __cached_if_sqlx_mysql, __cached_if_sqlx_postgres,
+        __cached_if_sqlx_sqlite,
+    };
     #[cfg(feature = "sqlx")]
     pub use ::sqlx;
     pub use std::clone::Clone;
@@ -210,6 +221,24 @@ macro_rules! __cached_if_sqlx_postgres {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cached_if_sqlx_postgres {
+    ($($t:tt)*) => {};
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(feature = "sqlx-mysql")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(not(feature = "sqlx-mysql"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
     ($($t:tt)*) => {};
 }
 

@@ -1,12 +1,24 @@
-//! [`Warm`]: loading and indexing every instance of a model.
+//! [`Cache::warm`] and its [`Warm`]: loading and indexing every instance
+//! of a model, then marking its index complete.
 
+use std::collections::HashSet;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 
-use super::Cache;
+use super::degraded::StoreOp;
+use super::index::{MEMBERS_PER_SCRIPT, WARM_TTL};
+use super::loading;
+use super::read::{Found, Want};
+use super::registry::update_of;
+use crate::cache::Cache;
 use crate::error::Error;
 use crate::instance::CachedInstance;
+use crate::marker;
+use crate::pk::PrimaryKey;
+use crate::query::QueryError;
+use crate::store::plan;
+use crate::store::{IndexQuery, IndexUpdate, WARM_SUFFIX};
 
 /// How far a [`Warm`] has got, reported after each batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,5 +141,197 @@ impl<'c, T: CachedInstance> IntoFuture for Warm<'c, T> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
+    }
+}
+
+impl Cache {
+    /// Loads every instance of `T` in batches through its loader (filling
+    /// the cache as reads do), indexes them, removes from the index the
+    /// members that no longer exist, and marks the index complete: from
+    /// then on [`query`](Self::query) answers `T`'s queries from the cache.
+    /// Await the returned [`Warm`], after setting its batch size or progress
+    /// callback if need be. See the [`query`](crate::query) module.
+    pub fn warm<T: CachedInstance>(&self) -> Warm<'_, T> {
+        Warm {
+            cache: self,
+            batch_size: 1000,
+            progress: None,
+            _model: PhantomData,
+        }
+    }
+
+    pub(crate) async fn warm_model<T: CachedInstance>(
+        &self,
+        batch_size: usize,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<WarmReport, Error> {
+        let (report, loader_calls) =
+            loading::counting_calls(self.warm_batches::<T>(batch_size, progress)).await;
+        Ok(WarmReport {
+            loader_calls,
+            ..report?
+        })
+    }
+
+    /// A store call of `warm`, which cannot do without the store: its
+    /// failure is the warm's error.
+    async fn warm_store_call<R>(
+        &self,
+        model: &'static str,
+        op: StoreOp,
+        call: crate::store::StoreFuture<'_, R>,
+    ) -> Result<R, Error> {
+        self.store_result(Some(model), op, call)
+            .await
+            .map_err(|source| Error::Store { model, op, source })
+    }
+
+    /// `warm`, without its count of loader calls.
+    async fn warm_batches<T: CachedInstance>(
+        &self,
+        batch_size: usize,
+        mut progress: Option<ProgressFn<'_>>,
+    ) -> Result<WarmReport, Error> {
+        let entry = self.inner.registry.entry::<T>()?;
+        if T::SCHEMA.indexes.is_empty() {
+            return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
+        }
+        let Some(indexes) = self.inner.store.indexes() else {
+            return Err(QueryError::StoreUnsupported.into());
+        };
+        // An un-warm still queued is superseded by this warm: delivered
+        // first, so that it cannot delete the mark this warm sets.
+        self.deliver_queued().await;
+        let prefix = plan::prefix(&T::SCHEMA);
+        let pks = self
+            .loading()
+            .call(T::MODEL, entry.loader::<T>().all_pks())
+            .await?
+            .ok_or(QueryError::NoPkList { model: T::MODEL })?;
+        let total = pks.len() as u64;
+
+        // What the index held before, to remove what no longer exists.
+        let all = IndexQuery {
+            ignore_warm: true,
+            ..IndexQuery::default()
+        };
+        let before: Vec<String> = self
+            .warm_store_call(
+                T::MODEL,
+                StoreOp::IndexMembers,
+                indexes.index_query(&prefix, &all),
+            )
+            .await?
+            .map(|page| page.members)
+            .unwrap_or_default();
+
+        let mut seen: HashSet<String> = HashSet::with_capacity(pks.len());
+        let mut indexed = 0u64;
+        let mut done = 0u64;
+        for chunk in pks.chunks(batch_size.max(1)) {
+            let members: Vec<String> = chunk.iter().map(PrimaryKey::to_index_member).collect();
+            let token = marker::new_lease();
+            for part in members.chunks(MEMBERS_PER_SCRIPT) {
+                self.warm_store_call(
+                    T::MODEL,
+                    StoreOp::IndexLease,
+                    indexes.index_lease(&prefix, part, &token),
+                )
+                .await?;
+            }
+            let found = self.read_many::<T>(chunk, Want::Instances).await?;
+            let updates: Vec<IndexUpdate> = members
+                .iter()
+                .zip(&found)
+                .map(|(member, f)| {
+                    let row = match f {
+                        Found::Instance(row) => Some(row),
+                        _ => None,
+                    };
+                    if row.is_some() {
+                        indexed += 1;
+                    }
+                    update_of(member.clone(), row)
+                })
+                .collect();
+            for part in updates.chunks(MEMBERS_PER_SCRIPT) {
+                let applied = self
+                    .warm_store_call(
+                        T::MODEL,
+                        StoreOp::IndexApply,
+                        indexes.index_apply(&prefix, &token, part),
+                    )
+                    .await?;
+                self.count_applied(&applied);
+            }
+            seen.extend(members);
+            done += chunk.len() as u64;
+            if let Some(progress) = progress.as_mut() {
+                progress(WarmProgress {
+                    model: T::MODEL,
+                    done,
+                    total,
+                });
+            }
+        }
+
+        // Members of rows that are gone: leased and reloaded like the rest,
+        // so one created meanwhile (and indexed by its write) stays.
+        let stale: Vec<String> = before.into_iter().filter(|m| !seen.contains(m)).collect();
+        let mut removed = 0u64;
+        for chunk in stale.chunks(batch_size.clamp(1, MEMBERS_PER_SCRIPT)) {
+            let token = marker::new_lease();
+            self.warm_store_call(
+                T::MODEL,
+                StoreOp::IndexLease,
+                indexes.index_lease(&prefix, chunk, &token),
+            )
+            .await?;
+            let pks: Vec<T::Pk> = chunk
+                .iter()
+                .filter_map(|m| T::Pk::from_index_member(m))
+                .collect();
+            let rows = self.load_rows::<T>(entry, &pks).await?;
+            let updates: Vec<IndexUpdate> = chunk
+                .iter()
+                .map(|member| {
+                    let row = rows.iter().find(|r| &r.pk().to_index_member() == member);
+                    if row.is_none() {
+                        removed += 1;
+                    }
+                    update_of(member.clone(), row)
+                })
+                .collect();
+            let applied = self
+                .warm_store_call(
+                    T::MODEL,
+                    StoreOp::IndexApply,
+                    indexes.index_apply(&prefix, &token, &updates),
+                )
+                .await?;
+            self.count_applied(&applied);
+        }
+
+        let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
+        self.warm_store_call(
+            T::MODEL,
+            StoreOp::IndexMark,
+            self.inner.store.swap_many(&marker_key, b"1", WARM_TTL),
+        )
+        .await?;
+        tracing::info!(
+            target: "cached_instances",
+            model = T::MODEL,
+            indexed,
+            removed,
+            "warmed"
+        );
+        Ok(WarmReport {
+            model: T::MODEL,
+            indexed,
+            removed,
+            // Counted by `warm_model`.
+            loader_calls: 0,
+        })
     }
 }

@@ -129,8 +129,7 @@ use std::ops::{Bound, RangeBounds};
 use crate::instance::{CachedInstance, IndexField};
 
 pub use crate::instance::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
-// `Cache::warm`'s builder, next to it in `cache`; named here with the rest
-// of the query API.
+// Built next to `Cache::warm`; named here with the rest of the query API.
 pub use crate::cache::{Warm, WarmProgress, WarmReport};
 pub use crate::error::QueryError;
 
