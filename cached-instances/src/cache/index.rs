@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
-use crate::query::plan;
+use crate::store::plan;
 use crate::store::{IndexStore, WARM_SUFFIX};
 
 /// The most members one index script handles: a bigger batch is split, so

@@ -10,8 +10,8 @@ use super::read::{Found, Want};
 use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::pk::PrimaryKey;
-use crate::query::plan;
 use crate::query::{Query, QueryError, QueryResult, Source};
+use crate::store::plan;
 
 /// A query's page before it is shaped for the caller.
 struct Answer<T: CachedInstance> {

@@ -14,8 +14,9 @@ use crate::instance::{CachedInstance, RelationKind, Schema, Target};
 use crate::key::instance_key;
 use crate::loader::{BoxFuture, DynLoader};
 use crate::pk::PrimaryKey;
-use crate::query::{IndexValues, plan};
+use crate::query::IndexValues;
 use crate::store::IndexUpdate;
+use crate::store::plan;
 
 /// The relation values of one instance state, in key form.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -16,7 +16,8 @@ use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
-use crate::query::{QueryError, plan};
+use crate::query::QueryError;
+use crate::store::plan;
 use crate::store::{IndexQuery, IndexUpdate, WARM_SUFFIX};
 
 /// How far a [`Warm`] has got, reported after each batch.

@@ -107,6 +107,11 @@ use crate::instance::CachedInstance;
 use crate::loader::Loader;
 use crate::query::{Condition, Query, QueryPage};
 
+// The database halves of derived loaders, named by generated code through
+// `__private`. They stay public (hidden) here: the diagnostics of a column
+// type sqlx cannot read name their traits by this path
+// (`cached_instances::sqlx::postgres::PgColumn`), which a private module
+// would turn into a misleading `sqlx::postgres::PgColumn`.
 #[cfg(feature = "sqlx-mysql")]
 #[doc(hidden)]
 pub mod mysql;

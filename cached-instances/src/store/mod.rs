@@ -16,6 +16,7 @@ use crate::error::StoreError;
 
 mod index;
 mod memory;
+pub(crate) mod plan;
 #[cfg(feature = "redis")]
 mod redis;
 
