@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use cached_instances::query::{Query, Source};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
-use cached_instances_testkit::databases::DEFAULT_DATABASE_URL;
+use cached_instances_testkit::cli::{BenchFlag, DatabaseArg};
 use cached_instances_testkit::redis_server::RedisServer;
 use chrono::{DateTime, Utc};
 use clap::Parser;
@@ -91,7 +91,7 @@ const COLUMNS: &str = "id, name, country, active, score, age, created";
 impl Loader<User> for Pg {
     async fn load(&self, pks: &[i64]) -> Result<Vec<User>, LoadError> {
         let sql = format!("SELECT {COLUMNS} FROM {SCHEMA}.users WHERE id = ANY($1)");
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(pks)
             .fetch_all(&self.0)
             .await
@@ -104,7 +104,7 @@ impl Loader<User> for Pg {
 
     async fn all_pks(&self) -> Result<Option<Vec<i64>>, LoadError> {
         let sql = format!("SELECT id FROM {SCHEMA}.users ORDER BY id");
-        let ids: Vec<i64> = sqlx::query_scalar(&sql)
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
             .fetch_all(&self.0)
             .await
             .map_err(LoadError::new)?;
@@ -119,7 +119,7 @@ async fn pg_page(pool: &PgPool, country: &str, active: bool) -> (Vec<User>, i64)
         "SELECT {COLUMNS}, count(*) OVER () FROM {SCHEMA}.users WHERE country = $1{filter} \
          ORDER BY score DESC, id DESC LIMIT 20"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(country)
         .fetch_all(pool)
         .await
@@ -134,7 +134,11 @@ async fn nudge_score(pool: &PgPool, id: i64) -> User {
     let sql = format!(
         "UPDATE {SCHEMA}.users SET score = score + 0.001 WHERE id = $1 RETURNING {COLUMNS}"
     );
-    let row = sqlx::query(&sql).bind(id).fetch_one(pool).await.unwrap();
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
     user_of(&row).unwrap()
 }
 
@@ -162,7 +166,10 @@ async fn setup(pool: &PgPool, users: u64) {
         format!("CREATE INDEX users_page ON {SCHEMA}.users (country, active, score DESC, id DESC)"),
         format!("ANALYZE {SCHEMA}.users"),
     ] {
-        sqlx::query(&sql).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 }
 
@@ -277,17 +284,10 @@ struct Args {
     /// PostgreSQL, no Redis), for profiling.
     #[arg(long)]
     memory_only: bool,
-    /// The PostgreSQL server (a schema of its own, dropped at the end).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    database: String,
-    /// Passed by cargo to `harness = false` targets.
-    #[arg(long, hide = true)]
-    bench: bool,
+    #[command(flatten)]
+    database: DatabaseArg,
+    #[command(flatten)]
+    _bench: BenchFlag,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +302,7 @@ async fn main() -> ExitCode {
     let iterations: u64 = if quick { 200 } else { 1_000 };
     let window = Duration::from_secs(if quick { 1 } else { 4 });
 
-    let url = args.database;
+    let url = args.database.url;
     let pool = match PgPoolOptions::new().max_connections(16).connect(&url).await {
         Ok(pool) => pool,
         Err(e) => {
@@ -506,9 +506,11 @@ async fn main() -> ExitCode {
         println!("\nwarm::<User>() of {users} users on {name}: {took:.1?}");
     }
 
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-        .execute(&pool)
-        .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+    )))
+    .execute(&pool)
+    .await;
     drop(server);
     ExitCode::SUCCESS
 }

@@ -45,12 +45,12 @@ impl Drop for SchemaGuard {
                     .map_err(|e| e.to_string())?;
                 // Connections a failed test left in a transaction would
                 // block the drop: end them first.
-                sqlx::raw_sql(&format!(
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "SET lock_timeout = '10s';
                      SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                      WHERE application_name = 'polls {schema}' AND pid <> pg_backend_pid();
                      DROP SCHEMA IF EXISTS {schema} CASCADE;"
-                ))
+                )))
                 .execute(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;

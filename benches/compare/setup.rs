@@ -37,9 +37,11 @@ pub(crate) async fn drop_stale_schemas(pool: &PgPool) -> Result<(), sqlx::Error>
     for schema in schemas {
         let pid = schema.rsplit('_').next().unwrap_or("");
         if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(pool)
-                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .execute(pool)
+            .await?;
             println!("dropped stale schema {schema}");
         }
     }
@@ -64,7 +66,9 @@ INSERT INTO votes (user_id, choice_id)
 ",
         choices = 4 * n
     );
-    sqlx::raw_sql(&script).execute(pool).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+        .execute(pool)
+        .await?;
     // As autovacuum would leave the tables: statistics and a visibility map
     // (index-only scans). VACUUM cannot run in the script's transaction.
     sqlx::raw_sql("VACUUM ANALYZE users, questions, choices, votes")

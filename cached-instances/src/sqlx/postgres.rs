@@ -8,7 +8,7 @@ use std::hash::Hash;
 
 use ::sqlx::postgres::{PgArguments, PgConnection, PgHasArrayType, PgRow, Postgres};
 use ::sqlx::query::Query;
-use ::sqlx::{Decode, Encode, Row, Type};
+use ::sqlx::{AssertSqlSafe, Decode, Encode, Row, Type};
 
 const QUOTE: char = '"';
 
@@ -71,8 +71,9 @@ async fn fetch_any<K: PgKey>(
     keys: &[K],
     tail: &str,
 ) -> Result<Vec<PgRow>, ::sqlx::Error> {
-    let sql = format!("{head} = ANY($1){tail}");
-    K::__cached_bind_all(keys, ::sqlx::query(&sql))
+    // Names quoted by `select_where`, values bound.
+    let sql = AssertSqlSafe(format!("{head} = ANY($1){tail}"));
+    K::__cached_bind_all(keys, ::sqlx::query(sql))
         .fetch_all(conn)
         .await
 }
@@ -142,17 +143,4 @@ super::loader_rows! {
 #[inline]
 pub fn get<T: PgColumn>(row: &PgRow, index: usize, column: &str) -> Result<T, ::sqlx::Error> {
     T::__cached_get(row, index).map_err(|error| super::name_column(error, column))
-}
-
-/// A `#[cached(serde)]` field: the column's JSON (`NULL` as `null`) through
-/// `from_json`.
-pub fn get_json<T>(
-    row: &PgRow,
-    index: usize,
-    column: &str,
-    from_json: crate::table::FromJson<T>,
-) -> Result<T, ::sqlx::Error> {
-    let value: Option<serde_json::Value> = get(row, index, column)?;
-    from_json(value.unwrap_or(serde_json::Value::Null))
-        .map_err(|error| super::json_error(error, column))
 }
