@@ -205,8 +205,14 @@ impl Db {
     fn run<'a>(&'a self, sql: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             match self {
-                Db::Pg(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(pool).await.map(drop),
-                Db::Lite(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).execute(pool).await.map(drop),
+                Db::Pg(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                    .execute(pool)
+                    .await
+                    .map(drop),
+                Db::Lite(pool) => sqlx::raw_sql(AssertSqlSafe(sql.to_owned()))
+                    .execute(pool)
+                    .await
+                    .map(drop),
             }
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         })
