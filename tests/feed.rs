@@ -949,3 +949,22 @@ async fn a_store_down_during_the_writes_gets_everything_once_it_is_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_writer_with_another_search_path_is_captured() {
+    with_pg(|schema| async move {
+        let db = Db::Pg(schema.pool(2).await);
+        let feed = Feed::new(db.cache(MemoryStore::new()), db.feed_pool());
+        feed.install().await.unwrap();
+        // The admin pool's search path does not name the schema.
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "UPDATE {}.questions SET question_text = 'x' WHERE id = 1",
+            schema.name
+        )))
+        .execute(&schema.admin)
+        .await
+        .unwrap();
+        assert_eq!(db.count(OUTBOX_TABLE).await, 1);
+    })
+    .await;
+}
