@@ -24,6 +24,9 @@ use super::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, Store, StoreFutur
 use crate::error::StoreError;
 
 mod index;
+mod near;
+
+pub use near::{NearCache, NearCacheStats};
 
 /// Default time to wait for a reply before failing the request.
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -163,6 +166,8 @@ impl LazyCluster {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
+    /// The near cache, when configured (single server only).
+    near: Option<Arc<near::Near>>,
     /// The bound of every request, from sending to reply, including any
     /// wait for a connection (the builder's response timeout).
     request_timeout: Duration,
@@ -178,6 +183,7 @@ impl std::fmt::Debug for RedisStore {
         };
         f.debug_struct("RedisStore")
             .field("mode", &mode)
+            .field("near_cache", &self.near.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +197,7 @@ pub struct RedisStoreBuilder {
     response_timeout: Duration,
     connect_timeout: Duration,
     retries: usize,
+    near: Option<NearCache>,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
@@ -201,6 +208,7 @@ impl std::fmt::Debug for RedisStoreBuilder {
             .field("response_timeout", &self.response_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retries", &self.retries)
+            .field("near_cache", &self.near)
             .finish()
     }
 }
@@ -213,7 +221,17 @@ impl RedisStoreBuilder {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retries: DEFAULT_RETRIES,
+            near: None,
         }
+    }
+
+    /// Puts an in-process [`NearCache`] in front of Redis: hits are served
+    /// from memory with no round trip, kept coherent by Redis'
+    /// invalidation pushes. Single server only: connecting a cluster with a
+    /// near cache fails.
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near = Some(near);
+        self
     }
 
     /// How long a request waits for its reply before failing with
@@ -269,6 +287,9 @@ impl RedisStoreBuilder {
                 })
                 .await?;
         }
+        if let Some(near) = &store.near {
+            near.tracking().await?;
+        }
         Ok(store)
     }
 
@@ -302,8 +323,23 @@ impl RedisStoreBuilder {
         };
         #[cfg(not(feature = "cluster"))]
         let connection = self.lazy_single()?;
+        let near = match &self.near {
+            None => None,
+            Some(_) if self.cluster => {
+                return Err(StoreError::Unavailable(
+                    "the near cache needs a single Redis server, not a cluster".into(),
+                ));
+            }
+            Some(config) => Some(near::Near::start(
+                config,
+                self.urls.first().map(String::as_str).unwrap_or_default(),
+                self.connect_timeout,
+                self.response_timeout,
+            )?),
+        };
         Ok(RedisStore {
             connection,
+            near,
             request_timeout: self.response_timeout,
         })
     }
@@ -403,6 +439,67 @@ impl RedisStore {
         U: Into<String>,
     {
         RedisStoreBuilder::new(urls.into_iter().map(Into::into).collect(), true)
+    }
+
+    /// What the near cache holds and has done; `None` without one.
+    #[must_use]
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|near| near.stats())
+    }
+
+    /// Reads `keys` from Redis (one MGET per group).
+    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let groups = self.groups(keys.iter().map(String::as_str));
+        self.per_group(keys.len(), &groups, |group| async move {
+            let mut cmd = redis::cmd("MGET");
+            for &i in group {
+                cmd.arg(&keys[i]);
+            }
+            self.query::<Vec<Option<Bytes>>>(&cmd).await
+        })
+        .await
+    }
+
+    /// Reads `keys` through the near cache: its hits, then one read of the
+    /// rest over the tracking connection (or plainly while it is down).
+    async fn get_many_near(
+        &self,
+        near: &near::Near,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hit = near.get(key);
+            if hit.is_none() {
+                missing.push(i);
+            }
+            out.push(hit);
+        }
+        for chunk in missing.chunks(MAX_KEYS_PER_REQUEST) {
+            let chunk_keys: Vec<&str> = chunk.iter().map(|&i| keys[i].as_str()).collect();
+            let values = match near.read_through(&chunk_keys).await {
+                Some(values) => values,
+                None => {
+                    let owned: Vec<String> = chunk_keys.iter().map(|&k| k.to_owned()).collect();
+                    self.mget(&owned).await?
+                }
+            };
+            for (&i, value) in chunk.iter().zip(values) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
+    /// This store's own writes: evicted from the near cache before the
+    /// write returns, so this process reads what it wrote.
+    fn evict_own<'k>(&self, keys: impl Iterator<Item = &'k str>) {
+        if let Some(near) = &self.near {
+            for key in keys {
+                near.evict(key);
+            }
+        }
     }
 
     /// Sends one command.
@@ -572,20 +669,25 @@ fn store_error(error: RedisError) -> StoreError {
 
 impl Store for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        Box::pin(async move { self.query(redis::cmd("GET").arg(key)).await })
+        Box::pin(async move {
+            if let Some(near) = &self.near {
+                if let Some(value) = near.get(key) {
+                    return Ok(Some(value));
+                }
+                if let Some(mut values) = near.read_through(&[key]).await {
+                    return Ok(values.pop().flatten());
+                }
+            }
+            self.query(redis::cmd("GET").arg(key)).await
+        })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
-            let groups = self.groups(keys.iter().map(String::as_str));
-            self.per_group(keys.len(), &groups, |group| async move {
-                let mut cmd = redis::cmd("MGET");
-                for &i in group {
-                    cmd.arg(&keys[i]);
-                }
-                self.query::<Vec<Option<Bytes>>>(&cmd).await
-            })
-            .await
+            match &self.near {
+                Some(near) => self.get_many_near(near, keys).await,
+                None => self.mget(keys).await,
+            }
         })
     }
 
@@ -599,35 +701,41 @@ impl Store for RedisStore {
         Box::pin(async move {
             let ttl = ttl_ms(ttl);
             let groups = self.groups(keys.iter().map(String::as_str));
-            self.per_group(keys.len(), &groups, |group| async move {
-                let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
-                for &i in group {
-                    invocation.key(&keys[i]);
-                }
-                invocation.arg(value).arg(replaceable).arg(ttl);
-                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
-            })
-            .await
+            let written = self
+                .per_group(keys.len(), &groups, |group| async move {
+                    let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
+                    for &i in group {
+                        invocation.key(&keys[i]);
+                    }
+                    invocation.arg(value).arg(replaceable).arg(ttl);
+                    self.invoke::<Vec<Option<Bytes>>>(&invocation).await
+                })
+                .await;
+            self.evict_own(keys.iter().map(String::as_str));
+            written
         })
     }
 
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
         Box::pin(async move {
             let groups = self.groups(ops.iter().map(|op| op.key.as_str()));
-            self.per_group(ops.len(), &groups, |group| async move {
-                let mut invocation = COMPARE_AND_SET.prepare_invoke();
-                for &i in group {
-                    let op = &ops[i];
-                    invocation
-                        .key(&op.key)
-                        .arg(&op.expected[..])
-                        .arg(&op.value[..])
-                        .arg(ttl_ms(op.ttl));
-                }
-                let written = self.invoke::<Vec<i64>>(&invocation).await?;
-                Ok(written.into_iter().map(|w| w != 0).collect())
-            })
-            .await
+            let written = self
+                .per_group(ops.len(), &groups, |group| async move {
+                    let mut invocation = COMPARE_AND_SET.prepare_invoke();
+                    for &i in group {
+                        let op = &ops[i];
+                        invocation
+                            .key(&op.key)
+                            .arg(&op.expected[..])
+                            .arg(&op.value[..])
+                            .arg(ttl_ms(op.ttl));
+                    }
+                    let written = self.invoke::<Vec<i64>>(&invocation).await?;
+                    Ok(written.into_iter().map(|w| w != 0).collect())
+                })
+                .await;
+            self.evict_own(ops.iter().map(|op| op.key.as_str()));
+            written
         })
     }
 
@@ -640,29 +748,35 @@ impl Store for RedisStore {
         Box::pin(async move {
             let ttl = ttl_ms(ttl);
             let groups = self.groups(keys.iter().map(String::as_str));
-            self.per_group(keys.len(), &groups, |group| async move {
-                let mut invocation = SWAP_MANY.prepare_invoke();
-                for &i in group {
-                    invocation.key(&keys[i]);
-                }
-                invocation.arg(value).arg(ttl);
-                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
-            })
-            .await
+            let written = self
+                .per_group(keys.len(), &groups, |group| async move {
+                    let mut invocation = SWAP_MANY.prepare_invoke();
+                    for &i in group {
+                        invocation.key(&keys[i]);
+                    }
+                    invocation.arg(value).arg(ttl);
+                    self.invoke::<Vec<Option<Bytes>>>(&invocation).await
+                })
+                .await;
+            self.evict_own(keys.iter().map(String::as_str));
+            written
         })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let groups = self.groups(keys.iter().map(String::as_str));
-            futures_util::future::try_join_all(groups.iter().map(|group| async move {
-                let mut cmd = redis::cmd("UNLINK");
-                for &i in group {
-                    cmd.arg(&keys[i]);
-                }
-                self.query::<i64>(&cmd).await
-            }))
-            .await?;
+            let deleted =
+                futures_util::future::try_join_all(groups.iter().map(|group| async move {
+                    let mut cmd = redis::cmd("UNLINK");
+                    for &i in group {
+                        cmd.arg(&keys[i]);
+                    }
+                    self.query::<i64>(&cmd).await
+                }))
+                .await;
+            self.evict_own(keys.iter().map(String::as_str));
+            deleted?;
             Ok(())
         })
     }
