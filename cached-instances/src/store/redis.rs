@@ -492,6 +492,60 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// [`Store::set_if_absent_or`] in the common case without a script:
+    /// one `SET key value NX PX ttl GET` per key, pipelined (one round trip
+    /// per group), which sets an absent key and replies what any other key
+    /// holds. Only the keys found holding `replaceable` (tombstones, after
+    /// a write) take the script, in a second round trip; each step is
+    /// atomic per key, so the outcome is one the script alone could give.
+    async fn set_if_absent_or(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        replaceable: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let ttl = ttl_ms(ttl);
+        let groups = self.groups(keys.iter().map(String::as_str));
+        let mut held = self
+            .per_group(keys.len(), &groups, |group| async move {
+                let mut pipe = redis::pipe();
+                for &i in group {
+                    pipe.cmd("SET")
+                        .arg(&keys[i])
+                        .arg(value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl)
+                        .arg("GET");
+                }
+                self.pipeline::<Vec<Option<Bytes>>>(&pipe).await
+            })
+            .await?;
+        let replace: Vec<usize> = (0..keys.len())
+            .filter(|&i| held[i].as_deref() == Some(replaceable))
+            .collect();
+        if replace.is_empty() {
+            return Ok(held);
+        }
+        let groups = self.groups(replace.iter().map(|&i| keys[i].as_str()));
+        let replace = &replace;
+        let replaced = self
+            .per_group(replace.len(), &groups, |group| async move {
+                let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
+                for &j in group {
+                    invocation.key(&keys[replace[j]]);
+                }
+                invocation.arg(value).arg(replaceable).arg(ttl);
+                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
+            })
+            .await?;
+        for (&i, outcome) in replace.iter().zip(replaced) {
+            held[i] = outcome;
+        }
+        Ok(held)
+    }
+
     /// This store's own writes: evicted from the near cache before the
     /// write returns, so this process reads what it wrote.
     fn evict_own<'k>(&self, keys: impl Iterator<Item = &'k str>) {
@@ -509,6 +563,18 @@ impl RedisStore {
                 Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
                 #[cfg(feature = "cluster")]
                 Connection::Cluster(c) => cmd.query_async(&mut c.get().await?).await,
+            }
+        })
+        .await
+    }
+
+    /// Sends one pipeline (one round trip).
+    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        self.bounded(async {
+            match &self.connection {
+                Connection::Single(c) => pipe.query_async(&mut c.clone()).await,
+                #[cfg(feature = "cluster")]
+                Connection::Cluster(c) => pipe.query_async(&mut c.get().await?).await,
             }
         })
         .await
@@ -699,18 +765,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
-            let ttl = ttl_ms(ttl);
-            let groups = self.groups(keys.iter().map(String::as_str));
-            let written = self
-                .per_group(keys.len(), &groups, |group| async move {
-                    let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
-                    for &i in group {
-                        invocation.key(&keys[i]);
-                    }
-                    invocation.arg(value).arg(replaceable).arg(ttl);
-                    self.invoke::<Vec<Option<Bytes>>>(&invocation).await
-                })
-                .await;
+            let written = self.set_if_absent_or(keys, value, replaceable, ttl).await;
             self.evict_own(keys.iter().map(String::as_str));
             written
         })
