@@ -18,16 +18,12 @@
 //! returned value `n - 1` (0 when none did). Both processes read the same
 //! kernel clock (`CLOCK_REALTIME`), so the stamps compare.
 
-#[path = "../tests/support/redis_server.rs"]
-#[allow(dead_code)]
-mod redis_server;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cached_instances::{NearCache, RedisStore, Store};
-use redis_server::RedisServer;
+use cached_instances_testkit::redis_server::RedisServer;
 
 const KEY: &str = "near:window";
 /// Time between two writes: long enough for B to read the new value back

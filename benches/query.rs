@@ -36,10 +36,6 @@
 //! `-- --memory-only` runs the `MemoryStore` side alone, on users made in
 //! memory (no PostgreSQL, no Redis), for profiling.
 
-#[path = "../tests/support/redis_server.rs"]
-#[allow(dead_code)]
-mod redis_server;
-
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +43,10 @@ use std::time::{Duration, Instant};
 
 use cached_instances::query::{Query, Source};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
+use cached_instances_testkit::databases::DEFAULT_DATABASE_URL;
+use cached_instances_testkit::redis_server::RedisServer;
 use chrono::{DateTime, Utc};
-use redis_server::RedisServer;
+use clap::Parser;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -93,7 +91,7 @@ const COLUMNS: &str = "id, name, country, active, score, age, created";
 impl Loader<User> for Pg {
     async fn load(&self, pks: &[i64]) -> Result<Vec<User>, LoadError> {
         let sql = format!("SELECT {COLUMNS} FROM {SCHEMA}.users WHERE id = ANY($1)");
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(pks)
             .fetch_all(&self.0)
             .await
@@ -106,7 +104,7 @@ impl Loader<User> for Pg {
 
     async fn all_pks(&self) -> Result<Option<Vec<i64>>, LoadError> {
         let sql = format!("SELECT id FROM {SCHEMA}.users ORDER BY id");
-        let ids: Vec<i64> = sqlx::query_scalar(&sql)
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
             .fetch_all(&self.0)
             .await
             .map_err(LoadError::new)?;
@@ -121,7 +119,7 @@ async fn pg_page(pool: &PgPool, country: &str, active: bool) -> (Vec<User>, i64)
         "SELECT {COLUMNS}, count(*) OVER () FROM {SCHEMA}.users WHERE country = $1{filter} \
          ORDER BY score DESC, id DESC LIMIT 20"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(country)
         .fetch_all(pool)
         .await
@@ -136,7 +134,11 @@ async fn nudge_score(pool: &PgPool, id: i64) -> User {
     let sql = format!(
         "UPDATE {SCHEMA}.users SET score = score + 0.001 WHERE id = $1 RETURNING {COLUMNS}"
     );
-    let row = sqlx::query(&sql).bind(id).fetch_one(pool).await.unwrap();
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
     user_of(&row).unwrap()
 }
 
@@ -164,7 +166,10 @@ async fn setup(pool: &PgPool, users: u64) {
         format!("CREATE INDEX users_page ON {SCHEMA}.users (country, active, score DESC, id DESC)"),
         format!("ANALYZE {SCHEMA}.users"),
     ] {
-        sqlx::query(&sql).execute(pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .execute(pool)
+            .await
+            .unwrap();
     }
 }
 
@@ -268,10 +273,35 @@ async fn memory_only(users: u64, iterations: u64) {
     }
 }
 
+/// Cached queries against PostgreSQL (QUERY_BENCHMARKS.md).
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo bench --bench query --")]
+struct Args {
+    /// 10 000 users and short runs (CI smoke).
+    #[arg(long)]
+    quick: bool,
+    /// The `MemoryStore` side alone, on users made in memory (no
+    /// PostgreSQL, no Redis), for profiling.
+    #[arg(long)]
+    memory_only: bool,
+    /// The PostgreSQL server (a schema of its own, dropped at the end).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    database: String,
+    /// Passed by cargo to `harness = false` targets.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let quick = std::env::args().any(|a| a == "--quick");
-    if std::env::args().any(|a| a == "--memory-only") {
+    let args = Args::parse();
+    let quick = args.quick;
+    if args.memory_only {
         memory_only(if quick { 10_000 } else { 100_000 }, 2_000).await;
         return ExitCode::SUCCESS;
     }
@@ -279,8 +309,7 @@ async fn main() -> ExitCode {
     let iterations: u64 = if quick { 200 } else { 1_000 };
     let window = Duration::from_secs(if quick { 1 } else { 4 });
 
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = args.database;
     let pool = match PgPoolOptions::new().max_connections(16).connect(&url).await {
         Ok(pool) => pool,
         Err(e) => {
@@ -484,9 +513,11 @@ async fn main() -> ExitCode {
         println!("\nwarm::<User>() of {users} users on {name}: {took:.1?}");
     }
 
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-        .execute(&pool)
-        .await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"
+    )))
+    .execute(&pool)
+    .await;
     drop(server);
     ExitCode::SUCCESS
 }

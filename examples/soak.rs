@@ -30,10 +30,6 @@
 //! own schema and drops it) and a `redis-server` the run starts on a free
 //! loopback port and stops.
 
-#[allow(dead_code)]
-#[path = "../tests/support/redis_server.rs"]
-mod redis_server;
-
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
 use std::process::ExitCode;
@@ -42,117 +38,58 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
+use cached_instances_testkit::databases::DEFAULT_DATABASE_URL;
+use cached_instances_testkit::redis_server;
+use cached_instances_testkit::rng::Rng;
+use clap::{CommandFactory, Parser};
 use polls::db::{ChoiceChanges, Db, QuestionChanges};
 use polls::{Choice, Question, User};
 
-const USAGE: &str = "\
-Usage: cargo run --example soak -- [OPTIONS]
-
-Options:
-  --seconds N      how long readers and writers run (default 10)
-  --readers N      concurrent readers (default 8)
-  --writers N      concurrent writers (default 2)
-  --max-ops N      stop earlier after this many reads and writes (default 50000000)
-  --users N        users in the data set (default 20)
-  --questions N    questions (default 10)
-  --choices N      choices to start with; creates and deletes keep it near (default 40)
-  --database URL   PostgreSQL (default $DATABASE_URL, else
-                   postgres://postgres@127.0.0.1:5432/test)
-  --memory         cache in the in-process MemoryStore instead of Redis
-  --seed N         seed of the pseudo-random choices (default 1)
-  -h, --help       this help
-";
-
-#[derive(Debug, Clone)]
+/// Readers and writers on the polls models over PostgreSQL and Redis, then
+/// a consistency check of everything the readers saw.
+#[derive(Debug, Clone, Parser)]
+#[command(bin_name = "cargo run --example soak --")]
 struct Args {
+    /// How long readers and writers run, in seconds (at most a day).
+    #[arg(long, value_name = "N", default_value_t = 10.0)]
     seconds: f64,
+    /// Concurrent readers.
+    #[arg(long, value_name = "N", default_value_t = 8)]
     readers: usize,
+    /// Concurrent writers.
+    #[arg(long, value_name = "N", default_value_t = 2)]
     writers: usize,
+    /// Stop earlier after this many reads and writes.
+    #[arg(long, value_name = "N", default_value_t = 50_000_000)]
     max_ops: u64,
+    /// Users in the data set.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
     users: i64,
+    /// Questions.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(i64).range(2..))]
     questions: i64,
+    /// Choices to start with; creates and deletes keep it near.
+    #[arg(long, value_name = "N", default_value_t = 40, value_parser = clap::value_parser!(i64).range(1..))]
     choices: i64,
+    /// PostgreSQL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
     database: String,
+    /// Cache in the in-process MemoryStore instead of Redis.
+    #[arg(long)]
     memory: bool,
+    /// Seed of the pseudo-random choices.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
-}
-
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut parsed = Args {
-        seconds: 10.0,
-        readers: 8,
-        writers: 2,
-        max_ops: 50_000_000,
-        users: 20,
-        questions: 10,
-        choices: 40,
-        database: std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
-        memory: false,
-        seed: 1,
-    };
-    fn number<T: std::str::FromStr>(name: &str, value: Option<String>) -> Result<T, String> {
-        let value = value.ok_or_else(|| format!("{name} needs a value"))?;
-        value
-            .parse()
-            .map_err(|_| format!("{name}: not a number: {value:?}"))
-    }
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                (name.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
-        let mut value = || inline.clone().or_else(|| args.next());
-        match name.as_str() {
-            "--seconds" => parsed.seconds = number(&name, value())?,
-            "--readers" => parsed.readers = number(&name, value())?,
-            "--writers" => parsed.writers = number(&name, value())?,
-            "--max-ops" => parsed.max_ops = number(&name, value())?,
-            "--users" => parsed.users = number(&name, value())?,
-            "--questions" => parsed.questions = number(&name, value())?,
-            "--choices" => parsed.choices = number(&name, value())?,
-            "--seed" => parsed.seed = number(&name, value())?,
-            "--database" => parsed.database = value().ok_or("--database needs a value")?,
-            "--memory" => parsed.memory = true,
-            "-h" | "--help" => return Ok(None),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if !(parsed.seconds > 0.0 && parsed.seconds <= 24.0 * 3600.0) {
-        return Err("--seconds must be in (0, 86400]".into());
-    }
-    if parsed.users < 1 || parsed.questions < 2 || parsed.choices < 1 {
-        return Err("the data set needs a user, two questions and a choice".into());
-    }
-    Ok(Some(parsed))
 }
 
 // ---------------------------------------------------------------------------
 // Pseudo-random choices
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A pk in 1..=n.
-    fn pk(&mut self, n: i64) -> i64 {
-        1 + self.below(n as u64) as i64
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The history
@@ -503,7 +440,7 @@ async fn write_once(s: &Shared, rng: &mut Rng, n: u64) -> Result<(), Box<dyn Err
 }
 
 async fn writer(s: Arc<Shared>, id: u64) {
-    let mut rng = Rng(s.args.seed.wrapping_mul(1000).wrapping_add(id));
+    let mut rng = Rng::new(s.args.seed.wrapping_mul(1000).wrapping_add(id));
     let mut n = 0;
     while s.keep_going() {
         n += 1;
@@ -561,7 +498,7 @@ async fn read_model<T: CachedInstance<Pk = i64>>(
 }
 
 async fn reader(s: Arc<Shared>, id: u64) {
-    let mut rng = Rng(s.args.seed.wrapping_mul(1000).wrapping_add(500 + id));
+    let mut rng = Rng::new(s.args.seed.wrapping_mul(1000).wrapping_add(500 + id));
     let mut batch = Vec::with_capacity(256);
     while s.keep_going() {
         let model = match rng.below(10) {
@@ -633,10 +570,10 @@ async fn setup_data(db: &Db, url: &str, schema: &str, args: &Args) -> Result<(),
     db.seed(chrono::Utc::now()).await?;
     // More users than the seed's three (the polls API has no user writes).
     let mut conn = sqlx::PgConnection::connect(url).await?;
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {schema}.users (username) SELECT 'user' || g FROM generate_series(4, {}) g",
         args.users
-    ))
+    )))
     .execute(&mut conn)
     .await?;
     conn.close().await?;
@@ -644,7 +581,7 @@ async fn setup_data(db: &Db, url: &str, schema: &str, args: &Args) -> Result<(),
         db.create_question(&format!("question {q}"), chrono::Utc::now())
             .await?;
     }
-    let mut rng = Rng(args.seed);
+    let mut rng = Rng::new(args.seed);
     for c in 8..=args.choices {
         db.create_choice(rng.pk(args.questions), &format!("choice {c}"))
             .await?;
@@ -904,17 +841,15 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
+    if !(args.seconds > 0.0 && args.seconds <= 24.0 * 3600.0) {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                "--seconds must be in (0, 86400]",
+            )
+            .exit();
+    }
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

@@ -2,16 +2,13 @@
 //! behaviours, counted in loader calls and store round trips.
 //!
 //! The behaviours themselves are the store-generic suite in
-//! `support/scenarios.rs` (also run on Redis and on a Redis Cluster by
+//! `cached_instances_testkit::scenarios` (also run on Redis and on a Redis Cluster by
 //! `redis_cluster_cache.rs`); this file runs each of them as a test on the
 //! in-process store, plus the checks that need no store.
 
-#[macro_use]
-#[path = "support/scenarios.rs"]
-mod scenarios;
-
 use cached_instances::{BuildError, Cache, MemoryStore, Store};
-use polls::memdb::MemDb;
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::{scenarios, with_scenarios};
 use polls::{Choice, Question, User};
 
 fn builder(db: &MemDb, store: &MemoryStore) -> cached_instances::CacheBuilder {

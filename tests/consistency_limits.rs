@@ -6,14 +6,11 @@
 //! stale read no longer happens, the protocol got stronger and
 //! CONSISTENCY.md should say so.
 
-#[path = "support/faults.rs"]
-mod faults;
-
 use std::time::Duration;
 
 use cached_instances::{Cache, CacheBuilder, Event, MemoryStore, Store};
-use faults::Faulty;
-use polls::memdb::MemDb;
+use cached_instances_testkit::faults::Faulty;
+use cached_instances_testkit::memdb::MemDb;
 use polls::{Choice, Question, User};
 
 /// Short enough for the tests to see entries expire.

@@ -14,6 +14,7 @@ use polls::models;
 #[path = "../fuzz/src/targets.rs"]
 mod targets;
 
+use cached_instances_testkit::rng::Rng;
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
@@ -59,55 +60,38 @@ fn dictionary() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// A mutation of a corpus input, in the spirit of libFuzzer's.
 fn mutate(rng: &mut Rng, corpus: &[Vec<u8>], dict: &[Vec<u8>]) -> Vec<u8> {
-    let mut input = corpus[rng.below(corpus.len())].clone();
-    for _ in 0..1 + rng.below(4) {
-        let at = rng.below(input.len() + 1);
-        match rng.below(7) {
+    let mut input = corpus[rng.index(corpus.len())].clone();
+    for _ in 0..1 + rng.index(4) {
+        let at = rng.index(input.len() + 1);
+        match rng.index(7) {
             0 if !input.is_empty() => {
-                let i = rng.below(input.len());
-                input[i] ^= 1 << rng.below(8);
+                let i = rng.index(input.len());
+                input[i] ^= 1 << rng.index(8);
             }
             1 => input.truncate(at),
             2 if !input.is_empty() => {
-                let end = (at + rng.below(8)).min(input.len());
+                let end = (at + rng.index(8)).min(input.len());
                 input.drain(at.min(end)..end);
             }
             3 => {
-                let token = &dict[rng.below(dict.len())];
+                let token = &dict[rng.index(dict.len())];
                 input.splice(at..at, token.iter().copied());
             }
             4 => {
-                let other = &corpus[rng.below(corpus.len())];
-                let from = rng.below(other.len() + 1);
+                let other = &corpus[rng.index(corpus.len())];
+                let from = rng.index(other.len() + 1);
                 input.truncate(at);
                 input.extend_from_slice(&other[from..]);
             }
             5 => {
-                let byte = rng.next() as u8;
+                let byte = rng.next_u64() as u8;
                 input.insert(at, byte);
             }
             _ => {
-                let len = rng.below(32);
-                input = (0..len).map(|_| rng.next() as u8).collect();
+                let len = rng.index(32);
+                input = (0..len).map(|_| rng.next_u64() as u8).collect();
             }
         }
     }
@@ -127,7 +111,7 @@ fn run(target: &str, mutated: usize, seed: u64, f: fn(&[u8])) {
         f(input);
     }
     let dict = dictionary();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for _ in 0..mutated {
         let input = mutate(&mut rng, &corpus, &dict);
         // Printed only when the target panics (the test then fails with it).

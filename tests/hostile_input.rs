@@ -2,11 +2,7 @@
 //! an instance too large to cache, and cascades down a chain longer than
 //! `max_cascade_depth` and around a cycle. (Hostile *bytes* under a key are
 //! the `hostile_bytes_are_a_miss_for_every_read_and_are_overwritten`
-//! scenario of `support/scenarios.rs`, run on every store.)
-
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
+//! scenario of `cached_instances_testkit::scenarios`, run on every store.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,10 +12,10 @@ use std::time::{Duration, Instant};
 use cached_instances::{
     Cache, CachedInstance, LoadError, Loader, MemoryStore, PrimaryKey, RedisStore, Target,
 };
-use polls::memdb::MemDb;
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::redis_server::RedisServer;
 use polls::{Choice, Question, User};
 use proptest::prelude::*;
-use redis_server::RedisServer;
 
 // ---------------------------------------------------------------------------
 // String primary keys

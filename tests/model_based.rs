@@ -20,22 +20,19 @@
 //!
 //! Run on the `MemoryStore` and on a real Redis server.
 
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::StoreFuture;
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
-use polls::memdb::{MemDb, date};
+use cached_instances_testkit::memdb::{MemDb, date};
+use cached_instances_testkit::redis_server::RedisServer;
+use cached_instances_testkit::rng::SharedRng;
+use cached_instances_testkit::store::{Hook, Op as StoreOp, Wrapped, after};
 use polls::{Choice, Question, User};
 use proptest::prelude::*;
-use redis_server::RedisServer;
 
 const USERS: i64 = 4;
 const QUESTIONS: i64 = 3;
@@ -151,28 +148,18 @@ fn seeded() -> MemDb {
 // ---------------------------------------------------------------------------
 // Interleaving: a seeded source of yields for the loaders and the store
 
-/// splitmix64, shared by everything that yields in one case.
+/// A seeded source of yields, shared by everything that yields in one case.
 #[derive(Clone)]
-struct Yields(Arc<AtomicU64>);
+struct Yields(SharedRng);
 
 impl Yields {
     fn new(seed: u64) -> Self {
-        Yields(Arc::new(AtomicU64::new(seed)))
-    }
-
-    fn next(&self) -> u64 {
-        let mut z = self
-            .0
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
-            .wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        Yields(SharedRng::new(seed))
     }
 
     /// Yields to the other stream 0 to 3 times.
     async fn some(&self) {
-        for _ in 0..self.next() % 4 {
+        for _ in 0..self.0.next_u64() % 4 {
             tokio::task::yield_now().await;
         }
     }
@@ -200,61 +187,13 @@ where
 
 /// A store whose every call yields first (and, on Redis, takes a real
 /// round trip), so the two streams' store calls interleave.
-#[derive(Clone)]
-struct YieldingStore<S> {
-    inner: S,
-    yields: Yields,
-}
-
-impl<S: Store> Store for YieldingStore<S> {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        Box::pin(async move {
-            self.yields.some().await;
-            self.inner.get(key).await
-        })
-    }
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        Box::pin(async move {
-            self.yields.some().await;
-            self.inner.get_many(keys).await
-        })
-    }
-    fn set_if_absent_or<'a>(
+impl Hook for Yields {
+    fn around<'a, T: Send + 'a>(
         &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        Box::pin(async move {
-            self.yields.some().await;
-            self.inner
-                .set_if_absent_or(keys, value, replaceable, ttl)
-                .await
-        })
-    }
-    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
-        Box::pin(async move {
-            self.yields.some().await;
-            self.inner.compare_and_set(ops).await
-        })
-    }
-    fn swap_many<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        Box::pin(async move {
-            self.yields.some().await;
-            self.inner.swap_many(keys, value, ttl).await
-        })
-    }
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.yields.some().await;
-            self.inner.delete_many(keys).await
-        })
+        _op: StoreOp,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        after(self.some(), call)
     }
 }
 
@@ -544,10 +483,7 @@ async fn check<S: Store + Clone>(
         yields: yields.clone(),
     };
     let cache = Cache::builder()
-        .store(YieldingStore {
-            inner: store.clone(),
-            yields,
-        })
+        .store(Wrapped::with_hook(store.clone(), yields))
         .loader::<User>(loader.clone())
         .loader::<Question>(loader.clone())
         .loader::<Choice>(loader)

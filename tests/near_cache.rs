@@ -7,14 +7,12 @@
 //! Nothing here asserts timing: what a push or a reconnection does is
 //! polled for with a bounded number of attempts.
 
-mod support;
-
 use std::time::Duration;
 
 use cached_instances::{Cache, NearCache, RedisStore, Store};
-use polls::memdb::MemDb;
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::redis_server::RedisServer;
 use polls::{Choice, Question, User};
-use support::redis_server::RedisServer;
 
 /// Attempts, 5 ms apart, before a poll gives up (20 s in all).
 const ATTEMPTS: usize = 4_000;
@@ -365,7 +363,7 @@ async fn a_fill_leased_before_another_process_writes_is_rejected() {
 async fn a_store_with_a_near_cache_conforms() {
     let server = RedisServer::start();
     let store = near_store(&server, near()).await;
-    support::conformance::run_all(&store).await;
+    cached_instances_testkit::conformance::run_all(&store).await;
 }
 
 #[tokio::test]
@@ -374,4 +372,37 @@ async fn a_cluster_with_a_near_cache_is_refused() {
         .near_cache(near())
         .connect_lazy();
     assert!(result.is_err());
+}
+
+#[tokio::test]
+async fn a_key_prefix_applies_to_the_tier_and_its_pushes() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .key_prefix("app:")
+        .near_cache(near())
+        .connect()
+        .await
+        .unwrap();
+    set(&server, "app:k", b"{\"v\":1}");
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":1}"[..])
+    );
+    server.reset_stats();
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":1}"[..])
+    );
+    assert_eq!(reads(&server), 0, "a near hit");
+    set(&server, "app:k", b"{\"v\":2}");
+    assert!(
+        eventually_reads(&store, "k", b"{\"v\":2}").await,
+        "the push names the prefixed key"
+    );
+    // Own writes evict the prefixed key too.
+    store
+        .swap_many(&["k".to_owned()], b"\0T", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"\0T"[..]));
 }

@@ -8,10 +8,6 @@
 //! schema and drops it. Each PostgreSQL test starts its own `redis-server`.
 //! Unreachable servers fail the tests; they are never skipped.
 
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
@@ -19,15 +15,13 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use bytes::Bytes;
 use cached_instances::{MemoryStore, RedisStore};
+use cached_instances_testkit::databases::database_url;
+use cached_instances_testkit::redis_server::RedisServer;
 use chrono::{TimeDelta, Utc};
 use polls::db::{Backend, Db};
 use polls::routes::{self, App};
 use serde_json::{Value, json};
 use tower::ServiceExt;
-
-use redis_server::RedisServer;
-
-const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Drops a test's PostgreSQL schema, on a connection of its own (the test's
 /// runtime may be gone by then).
@@ -51,12 +45,12 @@ impl Drop for SchemaGuard {
                     .map_err(|e| e.to_string())?;
                 // Connections a failed test left in a transaction would
                 // block the drop: end them first.
-                sqlx::raw_sql(&format!(
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "SET lock_timeout = '10s';
                      SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                      WHERE application_name = 'polls {schema}' AND pid <> pg_backend_pid();
                      DROP SCHEMA IF EXISTS {schema} CASCADE;"
-                ))
+                )))
                 .execute(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -152,7 +146,7 @@ impl TestApp {
 
     async fn postgres_redis() -> TestApp {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+        let url = database_url();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());

@@ -4,8 +4,6 @@
 //! on a real Redis server (started by the test); the index stays consistent
 //! under concurrent writes; unwarmed models fall back to the loader.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,11 +12,12 @@ use cached_instances::query::{Query, QueryError, QueryPage, Source};
 use cached_instances::{
     Cache, CachedInstance, Error, LoadError, Loader, MemoryStore, RedisStore, Store,
 };
+use cached_instances_testkit::faults::Faulty;
+use cached_instances_testkit::redis_server::RedisServer;
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde::{Deserialize, Serialize};
-use support::redis_server::RedisServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -759,7 +758,7 @@ async fn warm_removes_rows_deleted_behind_its_back_and_reports_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_work_on_a_redis_cluster_in_one_slot_per_model() {
-    let cluster = support::redis_server::RedisCluster::start();
+    let cluster = cached_instances_testkit::redis_server::RedisCluster::start();
     let store = RedisStore::connect_cluster(cluster.urls()).await.unwrap();
     let db = Db::default();
     for id in 0..200 {
@@ -823,93 +822,9 @@ async fn queries_work_on_a_redis_cluster_in_one_slot_per_model() {
     );
 }
 
-/// A `MemoryStore` whose index updates fail while `fail` is set.
-#[derive(Clone)]
-struct FlakyIndex {
-    inner: MemoryStore,
-    fail: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Store for FlakyIndex {
-    fn get<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> cached_instances::store::StoreFuture<'a, Option<bytes::Bytes>> {
-        self.inner.get(key)
-    }
-    fn get_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> cached_instances::store::StoreFuture<'a, Vec<Option<bytes::Bytes>>> {
-        self.inner.get_many(keys)
-    }
-    fn set_if_absent_or<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> cached_instances::store::StoreFuture<'a, Vec<Option<bytes::Bytes>>> {
-        self.inner.set_if_absent_or(keys, value, replaceable, ttl)
-    }
-    fn compare_and_set<'a>(
-        &'a self,
-        ops: &'a [cached_instances::store::CompareAndSet],
-    ) -> cached_instances::store::StoreFuture<'a, Vec<bool>> {
-        self.inner.compare_and_set(ops)
-    }
-    fn swap_many<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> cached_instances::store::StoreFuture<'a, Vec<Option<bytes::Bytes>>> {
-        self.inner.swap_many(keys, value, ttl)
-    }
-    fn delete_many<'a>(
-        &'a self,
-        keys: &'a [String],
-    ) -> cached_instances::store::StoreFuture<'a, ()> {
-        self.inner.delete_many(keys)
-    }
-    fn supports_indexes(&self) -> bool {
-        true
-    }
-    fn index_lease<'a>(
-        &'a self,
-        prefix: &'a str,
-        members: &'a [String],
-        token: &'a [u8],
-    ) -> cached_instances::store::StoreFuture<'a, ()> {
-        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
-            return Box::pin(std::future::ready(Err(
-                cached_instances::StoreError::Unavailable("index down".into()),
-            )));
-        }
-        self.inner.index_lease(prefix, members, token)
-    }
-    fn index_apply<'a>(
-        &'a self,
-        prefix: &'a str,
-        token: &'a [u8],
-        updates: &'a [cached_instances::store::IndexUpdate],
-    ) -> cached_instances::store::StoreFuture<'a, Vec<bool>> {
-        self.inner.index_apply(prefix, token, updates)
-    }
-    fn index_query<'a>(
-        &'a self,
-        prefix: &'a str,
-        query: &'a cached_instances::store::IndexQuery,
-    ) -> cached_instances::store::StoreFuture<'a, Option<cached_instances::store::IndexPage>> {
-        self.inner.index_query(prefix, query)
-    }
-}
-
-fn flaky_index_cache(db: &Db) -> (Cache, FlakyIndex) {
-    let store = FlakyIndex {
-        inner: MemoryStore::new(),
-        fail: Arc::default(),
-    };
+/// A `MemoryStore` whose index leases fail while switched on.
+fn flaky_index_cache(db: &Db) -> (Cache, Faulty<MemoryStore>) {
+    let store = Faulty::new(MemoryStore::new());
     let cache = Cache::builder()
         .store(store.clone())
         .loader::<Person>(db.clone())
@@ -932,7 +847,7 @@ async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
     let fr = Query::<Person>::new().filter("country", "FR");
     assert_eq!(cache.query_pks(&gb).await.unwrap().source, Source::Cache);
 
-    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    store.fail_index_lease(true);
     let moved = person(2, "GB", 30);
     db.rows.lock().unwrap().insert(2, moved.clone());
     cache.saved(&moved).await.unwrap();
@@ -943,9 +858,7 @@ async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
         (found.items, found.count, found.source),
         (vec![2], 1, Source::Database)
     );
-    store
-        .fail
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    store.fail_index_lease(false);
     tokio::time::sleep(Duration::from_millis(10)).await;
 
     // Delivered on the next read: re-indexed, and still warmed.
@@ -973,7 +886,7 @@ async fn a_reindex_that_fails_again_unwarms_the_model_until_the_next_warm() {
     cache.warm::<Person>().await.unwrap();
     let query = Query::<Person>::new().filter("country", "GB");
 
-    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    store.fail_index_lease(true);
     let moved = person(2, "GB", 30);
     db.rows.lock().unwrap().insert(2, moved.clone());
     cache.saved(&moved).await.unwrap();
@@ -987,9 +900,7 @@ async fn a_reindex_that_fails_again_unwarms_the_model_until_the_next_warm() {
     );
     let stats = cache.stats();
     assert_eq!((stats.reindexes, stats.unwarmed), (0, 1), "{stats:?}");
-    store
-        .fail
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    store.fail_index_lease(false);
     tokio::time::sleep(Duration::from_millis(10)).await;
 
     // The loader answers, correctly, until the model is warmed again.
@@ -1006,4 +917,36 @@ async fn a_reindex_that_fails_again_unwarms_the_model_until_the_next_warm() {
         (found.items, found.count, found.source),
         (vec![2], 1, Source::Cache)
     );
+}
+
+#[tokio::test]
+async fn warm_of_a_model_without_query_fields_is_an_error_that_says_so() {
+    // Team declares no index, sortable or search field: nothing to index.
+    struct Teams(Arc<Mutex<usize>>);
+    impl Loader<Team> for Teams {
+        async fn load(&self, pks: &[i64]) -> Result<Vec<Team>, LoadError> {
+            *self.0.lock().unwrap() += 1;
+            Ok(pks.iter().map(|&id| Team { id }).collect())
+        }
+        async fn all_pks(&self) -> Result<Option<Vec<i64>>, LoadError> {
+            *self.0.lock().unwrap() += 1;
+            Ok(Some(vec![1, 2, 3, 4]))
+        }
+    }
+    let calls = Arc::new(Mutex::new(0));
+    let cache = Cache::builder()
+        .loader::<Team>(Teams(calls.clone()))
+        .build()
+        .unwrap();
+    let error = cache.warm::<Team>().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Query(QueryError::NothingToIndex { model: "Team" })
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("no index to warm"), "{error}");
+    assert_eq!(*calls.lock().unwrap(), 0, "no loader call for nothing");
+    assert_eq!(cache.stats().loader_calls, 0);
 }

@@ -8,10 +8,6 @@
 //! it is used: on Redis, `INFO commandstats` shows a repeated query does not
 //! intersect the sets again, until a write changes the index.
 
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
@@ -19,36 +15,8 @@ use std::sync::{Arc, Mutex};
 use cached_instances::query::{Query, Source};
 use cached_instances::store::{IndexQuery, IndexRecord, IndexUpdate, ScoreRange};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
-use redis_server::RedisServer;
-
-/// A small deterministic PRNG (xorshift64*), so that a failure names the
-/// seed that reproduces it.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
+use cached_instances_testkit::redis_server::RedisServer;
+use cached_instances_testkit::rng::Rng;
 
 // ---------------------------------------------------------------------------
 // Store level: random records, random filters, checked against a naive
@@ -374,7 +342,7 @@ fn account(rng: &mut Rng, id: i64) -> Account {
         tier: rng.below(3) as i32,
         score: rng.chance(90).then(|| rng.below(20) as i32),
         bio: words.join(" "),
-        note: format!("note {}", rng.next()),
+        note: format!("note {}", rng.next_u64()),
     }
 }
 
@@ -515,7 +483,7 @@ async fn cache_differential(store: impl Store, seed: u64) {
                 // A write of an unindexed field only.
                 let id = rng.below(120) as i64;
                 let changed = db.0.lock().unwrap().get_mut(&id).map(|a| {
-                    a.note = format!("edited {}", rng.next());
+                    a.note = format!("edited {}", rng.next_u64());
                     a.clone()
                 });
                 if let Some(a) = changed {

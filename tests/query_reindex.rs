@@ -10,18 +10,14 @@
 //! Every wait is bounded and polls for the outcome; no sleep decides a
 //! result.
 
-#[path = "support/query_model.rs"]
-mod query_model;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::time::{Duration, Instant};
 
 use cached_instances::query::Source;
-use cached_instances::{Cache, RedisStore, Store};
-use query_model::{Db, IndexFaults, Member, in_country, member};
-use redis_server::RedisServer;
+use cached_instances::{Cache, Event, RedisStore, Store};
+use cached_instances_testkit::faults::Faulty;
+use cached_instances_testkit::query_model;
+use cached_instances_testkit::query_model::{Db, Member, in_country, member};
+use cached_instances_testkit::redis_server::RedisServer;
 
 /// Short enough for the tests to recover quickly.
 const RETRY: Duration = Duration::from_millis(50);
@@ -101,6 +97,7 @@ async fn a_write_paused_on_the_server_is_reindexed_and_the_model_stays_warmed() 
     let server = RedisServer::start();
     let db = Db::seeded(6, "FR");
     let cache = cache_over(connected(&server).await, &db);
+    let mut events = cache.events();
     cache.warm::<Member>().await.unwrap();
     assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
     assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
@@ -117,18 +114,21 @@ async fn a_write_paused_on_the_server_is_reindexed_and_the_model_stays_warmed() 
     assert_eq!(check(&cache, &db, "GB").await, Source::Database);
     assert_eq!(check(&cache, &db, "FR").await, Source::Database);
 
-    // After the pause, the first read delivers the queue; the query that
-    // delivered it is answered from the cache, with the write in it.
-    let deadline = Instant::now() + PATIENCE;
-    let (loads, queries) = loop {
-        let before = (db.loads(), db.queries());
-        if check(&cache, &db, "GB").await == Source::Cache {
-            break (db.loads() - before.0, db.queries() - before.1);
-        }
-        assert!(Instant::now() < deadline, "never answered from the cache");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // After the pause, the cache's recovery task delivers the queue with no
+    // read at all; the next query is answered from the cache, with the
+    // write in it.
+    let before = (db.loads(), db.queries());
+    tokio::time::timeout(PATIENCE, async {
+        while !matches!(
+            events.recv().await,
+            Ok(Event::InvalidationsDelivered { .. })
+        ) {}
+    })
+    .await
+    .expect("never delivered");
     assert!(paused_at.elapsed() >= PAUSE);
+    assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
+    let (loads, queries) = (db.loads() - before.0, db.queries() - before.1);
     // No `Loader::query`; two loads: the re-index's reload, and member 2
     // itself (reloaded by the delivery of its invalidation, or by the
     // page's read if the write's timed-out swap ran late on the server and
@@ -165,11 +165,12 @@ async fn a_reindex_whose_reload_fails_unwarms_the_model_and_queries_stay_correct
     assert_eq!(cache.stats().index_updates_missed, 1);
     assert_eq!(check(&cache, &db, "GB").await, Source::Database);
 
-    // Once the server runs writes again, the database fails: the delivery's
-    // re-index cannot reload, so the model is un-warmed.
+    // The database fails before the server runs writes again: the
+    // delivery's re-index, run by the recovery task once the pause is over,
+    // cannot reload, so the model is un-warmed.
+    db.fail_loads(true);
     tokio::time::sleep((PAUSE + Duration::from_millis(100)).saturating_sub(paused_at.elapsed()))
         .await;
-    db.fail_loads(true);
     let deadline = Instant::now() + PATIENCE;
     while cache.stats().unwarmed == 0 {
         assert_eq!(check_pks(&cache, &db, "GB").await, Source::Database);
@@ -199,13 +200,13 @@ async fn a_reindex_whose_reload_fails_unwarms_the_model_and_queries_stay_correct
 async fn a_reindex_the_store_fails_again_unwarms_the_model() {
     let server = RedisServer::start();
     let db = Db::seeded(6, "FR");
-    let store = IndexFaults::new(connected(&server).await);
+    let store = Faulty::new(connected(&server).await);
     let cache = cache_over(store.clone(), &db);
     cache.warm::<Member>().await.unwrap();
     assert_eq!(check(&cache, &db, "GB").await, Source::Cache);
 
     // The server takes the invalidation, not the index lease.
-    store.fail_lease(true);
+    store.fail_index_lease(true);
     let moved = member(2, "GB");
     db.put(moved.clone());
     cache.saved(&moved).await.unwrap();
@@ -221,7 +222,7 @@ async fn a_reindex_the_store_fails_again_unwarms_the_model() {
     assert_eq!(warm_marks(&server).len(), 1);
     assert_eq!(check(&cache, &db, "GB").await, Source::Database);
 
-    store.fail_lease(false);
+    store.fail_index_lease(false);
     let deadline = Instant::now() + PATIENCE;
     while !warm_marks(&server).is_empty() {
         assert_eq!(check(&cache, &db, "GB").await, Source::Database);
@@ -242,16 +243,16 @@ async fn a_reindex_the_store_fails_again_unwarms_the_model() {
 async fn a_write_whose_index_apply_failed_is_reindexed() {
     let server = RedisServer::start();
     let db = Db::seeded(6, "FR");
-    let store = IndexFaults::new(connected(&server).await);
+    let store = Faulty::new(connected(&server).await);
     let cache = cache_over(store.clone(), &db);
     cache.warm::<Member>().await.unwrap();
 
     // Leased and reloaded, but not applied: the index still says FR.
-    store.fail_apply(true);
+    store.fail_index_apply(true);
     let moved = member(2, "GB");
     db.put(moved.clone());
     cache.saved(&moved).await.unwrap();
-    store.fail_apply(false);
+    store.fail_index_apply(false);
     assert_eq!(cache.stats().index_updates_missed, 1);
 
     let deadline = Instant::now() + PATIENCE;
@@ -261,10 +262,10 @@ async fn a_write_whose_index_apply_failed_is_reindexed() {
     }
     assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
     // Deleted during the next outage of the index: re-indexed as a removal.
-    store.fail_lease(true);
+    store.fail_index_lease(true);
     let gone = db.remove(2).unwrap();
     cache.deleted(&gone).await.unwrap();
-    store.fail_lease(false);
+    store.fail_index_lease(false);
     let deadline = Instant::now() + PATIENCE;
     while check(&cache, &db, "GB").await != Source::Cache {
         assert!(Instant::now() < deadline, "never answered from the cache");

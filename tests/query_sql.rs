@@ -5,14 +5,12 @@
 //! random queries, after random writes and deletes; and it costs one
 //! statement (statements counted where they reach the database).
 
-#[path = "support/databases.rs"]
-mod databases;
-
 use cached_instances::query::{Query, QueryPage, Source};
 use cached_instances::sqlx::{SqlxDatabase, SqlxLoader, SqlxModel};
 use cached_instances::{Cache, CachedInstance, MemoryStore};
+use cached_instances_testkit::databases::{Statements, counted, sqlite, with_postgres};
+use cached_instances_testkit::rng::Rng;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use databases::{Statements, counted, sqlite, with_postgres};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Pool, SqlitePool};
 
@@ -58,27 +56,6 @@ const POSTGRES_MEMBERS: &str = "CREATE TABLE members (
     id BIGINT PRIMARY KEY, name TEXT NOT NULL, bio TEXT, country TEXT NOT NULL,
     active BOOLEAN NOT NULL, age INTEGER, score DOUBLE PRECISION NOT NULL,
     joined TIMESTAMPTZ NOT NULL, birthday DATE NOT NULL, status JSONB NOT NULL)";
-
-/// A small deterministic generator (xorshift), so a failure names its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 const COUNTRIES: [&str; 6] = ["GB", "US", "FR", "Ünïcode", "null", "\"GB\""];
 const WORDS: [&str; 8] = [
@@ -182,7 +159,7 @@ async fn differential<DB: SqlxDatabase>(
 ) where
     Member: SqlxModel<DB>,
 {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut rows: Vec<Member> = Vec::new();
     for id in 1..=40 {
         let m = member(&mut rng, id);
@@ -321,7 +298,7 @@ async fn the_statement_binds_values_in_the_columns_types() {
 async fn a_search_past_the_scan_limit_is_declined() {
     let (pool, statements) = sqlite().await;
     sqlx::query(SQLITE_MEMBERS).execute(&pool).await.unwrap();
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     for id in 1..=30 {
         sqlite_write(&pool, Some(&member(&mut rng, id)), id).await;
     }

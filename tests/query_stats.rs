@@ -4,18 +4,14 @@
 //! un-warming their model; on the `MemoryStore` and on a real Redis server
 //! (started by the test).
 
-#[path = "support/query_model.rs"]
-mod query_model;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::time::{Duration, Instant};
 
 use cached_instances::query::{Query, Source};
 use cached_instances::{Cache, Error, MemoryStore, RedisStore, Stats, Store};
-use query_model::{Db, IndexFaults, Member, in_country, member};
-use redis_server::RedisServer;
+use cached_instances_testkit::faults::Faulty;
+use cached_instances_testkit::query_model;
+use cached_instances_testkit::query_model::{Db, Member, in_country, member};
+use cached_instances_testkit::redis_server::RedisServer;
 
 const RETRY: Duration = Duration::from_millis(5);
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -105,12 +101,12 @@ async fn redis_store_counts_queries_and_index_updates() {
 /// misses, and its re-index fails too, un-warming the model.
 async fn counts_missed_updates_reindexes_and_unwarms(store: impl Store + Clone) {
     let db = Db::seeded(6, "FR");
-    let store = IndexFaults::new(store);
+    let store = Faulty::new(store);
     let cache = cache_over(store.clone(), &db);
     cache.warm::<Member>().await.unwrap();
     assert_eq!(query_counters(&cache.stats()), [0, 0, 6, 0, 0, 0]);
 
-    store.fail_lease(true);
+    store.fail_index_lease(true);
     for id in [1, 2] {
         let moved = member(id, "GB");
         db.put(moved.clone());
@@ -120,7 +116,7 @@ async fn counts_missed_updates_reindexes_and_unwarms(store: impl Store + Clone) 
     // Pending: answered by the database.
     let found = cache.query_pks(&in_country("GB")).await.unwrap();
     assert_eq!((found.items, found.source), (vec![1, 2], Source::Database));
-    store.fail_lease(false);
+    store.fail_index_lease(false);
 
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -136,7 +132,7 @@ async fn counts_missed_updates_reindexes_and_unwarms(store: impl Store + Clone) 
     // Both in one delivery: two records applied, two re-indexes.
     assert_eq!(query_counters(&stats)[2..], [8, 2, 2, 0], "{stats:?}");
 
-    store.fail_lease(true);
+    store.fail_index_lease(true);
     let moved = member(5, "GB");
     db.put(moved.clone());
     cache.saved(&moved).await.unwrap();
@@ -151,7 +147,7 @@ async fn counts_missed_updates_reindexes_and_unwarms(store: impl Store + Clone) 
         assert!(Instant::now() < deadline, "never un-warmed");
         tokio::time::sleep(RETRY * 2).await;
     }
-    store.fail_lease(false);
+    store.fail_index_lease(false);
     tokio::time::sleep(RETRY * 2).await;
     let found = cache.query_pks(&in_country("GB")).await.unwrap();
     assert_eq!(

@@ -10,14 +10,12 @@
 //! - a write whose cascade has k targets at one depth costs the same number
 //!   of commands for k = 2 and k = 50.
 
-mod support;
-
 use std::collections::BTreeMap;
 
 use cached_instances::{Cache, RedisStore};
-use polls::memdb::{MemDb, date};
+use cached_instances_testkit::memdb::{MemDb, date};
+use cached_instances_testkit::redis_server::{Monitor, RedisServer, parse_command_stats};
 use polls::{Choice, Question, User};
-use support::redis_server::{Monitor, RedisServer, parse_command_stats};
 
 struct Setup {
     server: RedisServer,

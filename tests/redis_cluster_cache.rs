@@ -1,4 +1,4 @@
-//! The cache behaviour suite (`support/scenarios.rs`, the one
+//! The cache behaviour suite (`cached_instances_testkit::scenarios`, the one
 //! `cache_core.rs` runs on the in-process store) on `RedisStore`: every
 //! scenario on its own single Redis server, and all of them in sequence on a
 //! three-master Redis Cluster (emptied between scenarios). Each server is
@@ -7,18 +7,12 @@
 //! Round trips are counted as store primitive calls (a `Counting` wrapper):
 //! one request on a single server, one per hash slot on the cluster.
 
-#[macro_use]
-#[path = "support/scenarios.rs"]
-mod scenarios;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use cached_instances::{Cache, RedisStore};
-use polls::memdb::MemDb;
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::redis_server::{RedisCluster, RedisServer};
+use cached_instances_testkit::store::Counting;
+use cached_instances_testkit::{scenarios, with_scenarios};
 use polls::{Choice, Question, User};
-use redis_server::{RedisCluster, RedisServer};
-use scenarios::Counting;
 
 /// One test per scenario, each on a fresh single server.
 macro_rules! on_redis_server {

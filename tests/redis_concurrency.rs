@@ -8,12 +8,6 @@
 //! Interleavings are scripted with held loads (`MemDb::hold_next_load`), not
 //! with sleeps; the randomized test asserts nothing about timing.
 
-#[path = "support/faults.rs"]
-mod faults;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,10 +15,11 @@ use std::time::{Duration, Instant};
 use cached_instances::{
     Cache, CacheBuilder, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store,
 };
-use faults::Instrumented;
-use polls::memdb::MemDb;
+use cached_instances_testkit::faults::Instrumented;
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::redis_server::RedisServer;
+use cached_instances_testkit::rng::Rng;
 use polls::{Choice, Question, User};
-use redis_server::RedisServer;
 
 fn builder(store: impl Store, db: &MemDb) -> CacheBuilder {
     Cache::builder()
@@ -316,23 +311,6 @@ struct CounterTable {
     pool: sqlx::SqlitePool,
 }
 
-/// splitmix64: a fixed, seedable pseudo-random sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 type CounterRow = (i64, i64, String);
 
 fn counter((id, version, note): CounterRow) -> Counter {
@@ -350,7 +328,7 @@ impl Loader<Counter> for CounterTable {
         .fetch_all(&self.pool)
         .await
         .map_err(LoadError::new)?;
-        let pause = Rng(CALLS.fetch_add(1, Ordering::Relaxed)).below(2_000);
+        let pause = Rng::new(CALLS.fetch_add(1, Ordering::Relaxed)).below(2_000);
         tokio::time::sleep(Duration::from_micros(pause)).await;
         Ok(rows.into_iter().map(counter).collect())
     }
@@ -464,7 +442,7 @@ async fn history<S: Store + Clone>(store: S, raw: impl AsyncFn(&S, &str) -> Opti
         .map(|w| {
             let (cache, pool) = (cache.clone(), db.pool.clone());
             tokio::spawn(async move {
-                let mut rng = Rng(w);
+                let mut rng = Rng::new(w);
                 let mut writes = Vec::new();
                 for op in 0..WRITES {
                     let id = rng.below(KEYS as u64) as i64;
@@ -500,7 +478,7 @@ async fn history<S: Store + Clone>(store: S, raw: impl AsyncFn(&S, &str) -> Opti
         .map(|r| {
             let cache = cache.clone();
             tokio::spawn(async move {
-                let mut rng = Rng(1000 + r);
+                let mut rng = Rng::new(1000 + r);
                 let mut reads = Vec::new();
                 for _ in 0..READS {
                     let ids: Vec<i64> = if rng.below(5) == 0 {

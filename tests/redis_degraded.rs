@@ -11,19 +11,13 @@
 //! result); the only timing assertion is that a stalled server does not stall
 //! reads, with a wide margin.
 
-#[path = "support/faults.rs"]
-mod faults;
-#[allow(dead_code)]
-#[path = "support/redis_server.rs"]
-mod redis_server;
-
 use std::time::{Duration, Instant};
 
 use cached_instances::{Cache, CacheBuilder, CachedInstance, Error, Event, RedisStore, Store};
-use faults::{Faulty, Flaky, Instrumented};
-use polls::memdb::MemDb;
+use cached_instances_testkit::faults::{Faulty, Flaky, Instrumented};
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::redis_server::RedisServer;
 use polls::{Choice, Question, User};
-use redis_server::RedisServer;
 use tokio::sync::broadcast;
 
 /// Short enough for the tests to recover quickly.
@@ -722,4 +716,128 @@ async fn a_hung_loader_times_out_and_releases_its_leases() {
     assert!(is_value(&raw::<Choice>(&store, &cache, &1).await));
     read_until_cached(&cache, &db).await;
     assert_caching(&cache, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_invalidations_are_delivered_with_no_reader_at_all() {
+    let mut server = RedisServer::start();
+    let store = connected(&server).await;
+    let db = MemDb::seeded();
+    let cache = builder(store.clone(), &db).build().unwrap();
+    let mut events = cache.events();
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    let stale = raw::<Choice>(&store, &cache, &1).await.unwrap();
+
+    server.kill();
+    db.write(|t| t.choices.get_mut(&1).unwrap().1 = "Written while down".into());
+    cache.saved(&db.choice(1).unwrap()).await.unwrap();
+    wait_for(&mut events, "InvalidationsQueued", |e| {
+        matches!(e, Event::InvalidationsQueued { .. })
+    })
+    .await;
+    let (loads, stats) = (db.loads().len(), cache.stats());
+
+    // No read from here on: the cache's own recovery task delivers.
+    server.restart();
+    wait_for(&mut events, "InvalidationsDelivered", |e| {
+        matches!(e, Event::InvalidationsDelivered { .. })
+    })
+    .await;
+    // The restarted server came back empty: the delivery found nothing to
+    // compare, so it reloaded nothing and left a tombstone.
+    let held = raw::<Choice>(&store, &cache, &1).await;
+    assert_eq!(held.as_deref(), Some(&b"\0T"[..]));
+    assert_ne!(held, Some(stale));
+    assert_eq!(db.loads().len(), loads, "{:?}", db.loads());
+    assert_eq!(
+        (cache.stats().hits, cache.stats().misses),
+        (stats.hits, stats.misses)
+    );
+
+    // Reads use the store again: a miss that fills, then a hit.
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    assert_eq!(db.loads().len() - loads, 1);
+    assert_eq!(cache.stats().hits, stats.hits + 1);
+    assert_eq!(
+        raw::<Choice>(&store, &cache, &1).await.unwrap(),
+        db.choice(1).unwrap().to_json().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_never_runs_the_delivery_of_queued_invalidations() {
+    let server = RedisServer::start();
+    let store = Faulty::new(connected(&server).await);
+    let db = MemDb::seeded();
+    let cache = builder(store.clone(), &db).build().unwrap();
+    let mut events = cache.events();
+    move_choice_while_writes_fail(&cache, &store, &db, &mut events).await;
+
+    // The store takes writes again; the delivery is held before it reaches
+    // Redis. No reader is running: the recovery task gets there alone.
+    let held = store.hold_next_swap();
+    store.fail_writes(false);
+    tokio::time::timeout(PATIENCE, held.reached)
+        .await
+        .expect("the delivery never started without a reader")
+        .unwrap();
+
+    // While it is held, readers are neither blocked by it nor part of it:
+    // each makes exactly its own direct loads (the choice, then both
+    // questions in one call), none of the delivery's reloads.
+    for _ in 0..3 {
+        let loads = db.loads().len();
+        assert_fresh(&cache, &db).await;
+        assert_eq!(db.loads().len() - loads, 2, "{:?}", db.loads());
+    }
+    assert_eq!(
+        seen(&mut events, |e| matches!(
+            e,
+            Event::InvalidationsDelivered { .. }
+        ))
+        .map(|_| ()),
+        None
+    );
+
+    held.release.send(()).unwrap();
+    wait_for(&mut events, "InvalidationsDelivered", |e| {
+        matches!(e, Event::InvalidationsDelivered { .. })
+    })
+    .await;
+    assert_fresh(&cache, &db).await;
+    read_until_cached(&cache, &db).await;
+}
+
+/// The recovery task holds the cache only between deliveries through a
+/// weak reference: dropping the last clone ends it, and frees the store.
+#[tokio::test(flavor = "current_thread")]
+async fn the_recovery_task_ends_with_the_last_cache_clone() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let store = std::sync::Arc::new(Faulty::new(cached_instances::MemoryStore::new()));
+    let freed = std::sync::Arc::downgrade(&store);
+    let db = MemDb::seeded();
+    let cache = builder(store.clone(), &db).build().unwrap();
+    drop(store);
+    let tasks = metrics.num_alive_tasks();
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    assert_eq!(metrics.num_alive_tasks(), tasks, "reads spawn nothing");
+
+    freed.upgrade().unwrap().fail_writes(true);
+    cache.saved(&db.choice(1).unwrap()).await.unwrap();
+    assert_eq!(metrics.num_alive_tasks(), tasks + 1, "the recovery task");
+    let clone = cache.clone();
+    drop(cache);
+    tokio::task::yield_now().await;
+    assert_eq!(metrics.num_alive_tasks(), tasks + 1, "a clone keeps it");
+    drop(clone);
+
+    let deadline = Instant::now() + PATIENCE;
+    while metrics.num_alive_tasks() > tasks || freed.strong_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the recovery task outlived the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

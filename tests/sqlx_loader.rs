@@ -28,8 +28,7 @@ use uuid::Uuid;
 // ---------------------------------------------------------------------------
 // Counting statements
 
-#[path = "support/databases.rs"]
-mod databases;
+use cached_instances_testkit::databases;
 use databases::{Statements, counted, sqlite, with_postgres};
 
 // ---------------------------------------------------------------------------

@@ -2,13 +2,11 @@
 //! against the in-process store, a real Redis server and a real three-master
 //! Redis Cluster (each started by the test on free loopback ports).
 
-mod support;
-
 use std::time::Duration;
 
 use cached_instances::{MemoryStore, RedisStore, Store, StoreError};
-use support::conformance;
-use support::redis_server::{RedisCluster, RedisServer};
+use cached_instances_testkit::conformance;
+use cached_instances_testkit::redis_server::{RedisCluster, RedisServer};
 
 #[tokio::test]
 async fn memory_store_conforms() {

@@ -8,8 +8,8 @@ use quote::quote;
 use syn::{Data, DeriveInput};
 
 use crate::ast::Container;
-use crate::ast::Database;
-use crate::expand::{private, table_impls, via_impls};
+use crate::expand::sqlx::{self, table_impls};
+use crate::expand::{private, via_impls};
 
 pub(crate) fn fallback(
     input: &DeriveInput,
@@ -42,45 +42,12 @@ pub(crate) fn fallback(
     };
     let via = cont.map(via_impls).unwrap_or_default();
     let table = cont.map(table_impls).unwrap_or_default();
-    // The derived loaders' stand-ins, so that `SqlxLoader::new(pool)` for
-    // this model does not fail a second time.
     let loaders = cont
         .filter(|cont| cont.attrs.table.is_some())
         .map(|cont| cont.databases())
         .unwrap_or_default()
         .into_iter()
-        .map(|database| {
-            let (gate, db) = match database {
-                Database::Sqlite => (
-                    quote!(#p::__cached_if_sqlx_sqlite),
-                    quote!(#p::sqlx::Sqlite),
-                ),
-                Database::Postgres => (
-                    quote!(#p::__cached_if_sqlx_postgres),
-                    quote!(#p::sqlx::Postgres),
-                ),
-            };
-            quote! {
-                #gate! {
-                    #[automatically_derived]
-                    impl #p::SqlxModel<#db> for #ident {
-                        fn sqlx_load<'__a, __C>(
-                            __conn: &'__a mut __C,
-                            __pks: &'__a [<Self as #p::CachedInstance>::Pk],
-                        ) -> impl #p::Future<Output = #p::Result<#p::Vec<Self>, #p::sqlx::Error>>
-                        + #p::Send
-                        + '__a
-                        where
-                            __C: #p::SqlxConnection<Database = #db>,
-                        {
-                            async move {
-                                #p::Result::Err(#p::schema_error("#[derive(CachedInstance)] failed"))
-                            }
-                        }
-                    }
-                }
-            }
-        });
+        .map(|database| sqlx::fallback_loader(ident, database));
     quote! {
         #errors
 

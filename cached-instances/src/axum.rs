@@ -78,10 +78,55 @@
 //! values of the wrong type are a `400`. A warmed model is answered by the
 //! cache with no database query; otherwise by the loader's `query`.
 //!
+//! A model with a derived loader (`#[cached(table = "...")]` and a
+//! [`SqlxLoader`](crate::sqlx::SqlxLoader)) needs no list query at all:
+//! `Resource::<Question, _>::indexed(cache).router("/questions")` lists it
+//! through the loader's SQL, filters and ordering included, and from the
+//! cache's indexes once it is [warmed](Cache::warm).
+//!
+//! # Links
+//!
+//! `next` and `previous` are absolute URLs, as in Django REST Framework:
+//! `http://{Host}{path}?...` from the request's `Host` header (and the
+//! scheme of an absolute request URI), or from
+//! [`Resource::base_url`], which an application behind a proxy (TLS
+//! terminated, or a public host that differs) sets to its public origin. A
+//! request with neither gets links relative to the host (`/questions?...`).
+//!
+//! # Your own handlers
+//!
 //! Write endpoints live next to the read ones: the detail route's parameter is
 //! named `pk`, so `.route("/questions/{pk}", patch(update))` adds a method to
-//! the same route. After the database commit, the write handler calls
-//! [`Cache::saved`] / [`Cache::saved_from`] / [`Cache::deleted`].
+//! the same route. The [`Pk`] extractor parses it as the model's primary key,
+//! with the same JSON `400` as the detail endpoint for a malformed one. After
+//! the database commit, the write handler calls [`Cache::saved`] /
+//! [`Cache::saved_from`] / [`Cache::deleted`]:
+//!
+//! ```
+//! # use cached_instances::{Cache, CachedInstance};
+//! # #[derive(CachedInstance, Debug, Clone, PartialEq)]
+//! # pub struct Question {
+//! #     #[cached(pk)]
+//! #     pub id: i64,
+//! #     pub question_text: String,
+//! # }
+//! use axum::extract::State;
+//! use axum::http::StatusCode;
+//! use cached_instances::axum::{Pk, Rejection};
+//!
+//! async fn delete_question(
+//!     State(cache): State<Cache>,
+//!     Pk(id): Pk<Question>,
+//! ) -> Result<StatusCode, Rejection> {
+//!     // DELETE FROM questions WHERE id = $1, committed; then:
+//!     # let row = Question { id, question_text: String::new() };
+//!     cache.deleted::<Question>(&row).await.map_err(Rejection::from)?;
+//!     Ok(StatusCode::NO_CONTENT)
+//! }
+//! # let _ = axum::routing::delete(delete_question);
+//! ```
+//!
+//! Every error response is a [`Rejection`]; handlers can return it too.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -91,7 +136,9 @@ use std::sync::Arc;
 use ::axum::Router;
 use ::axum::body::Body;
 use ::axum::extract::rejection::RawPathParamsRejection;
-use ::axum::extract::{OriginalUri, RawPathParams};
+use ::axum::extract::{FromRequestParts, OriginalUri, RawPathParams};
+use ::axum::http::request::Parts;
+use ::axum::http::uri::Authority;
 use ::axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use ::axum::response::{IntoResponse, Response};
 use ::axum::routing::{MethodRouter, get};
@@ -99,10 +146,10 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::cache::Cache;
-use crate::error::{Error, LoadError};
+use crate::error::{Chain, DecodeError, Error, LoadError};
 use crate::instance::CachedInstance;
 use crate::pk::PrimaryKey;
-use crate::query::Query;
+use crate::query::{Query, QueryError};
 
 /// The page size used when the request gives none.
 pub const DEFAULT_PAGE_SIZE: u64 = 20;
@@ -184,6 +231,12 @@ pub trait ListQuery<T: CachedInstance>: Send + Sync + 'static {
     ///
     /// Called once per request, after the cache read: a predicate comparing
     /// with "now" can capture it here.
+    ///
+    /// A scope filters this resource's list and detail only, not the
+    /// relation lists of other models: a hidden post's pk still appears in
+    /// its author's `posts` (the cached representation is the same for every
+    /// reader). Keep hidden rows out of the relation in that model's loader
+    /// when their pks must not show.
     fn scope(&self) -> Option<impl Fn(&T) -> bool> {
         None::<fn(&T) -> bool>
     }
@@ -231,6 +284,9 @@ pub struct Resource<T, Q> {
     /// Lists answer cached queries (`?field=value`, `?ordering=`,
     /// `?search=`) instead of calling the list query.
     queries: bool,
+    /// The origin of pagination links (`https://api.example.com`); `None`:
+    /// the request's.
+    base_url: Option<Arc<str>>,
     _model: PhantomData<fn() -> T>,
 }
 
@@ -242,6 +298,7 @@ impl<T, Q> Clone for Resource<T, Q> {
             default_page_size: self.default_page_size,
             max_page_size: self.max_page_size,
             queries: self.queries,
+            base_url: self.base_url.clone(),
             _model: PhantomData,
         }
     }
@@ -268,8 +325,19 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
             default_page_size: DEFAULT_PAGE_SIZE,
             max_page_size: MAX_PAGE_SIZE,
             queries: false,
+            base_url: None,
             _model: PhantomData,
         }
+    }
+
+    /// Sets the origin of the `next` and `previous` links
+    /// (`https://api.example.com`, or with a path prefix the proxy adds,
+    /// `https://example.com/api`), instead of the request's `Host` header:
+    /// for an application behind a proxy, or one that does not want links
+    /// to follow a client-supplied header.
+    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = Some(base_url.into().trim_end_matches('/').into());
+        self
     }
 
     /// Makes the list endpoint answer [cached queries](crate::query) built
@@ -325,7 +393,7 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         let this = self.clone();
         get(move |OriginalUri(uri): OriginalUri, headers: HeaderMap| {
             let this = this.clone();
-            async move { this.list_response(&uri, &headers).await }
+            async move { this.list_response(&uri, &headers).await.into_response() }
         })
     }
 
@@ -339,7 +407,7 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         get(
             move |params: Result<RawPathParams, RawPathParamsRejection>, headers: HeaderMap| {
                 let this = this.clone();
-                async move { this.detail_response(params, &headers).await }
+                async move { this.detail_response(params, &headers).await.into_response() }
             },
         )
     }
@@ -348,78 +416,38 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         &self,
         params: Result<RawPathParams, RawPathParamsRejection>,
         headers: &HeaderMap,
-    ) -> Response {
-        let params = match params {
-            Ok(params) => params,
-            Err(rejection) => return error(StatusCode::BAD_REQUEST, &rejection.body_text()),
+    ) -> Result<Response, Rejection> {
+        let (pk, segment) = pk_of::<T>(&params?)?;
+        let not_found = || Rejection::NotFound {
+            model: T::MODEL,
+            pk: segment.clone(),
         };
-        let Some((_, segment)) = params.iter().last() else {
-            tracing::error!(
-                target: "cached_instances",
-                model = T::MODEL,
-                "a detail endpoint is mounted on a route without a path parameter"
-            );
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-        };
-        let Some(pk) = T::Pk::from_url(segment) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid {} primary key: {segment:?}", T::MODEL),
-            );
-        };
-        let bytes = match self.cache.get_json::<T>(&pk).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return not_found::<T>(segment),
-            Err(e) => return cache_error::<T>(e),
-        };
+        let bytes = self.cache.get_json::<T>(&pk).await?.ok_or_else(not_found)?;
         if let Some(in_scope) = self.query.scope() {
-            match T::decode(&bytes) {
-                Ok(instance) if in_scope(&instance) => {}
-                Ok(_) => return not_found::<T>(segment),
-                Err(e) => {
-                    tracing::error!(
-                        target: "cached_instances",
-                        model = T::MODEL,
-                        error = %e,
-                        "cannot decode a cached instance",
-                    );
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-                }
+            let instance = T::decode(&bytes).map_err(Rejection::Corrupt)?;
+            if !in_scope(&instance) {
+                return Err(not_found());
             }
         }
-        respond(bytes, headers)
+        Ok(respond(bytes, headers))
     }
 
-    async fn list_response(&self, uri: &Uri, headers: &HeaderMap) -> Response {
-        let pagination =
-            match Pagination::parse(uri.query(), self.default_page_size, self.max_page_size) {
-                Ok(pagination) => pagination,
-                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
-            };
+    async fn list_response(&self, uri: &Uri, headers: &HeaderMap) -> Result<Response, Rejection> {
+        let pagination = Pagination::parse(uri.query(), self.default_page_size, self.max_page_size)
+            .map_err(Rejection::InvalidPagination)?;
         if self.queries {
             return self.query_response(uri, headers, pagination).await;
         }
-        let page = match self.query.page(pagination.request).await {
-            Ok(page) => page,
-            Err(e) => {
-                tracing::warn!(
-                    target: "cached_instances",
-                    model = T::MODEL,
-                    error = %e,
-                    "list query failed",
-                );
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("listing {} failed", T::MODEL),
-                );
-            }
-        };
-        let rows = match self.cache.get_many_json::<T>(&page.pks).await {
-            Ok(rows) => rows,
-            Err(e) => return cache_error::<T>(e),
-        };
-
-        self.list_body(uri, headers, &pagination, page.count, &rows)
+        let page = self
+            .query
+            .page(pagination.request)
+            .await
+            .map_err(|source| Rejection::ListFailed {
+                model: T::MODEL,
+                source,
+            })?;
+        let rows = self.cache.get_many_json::<T>(&page.pks).await?;
+        Ok(self.list_body(uri, headers, &pagination, page.count, &rows))
     }
 
     /// A list answered by a cached query from the request's parameters.
@@ -428,31 +456,21 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         uri: &Uri,
         headers: &HeaderMap,
         pagination: Pagination,
-    ) -> Response {
+    ) -> Result<Response, Rejection> {
         let params = pagination
             .others
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()));
-        let query = match Query::<T>::from_params(params) {
-            Ok(query) => query
-                .offset(pagination.request.offset)
-                .limit(pagination.request.limit),
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-        };
+        let query = Query::<T>::from_params(params)
+            .map_err(Rejection::InvalidQuery)?
+            .offset(pagination.request.offset)
+            .limit(pagination.request.limit);
         let found = match self.cache.query_json::<T>(&query).await {
             Ok(found) => found,
-            Err(Error::Query(e)) => {
-                tracing::warn!(
-                    target: "cached_instances",
-                    model = T::MODEL,
-                    error = %e,
-                    "list query cannot be answered",
-                );
-                return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-            }
-            Err(e) => return cache_error::<T>(e),
+            Err(Error::Query(e)) => return Err(Rejection::QueryUnavailable(e)),
+            Err(e) => return Err(e.into()),
         };
-        self.list_body(uri, headers, &pagination, found.count, &found.items)
+        Ok(self.list_body(uri, headers, &pagination, found.count, &found.items))
     }
 
     fn list_body(
@@ -463,7 +481,14 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         count: u64,
         rows: &[Bytes],
     ) -> Response {
-        let (next, previous) = pagination.links(uri.path(), count);
+        let base = match self.base_url.as_deref() {
+            Some(origin) => format!("{origin}{}", uri.path()),
+            None => match request_origin(uri, headers) {
+                Some(origin) => format!("{origin}{}", uri.path()),
+                None => uri.path().to_owned(),
+            },
+        };
+        let (next, previous) = pagination.links(&base, count);
         let mut body = Vec::with_capacity(96 + rows.iter().map(|r| r.len() + 1).sum::<usize>());
         body.extend_from_slice(b"{\"count\":");
         body.extend_from_slice(count.to_string().as_bytes());
@@ -548,51 +573,190 @@ fn none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
-/// A JSON error: `{"error": message}`.
-fn error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "error": message }).to_string();
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+/// `scheme://host` of the request: its absolute URI's, else `http://` and
+/// its `Host` header (a valid authority without credentials), else `None`.
+fn request_origin(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    let authority = match uri.authority() {
+        Some(authority) => authority.clone(),
+        None => headers
+            .get(header::HOST)?
+            .to_str()
+            .ok()?
+            .parse::<Authority>()
+            .ok()?,
+    };
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let scheme = uri.scheme_str().unwrap_or("http");
+    Some(format!("{scheme}://{authority}"))
 }
 
-fn not_found<T: CachedInstance>(segment: &str) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        &format!("{} {segment} not found", T::MODEL),
-    )
+/// The primary key of `T` in the route's last path parameter, and the
+/// segment it was parsed from.
+fn pk_of<T: CachedInstance>(params: &RawPathParams) -> Result<(T::Pk, String), Rejection> {
+    let Some((_, segment)) = params.iter().last() else {
+        return Err(Rejection::NoPathParameter { model: T::MODEL });
+    };
+    match T::Pk::from_url(segment) {
+        Some(pk) => Ok((pk, segment.to_owned())),
+        None => Err(Rejection::InvalidPk {
+            model: T::MODEL,
+            segment: segment.to_owned(),
+        }),
+    }
 }
 
-/// A failed cache read: the database failed (`503`), or the cache is
-/// misconfigured (`500`, logged).
-fn cache_error<T: CachedInstance>(e: Error) -> Response {
-    match e {
-        Error::Load { .. } | Error::LoadTimeout { .. } => {
-            let source = std::error::Error::source(&e).map(ToString::to_string);
-            tracing::warn!(
-                target: "cached_instances",
-                model = T::MODEL,
-                error = %e,
-                source,
-                "loading failed",
-            );
-            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+/// The primary key of model `T`, extracted from the route's last path
+/// parameter (`/questions/{pk}`) for the handlers you write: a malformed one
+/// is answered with the same JSON `400` as the [`Resource`]'s detail
+/// endpoint (`{"error": "invalid Question primary key: \"abc\""}`). See the
+/// [module docs](self#your-own-handlers).
+pub struct Pk<T: CachedInstance>(pub T::Pk);
+
+impl<T: CachedInstance> std::fmt::Debug for Pk<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Pk").field(&self.0).finish()
+    }
+}
+
+impl<T: CachedInstance> Clone for Pk<T> {
+    fn clone(&self) -> Self {
+        Pk(self.0.clone())
+    }
+}
+
+impl<T: CachedInstance, S: Send + Sync> FromRequestParts<S> for Pk<T> {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state).await?;
+        Ok(Pk(pk_of::<T>(&params)?.0))
+    }
+}
+
+/// An error answered by the endpoints of a [`Resource`] or by the [`Pk`]
+/// extractor: a JSON object `{"error": "..."}` with the status of
+/// [`status`](Self::status) and the text of [`body_text`](Self::body_text),
+/// in the manner of axum's own rejections. Handlers may return it as well:
+/// `From<Error>` sorts a cache error into `503` (the database failed) or
+/// `500`.
+///
+/// A `503` or `500` is logged (target `cached_instances`) with the error's
+/// whole chain; its body names no internals: `loading Question failed`, or
+/// `internal error`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// `400`: the path's primary key is not one of the model's.
+    #[error("invalid {model} primary key: {segment:?}")]
+    InvalidPk {
+        /// The model.
+        model: &'static str,
+        /// The path segment.
+        segment: String,
+    },
+    /// The path parameters could not be read (`400` for a bad encoding, as
+    /// axum's own rejection says).
+    #[error(transparent)]
+    PathParams(#[from] RawPathParamsRejection),
+    /// `500`: the handler is mounted on a route without a path parameter.
+    #[error("a {model} detail or pk extractor is used on a route without a path parameter")]
+    NoPathParameter {
+        /// The model.
+        model: &'static str,
+    },
+    /// `400`: bad pagination parameters.
+    #[error("{0}")]
+    InvalidPagination(String),
+    /// `400`: query parameters that are not a valid query of the model.
+    #[error(transparent)]
+    InvalidQuery(QueryError),
+    /// `404`: no such instance, or one out of the list's scope.
+    #[error("{model} {pk} not found")]
+    NotFound {
+        /// The model.
+        model: &'static str,
+        /// The primary key, as it appeared in the path.
+        pk: String,
+    },
+    /// `503`: the list query failed.
+    #[error("listing {model} failed")]
+    ListFailed {
+        /// The model.
+        model: &'static str,
+        /// The list query's error.
+        #[source]
+        source: LoadError,
+    },
+    /// `503`: a cached query can be answered neither by the cache nor by
+    /// the loader (see [`query`](crate::query)).
+    #[error(transparent)]
+    QueryUnavailable(QueryError),
+    /// A cache operation failed: `503` when loading failed or timed out,
+    /// `500` otherwise (a model without a loader, say).
+    #[error(transparent)]
+    Cache(#[from] Error),
+    /// `500`: a cached instance could not be decoded to check the scope.
+    #[error(transparent)]
+    Corrupt(DecodeError),
+}
+
+impl Rejection {
+    /// The response's status.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::InvalidPk { .. }
+            | Rejection::InvalidPagination(_)
+            | Rejection::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Rejection::PathParams(rejection) => rejection.status(),
+            Rejection::NotFound { .. } => StatusCode::NOT_FOUND,
+            Rejection::ListFailed { .. } | Rejection::QueryUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Rejection::Cache(Error::Load { .. } | Error::LoadTimeout { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Rejection::NoPathParameter { .. } | Rejection::Cache(_) | Rejection::Corrupt(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
-        e => {
-            tracing::error!(
-                target: "cached_instances",
-                model = T::MODEL,
-                error = %e,
-                "cache read failed",
-            );
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+
+    /// The response's `error` text: the error's own message (never its
+    /// causes), or `internal error` for a `500`.
+    #[must_use]
+    pub fn body_text(&self) -> String {
+        match self {
+            Rejection::PathParams(rejection) => rejection.body_text(),
+            _ if self.status() == StatusCode::INTERNAL_SERVER_ERROR => "internal error".to_owned(),
+            _ => self.to_string(),
         }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            let error = Chain(&self);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(target: "cached_instances", %status, %error, "request failed");
+            } else {
+                tracing::error!(target: "cached_instances", %status, %error, "request failed");
+            }
+        }
+        let body = serde_json::json!({ "error": self.body_text() }).to_string();
+        (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response()
     }
 }
 

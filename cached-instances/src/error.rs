@@ -1,6 +1,25 @@
 //! Error types. Each carries the context a caller needs to act on it.
+//!
+//! # Causes: in the chain, not repeated
+//!
+//! As the Rust API guidelines and `thiserror` advise, an error either shows
+//! its cause in its message or returns it from
+//! [`source`](std::error::Error::source), never both, so that a report that
+//! walks the chain prints each cause once. These errors return it:
+//! [`Error::Load`] displays as `loading Author failed` and its `source()`
+//! is the loader's [`LoadError`], whose message is the database's.
+//!
+//! To see the whole chain, print it with a reporter: `anyhow`'s `{:#}`
+//! (`loading Author failed: error returned from database: relation
+//! "authors" does not exist`), `eyre`, or `tracing` with the error recorded
+//! as one (`error = &e as &dyn std::error::Error`, which
+//! `tracing-subscriber` prints with its sources). The crate's own log lines
+//! carry the whole chain in their `error` field. What an HTTP client sees
+//! is another matter: the [`axum`](crate::axum) endpoints answer `503` with
+//! the top message only (`loading Author failed`), no database detail.
 
 use std::error::Error as StdError;
+use std::fmt;
 
 /// A boxed error from user code (a loader, a custom invalidator).
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -52,33 +71,118 @@ pub enum Error {
     Query(#[from] crate::query::QueryError),
 }
 
-/// The error a [`Loader`](crate::Loader) returns.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct LoadError {
-    message: String,
-    #[source]
-    source: Option<BoxError>,
+/// The error a [`Loader`](crate::Loader) returns: a message, or the
+/// underlying error (a database error, say) wrapped transparently.
+///
+/// Like [`std::io::Error`] around a custom error, a wrapped error lends its
+/// message and its [`source`](StdError::source) to the `LoadError`, so a
+/// chain reads `loading Author failed: <the database's message>: ...` with
+/// nothing repeated; [`get_ref`](Self::get_ref) and
+/// [`into_inner`](Self::into_inner) give the wrapped error back (to
+/// downcast it).
+///
+/// With the `sqlx` feature, `?` converts a [`sqlx::Error`](::sqlx::Error):
+///
+/// ```
+/// # #[cfg(feature = "sqlx-sqlite")]
+/// # mod demo {
+/// use cached_instances::LoadError;
+///
+/// async fn question_ids(pool: &sqlx::SqlitePool) -> Result<Vec<i64>, LoadError> {
+///     let ids: Vec<(i64,)> = sqlx::query_as("SELECT id FROM questions")
+///         .fetch_all(pool)
+///         .await?;
+///     Ok(ids.into_iter().map(|(id,)| id).collect())
+/// }
+/// # }
+/// ```
+pub struct LoadError(LoadErrorRepr);
+
+enum LoadErrorRepr {
+    Message(String),
+    Wrapped(BoxError),
 }
 
 impl LoadError {
     /// A load error with a message.
     #[must_use]
     pub fn msg(message: impl Into<String>) -> Self {
-        LoadError {
-            message: message.into(),
-            source: None,
-        }
+        LoadError(LoadErrorRepr::Message(message.into()))
     }
 
     /// Wraps the underlying error (a database error, say).
     #[must_use]
     pub fn new(source: impl Into<BoxError>) -> Self {
-        let source = source.into();
-        LoadError {
-            message: source.to_string(),
-            source: Some(source),
+        LoadError(LoadErrorRepr::Wrapped(source.into()))
+    }
+
+    /// The wrapped error, if the error was made by [`new`](Self::new).
+    #[must_use]
+    pub fn get_ref(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match &self.0 {
+            LoadErrorRepr::Message(_) => None,
+            LoadErrorRepr::Wrapped(error) => Some(&**error),
         }
+    }
+
+    /// The wrapped error, if the error was made by [`new`](Self::new).
+    #[must_use]
+    pub fn into_inner(self) -> Option<BoxError> {
+        match self.0 {
+            LoadErrorRepr::Message(_) => None,
+            LoadErrorRepr::Wrapped(error) => Some(error),
+        }
+    }
+}
+
+impl fmt::Debug for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            LoadErrorRepr::Message(message) => f.debug_tuple("LoadError").field(message).finish(),
+            LoadErrorRepr::Wrapped(error) => f.debug_tuple("LoadError").field(error).finish(),
+        }
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            LoadErrorRepr::Message(message) => f.write_str(message),
+            LoadErrorRepr::Wrapped(error) => fmt::Display::fmt(error, f),
+        }
+    }
+}
+
+impl StdError for LoadError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.0 {
+            LoadErrorRepr::Message(_) => None,
+            LoadErrorRepr::Wrapped(error) => error.source(),
+        }
+    }
+}
+
+#[cfg(feature = "sqlx")]
+impl From<::sqlx::Error> for LoadError {
+    fn from(error: ::sqlx::Error) -> Self {
+        LoadError::new(error)
+    }
+}
+
+/// Displays an error and its sources, `a: b: c`: the crate's log lines
+/// carry this, so a log shows the cause the top message leaves to
+/// `source()`.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
     }
 }
 
@@ -127,6 +231,79 @@ pub enum StoreError {
     /// The store answered something the cache did not expect.
     #[error("unexpected store reply: {0}")]
     Protocol(String),
+    /// Connecting to the store failed, for the reason given (see
+    /// [`ConnectError`]). Returned by
+    /// [`RedisStoreBuilder::connect`](crate::RedisStoreBuilder::connect)
+    /// and its lazy variant, never by a request.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Why a store could not be connected (or configured), told apart so that a
+/// refused port, a wrong password and a missing database each read as what
+/// they are. Each variant names the server (`host:port`, never the
+/// password) and keeps the client's error as its [`source`](StdError::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nothing accepts connections at the address (the server is down, or
+    /// the host or port is wrong).
+    #[error("Redis at {addr} refused the connection")]
+    Refused {
+        /// The server, `host:port`.
+        addr: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The server rejected the credentials, or wants some and the URL has
+    /// none (`redis://:password@host/` or `redis://user:password@host/`).
+    #[error("Redis at {addr} rejected the credentials")]
+    Auth {
+        /// The server, `host:port`.
+        addr: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The server has no database of the URL's index (`/db`); the number of
+    /// databases is the server's `databases` setting, 16 by default.
+    #[error("Redis at {addr} has no database {db}")]
+    NoSuchDatabase {
+        /// The server, `host:port`.
+        addr: String,
+        /// The database index asked for.
+        db: i64,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The server did not complete the connection (TCP and handshake)
+    /// within the connect timeout, or did not answer within the response
+    /// timeout.
+    #[error("Redis at {addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// The server, `host:port`.
+        addr: String,
+        /// The timeout that ran out.
+        timeout: std::time::Duration,
+    },
+    /// The configuration is unusable: an invalid URL or key prefix, or no
+    /// Tokio runtime to run the connection on.
+    #[error("invalid Redis store configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// Any other failure while connecting.
+    #[error("connecting to Redis at {addr} failed")]
+    Other {
+        /// The server, `host:port`.
+        addr: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
 }
 
 /// The cache registry is inconsistent; returned by

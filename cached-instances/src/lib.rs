@@ -65,9 +65,11 @@ pub mod sqlx;
 pub mod store;
 mod table;
 
-pub use cache::{Cache, CacheBuilder, Event, Stats};
+pub use cache::{Cache, CacheBuilder, Event, Stats, StoreOp};
 pub use codec::FieldCodec;
-pub use error::{BoxError, BuildError, DecodeError, EncodeError, Error, LoadError, StoreError};
+pub use error::{
+    BoxError, BuildError, ConnectError, DecodeError, EncodeError, Error, LoadError, StoreError,
+};
 pub use instance::{CachedInstance, IndexField, Relation, RelationKind, Schema, Target};
 pub use loader::Loader;
 pub use pk::PrimaryKey;

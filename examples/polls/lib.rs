@@ -4,11 +4,9 @@
 //! - [`models`]: the cached models;
 //! - [`db`]: the database (SQLite or PostgreSQL through sqlx): schema, seed
 //!   data, loaders, list queries, writes;
-//! - [`routes`]: the HTTP API (axum), cached reads and write endpoints;
-//! - [`memdb`]: an in-process database for the cache core tests.
+//! - [`routes`]: the HTTP API (axum), cached reads and write endpoints.
 
 pub mod db;
-pub mod memdb;
 pub mod models;
 pub mod routes;
 

@@ -15,65 +15,31 @@ use std::process::ExitCode;
 
 use cached_instances::{MemoryStore, RedisStore};
 use chrono::Utc;
+use clap::Parser;
 use polls::db::Db;
 use polls::routes::{self, App};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "\
-Usage: cargo run --example polls -- [OPTIONS]
-
-Serves the polls API, seeded with demo data.
-
-Options:
-  --bind ADDR        address to listen on (default 127.0.0.1:8000)
-  --database URL     postgres://... (tables in schema `polls`) or sqlite:path
-                     (default: SQLite in memory)
-  --redis URL        cache in Redis at redis://host:port/db
-                     (default: in-process MemoryStore)
-  --smoke            serve on a free loopback port, make a few requests
-                     against it, print them and exit (non-zero on failure)
-  -h, --help         this help
-";
-
-#[derive(Debug)]
+/// Serves the polls API, seeded with demo data.
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo run --example polls --")]
 struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     bind: String,
+    /// postgres://... (tables in schema `polls`) or sqlite:path [default:
+    /// SQLite in memory].
+    #[arg(long, value_name = "URL")]
     database: Option<String>,
+    /// Cache in Redis at redis://host:port/db [default: in-process
+    /// MemoryStore].
+    #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Serve on a free loopback port, make a few requests against it, print
+    /// them and exit (non-zero on failure).
+    #[arg(long)]
     smoke: bool,
-}
-
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut parsed = Args {
-        bind: "127.0.0.1:8000".into(),
-        database: None,
-        redis: None,
-        smoke: false,
-    };
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => {
-                (name.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--bind" => parsed.bind = value("--bind")?,
-            "--database" => parsed.database = Some(value("--database")?),
-            "--redis" => parsed.redis = Some(value("--redis")?),
-            "--smoke" => parsed.smoke = true,
-            "-h" | "--help" => return Ok(None),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Some(parsed))
 }
 
 #[tokio::main]
@@ -89,17 +55,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
     match run(args).await {
         Ok(code) => code,
         Err(e) => {
@@ -316,13 +272,13 @@ async fn smoke(addr: SocketAddr, app: &App) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
-        parse_args(args.iter().map(|s| s.to_string()))
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("polls").chain(args.iter().copied()))
     }
 
     #[test]
     fn arguments() {
-        let a = parse(&[]).unwrap().unwrap();
+        let a = parse(&[]).unwrap();
         assert_eq!(a.bind, "127.0.0.1:8000");
         assert!(a.database.is_none() && a.redis.is_none() && !a.smoke);
         let a = parse(&[
@@ -331,12 +287,14 @@ mod tests {
             "sqlite:x.db",
             "--smoke",
         ])
-        .unwrap()
         .unwrap();
         assert_eq!(a.bind, "0.0.0.0:9000");
         assert_eq!(a.database.as_deref(), Some("sqlite:x.db"));
         assert!(a.smoke);
-        assert!(parse(&["--help"]).unwrap().is_none());
+        assert_eq!(
+            parse(&["--help"]).unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
         assert!(parse(&["--redis"]).is_err());
         assert!(parse(&["--nope"]).is_err());
     }

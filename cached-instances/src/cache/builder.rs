@@ -176,6 +176,7 @@ impl CacheBuilder {
                 config: self.config,
                 counters: Default::default(),
                 degraded,
+                recovery: Default::default(),
             }),
         })
     }

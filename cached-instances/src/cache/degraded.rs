@@ -5,15 +5,10 @@
 //!   `degraded_concurrency` loads at once, so an outage does not turn into a
 //!   database stampede) and return correct data.
 //! - A retry queue: invalidations that could not be delivered are kept and
-//!   delivered first when the store answers again. Until then, reads of those
-//!   keys bypass the store, so a stale entry is never served once the store
-//!   is back. (If the process exits first, the entry's TTL is the backstop.)
-//!   An instance's delivery is a cascade level of its own: what the store
-//!   still held for it is compared with a reload, so the relations of a
-//!   state the write could not see (the old parent of a moved foreign key)
-//!   are invalidated too. A write's query-index update that could not reach
-//!   the store is queued the same way, and redone on delivery, after the
-//!   instances (see `index.rs`).
+//!   delivered by the cache's recovery task (`recovery.rs`) when the store
+//!   answers again. Until then no read uses the store, so a stale entry is
+//!   never served once the store is back. (If the process exits first, the
+//!   entry's TTL is the backstop.)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,10 +29,11 @@ pub enum Event {
     /// A store operation failed; the cache serves from the loaders until the
     /// store answers again.
     StoreUnavailable {
-        /// The model involved, or `"cascade"`.
-        model: &'static str,
+        /// The model involved; `None` for an operation over several models
+        /// (a cascade level, a delivery of queued invalidations).
+        model: Option<&'static str>,
         /// The store operation.
-        op: &'static str,
+        op: StoreOp,
         /// The error.
         error: Arc<StoreError>,
     },
@@ -54,6 +50,67 @@ pub enum Event {
         /// How many keys (and index updates).
         count: usize,
     },
+}
+
+/// A store operation of the cache, as named in
+/// [`Event::StoreUnavailable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// A read of entries.
+    Get,
+    /// Leasing missing entries before a load.
+    Lease,
+    /// Filling leased entries after a load.
+    Fill,
+    /// Releasing leases after a failed load.
+    Release,
+    /// Replacing corrupt entries with a tombstone.
+    Replace,
+    /// Invalidating entries (a write, a cascade, a queued invalidation).
+    Invalidate,
+    /// Deleting raw keys.
+    Delete,
+    /// Leasing query-index records.
+    IndexLease,
+    /// Applying query-index records.
+    IndexApply,
+    /// Listing an index's members (`warm`).
+    IndexMembers,
+    /// Marking an index warmed.
+    IndexMark,
+    /// Deleting an index's warm mark.
+    IndexUnwarm,
+    /// Running a query on an index.
+    Query,
+}
+
+impl StoreOp {
+    /// A short name, for logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Lease => "lease",
+            StoreOp::Fill => "fill",
+            StoreOp::Release => "release",
+            StoreOp::Replace => "replace",
+            StoreOp::Invalidate => "invalidate",
+            StoreOp::Delete => "delete",
+            StoreOp::IndexLease => "index lease",
+            StoreOp::IndexApply => "index apply",
+            StoreOp::IndexMembers => "index members",
+            StoreOp::IndexMark => "index mark",
+            StoreOp::IndexUnwarm => "index unwarm",
+            StoreOp::Query => "query",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// An invalidation waiting for the store.
@@ -91,9 +148,6 @@ pub(crate) struct Degraded {
     /// delivery is replacing still hold what they held before the writes,
     /// so the store is not read until the delivery is done.
     has_pending: AtomicBool,
-    /// Held by the one caller delivering the queue; others skip the store
-    /// meanwhile instead of reading entries not yet invalidated.
-    pub(crate) delivering: tokio::sync::Mutex<()>,
     pub(crate) direct_loads: Semaphore,
     events: broadcast::Sender<Event>,
 }
@@ -106,7 +160,6 @@ impl Degraded {
             is_down: AtomicBool::new(false),
             pending: Mutex::new(BTreeSet::new()),
             has_pending: AtomicBool::new(false),
-            delivering: tokio::sync::Mutex::new(()),
             direct_loads: Semaphore::new(concurrency.max(1)),
             events: broadcast::channel(64).0,
         }
@@ -139,7 +192,19 @@ impl Degraded {
         }
     }
 
-    pub(crate) fn failed(&self, model: &'static str, op: &'static str, error: StoreError) {
+    /// When the store may be tried again, while it is failing.
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        if !self.is_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn retry_interval(&self) -> Duration {
+        self.retry_interval
+    }
+
+    pub(crate) fn failed(&self, model: Option<&'static str>, op: StoreOp, error: StoreError) {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.retry_interval);
         self.is_down.store(true, Ordering::Relaxed);
@@ -160,6 +225,8 @@ impl Degraded {
         }
     }
 
+    /// Queues `ops`; the caller wakes the recovery task
+    /// ([`Cache::queue`](super::Cache)).
     pub(crate) fn queue(&self, ops: impl IntoIterator<Item = PendingOp>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.extend(ops);

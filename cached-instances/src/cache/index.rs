@@ -11,9 +11,10 @@
 //!
 //! A write whose update cannot reach the store (it is down, or the lease or
 //! the apply fails) queues it as a `PendingOp::Reindex` in the retry queue
-//! of undelivered invalidations (`degraded.rs`). Until the queue is
-//! delivered no read uses the store, so the model's queries go to the
-//! loader meanwhile; on delivery, after the instances, the update is redone
+//! of undelivered invalidations (`degraded.rs`). Until the recovery task
+//! (`recovery.rs`) has delivered the queue no read uses the store, so the
+//! model's queries go to the loader meanwhile; on delivery, after the
+//! instances, the update is redone
 //! under a new lease with a fresh reload, as the write would have done it,
 //! and the model stays warmed. Only when that fails too (the store fails
 //! again, or the loader) is the model un-warmed: its warm mark is deleted,
@@ -23,7 +24,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::marker::PhantomData;
 
 use super::Cache;
-use super::degraded::PendingOp;
+use super::degraded::{PendingOp, StoreOp};
 use super::read::Want;
 use super::registry::ModelEntry;
 use crate::error::Error;
@@ -68,7 +69,7 @@ impl Cache {
             return Ok(());
         }
         let prefix = plan::prefix(&T::SCHEMA);
-        if !self.store_usable().await {
+        if !self.store_usable() {
             self.index_missed::<T>(pk);
             return Ok(());
         }
@@ -77,8 +78,8 @@ impl Cache {
         let token = marker::new_lease();
         let leased = self
             .store_call(
-                T::MODEL,
-                "index lease",
+                Some(T::MODEL),
+                StoreOp::IndexLease,
                 store.index_lease(&prefix, &members, &token),
             )
             .await;
@@ -93,8 +94,8 @@ impl Cache {
         let updates = [update_of(members[0].clone(), row)];
         let applied = self
             .store_call(
-                T::MODEL,
-                "index apply",
+                Some(T::MODEL),
+                StoreOp::IndexApply,
                 store.index_apply(&prefix, &token, &updates),
             )
             .await;
@@ -124,7 +125,7 @@ impl Cache {
             model = T::MODEL,
             "store unavailable: a write's query index update is queued; queries go to the loader until it is delivered"
         );
-        self.inner.degraded.queue([PendingOp::Reindex {
+        self.queue([PendingOp::Reindex {
             model: T::MODEL,
             version: T::SCHEMA.version,
             pk_key: pk.to_key(),
@@ -138,9 +139,8 @@ impl Cache {
     /// fails is un-warmed instead (see [`unwarm`](Self::unwarm)), and the
     /// rest of its batches are not tried. Returns how many were re-indexed.
     ///
-    /// Runs inside the delivery, so it goes to the store directly (as
-    /// `invalidate_keys` does when delivering): `store_usable` is what waits
-    /// for it.
+    /// Runs in the recovery task, so it goes to the store directly:
+    /// `store_usable` is what waits for it.
     pub(super) async fn deliver_reindexes(
         &self,
         ops: Vec<(&'static str, &'static str, String)>,
@@ -178,8 +178,8 @@ impl Cache {
                 let token = marker::new_lease();
                 let leased = self
                     .store_call(
-                        model,
-                        "index lease",
+                        Some(model),
+                        StoreOp::IndexLease,
                         store.index_lease(&prefix, members, &token),
                     )
                     .await;
@@ -197,7 +197,7 @@ impl Cache {
                         tracing::warn!(
                             target: "cached_instances",
                             model,
-                            error = %error,
+                            error = %crate::error::Chain(&error),
                             "reload failed while re-indexing a queued index update"
                         );
                         self.unwarm(model, &prefix, false).await;
@@ -206,8 +206,8 @@ impl Cache {
                 };
                 let applied = self
                     .store_call(
-                        model,
-                        "index apply",
+                        Some(model),
+                        StoreOp::IndexApply,
                         store.index_apply(&prefix, &token, &updates),
                     )
                     .await;
@@ -241,13 +241,15 @@ impl Cache {
         let mark = vec![format!("{prefix}{WARM_SUFFIX}")];
         let deleted = !store_failed
             && self
-                .store_call(model, "index unwarm", self.inner.store.delete_many(&mark))
+                .store_call(
+                    Some(model),
+                    StoreOp::IndexUnwarm,
+                    self.inner.store.delete_many(&mark),
+                )
                 .await
                 .is_some();
         if !deleted {
-            self.inner
-                .degraded
-                .queue(mark.into_iter().map(PendingOp::Delete));
+            self.queue(mark.into_iter().map(PendingOp::Delete));
         }
     }
 
@@ -272,6 +274,9 @@ impl Cache {
         mut progress: Option<crate::query::ProgressFn<'_>>,
     ) -> Result<WarmReport, Error> {
         let entry = self.inner.registry.entry::<T>()?;
+        if T::SCHEMA.indexes.is_empty() {
+            return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
+        }
         if !self.inner.store.supports_indexes() {
             return Err(QueryError::StoreUnsupported.into());
         }
@@ -304,11 +309,15 @@ impl Cache {
                 ignore_warm: true,
                 ..IndexQuery::default()
             };
-            self.store_call(T::MODEL, "index members", store.index_query(&prefix, &all))
-                .await
-                .ok_or_else(unavailable)?
-                .map(|page| page.members)
-                .unwrap_or_default()
+            self.store_call(
+                Some(T::MODEL),
+                StoreOp::IndexMembers,
+                store.index_query(&prefix, &all),
+            )
+            .await
+            .ok_or_else(unavailable)?
+            .map(|page| page.members)
+            .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -324,8 +333,8 @@ impl Cache {
                     break;
                 }
                 self.store_call(
-                    T::MODEL,
-                    "index lease",
+                    Some(T::MODEL),
+                    StoreOp::IndexLease,
                     store.index_lease(&prefix, part, &token),
                 )
                 .await
@@ -359,8 +368,8 @@ impl Cache {
                 }
                 let applied = self
                     .store_call(
-                        T::MODEL,
-                        "index apply",
+                        Some(T::MODEL),
+                        StoreOp::IndexApply,
                         store.index_apply(&prefix, &token, part),
                     )
                     .await
@@ -385,8 +394,8 @@ impl Cache {
         for chunk in stale.chunks(batch_size.clamp(1, MEMBERS_PER_SCRIPT)) {
             let token = marker::new_lease();
             self.store_call(
-                T::MODEL,
-                "index lease",
+                Some(T::MODEL),
+                StoreOp::IndexLease,
                 store.index_lease(&prefix, chunk, &token),
             )
             .await
@@ -409,8 +418,8 @@ impl Cache {
                 .collect();
             let applied = self
                 .store_call(
-                    T::MODEL,
-                    "index apply",
+                    Some(T::MODEL),
+                    StoreOp::IndexApply,
                     store.index_apply(&prefix, &token, &updates),
                 )
                 .await
@@ -421,8 +430,8 @@ impl Cache {
         if self.indexed::<T>() {
             let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
             self.store_call(
-                T::MODEL,
-                "index mark",
+                Some(T::MODEL),
+                StoreOp::IndexMark,
                 store.swap_many(&marker_key, b"1", WARM_TTL),
             )
             .await

@@ -30,13 +30,14 @@ mod degraded;
 mod index;
 mod query;
 mod read;
+mod recovery;
 mod registry;
 mod shape;
 mod stats;
 mod write;
 
 pub use builder::CacheBuilder;
-pub use degraded::Event;
+pub use degraded::{Event, StoreOp};
 pub use stats::Stats;
 
 use crate::error::Error;
@@ -88,6 +89,13 @@ struct Inner {
     enabled: AtomicBool,
     counters: Counters,
     degraded: degraded::Degraded,
+    recovery: recovery::Recovery,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.recovery.cache_dropped();
+    }
 }
 
 /// A cache of model instances over a store, with one loader per model.
@@ -318,12 +326,19 @@ impl Cache {
         model: &'static str,
         load: impl std::future::Future<Output = Result<R, Error>>,
     ) -> Result<R, Error> {
+        let timer = stats::LoadTimer::start();
         let Some(timeout) = self.inner.config.loader_timeout else {
-            return load.await;
+            let result = load.await;
+            timer.finish(model, if result.is_ok() { "success" } else { "failure" });
+            return result;
         };
         match tokio::time::timeout(timeout, load).await {
-            Ok(result) => result,
+            Ok(result) => {
+                timer.finish(model, if result.is_ok() { "success" } else { "failure" });
+                result
+            }
             Err(_elapsed) => {
+                timer.finish(model, "timeout");
                 stats::add(&self.inner.counters.loader_timeouts, 1);
                 tracing::warn!(
                     target: "cached_instances",
@@ -353,8 +368,8 @@ impl Cache {
     /// recoveries. `None` means the store failed.
     async fn store_call<T>(
         &self,
-        model: &'static str,
-        op: &'static str,
+        model: Option<&'static str>,
+        op: StoreOp,
         call: crate::store::StoreFuture<'_, T>,
     ) -> Option<T> {
         match call.await {
@@ -366,8 +381,8 @@ impl Cache {
                 stats::add(&self.inner.counters.store_errors, 1);
                 tracing::warn!(
                     target: "cached_instances",
-                    model,
-                    op,
+                    model = model.unwrap_or("-"),
+                    op = op.as_str(),
                     error = %error,
                     "store operation failed; serving from the database"
                 );
@@ -375,116 +390,5 @@ impl Cache {
                 None
             }
         }
-    }
-
-    /// Whether reads and writes should skip the store now: it failed
-    /// recently, or undelivered invalidations could not be delivered yet.
-    async fn store_usable(&self) -> bool {
-        if self.inner.degraded.skip_store() {
-            return false;
-        }
-        if self.inner.degraded.has_pending() {
-            return self.deliver_pending().await;
-        }
-        true
-    }
-
-    /// Delivers queued invalidations; `true` when none remain.
-    ///
-    /// One caller delivers at a time; the others get `false` meanwhile and
-    /// skip the store, since the keys being delivered still hold what they
-    /// held before the writes.
-    async fn deliver_pending(&self) -> bool {
-        let Ok(_delivering) = self.inner.degraded.delivering.try_lock() else {
-            return false;
-        };
-        let ops = self.inner.degraded.take_pending();
-        if !ops.is_empty() {
-            let delivered = self.deliver(ops).await;
-            self.inner.degraded.delivered(delivered);
-        }
-        self.inner.degraded.settle()
-    }
-
-    /// Delivers `ops` (anything that fails is queued again, except a failed
-    /// re-index, which un-warms its model instead: see `index.rs`) and
-    /// returns how many were delivered. Boxed: it runs the write path,
-    /// whose calls to `store_usable` can lead back to `deliver_pending`, so
-    /// the future types would otherwise contain themselves.
-    fn deliver(
-        &self,
-        ops: Vec<degraded::PendingOp>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + '_>> {
-        use degraded::PendingOp;
-        Box::pin(async move {
-            let (mut instances, mut tombstones, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-            let mut reindexes = Vec::new();
-            for op in ops {
-                match op {
-                    PendingOp::Instance { model, pk_key } => instances.push((model, pk_key)),
-                    PendingOp::Tombstone(k) => tombstones.push(k),
-                    PendingOp::Delete(k) => deletes.push(k),
-                    PendingOp::Reindex {
-                        model,
-                        version,
-                        pk_key,
-                    } => reindexes.push((model, version, pk_key)),
-                }
-            }
-            let store = &self.inner.store;
-            let mut delivered = 0;
-            // Whether the store took everything so far: index updates are
-            // only redone on a store that answers, since a re-index that
-            // fails un-warms its model.
-            let mut store_ok = true;
-            if !tombstones.is_empty() {
-                let ttl = self.inner.config.tombstone_ttl;
-                let call = store.swap_many(&tombstones, crate::marker::TOMBSTONE, ttl);
-                if self.store_call("retry", "invalidate", call).await.is_some() {
-                    delivered += tombstones.len();
-                } else {
-                    store_ok = false;
-                    self.inner
-                        .degraded
-                        .queue(tombstones.into_iter().map(PendingOp::Tombstone));
-                }
-            }
-            if !deletes.is_empty() {
-                let call = store.delete_many(&deletes);
-                if self.store_call("retry", "delete", call).await.is_some() {
-                    delivered += deletes.len();
-                } else {
-                    store_ok = false;
-                    self.inner
-                        .degraded
-                        .queue(deletes.into_iter().map(PendingOp::Delete));
-                }
-            }
-            if !instances.is_empty() {
-                let count = instances.len();
-                if self.deliver_instances(instances).await {
-                    delivered += count;
-                } else {
-                    store_ok = false;
-                }
-            }
-            // After the instances: a query answered from the index right
-            // after this delivery fetches entries already invalidated.
-            if !reindexes.is_empty() {
-                if store_ok {
-                    delivered += self.deliver_reindexes(reindexes).await;
-                } else {
-                    // Not tried: kept for the next delivery, as they were.
-                    self.inner.degraded.queue(reindexes.into_iter().map(
-                        |(model, version, pk_key)| PendingOp::Reindex {
-                            model,
-                            version,
-                            pk_key,
-                        },
-                    ));
-                }
-            }
-            delivered
-        })
     }
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::Cache;
+use super::degraded::StoreOp;
 use super::read::{Found, Want};
 use crate::error::Error;
 use crate::instance::CachedInstance;
@@ -118,13 +119,13 @@ impl Cache {
                 source: Source::Cache,
             });
         }
-        if self.indexed::<T>() && self.is_enabled() && self.store_usable().await {
+        if self.indexed::<T>() && self.is_enabled() && self.store_usable() {
             let prefix = plan::prefix(&T::SCHEMA);
             let plan = plan::index_query(query);
             let page = self
                 .store_call(
-                    T::MODEL,
-                    "query",
+                    Some(T::MODEL),
+                    StoreOp::Query,
                     self.inner.store.index_query(&prefix, &plan),
                 )
                 .await

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Cache;
+use super::degraded::StoreOp;
 use super::registry::ModelEntry;
 use super::stats::add;
 use crate::error::Error;
@@ -116,10 +117,10 @@ impl Cache {
         want: Want,
     ) -> Result<Found<T>, Error> {
         let entry = self.inner.registry.entry::<T>()?;
-        if self.is_enabled() && self.store_usable().await {
+        if self.is_enabled() && self.store_usable() {
             let key = entry.key(&pk.to_key());
             if let Some(value) = self
-                .store_call(T::MODEL, "get", self.inner.store.get(&key))
+                .store_call(Some(T::MODEL), StoreOp::Get, self.inner.store.get(&key))
                 .await
             {
                 if let Some(bytes) = &value
@@ -151,10 +152,14 @@ impl Cache {
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        if self.is_enabled() && self.store_usable().await {
+        if self.is_enabled() && self.store_usable() {
             let keys: Vec<String> = pks.iter().map(|pk| entry.key(&pk.to_key())).collect();
             if let Some(values) = self
-                .store_call(T::MODEL, "get", self.inner.store.get_many(&keys))
+                .store_call(
+                    Some(T::MODEL),
+                    StoreOp::Get,
+                    self.inner.store.get_many(&keys),
+                )
                 .await
             {
                 return self.resolve(entry, pks, keys, values, want).await;
@@ -248,8 +253,8 @@ impl Cache {
             );
             // Corrupt bytes are not leasable until replaced by a tombstone.
             self.store_call(
-                T::MODEL,
-                "replace",
+                Some(T::MODEL),
+                StoreOp::Replace,
                 store.swap_many(&corrupt, TOMBSTONE, config.tombstone_ttl),
             )
             .await;
@@ -269,8 +274,8 @@ impl Cache {
         let lease = marker::new_lease();
         let Some(outcomes) = self
             .store_call(
-                T::MODEL,
-                "lease",
+                Some(T::MODEL),
+                StoreOp::Lease,
                 store.set_if_absent_or(&lease_keys, &lease, TOMBSTONE, config.lease_ttl),
             )
             .await
@@ -359,8 +364,12 @@ impl Cache {
                 // waiting readers try the database themselves at once and
                 // the next read loads again.
                 let ops: Vec<CompareAndSet> = granted.iter().map(|&i| release(i)).collect();
-                self.store_call(T::MODEL, "release", self.inner.store.compare_and_set(&ops))
-                    .await;
+                self.store_call(
+                    Some(T::MODEL),
+                    StoreOp::Release,
+                    self.inner.store.compare_and_set(&ops),
+                )
+                .await;
                 return Err(error);
             }
         };
@@ -397,7 +406,11 @@ impl Cache {
             }
         }
         if let Some(written) = self
-            .store_call(T::MODEL, "fill", self.inner.store.compare_and_set(&ops))
+            .store_call(
+                Some(T::MODEL),
+                StoreOp::Fill,
+                self.inner.store.compare_and_set(&ops),
+            )
             .await
         {
             {
@@ -449,7 +462,11 @@ impl Cache {
             pause = (pause * 2).min(MAX_POLL);
             let poll_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
             let Some(values) = self
-                .store_call(T::MODEL, "get", self.inner.store.get_many(&poll_keys))
+                .store_call(
+                    Some(T::MODEL),
+                    StoreOp::Get,
+                    self.inner.store.get_many(&poll_keys),
+                )
                 .await
             else {
                 break;

@@ -1,9 +1,45 @@
-//! Counters of what the cache did, readable with [`Cache::stats`](crate::Cache::stats).
+//! Counters of what the cache did, readable with [`Cache::stats`](crate::Cache::stats)
+//! and (feature `metrics`) exported through the `metrics` facade.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of the cache's counters since it was built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// It serializes (serde) as an object of its counters, for a status
+/// endpoint: `{"hits": 10, "misses": 2, ...}`.
+///
+/// # Metrics
+///
+/// With the feature `metrics`, every counter is also exported through the
+/// [`metrics`](https://docs.rs/metrics) facade as it changes, under the
+/// names Micrometer gives cache meters, so that whichever exporter the
+/// application installs (Prometheus, OpenTelemetry, StatsD...) publishes
+/// them with no further code:
+///
+/// | counter | metric |
+/// |---|---|
+/// | `hits`, `misses` | `cache.gets{result="hit"}`, `cache.gets{result="miss"}` |
+/// | `fills`, `fills_rejected` | `cache.puts`, `cache.puts.rejected` |
+/// | `invalidations` | `cache.invalidations` |
+/// | `loader_calls`, `loader_timeouts` | `cache.loads`, `cache.load.timeouts` |
+/// | `lease_waits` | `cache.lease.waits` |
+/// | `corrupt_entries`, `entries_too_large` | `cache.entries.corrupt`, `cache.entries.too_large` |
+/// | `store_errors` | `cache.store.errors` |
+/// | `queries_from_cache`, `queries_from_database` | `cache.queries{source="cache"}`, `cache.queries{source="database"}` |
+/// | `index_updates`, `index_updates_missed` | `cache.index.updates`, `cache.index.updates.missed` |
+/// | `reindexes`, `unwarmed` | `cache.index.reindexes`, `cache.index.unwarmed` |
+///
+/// and each loader call's latency as the histogram `cache.load.duration`
+/// (seconds) with the labels `model` and `result` (`success`, `failure` or
+/// `timeout`). A Prometheus exporter shows them as `cache_gets_total`,
+/// `cache_load_duration_seconds`, and so on.
+///
+/// ```ignore
+/// // Cargo.toml: cached-instances = { features = ["metrics"] }, metrics-exporter-prometheus
+/// metrics_exporter_prometheus::PrometheusBuilder::new().install()?;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Instances served from the store.
@@ -64,36 +100,115 @@ pub struct Stats {
     pub unwarmed: u64,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) loader_calls: AtomicU64,
-    pub(crate) fills: AtomicU64,
-    pub(crate) fills_rejected: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
-    pub(crate) lease_waits: AtomicU64,
-    pub(crate) corrupt_entries: AtomicU64,
-    pub(crate) store_errors: AtomicU64,
-    pub(crate) loader_timeouts: AtomicU64,
-    pub(crate) entries_too_large: AtomicU64,
-    pub(crate) queries_from_cache: AtomicU64,
-    pub(crate) queries_from_database: AtomicU64,
-    pub(crate) index_updates: AtomicU64,
-    pub(crate) index_updates_missed: AtomicU64,
-    pub(crate) reindexes: AtomicU64,
-    pub(crate) unwarmed: AtomicU64,
+/// One counter: the value [`Stats`] reads, and the metric it is exported as
+/// (feature `metrics`).
+#[derive(Debug)]
+pub(crate) struct Counter {
+    value: AtomicU64,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    name: &'static str,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    labels: &'static [(&'static str, &'static str)],
 }
 
-pub(crate) fn add(counter: &AtomicU64, n: usize) {
+impl Counter {
+    const fn new(name: &'static str, labels: &'static [(&'static str, &'static str)]) -> Self {
+        Counter {
+            value: AtomicU64::new(0),
+            name,
+            labels,
+        }
+    }
+}
+
+impl Deref for Counter {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.value
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) loader_calls: Counter,
+    pub(crate) fills: Counter,
+    pub(crate) fills_rejected: Counter,
+    pub(crate) invalidations: Counter,
+    pub(crate) lease_waits: Counter,
+    pub(crate) corrupt_entries: Counter,
+    pub(crate) store_errors: Counter,
+    pub(crate) loader_timeouts: Counter,
+    pub(crate) entries_too_large: Counter,
+    pub(crate) queries_from_cache: Counter,
+    pub(crate) queries_from_database: Counter,
+    pub(crate) index_updates: Counter,
+    pub(crate) index_updates_missed: Counter,
+    pub(crate) reindexes: Counter,
+    pub(crate) unwarmed: Counter,
+}
+
+impl Default for Counters {
+    /// The metric names: the table in [`Stats`]' docs.
+    fn default() -> Self {
+        Counters {
+            hits: Counter::new("cache.gets", &[("result", "hit")]),
+            misses: Counter::new("cache.gets", &[("result", "miss")]),
+            loader_calls: Counter::new("cache.loads", &[]),
+            fills: Counter::new("cache.puts", &[]),
+            fills_rejected: Counter::new("cache.puts.rejected", &[]),
+            invalidations: Counter::new("cache.invalidations", &[]),
+            lease_waits: Counter::new("cache.lease.waits", &[]),
+            corrupt_entries: Counter::new("cache.entries.corrupt", &[]),
+            store_errors: Counter::new("cache.store.errors", &[]),
+            loader_timeouts: Counter::new("cache.load.timeouts", &[]),
+            entries_too_large: Counter::new("cache.entries.too_large", &[]),
+            queries_from_cache: Counter::new("cache.queries", &[("source", "cache")]),
+            queries_from_database: Counter::new("cache.queries", &[("source", "database")]),
+            index_updates: Counter::new("cache.index.updates", &[]),
+            index_updates_missed: Counter::new("cache.index.updates.missed", &[]),
+            reindexes: Counter::new("cache.index.reindexes", &[]),
+            unwarmed: Counter::new("cache.index.unwarmed", &[]),
+        }
+    }
+}
+
+pub(crate) fn add(counter: &Counter, n: usize) {
     if n > 0 {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        counter.value.fetch_add(n as u64, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(counter.name, counter.labels).increment(n as u64);
+    }
+}
+
+/// Records one loader call's latency (feature `metrics`; a no-op without).
+pub(crate) struct LoadTimer {
+    #[cfg(feature = "metrics")]
+    start: std::time::Instant,
+}
+
+impl LoadTimer {
+    pub(crate) fn start() -> Self {
+        LoadTimer {
+            #[cfg(feature = "metrics")]
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// `result`: `success`, `failure` or `timeout`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn finish(self, model: &'static str, result: &'static str) {
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("cache.load.duration", "model" => model, "result" => result)
+            .record(self.start.elapsed());
     }
 }
 
 impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &Counter| c.value.load(Ordering::Relaxed);
         Stats {
             hits: get(&self.hits),
             misses: get(&self.misses),

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Cache;
-use super::degraded::PendingOp;
+use super::degraded::{PendingOp, StoreOp};
+use super::recovery::Caller;
 use super::registry::{Links, ModelEntry};
 use super::stats::add;
 use crate::error::Error;
@@ -32,6 +33,31 @@ struct Touched {
     entry: Arc<ModelEntry>,
     pk_key: String,
     key: String,
+}
+
+/// Whether a cascade level reloads what it invalidates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reload {
+    /// Lease, reload, fill.
+    Yes,
+    /// Past `max_cascade_depth`: tombstone, no loader call.
+    PastDepthLimit,
+}
+
+/// How a cascade level runs.
+struct Level<'a> {
+    reload: Reload,
+    /// The written instance, for the first level of a write.
+    seed: Option<&'a Seed<'a>>,
+    caller: Caller,
+}
+
+/// What an invalidation swaps into its keys.
+struct Swap<'a> {
+    /// For the store-failure event: `None` for a level over several models.
+    model: Option<&'static str>,
+    marker: &'a [u8],
+    ttl: std::time::Duration,
 }
 
 /// What the caller of `saved`/`deleted` knows of the written instance.
@@ -118,7 +144,15 @@ impl Cache {
         let mut targets = Vec::new();
         let level = [(T::MODEL, pk_key.clone())];
         let seeded = self
-            .cascade_level(&level, true, &mut targets, Some(&seed), false)
+            .cascade_level(
+                &level,
+                Level {
+                    reload: Reload::Yes,
+                    seed: Some(&seed),
+                    caller: Caller::Write,
+                },
+                &mut targets,
+            )
             .await;
         tracing::debug!(
             target: "cached_instances",
@@ -129,7 +163,7 @@ impl Cache {
         );
         let mut visited = HashSet::new();
         visited.insert((T::MODEL, pk_key));
-        let cascaded = self.cascade(targets, visited, false).await;
+        let cascaded = self.cascade(targets, visited, Caller::Write).await;
         // Query indexes (`index.rs`): after the invalidation, as the
         // protocol there requires; a no-op for models without index fields.
         let indexed = self.index_written::<T>(entry, pk).await;
@@ -140,8 +174,8 @@ impl Cache {
     pub(super) async fn refresh_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<bool, Error> {
         let entry = self.inner.registry.entry::<T>()?;
         let key = entry.key(&pk.to_key());
-        let cached = if self.store_usable().await {
-            self.store_call(T::MODEL, "get", self.inner.store.get(&key))
+        let cached = if self.store_usable() {
+            self.store_call(Some(T::MODEL), StoreOp::Get, self.inner.store.get(&key))
                 .await
                 .flatten()
         } else {
@@ -175,38 +209,39 @@ impl Cache {
             .collect();
         let retry: Vec<PendingOp> = keys.iter().cloned().map(PendingOp::Tombstone).collect();
         let ttl = self.inner.config.tombstone_ttl;
-        self.invalidate_keys(T::MODEL, &keys, TOMBSTONE, ttl, retry, false)
+        let swap = Swap {
+            model: Some(T::MODEL),
+            marker: TOMBSTONE,
+            ttl,
+        };
+        self.invalidate_keys(&keys, swap, retry, Caller::Write)
             .await;
         add(&self.inner.counters.invalidations, 1);
         Ok(())
     }
 
-    /// Replaces `keys` with `marker` (a tombstone or this write's lease),
-    /// returning what they held. When the store cannot take it, `retry` is
-    /// queued and `None` is returned. A delivery of queued invalidations
-    /// (`delivering`) goes to the store directly: it is what `store_usable`
-    /// waits for.
+    /// Replaces `keys` with `swap.marker` (a tombstone or this write's
+    /// lease), returning what they held. When the store cannot take it,
+    /// `retry` is queued and `None` is returned.
     async fn invalidate_keys(
         &self,
-        model: &'static str,
         keys: &[String],
-        marker: &[u8],
-        ttl: std::time::Duration,
+        swap: Swap<'_>,
         retry: Vec<PendingOp>,
-        delivering: bool,
+        caller: Caller,
     ) -> Option<Vec<Option<Bytes>>> {
-        let olds = if delivering || self.store_usable().await {
+        let olds = if caller.may_use_store(self) {
             self.store_call(
-                model,
-                "invalidate",
-                self.inner.store.swap_many(keys, marker, ttl),
+                swap.model,
+                StoreOp::Invalidate,
+                self.inner.store.swap_many(keys, swap.marker, swap.ttl),
             )
             .await
         } else {
             None
         };
         if olds.is_none() {
-            self.inner.degraded.queue(retry);
+            self.queue(retry);
         }
         olds
     }
@@ -221,14 +256,22 @@ impl Cache {
     pub(super) async fn deliver_instances(&self, instances: Vec<(&'static str, String)>) -> bool {
         let mut next = Vec::new();
         let level = self
-            .cascade_level(&instances, true, &mut next, None, true)
+            .cascade_level(
+                &instances,
+                Level {
+                    reload: Reload::Yes,
+                    seed: None,
+                    caller: Caller::Recovery,
+                },
+                &mut next,
+            )
             .await;
         let taken = !matches!(level, Ok(false));
         let visited = instances.into_iter().collect();
-        if let Err(error) = level.and(self.cascade(next, visited, true).await) {
+        if let Err(error) = level.and(self.cascade(next, visited, Caller::Recovery).await) {
             tracing::warn!(
                 target: "cached_instances",
-                error = %error,
+                error = %crate::error::Chain(&error),
                 "reload failed while delivering queued invalidations; entries left invalidated"
             );
         }
@@ -238,12 +281,11 @@ impl Cache {
     /// Breadth-first over the targets. Levels past `max_cascade_depth` are
     /// invalidated without reloading, following what the old states linked
     /// to, until nothing new is reached.
-    /// `delivering`: see [`invalidate_keys`](Self::invalidate_keys).
     async fn cascade(
         &self,
         mut targets: Vec<Target>,
         mut visited: HashSet<(&'static str, String)>,
-        delivering: bool,
+        caller: Caller,
     ) -> Result<(), Error> {
         let config = &self.inner.config;
         let mut raw_keys = BTreeSet::new();
@@ -267,7 +309,11 @@ impl Cache {
                 break;
             }
             depth += 1;
-            let reload = depth <= config.max_cascade_depth;
+            let reload = if depth <= config.max_cascade_depth {
+                Reload::Yes
+            } else {
+                Reload::PastDepthLimit
+            };
             if depth == config.max_cascade_depth + 1 {
                 tracing::warn!(
                     target: "cached_instances",
@@ -276,10 +322,12 @@ impl Cache {
                     "cascade depth limit reached; the rest is invalidated without reloading"
                 );
             }
-            match self
-                .cascade_level(&level, reload, &mut targets, None, delivering)
-                .await
-            {
+            let shape = Level {
+                reload,
+                seed: None,
+                caller,
+            };
+            match self.cascade_level(&level, shape, &mut targets).await {
                 Ok(_) => {}
                 Err(e) => {
                     first_error.get_or_insert(e);
@@ -293,15 +341,13 @@ impl Cache {
         if !raw_keys.is_empty() {
             let keys: Vec<String> = raw_keys.into_iter().collect();
             add(&self.inner.counters.invalidations, keys.len());
-            let delivered = (delivering || self.store_usable().await)
+            let delivered = caller.may_use_store(self)
                 && self
-                    .store_call("raw keys", "delete", self.inner.store.delete_many(&keys))
+                    .store_call(None, StoreOp::Delete, self.inner.store.delete_many(&keys))
                     .await
                     .is_some();
             if !delivered {
-                self.inner
-                    .degraded
-                    .queue(keys.into_iter().map(PendingOp::Delete));
+                self.queue(keys.into_iter().map(PendingOp::Delete));
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -310,15 +356,16 @@ impl Cache {
     /// One cascade level: lease every key, reload what was cached (or all,
     /// without `update_only`), fill, and collect the next level's targets.
     /// `Ok(false)` when the store could not take the level's invalidation
-    /// (it is queued for retry). `delivering`: see
-    /// [`invalidate_keys`](Self::invalidate_keys).
+    /// (it is queued for retry).
     async fn cascade_level(
         &self,
         level: &[(&'static str, String)],
-        reload: bool,
+        Level {
+            reload,
+            seed,
+            caller,
+        }: Level<'_>,
         next: &mut Vec<Target>,
-        seed: Option<&Seed<'_>>,
-        delivering: bool,
     ) -> Result<bool, Error> {
         let config = &self.inner.config;
         let store = &self.inner.store;
@@ -334,10 +381,9 @@ impl Cache {
         }
         add(&self.inner.counters.invalidations, level.len());
         let keys: Vec<String> = touched.iter().map(|t| t.key.clone()).collect();
-        let lease = if reload {
-            marker::new_lease()
-        } else {
-            Bytes::from_static(TOMBSTONE)
+        let lease = match reload {
+            Reload::Yes => marker::new_lease(),
+            Reload::PastDepthLimit => Bytes::from_static(TOMBSTONE),
         };
         let ttl = config.lease_ttl.max(config.tombstone_ttl);
         // Queued per instance, not per key: the delivery compares what the
@@ -349,10 +395,12 @@ impl Cache {
                 pk_key: pk_key.clone(),
             })
             .collect();
-        let Some(olds) = self
-            .invalidate_keys("cascade", &keys, &lease, ttl, retry, delivering)
-            .await
-        else {
+        let swap = Swap {
+            model: None,
+            marker: &lease,
+            ttl,
+        };
+        let Some(olds) = self.invalidate_keys(&keys, swap, retry, caller).await else {
             // Nothing is known of the old states; the written instance's own
             // relations still go on (and are queued in turn).
             if let Some(seed) = seed {
@@ -361,7 +409,7 @@ impl Cache {
             }
             return Ok(false);
         };
-        if !reload {
+        if reload == Reload::PastDepthLimit {
             // Past the depth limit: no reload, so the new states (and the
             // targets they would give) are unknown. Everything the old
             // states linked to is invalidated instead, as if they had been
@@ -411,7 +459,7 @@ impl Cache {
                         tracing::warn!(
                             target: "cached_instances",
                             model = entry.schema.model,
-                            error = %e,
+                            error = %crate::error::Chain(&e),
                             "cascade reload failed; entries left invalidated"
                         );
                         first_error.get_or_insert(e);
@@ -486,7 +534,7 @@ impl Cache {
         // A failed fill leaves this write's leases, which expire: readers
         // meanwhile wait briefly, then read the database.
         if let Some(written) = self
-            .store_call("cascade", "fill", store.compare_and_set(&ops))
+            .store_call(None, StoreOp::Fill, store.compare_and_set(&ops))
             .await
         {
             let (mut filled, mut rejected) = (0, 0);

@@ -203,6 +203,15 @@ pub enum QueryError {
     /// `warm` needs a store with query indexes.
     #[error("the cache's store does not support query indexes")]
     StoreUnsupported,
+    /// `warm` of a model that declares no field for queries: there is no
+    /// index to build, and nothing would answer from one.
+    #[error(
+        "{model} declares no field for queries (`#[cached(index)]`, `#[cached(sortable)]` or `#[cached(search)]`), so there is no index to warm; to preload its entries, use `cache.get_many::<{model}>(&pks)`"
+    )]
+    NothingToIndex {
+        /// The model.
+        model: &'static str,
+    },
 }
 
 /// What a filter requires of a field.

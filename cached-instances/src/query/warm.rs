@@ -106,7 +106,10 @@ impl<'c, T: CachedInstance> Warm<'c, T> {
     ///
     /// [`QueryError::NoPkList`](super::QueryError::NoPkList) when the
     /// loader cannot list every pk, [`QueryError::StoreUnsupported`](super::QueryError::StoreUnsupported)
-    /// for a store without query indexes, [`Error::Load`] when a load
+    /// for a store without query indexes,
+    /// [`QueryError::NothingToIndex`](super::QueryError::NothingToIndex)
+    /// for a model that declares no field for queries (before any loader
+    /// call), [`Error::Load`] when a load
     /// failed (the model stays cold: queries keep going to the loader),
     /// [`Error::NotRegistered`] when `T` has no loader.
     pub async fn run(self) -> Result<WarmReport, Error> {

@@ -393,8 +393,9 @@ macro_rules! loader_rows {
             key: &'a str,
         ) -> $crate::sqlx::BoxFuture<'a, Result<Vec<K>, ::sqlx::Error>> {
             Box::pin(async move {
+                // Names quoted by `select_all_keys`; no values.
                 let sql = $crate::sqlx::select_all_keys($quote, table, key);
-                ::sqlx::query(&sql)
+                ::sqlx::query(::sqlx::AssertSqlSafe(sql))
                     .fetch_all(conn)
                     .await?
                     .iter()

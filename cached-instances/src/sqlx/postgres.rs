@@ -8,7 +8,7 @@ use std::hash::Hash;
 
 use ::sqlx::postgres::{PgArguments, PgConnection, PgHasArrayType, PgRow, Postgres};
 use ::sqlx::query::Query;
-use ::sqlx::{Decode, Encode, Row, Type};
+use ::sqlx::{AssertSqlSafe, Decode, Encode, Row, Type};
 
 const QUOTE: char = '"';
 
@@ -71,8 +71,9 @@ async fn fetch_any<K: PgKey>(
     keys: &[K],
     tail: &str,
 ) -> Result<Vec<PgRow>, ::sqlx::Error> {
-    let sql = format!("{head} = ANY($1){tail}");
-    K::__cached_bind_all(keys, ::sqlx::query(&sql))
+    // Names quoted by `select_where`, values bound.
+    let sql = AssertSqlSafe(format!("{head} = ANY($1){tail}"));
+    K::__cached_bind_all(keys, ::sqlx::query(sql))
         .fetch_all(conn)
         .await
 }

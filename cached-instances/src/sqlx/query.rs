@@ -53,7 +53,7 @@ use crate::codec::{Decoded, FieldCodec};
 use crate::query::{Query, QueryPage, Sortable};
 
 /// A statement being built.
-pub type Builder<DB> = QueryBuilder<'static, DB>;
+pub type Builder<DB> = QueryBuilder<DB>;
 
 fn push_column<DB: SqlxDatabase>(builder: &mut Builder<DB>, column: &str) {
     let mut name = String::new();

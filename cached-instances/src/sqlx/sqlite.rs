@@ -47,7 +47,7 @@ where
     note = "the loader binds primary keys as query parameters and reads them back: use `i64`, `i32`, `String` or `uuid::Uuid`, or load the model on PostgreSQL only with `#[cached(database = \"postgres\")]`"
 )]
 pub trait SqliteKey: SqliteColumn + Eq + Hash + Clone + Sync {
-    fn __cached_bind<'q>(&'q self, list: &mut Separated<'_, 'q, Sqlite, &'static str>);
+    fn __cached_bind(&self, list: &mut Separated<'_, Sqlite, &'static str>);
 }
 
 #[diagnostic::do_not_recommend]
@@ -56,7 +56,7 @@ where
     T: SqliteColumn + for<'q> Encode<'q, Sqlite> + Type<Sqlite> + Eq + Hash + Clone + Sync,
 {
     #[inline]
-    fn __cached_bind<'q>(&'q self, list: &mut Separated<'_, 'q, Sqlite, &'static str>) {
+    fn __cached_bind(&self, list: &mut Separated<'_, Sqlite, &'static str>) {
         list.push_bind(self);
     }
 }

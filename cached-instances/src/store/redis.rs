@@ -12,6 +12,7 @@
 //! (re)connection included, so an unreachable or stalled server costs a
 //! read at most that long before the cache falls back to its loaders.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -21,7 +22,7 @@ use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
 use super::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, Store, StoreFuture};
-use crate::error::StoreError;
+use crate::error::{ConnectError, StoreError};
 
 mod index;
 mod near;
@@ -163,14 +164,34 @@ impl LazyCluster {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// [`connect`](RedisStoreBuilder::connect) tells a refused port, rejected
+/// credentials and a missing database apart ([`ConnectError`]), after one
+/// attempt rather than after the reconnection retries:
+///
+/// ```no_run
+/// use cached_instances::{ConnectError, RedisStore, StoreError};
+///
+/// # async fn demo() {
+/// match RedisStore::connect("redis://:secret@127.0.0.1:6379/3").await {
+///     Ok(store) => { /* ... */ }
+///     Err(StoreError::Connect(ConnectError::Auth { addr, .. })) => {
+///         eprintln!("check the password for {addr}");
+///     }
+///     Err(other) => eprintln!("{other}"),
+/// }
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
-    /// The near cache, when configured (single server only).
-    near: Option<Arc<near::Near>>,
     /// The bound of every request, from sending to reply, including any
     /// wait for a connection (the builder's response timeout).
     request_timeout: Duration,
+    /// Put before every key (the builder's key prefix; empty: none).
+    prefix: Arc<str>,
+    /// The near cache, when configured (single server only).
+    near: Option<Arc<near::Near>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -183,6 +204,7 @@ impl std::fmt::Debug for RedisStore {
         };
         f.debug_struct("RedisStore")
             .field("mode", &mode)
+            .field("key_prefix", &self.prefix)
             .field("near_cache", &self.near.is_some())
             .finish_non_exhaustive()
     }
@@ -197,6 +219,7 @@ pub struct RedisStoreBuilder {
     response_timeout: Duration,
     connect_timeout: Duration,
     retries: usize,
+    key_prefix: String,
     near: Option<NearCache>,
 }
 
@@ -208,6 +231,7 @@ impl std::fmt::Debug for RedisStoreBuilder {
             .field("response_timeout", &self.response_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("retries", &self.retries)
+            .field("key_prefix", &self.key_prefix)
             .field("near_cache", &self.near)
             .finish()
     }
@@ -221,6 +245,7 @@ impl RedisStoreBuilder {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retries: DEFAULT_RETRIES,
+            key_prefix: String::new(),
             near: None,
         }
     }
@@ -231,6 +256,34 @@ impl RedisStoreBuilder {
     /// near cache fails.
     pub fn near_cache(mut self, near: NearCache) -> Self {
         self.near = Some(near);
+        self
+    }
+
+    /// Puts `prefix` before every key the store reads or writes (entries,
+    /// tombstones, leases and query indexes alike), so that two
+    /// applications sharing one Redis (or one database of it) cannot read
+    /// or invalidate each other's entries of a same-named model. Default:
+    /// none. Usually ends with a separator, as in `"shop:"`.
+    ///
+    /// The prefix may not contain `{` or `}`: in a cluster, the hash tag of
+    /// each key (`{model:pk}`) must stay the first braces of the key so that
+    /// an instance's keys share a hash slot. [`connect`](Self::connect)
+    /// rejects such a prefix with [`ConnectError::Config`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cached_instances::StoreError> {
+    /// use cached_instances::RedisStore;
+    ///
+    /// let store = RedisStore::builder("redis://cache.internal:6379/")
+    ///     .key_prefix("shop:")
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
         self
     }
 
@@ -264,33 +317,102 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Unavailable`] when a URL is invalid or no server can be
-    /// reached in time.
+    /// [`StoreError::Connect`], with the reason as a [`ConnectError`]:
+    /// [`Refused`](ConnectError::Refused) when nothing listens at the
+    /// address, [`Auth`](ConnectError::Auth) when the server rejects (or
+    /// wants) a password, [`NoSuchDatabase`](ConnectError::NoSuchDatabase)
+    /// when the URL's database index is out of the server's range,
+    /// [`Timeout`](ConnectError::Timeout) when it does not answer in time,
+    /// [`Config`](ConnectError::Config) for an invalid URL or key prefix.
+    /// Each is reported after one connection attempt (the reconnection
+    /// retries are for connections lost later).
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let store = self.connect_lazy()?;
+        let addr = self.addr();
+        let store = self.clone().connect_lazy()?;
         // Connected here rather than by the first request, and the scripts
         // loaded up front so the first call of each is one EVALSHA; after a
         // server restart `invoke_async` reloads them on NOSCRIPT.
-        for script in scripts() {
-            // Bounded like every request (the single connection's manager
-            // has no response timeout of its own: see `lazy_single`).
-            store
-                .bounded(async {
-                    match &store.connection {
-                        Connection::Single(c) => script.load_async(&mut c.clone()).await,
-                        #[cfg(feature = "cluster")]
-                        Connection::Cluster(c) => match c.get().await {
-                            Ok(mut connection) => script.load_async(&mut connection).await,
-                            Err(e) => Err(e),
-                        },
-                    }
+        match &store.connection {
+            Connection::Single(manager) => {
+                // One plain connection first (dropped after): the manager
+                // retries a failed connection with backoff, which would turn
+                // every reason into a timeout; this attempt fails with the
+                // reason (refused, AUTH or SELECT rejected in the handshake).
+                self.connect_step(&addr, async {
+                    self.client()?
+                        .get_multiplexed_async_connection_with_config(
+                            &redis::AsyncConnectionConfig::new()
+                                .set_connection_timeout(Some(self.connect_timeout))
+                                .set_response_timeout(Some(self.response_timeout)),
+                        )
+                        .await
                 })
                 .await?;
+                // Through the manager, which connects now; a server that
+                // wants a password the URL lacks says NOAUTH here.
+                for script in scripts() {
+                    self.connect_step(&addr, script.load_async(&mut manager.clone()))
+                        .await?;
+                }
+            }
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(cluster) => {
+                for script in scripts() {
+                    self.connect_step(&addr, async {
+                        script.load_async(&mut cluster.get().await?).await
+                    })
+                    .await?;
+                }
+            }
         }
         if let Some(near) = &store.near {
             near.tracking().await?;
         }
         Ok(store)
+    }
+
+    /// One step of [`connect`](Self::connect), bounded by the connect and
+    /// response timeouts together, its failure sorted by reason.
+    async fn connect_step<T>(
+        &self,
+        addr: &str,
+        step: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, ConnectError> {
+        let timeout = self.connect_timeout + self.response_timeout;
+        match tokio::time::timeout(timeout, step).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(connect_error(addr, self.db(), timeout, error)),
+            Err(_elapsed) => Err(ConnectError::Timeout {
+                addr: addr.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// The servers, `host:port` (no credentials), for error messages.
+    fn addr(&self) -> String {
+        self.urls
+            .iter()
+            .map(
+                |url| match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                    Ok(info) => info.addr().to_string(),
+                    Err(_) => "(invalid URL)".to_owned(),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The database index of the (first) URL.
+    fn db(&self) -> i64 {
+        self.urls
+            .first()
+            .and_then(|url| redis::IntoConnectionInfo::into_connection_info(url.as_str()).ok())
+            .map_or(0, |info| info.redis_settings().db())
+    }
+
+    fn client(&self) -> Result<redis::Client, RedisError> {
+        redis::Client::open(self.urls.first().map(String::as_str).unwrap_or_default())
     }
 
     /// Creates the store without connecting: the first request connects, and
@@ -315,6 +437,12 @@ impl RedisStoreBuilder {
     /// [`StoreError::Unavailable`] when a URL is invalid, or when called
     /// outside a Tokio runtime (the connection's tasks run on it).
     pub fn connect_lazy(self) -> Result<RedisStore, StoreError> {
+        if self.key_prefix.contains(['{', '}']) {
+            return Err(config_error(format!(
+                "the key prefix {:?} contains a brace, which would move the keys' cluster hash tags",
+                self.key_prefix
+            )));
+        }
         #[cfg(feature = "cluster")]
         let connection = if self.cluster {
             self.lazy_cluster()?
@@ -326,8 +454,8 @@ impl RedisStoreBuilder {
         let near = match &self.near {
             None => None,
             Some(_) if self.cluster => {
-                return Err(StoreError::Unavailable(
-                    "the near cache needs a single Redis server, not a cluster".into(),
+                return Err(config_error(
+                    "the near cache needs a single Redis server, not a cluster".to_owned(),
                 ));
             }
             Some(config) => Some(near::Near::start(
@@ -339,19 +467,19 @@ impl RedisStoreBuilder {
         };
         Ok(RedisStore {
             connection,
-            near,
             request_timeout: self.response_timeout,
+            prefix: self.key_prefix.as_str().into(),
+            near,
         })
     }
 
     fn lazy_single(&self) -> Result<Connection, StoreError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(StoreError::Unavailable(
-                "a RedisStore must be created within a Tokio runtime".into(),
+            return Err(config_error(
+                "a RedisStore must be created within a Tokio runtime".to_owned(),
             ));
         }
-        let url = self.urls.first().map(String::as_str).unwrap_or_default();
-        let client = redis::Client::open(url).map_err(store_error)?;
+        let client = self.client().map_err(|e| config_error(e.to_string()))?;
         // No response timeout here: `bounded` already bounds every request,
         // the reply included, and a second timer per request cost about 3%
         // of a hit's throughput (BENCHMARKS.md).
@@ -361,8 +489,8 @@ impl RedisStoreBuilder {
             .set_number_of_retries(self.retries);
         // The manager connects on first use and reconnects in the
         // background after an I/O error.
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(store_error)?;
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| config_error(e.to_string()))?;
         Ok(Connection::Single(manager))
     }
 
@@ -374,7 +502,7 @@ impl RedisStoreBuilder {
                 .connection_timeout(self.connect_timeout)
                 .retries(u32::try_from(self.retries).unwrap_or(u32::MAX))
                 .build()
-                .map_err(store_error)?;
+                .map_err(|e| config_error(e.to_string()))?;
         Ok(Connection::Cluster(Arc::new(LazyCluster {
             client,
             connection: tokio::sync::OnceCell::new(),
@@ -441,13 +569,31 @@ impl RedisStore {
         RedisStoreBuilder::new(urls.into_iter().map(Into::into).collect(), true)
     }
 
+    /// `key` under the store's key prefix.
+    fn key<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        if self.prefix.is_empty() {
+            Cow::Borrowed(key)
+        } else {
+            Cow::Owned(format!("{}{key}", self.prefix))
+        }
+    }
+
+    /// `keys` under the store's key prefix (borrowed when there is none).
+    fn keys<'k>(&self, keys: &'k [String]) -> Cow<'k, [String]> {
+        if self.prefix.is_empty() {
+            Cow::Borrowed(keys)
+        } else {
+            keys.iter().map(|key| self.key(key).into_owned()).collect()
+        }
+    }
+
     /// What the near cache holds and has done; `None` without one.
     #[must_use]
     pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
         self.near.as_ref().map(|near| near.stats())
     }
 
-    /// Reads `keys` from Redis (one MGET per group).
+    /// Reads `keys` (prefixed) from Redis, one MGET per group.
     async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
         let groups = self.groups(keys.iter().map(String::as_str));
         self.per_group(keys.len(), &groups, |group| async move {
@@ -460,8 +606,9 @@ impl RedisStore {
         .await
     }
 
-    /// Reads `keys` through the near cache: its hits, then one read of the
-    /// rest over the tracking connection (or plainly while it is down).
+    /// Reads `keys` (prefixed) through the near cache: its hits, then one
+    /// read of the rest over the tracking connection (or plainly while it
+    /// is down).
     async fn get_many_near(
         &self,
         near: &near::Near,
@@ -492,13 +639,14 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// [`Store::set_if_absent_or`] in the common case without a script:
-    /// one `SET key value NX PX ttl GET` per key, pipelined (one round trip
-    /// per group), which sets an absent key and replies what any other key
-    /// holds. Only the keys found holding `replaceable` (tombstones, after
-    /// a write) take the script, in a second round trip; each step is
-    /// atomic per key, so the outcome is one the script alone could give.
-    async fn set_if_absent_or(
+    /// [`Store::set_if_absent_or`] on `keys` (prefixed) in the common case
+    /// without a script: one `SET key value NX PX ttl GET` per key,
+    /// pipelined (one round trip per group), which sets an absent key and
+    /// replies what any other key holds. Only the keys found holding
+    /// `replaceable` (tombstones, after a write) take the script, in a
+    /// second round trip; each step is atomic per key, so the outcome is one
+    /// the script alone could give.
+    async fn lease(
         &self,
         keys: &[String],
         value: &[u8],
@@ -546,26 +694,14 @@ impl RedisStore {
         Ok(held)
     }
 
-    /// This store's own writes: evicted from the near cache before the
-    /// write returns, so this process reads what it wrote.
+    /// This store's own writes to `keys` (prefixed): evicted from the near
+    /// cache before the write returns, so this process reads what it wrote.
     fn evict_own<'k>(&self, keys: impl Iterator<Item = &'k str>) {
         if let Some(near) = &self.near {
             for key in keys {
                 near.evict(key);
             }
         }
-    }
-
-    /// Sends one command.
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        self.bounded(async {
-            match &self.connection {
-                Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
-                #[cfg(feature = "cluster")]
-                Connection::Cluster(c) => cmd.query_async(&mut c.get().await?).await,
-            }
-        })
-        .await
     }
 
     /// Sends one pipeline (one round trip).
@@ -575,6 +711,18 @@ impl RedisStore {
                 Connection::Single(c) => pipe.query_async(&mut c.clone()).await,
                 #[cfg(feature = "cluster")]
                 Connection::Cluster(c) => pipe.query_async(&mut c.get().await?).await,
+            }
+        })
+        .await
+    }
+
+    /// Sends one command.
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.bounded(async {
+            match &self.connection {
+                Connection::Single(c) => cmd.query_async(&mut c.clone()).await,
+                #[cfg(feature = "cluster")]
+                Connection::Cluster(c) => cmd.query_async(&mut c.get().await?).await,
             }
         })
         .await
@@ -698,6 +846,46 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS)
 }
 
+fn config_error(reason: String) -> StoreError {
+    StoreError::Connect(ConnectError::Config { reason })
+}
+
+/// Sorts a failure to connect by its reason.
+fn connect_error(addr: &str, db: i64, timeout: Duration, error: RedisError) -> ConnectError {
+    let addr = addr.to_owned();
+    let detail = error.detail().unwrap_or_default();
+    if error.is_connection_refusal() {
+        ConnectError::Refused {
+            addr,
+            source: Box::new(error),
+        }
+    } else if error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
+    {
+        ConnectError::Auth {
+            addr,
+            source: Box::new(error),
+        }
+    } else if error.to_string().contains("switch database") || detail.contains("DB index") {
+        ConnectError::NoSuchDatabase {
+            addr,
+            db,
+            source: Box::new(error),
+        }
+    } else if error.is_timeout() {
+        ConnectError::Timeout { addr, timeout }
+    } else if error.kind() == redis::ErrorKind::InvalidClientConfig {
+        ConnectError::Config {
+            reason: error.to_string(),
+        }
+    } else {
+        ConnectError::Other {
+            addr,
+            source: Box::new(error),
+        }
+    }
+}
+
 fn reply_length(expected: usize, got: usize) -> StoreError {
     StoreError::Protocol(format!("expected {expected} replies from Redis, got {got}"))
 }
@@ -736,20 +924,22 @@ fn store_error(error: RedisError) -> StoreError {
 impl Store for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(async move {
+            let key = self.key(key);
             if let Some(near) = &self.near {
-                if let Some(value) = near.get(key) {
+                if let Some(value) = near.get(&key) {
                     return Ok(Some(value));
                 }
-                if let Some(mut values) = near.read_through(&[key]).await {
+                if let Some(mut values) = near.read_through(&[&key]).await {
                     return Ok(values.pop().flatten());
                 }
             }
-            self.query(redis::cmd("GET").arg(key)).await
+            self.query(redis::cmd("GET").arg(&*key)).await
         })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
+            let keys = &*self.keys(keys);
             match &self.near {
                 Some(near) => self.get_many_near(near, keys).await,
                 None => self.mget(keys).await,
@@ -765,22 +955,24 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
-            let written = self.set_if_absent_or(keys, value, replaceable, ttl).await;
+            let keys = &*self.keys(keys);
+            let held = self.lease(keys, value, replaceable, ttl).await;
             self.evict_own(keys.iter().map(String::as_str));
-            written
+            held
         })
     }
 
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
         Box::pin(async move {
-            let groups = self.groups(ops.iter().map(|op| op.key.as_str()));
+            let keys: &[Cow<'_, str>] = &ops.iter().map(|op| self.key(&op.key)).collect::<Vec<_>>();
+            let groups = self.groups(keys.iter().map(|key| &**key));
             let written = self
                 .per_group(ops.len(), &groups, |group| async move {
                     let mut invocation = COMPARE_AND_SET.prepare_invoke();
                     for &i in group {
                         let op = &ops[i];
                         invocation
-                            .key(&op.key)
+                            .key(&*keys[i])
                             .arg(&op.expected[..])
                             .arg(&op.value[..])
                             .arg(ttl_ms(op.ttl));
@@ -789,7 +981,7 @@ impl Store for RedisStore {
                     Ok(written.into_iter().map(|w| w != 0).collect())
                 })
                 .await;
-            self.evict_own(ops.iter().map(|op| op.key.as_str()));
+            self.evict_own(keys.iter().map(|key| &**key));
             written
         })
     }
@@ -802,8 +994,9 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
             let ttl = ttl_ms(ttl);
+            let keys = &*self.keys(keys);
             let groups = self.groups(keys.iter().map(String::as_str));
-            let written = self
+            let held = self
                 .per_group(keys.len(), &groups, |group| async move {
                     let mut invocation = SWAP_MANY.prepare_invoke();
                     for &i in group {
@@ -814,12 +1007,13 @@ impl Store for RedisStore {
                 })
                 .await;
             self.evict_own(keys.iter().map(String::as_str));
-            written
+            held
         })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            let keys = &*self.keys(keys);
             let groups = self.groups(keys.iter().map(String::as_str));
             let deleted =
                 futures_util::future::try_join_all(groups.iter().map(|group| async move {
@@ -846,7 +1040,7 @@ impl Store for RedisStore {
         members: &'a [String],
         token: &'a [u8],
     ) -> StoreFuture<'a, ()> {
-        Box::pin(self.lease_index(prefix, members, token))
+        Box::pin(async move { self.lease_index(&self.key(prefix), members, token).await })
     }
 
     fn index_apply<'a>(
@@ -855,7 +1049,7 @@ impl Store for RedisStore {
         token: &'a [u8],
         updates: &'a [IndexUpdate],
     ) -> StoreFuture<'a, Vec<bool>> {
-        Box::pin(self.apply_index(prefix, token, updates))
+        Box::pin(async move { self.apply_index(&self.key(prefix), token, updates).await })
     }
 
     fn index_query<'a>(
@@ -863,7 +1057,7 @@ impl Store for RedisStore {
         prefix: &'a str,
         query: &'a IndexQuery,
     ) -> StoreFuture<'a, Option<IndexPage>> {
-        Box::pin(self.query_index(prefix, query))
+        Box::pin(async move { self.query_index(&self.key(prefix), query).await })
     }
 }
 
@@ -896,7 +1090,10 @@ mod tests {
     fn a_lazy_store_needs_a_runtime_not_a_server() {
         // Outside a Tokio runtime: an error, not a panic.
         let result = RedisStore::builder("redis://127.0.0.1:1/").connect_lazy();
-        assert!(matches!(result, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            result,
+            Err(StoreError::Connect(ConnectError::Config { .. }))
+        ));
         // Inside one, nothing is connected yet, so nothing can fail.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -914,8 +1111,38 @@ mod tests {
                     .connect_lazy()
                     .is_ok()
             );
-            assert!(RedisStore::builder("not a url").connect_lazy().is_err());
+            assert!(matches!(
+                RedisStore::builder("not a url").connect_lazy(),
+                Err(StoreError::Connect(ConnectError::Config { .. }))
+            ));
+            // A brace would move the keys' cluster hash tags.
+            assert!(matches!(
+                RedisStore::builder("redis://127.0.0.1:1/")
+                    .key_prefix("{app}:")
+                    .connect_lazy(),
+                Err(StoreError::Connect(ConnectError::Config { .. }))
+            ));
         });
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn a_key_prefix_keeps_each_key_in_its_hash_slot() {
+        use redis::cluster_routing::Slot;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let store = RedisStore::cluster_builder(["redis://127.0.0.1:1/"])
+            .key_prefix("shop:")
+            .connect_lazy()
+            .unwrap();
+        for key in ["ci:{Member:1}:v1", "ci:{idx:Member}:v1:all"] {
+            let prefixed = store.key(key);
+            assert_eq!(prefixed, format!("shop:{key}"));
+            assert_eq!(Slot::for_key(prefixed.as_bytes()), Slot::for_key(key));
+        }
     }
 
     #[test]

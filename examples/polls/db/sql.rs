@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
-use sqlx::{FromRow, Postgres, QueryBuilder, Sqlite};
+use sqlx::{AssertSqlSafe, FromRow, Postgres, QueryBuilder, Sqlite};
 
 use super::{Db, Pool};
 
@@ -135,7 +135,8 @@ pub(super) trait Row:
 impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
 {}
 
-/// Runs counted statements on one connection. The SQL is the same on both
+/// Runs counted statements on one connection (the SQL is the example's own
+/// text, values are bound: `AssertSqlSafe`). The SQL is the same on both
 /// backends (`$1` placeholders work on SQLite too), except for pk lists.
 pub(super) struct Q<'c> {
     db: &'c Db,
@@ -151,12 +152,12 @@ impl Q<'_> {
         self.db.count_query();
         match &mut self.conn {
             Conn::Sqlite(c) => {
-                bind_args!(sqlx::query_as(sql), args)
+                bind_args!(sqlx::query_as(AssertSqlSafe(sql)), args)
                     .fetch_all(&mut **c)
                     .await
             }
             Conn::Postgres(c) => {
-                bind_args!(sqlx::query_as(sql), args)
+                bind_args!(sqlx::query_as(AssertSqlSafe(sql)), args)
                     .fetch_all(&mut **c)
                     .await
             }
@@ -171,12 +172,12 @@ impl Q<'_> {
         self.db.count_query();
         match &mut self.conn {
             Conn::Sqlite(c) => {
-                bind_args!(sqlx::query_as(sql), args)
+                bind_args!(sqlx::query_as(AssertSqlSafe(sql)), args)
                     .fetch_optional(&mut **c)
                     .await
             }
             Conn::Postgres(c) => {
-                bind_args!(sqlx::query_as(sql), args)
+                bind_args!(sqlx::query_as(AssertSqlSafe(sql)), args)
                     .fetch_optional(&mut **c)
                     .await
             }
@@ -190,11 +191,11 @@ impl Q<'_> {
     ) -> Result<u64, sqlx::Error> {
         self.db.count_query();
         Ok(match &mut self.conn {
-            Conn::Sqlite(c) => bind_args!(sqlx::query(sql), args)
+            Conn::Sqlite(c) => bind_args!(sqlx::query(AssertSqlSafe(sql)), args)
                 .execute(&mut **c)
                 .await?
                 .rows_affected(),
-            Conn::Postgres(c) => bind_args!(sqlx::query(sql), args)
+            Conn::Postgres(c) => bind_args!(sqlx::query(AssertSqlSafe(sql)), args)
                 .execute(&mut **c)
                 .await?
                 .rows_affected(),
@@ -205,8 +206,14 @@ impl Q<'_> {
     pub(super) async fn execute_script(&mut self, sql: &str) -> Result<(), sqlx::Error> {
         self.db.count_query();
         match &mut self.conn {
-            Conn::Sqlite(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
-            Conn::Postgres(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+            Conn::Sqlite(c) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut **c)
+                .await
+                .map(|_| ()),
+            Conn::Postgres(c) => sqlx::raw_sql(AssertSqlSafe(sql))
+                .execute(&mut **c)
+                .await
+                .map(|_| ()),
         }
     }
 
@@ -227,7 +234,10 @@ impl Q<'_> {
         match &mut self.conn {
             Conn::Postgres(c) => {
                 let sql = format!("{select} WHERE {column} = ANY($1) {rest}");
-                sqlx::query_as(&sql).bind(ids).fetch_all(&mut **c).await
+                sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(ids)
+                    .fetch_all(&mut **c)
+                    .await
             }
             Conn::Sqlite(c) => {
                 let mut query =

@@ -178,12 +178,15 @@ impl Near {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Arc<Near>, StoreError> {
-        let info = url.into_connection_info().map_err(super::store_error)?;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| super::config_error(e.to_string()))?;
         let settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings)).map_err(super::store_error)?;
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| super::config_error(e.to_string()))?;
         let weigher = |key: &String, value: &Bytes| {
             u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
         };

@@ -4,25 +4,22 @@
 //! `tests/redis_cluster_cache.rs` on a Redis server and on a three-master
 //! Redis Cluster.
 //!
-//! Include it with `#[macro_use] #[path = "support/scenarios.rs"] mod
-//! scenarios;`, then generate one test per scenario with
-//! [`with_scenarios!`], or run them all in sequence with [`run_all`].
-
-#![allow(dead_code, unused_macros)]
+//! Generate one test per scenario with [`with_scenarios!`](crate::with_scenarios),
+//! or run them all in sequence with [`run_all`]. A Redis store is wrapped in
+//! [`Counting`] to count its round trips.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::memdb::{MemDb, date};
+use crate::store::Counting;
 use bytes::Bytes;
-use cached_instances::store::{CompareAndSet, StoreFuture};
 use cached_instances::{Cache, CachedInstance, MemoryStore, Store};
-use polls::memdb::{MemDb, date};
 use polls::{Choice, Question, User};
 
 /// Calls `$callback! { name, ... }` with the name of every scenario below, so
 /// a test binary can generate one test per scenario.
+#[macro_export]
 macro_rules! with_scenarios {
     ($callback:ident) => {
         $callback! {
@@ -63,7 +60,7 @@ pub async fn run_all<S: Backend>(store: &S, reset: impl Fn()) {
             )*
         };
     }
-    with_scenarios!(run);
+    crate::with_scenarios!(run);
 }
 
 /// What the suite needs of a store besides [`Store`]: a count of the
@@ -91,82 +88,19 @@ impl Backend for MemoryStore {
     }
 }
 
-/// Any store, with its primitive calls counted: on a single Redis server
-/// each call is one round trip (on a cluster, one per hash slot involved).
-#[derive(Clone)]
-pub struct Counting<S> {
-    inner: S,
-    calls: Arc<AtomicU64>,
-}
-
-impl<S: Store> Counting<S> {
-    pub fn new(inner: S) -> Self {
-        Counting {
-            inner,
-            calls: Arc::default(),
-        }
-    }
-
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
-    fn count(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl<S: Store> Store for Counting<S> {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.count();
-        self.inner.get(key)
-    }
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.count();
-        self.inner.get_many(keys)
-    }
-    fn set_if_absent_or<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.count();
-        self.inner.set_if_absent_or(keys, value, replaceable, ttl)
-    }
-    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
-        self.count();
-        self.inner.compare_and_set(ops)
-    }
-    fn swap_many<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.count();
-        self.inner.swap_many(keys, value, ttl)
-    }
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
-        self.count();
-        self.inner.delete_many(keys)
-    }
-}
-
 impl<S: Store + Clone> Backend for Counting<S> {
     fn round_trips(&self) -> u64 {
-        self.calls.load(Ordering::Relaxed)
+        self.calls()
     }
     fn raw(&self, key: &str) -> impl Future<Output = Option<Bytes>> + Send {
         let key = key.to_owned();
-        let inner = self.inner.clone();
+        let inner = self.inner().clone();
         async move { inner.get(&key).await.expect("raw read of the store") }
     }
     fn put_raw(&self, key: &str, bytes: &[u8], ttl: Duration) -> impl Future<Output = ()> + Send {
         let keys = vec![key.to_owned()];
         let bytes = bytes.to_vec();
-        let inner = self.inner.clone();
+        let inner = self.inner().clone();
         async move {
             inner
                 .swap_many(&keys, &bytes, ttl)

@@ -1,22 +1,21 @@
 //! Fault injection and instrumentation for the reliability tests:
 //!
-//! - [`Faulty`]: a store wrapper that fails writes on demand, or holds the
-//!   next `swap_many` until released (to script an interleaving with the
-//!   delivery of queued invalidations);
+//! - [`Faulty`]: a store wrapper that fails writes or index updates on
+//!   demand, or holds the next `swap_many` until released (to script an
+//!   interleaving with the delivery of queued invalidations);
 //! - [`Instrumented`]: a loader wrapper that counts calls, delays them and
 //!   measures how many run at once;
 //! - [`Flaky`]: a loader wrapper that fails or hangs on demand.
-
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::StoreFuture;
 use cached_instances::{CachedInstance, LoadError, Loader, Store, StoreError};
 use tokio::sync::oneshot;
+
+use crate::store::{Hook, Op, Wrapped};
 
 /// A held store call: wait until it is reached, then let it go on.
 pub struct HeldCall {
@@ -29,60 +28,67 @@ struct Hold {
     release: oneshot::Receiver<()>,
 }
 
+/// The switches of a [`Faulty`] store. Clones share them.
+#[derive(Clone, Default)]
+pub struct Faults(Arc<FaultState>);
+
 #[derive(Default)]
 struct FaultState {
     fail_writes: AtomicBool,
     lose_replies: AtomicBool,
+    fail_index_lease: AtomicBool,
+    fail_index_apply: AtomicBool,
     failed_writes: AtomicUsize,
     hold_swap: Mutex<Option<Hold>>,
 }
 
 /// A store whose writes (`set_if_absent_or`, `compare_and_set`,
 /// `swap_many`, `delete_many`) fail with [`StoreError::Unavailable`] while
-/// [`fail_writes`](Self::fail_writes) is on; reads keep working, as when a
-/// server refuses writes (out of memory, a read-only replica after a
-/// failover) or a network path drops them. A failed write never reaches
-/// the inner store.
-#[derive(Clone)]
-pub struct Faulty<S> {
-    inner: S,
-    state: Arc<FaultState>,
+/// [`fail_writes`](Faults::fail_writes) is on; reads keep working, as when
+/// a server refuses writes (out of memory, a read-only replica after a
+/// failover) or a network path drops them. Its query-index updates fail on
+/// their own switches. A failed call never reaches the inner store.
+pub type Faulty<S> = Wrapped<S, Faults>;
+
+impl<S: Store> Wrapped<S, Faults> {
+    pub fn new(inner: S) -> Self {
+        Wrapped::with_hook(inner, Faults::default())
+    }
 }
 
-impl<S: Store> Faulty<S> {
-    pub fn new(inner: S) -> Self {
-        Faulty {
-            inner,
-            state: Arc::default(),
-        }
-    }
-
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-
+impl Faults {
     /// Turns write failures on or off.
     pub fn fail_writes(&self, fail: bool) {
-        self.state.fail_writes.store(fail, Ordering::SeqCst);
+        self.0.fail_writes.store(fail, Ordering::SeqCst);
     }
 
     /// Turns lost replies on or off: each write reaches the inner store and
     /// is applied, then fails as if its reply had timed out (a server that
     /// ran a command late, after the client gave up on it).
     pub fn lose_write_replies(&self, lose: bool) {
-        self.state.lose_replies.store(lose, Ordering::SeqCst);
+        self.0.lose_replies.store(lose, Ordering::SeqCst);
     }
 
-    /// How many writes were failed so far.
+    /// Turns failures of `index_lease` on or off.
+    pub fn fail_index_lease(&self, on: bool) {
+        self.0.fail_index_lease.store(on, Ordering::SeqCst);
+    }
+
+    /// Turns failures of `index_apply` on or off.
+    pub fn fail_index_apply(&self, on: bool) {
+        self.0.fail_index_apply.store(on, Ordering::SeqCst);
+    }
+
+    /// How many writes were failed so far (index updates not included).
     pub fn failed_writes(&self) -> usize {
-        self.state.failed_writes.load(Ordering::SeqCst)
+        self.0.failed_writes.load(Ordering::SeqCst)
     }
 
     /// Holds the next `swap_many` before it reaches the inner store.
     pub fn hold_next_swap(&self) -> HeldCall {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel();
-        *self.state.hold_swap.lock().unwrap() = Some(Hold {
+        *self.0.hold_swap.lock().unwrap() = Some(Hold {
             reached: reached_tx,
             release: release_rx,
         });
@@ -92,88 +98,53 @@ impl<S: Store> Faulty<S> {
         }
     }
 
-    fn write_fault(&self) -> Option<StoreError> {
-        if self.state.fail_writes.load(Ordering::SeqCst) {
-            self.state.failed_writes.fetch_add(1, Ordering::SeqCst);
-            Some(StoreError::Unavailable("injected write failure".into()))
-        } else {
-            None
+    fn fault(&self, op: Op) -> Option<StoreError> {
+        let state = &*self.0;
+        let on = |switch: &AtomicBool| switch.load(Ordering::SeqCst);
+        if op.is_write() && on(&state.fail_writes) {
+            state.failed_writes.fetch_add(1, Ordering::SeqCst);
+            return Some(StoreError::Unavailable("injected write failure".into()));
         }
+        let index_fault = match op {
+            Op::IndexLease => on(&state.fail_index_lease),
+            Op::IndexApply => on(&state.fail_index_apply),
+            _ => false,
+        };
+        index_fault.then(|| StoreError::Unavailable("injected index failure".into()))
     }
 }
 
-/// Runs a write on the inner store; with lost replies on, reports a
-/// timeout after it was applied.
-fn applied_then<'a, T: Send + 'a>(
-    state: &'a FaultState,
-    write: StoreFuture<'a, T>,
-) -> StoreFuture<'a, T> {
-    if !state.lose_replies.load(Ordering::SeqCst) {
-        return write;
-    }
-    Box::pin(async move {
-        write.await?;
-        state.failed_writes.fetch_add(1, Ordering::SeqCst);
-        Err(StoreError::Unavailable("injected lost reply".into()))
-    })
-}
-
-impl<S: Store> Store for Faulty<S> {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.inner.get(key)
-    }
-
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.get_many(keys)
-    }
-
-    fn set_if_absent_or<'a>(
+impl Hook for Faults {
+    fn around<'a, T: Send + 'a>(
         &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        match self.write_fault() {
-            Some(e) => Box::pin(std::future::ready(Err(e))),
-            None => applied_then(
-                &self.state,
-                self.inner.set_if_absent_or(keys, value, replaceable, ttl),
-            ),
-        }
-    }
-
-    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
-        match self.write_fault() {
-            Some(e) => Box::pin(std::future::ready(Err(e))),
-            None => applied_then(&self.state, self.inner.compare_and_set(ops)),
-        }
-    }
-
-    fn swap_many<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        if let Some(e) = self.write_fault() {
+        op: Op,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if let Some(e) = self.fault(op) {
             return Box::pin(std::future::ready(Err(e)));
         }
-        let hold = self.state.hold_swap.lock().unwrap().take();
+        let hold = if op == Op::SwapMany {
+            self.0.hold_swap.lock().unwrap().take()
+        } else {
+            None
+        };
+        let lose_reply = move || op.is_write() && self.0.lose_replies.load(Ordering::SeqCst);
+        if hold.is_none() && !lose_reply() {
+            return call();
+        }
         Box::pin(async move {
             if let Some(hold) = hold {
                 let _ = hold.reached.send(());
                 let _ = hold.release.await;
             }
-            applied_then(&self.state, self.inner.swap_many(keys, value, ttl)).await
+            if !lose_reply() {
+                return call().await;
+            }
+            // Applied, then reported as timed out.
+            call().await?;
+            self.0.failed_writes.fetch_add(1, Ordering::SeqCst);
+            Err(StoreError::Unavailable("injected lost reply".into()))
         })
-    }
-
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
-        match self.write_fault() {
-            Some(e) => Box::pin(std::future::ready(Err(e))),
-            None => applied_then(&self.state, self.inner.delete_many(keys)),
-        }
     }
 }
 

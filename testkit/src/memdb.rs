@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::{Choice, Question, User};
 use cached_instances::{CachedInstance, LoadError, Loader};
 use chrono::{DateTime, TimeZone, Utc};
+use polls::{Choice, Question, User};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Default, Clone)]

@@ -1,18 +1,14 @@
-//! For the query outage and stats tests: a small indexed model, an
-//! in-memory database whose loader counts its calls and fails on demand,
-//! and a store wrapper whose query-index operations fail on demand.
-
-#![allow(dead_code)]
+//! For the query outage and stats tests: a small indexed model and an
+//! in-memory database whose loader counts its calls and fails on demand
+//! (the store whose index updates fail is [`Faulty`](crate::faults::Faulty)).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use cached_instances::query::{Query, QueryPage};
-use cached_instances::store::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, StoreFuture};
-use cached_instances::{CachedInstance, LoadError, Loader, Store, StoreError};
+use cached_instances::{CachedInstance, LoadError, Loader, Store};
 
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
 pub struct Member {
@@ -139,116 +135,5 @@ impl Loader<Member> for Db {
             .take(query.limit_value().map_or(usize::MAX, |l| l as usize))
             .collect();
         Ok(Some(QueryPage::new(pks, count)))
-    }
-}
-
-#[derive(Default)]
-struct IndexFaultState {
-    fail_lease: AtomicBool,
-    fail_apply: AtomicBool,
-}
-
-/// A store whose `index_lease` or `index_apply` fail with
-/// [`StoreError::Unavailable`] while switched on (before reaching the inner
-/// store); everything else goes through. Clones share the switches.
-#[derive(Clone)]
-pub struct IndexFaults<S> {
-    inner: S,
-    state: Arc<IndexFaultState>,
-}
-
-impl<S: Store> IndexFaults<S> {
-    pub fn new(inner: S) -> Self {
-        IndexFaults {
-            inner,
-            state: Arc::default(),
-        }
-    }
-
-    pub fn fail_lease(&self, on: bool) {
-        self.state.fail_lease.store(on, Ordering::SeqCst);
-    }
-
-    pub fn fail_apply(&self, on: bool) {
-        self.state.fail_apply.store(on, Ordering::SeqCst);
-    }
-}
-
-fn injected<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
-    Box::pin(std::future::ready(Err(StoreError::Unavailable(
-        "injected index failure".into(),
-    ))))
-}
-
-impl<S: Store> Store for IndexFaults<S> {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.inner.get(key)
-    }
-
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.get_many(keys)
-    }
-
-    fn set_if_absent_or<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.set_if_absent_or(keys, value, replaceable, ttl)
-    }
-
-    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
-        self.inner.compare_and_set(ops)
-    }
-
-    fn swap_many<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.swap_many(keys, value, ttl)
-    }
-
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
-        self.inner.delete_many(keys)
-    }
-
-    fn supports_indexes(&self) -> bool {
-        self.inner.supports_indexes()
-    }
-
-    fn index_lease<'a>(
-        &'a self,
-        prefix: &'a str,
-        members: &'a [String],
-        token: &'a [u8],
-    ) -> StoreFuture<'a, ()> {
-        if self.state.fail_lease.load(Ordering::SeqCst) {
-            return injected();
-        }
-        self.inner.index_lease(prefix, members, token)
-    }
-
-    fn index_apply<'a>(
-        &'a self,
-        prefix: &'a str,
-        token: &'a [u8],
-        updates: &'a [IndexUpdate],
-    ) -> StoreFuture<'a, Vec<bool>> {
-        if self.state.fail_apply.load(Ordering::SeqCst) {
-            return injected();
-        }
-        self.inner.index_apply(prefix, token, updates)
-    }
-
-    fn index_query<'a>(
-        &'a self,
-        prefix: &'a str,
-        query: &'a IndexQuery,
-    ) -> StoreFuture<'a, Option<IndexPage>> {
-        self.inner.index_query(prefix, query)
     }
 }

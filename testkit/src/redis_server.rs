@@ -95,12 +95,18 @@ fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
             // Make sure it is our process answering, not a stranger that
             // took the port.
             let info: redis::RedisResult<String> = redis::cmd("INFO").arg("server").query(&mut con);
-            if let Ok(info) = info {
-                let pid = info_field(&info, "process_id");
-                if pid == Some(child.id().to_string()) {
-                    return Ok(());
+            match info {
+                Ok(info) => {
+                    let pid = info_field(&info, "process_id");
+                    if pid == Some(child.id().to_string()) {
+                        return Ok(());
+                    }
+                    return Err(format!("port {port} is served by another process"));
                 }
-                return Err(format!("port {port} is served by another process"));
+                // A server started with `--requirepass` (ours, as it still
+                // runs; the port was free a moment ago).
+                Err(e) if e.code() == Some("NOAUTH") => return Ok(()),
+                Err(_) => {}
             }
         }
         if Instant::now() >= deadline {
@@ -318,6 +324,23 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         let dir = TempDir::new("ci-redis");
         let (child, port) = start_on_free_port(dir.path(), |_| Vec::new());
+        RedisServer {
+            child: Some(child),
+            port,
+            dir,
+        }
+    }
+
+    /// Starts a server with `args` after the common ones (`--requirepass
+    /// secret`, `--databases 2`, ...).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        let dir = TempDir::new("ci-redis");
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, port) = start_on_free_port(dir.path(), |_| args.clone());
         RedisServer {
             child: Some(child),
             port,

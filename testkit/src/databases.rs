@@ -3,7 +3,6 @@
 //! schema of the PostgreSQL server at `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) reached through a proxy that
 //! counts the statements clients run.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
@@ -201,9 +200,13 @@ async fn start_proxy(upstream: (String, u16), statements: Arc<Statements>) -> u1
     port
 }
 
+/// The PostgreSQL server of the tests, benchmarks and examples when
+/// `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// `DATABASE_URL`, or [`DEFAULT_DATABASE_URL`].
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
 /// Runs `test` with a pool on a fresh schema of the PostgreSQL database at
@@ -235,7 +238,7 @@ where
         Utc::now().timestamp_micros(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await
         .unwrap();
@@ -257,7 +260,7 @@ where
 
     let outcome = tokio::spawn(test(pool.clone(), statements)).await;
     pool.close().await;
-    sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&admin)
         .await
         .unwrap();

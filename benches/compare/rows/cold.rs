@@ -1,0 +1,140 @@
+//! The `cold` rows (`--only cold`).
+
+use std::time::Instant;
+
+use cached_instances::{Cache, Loader, MemoryStore, Store};
+use polls::{Choice, Question, User};
+
+use crate::setup::Env;
+use crate::stats::{fmt_lat, lat};
+use crate::table::{Row, ratio_row};
+
+/// 100 cold misses: `get_many` of 100 absent keys vs the loader alone.
+pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
+    let cfg = &env.cfg;
+    // Questions outside the hot set, 100 at a time.
+    let windows: Vec<Vec<i64>> = (cfg.hot + 1..=cfg.questions)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .filter(|c| c.len() == 100)
+        .map(<[i64]>::to_vec)
+        .collect();
+    assert!(!windows.is_empty(), "the data set has no cold window");
+    let memory = MemoryStore::new();
+    let memory_cache = Cache::builder()
+        .store(memory.clone())
+        .loader::<User>(env.db.clone())
+        .loader::<Question>(env.db.clone())
+        .loader::<Choice>(env.db.clone())
+        .build()
+        .expect("cache");
+    for (name, cache, store) in [
+        ("RedisStore", &env.cache, &env.store as &dyn Store),
+        ("MemoryStore", &memory_cache, &memory as &dyn Store),
+    ] {
+        let mut ours = Vec::new();
+        let mut base = Vec::new();
+        let mut extra_calls = 0;
+        let iterations = cfg.iterations;
+        env.redis.reset_stats();
+        for it in 0..iterations + 4 {
+            let pks = &windows[it % windows.len()];
+            let keys = env.keys(pks);
+            store.delete_many(&keys).await.expect("clear");
+            let run_ours = async || {
+                let calls = cache.stats().loader_calls;
+                let started = Instant::now();
+                let found = cache.get_many::<Question>(pks).await.expect("read");
+                let elapsed = started.elapsed().as_nanos() as u64;
+                assert_eq!(found.len(), 100);
+                (elapsed, cache.stats().loader_calls - calls)
+            };
+            let run_base = async || {
+                let started = Instant::now();
+                let found = Loader::<Question>::load(&env.db, pks).await.expect("load");
+                assert_eq!(found.len(), 100);
+                started.elapsed().as_nanos() as u64
+            };
+            let ((o, calls), b) = if it % 2 == 0 {
+                let o = run_ours().await;
+                (o, run_base().await)
+            } else {
+                let b = run_base().await;
+                (run_ours().await, b)
+            };
+            // The first iterations warm up.
+            if it >= 4 {
+                ours.push(o);
+                base.push(b);
+                if calls != 1 {
+                    extra_calls += 1;
+                }
+            }
+            store.delete_many(&keys).await.expect("clear");
+        }
+        if name == "RedisStore" {
+            redis_server_time(env, iterations + 4);
+        }
+        let (o, b) = (lat(ours), lat(base));
+        let key = if name == "RedisStore" {
+            "cold_redis"
+        } else {
+            "cold_memory"
+        };
+        let mut row = ratio_row(
+            key,
+            format!(
+                "100 cold misses, {name} (`get_many`): loader calls per read = {}",
+                if extra_calls == 0 {
+                    "1 in every read".to_owned()
+                } else {
+                    format!("≠ 1 in {extra_calls} of {iterations} reads")
+                }
+            ),
+            fmt_lat(o),
+            format!("the loader alone: {}", fmt_lat(b)),
+            ("ours/base p50", o.p50 / b.p50),
+            ("<=", 1.3),
+        );
+        row.met = row.met.map(|m| m && extra_calls == 0);
+        rows.push(row);
+    }
+}
+
+/// Where a cold read's time goes in Redis: the server's own time per
+/// command (`INFO commandstats`), per read of 100.
+pub(crate) fn redis_server_time(env: &Env, reads: usize) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut env.redis.connection())
+        .expect("INFO");
+    let mut parts = Vec::new();
+    for line in info.lines() {
+        let Some((name, fields)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        if cached_instances_testkit::redis_server::is_bookkeeping(name) {
+            continue;
+        }
+        let field = |f: &str| {
+            fields
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(f))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (calls, usec) = (field("calls="), field("usec="));
+        parts.push(format!(
+            "{name}: {:.1} calls, {:.0} us",
+            calls / reads as f64,
+            usec / reads as f64
+        ));
+    }
+    println!(
+        "cold, RedisStore: Redis server time per read of 100 (a script's GET/SET counted in get/set too; clears included): {}",
+        parts.join("; ")
+    );
+}

@@ -1,0 +1,72 @@
+//! The `http` rows (`--only http`).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use polls::routes::{self, App};
+
+use crate::baseline::{base_router, serve};
+use crate::http::{http_compare, http_connect, http_get};
+use crate::setup::Env;
+use crate::table::{Row, ratio_row};
+
+pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
+    let cfg = &env.cfg;
+    let app = App {
+        db: env.db.clone(),
+        cache: env.cache.clone(),
+    };
+    let ours = serve(routes::router(app)).await;
+    let base = serve(base_router(env.pool.clone())).await;
+
+    // Same bodies on both sides.
+    let mut o = http_connect(ours).await;
+    let mut b = http_connect(base).await;
+    for path in ["/questions/5", "/questions"] {
+        let (so, bo) = http_get(&mut o, path).await;
+        let (sb, bb) = http_get(&mut b, path).await;
+        assert_eq!((so, sb), (StatusCode::OK, StatusCode::OK), "{path}");
+        assert_eq!(
+            bo,
+            bb,
+            "{path}: the baseline serves different JSON:\n{}\n{}",
+            String::from_utf8_lossy(&bo),
+            String::from_utf8_lossy(&bb)
+        );
+    }
+    drop((o, b));
+
+    let details: Arc<Vec<String>> = Arc::new(
+        env.hot()
+            .iter()
+            .map(|pk| format!("/questions/{pk}"))
+            .collect(),
+    );
+    let before = env.db.queries();
+    let [od, bd] = http_compare([(ours, details.clone()), (base, details)], cfg).await;
+    let detail_queries = env.db.queries() - before;
+    let lists = Arc::new(vec!["/questions".to_owned()]);
+    let [ol, bl] = http_compare([(ours, lists.clone()), (base, lists)], cfg).await;
+    rows.push(ratio_row(
+        "http_detail",
+        format!(
+            "HTTP `GET /questions/{{pk}}`, polls API (PostgreSQL + Redis) vs the same JSON from PostgreSQL, {} connections (ours: {detail_queries} DB queries)",
+            cfg.conns
+        ),
+        od.show(),
+        bd.show(),
+        ("ours/base req/s", od.median() / bd.median()),
+        (">=", 3.0),
+    ));
+    rows.push(ratio_row(
+        "http_list",
+        format!(
+            "HTTP `GET /questions` (a page of 20 + count), {} connections",
+            cfg.conns
+        ),
+        ol.show(),
+        bl.show(),
+        ("ours/base req/s", ol.median() / bl.median()),
+        (">=", 3.0),
+    ));
+}

@@ -1,0 +1,42 @@
+//! The `list` rows (`--only list`).
+
+use std::sync::Arc;
+
+use crate::ops::{CachedList, Op, PgList};
+use crate::runners::{latencies, throughputs};
+use crate::setup::Env;
+use crate::stats::fmt_lat;
+use crate::table::{Row, ratio_row};
+
+pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
+    let cfg = &env.cfg;
+    let offsets: Vec<i64> = (0..cfg.hot / 100).map(|i| i * 100).collect();
+    let ours = Arc::new(CachedList {
+        cache: env.cache.clone(),
+        pool: env.pool.clone(),
+        offsets: offsets.clone(),
+    });
+    let base = Arc::new(PgList {
+        pool: env.pool.clone(),
+        offsets,
+    });
+    let lats = latencies(&[&*ours, &*base], cfg.rounds, (cfg.block / 5).max(20)).await;
+    let ops: [Arc<dyn Op>; 2] = [ours, base];
+    let rates = throughputs(&ops, cfg).await;
+    rows.push(ratio_row(
+        "list_p50",
+        "List of 100: 1 pk query + 1 multi-get (Redis) vs the 100 with related pks from PostgreSQL: latency",
+        fmt_lat(lats[0]),
+        fmt_lat(lats[1]),
+        ("base/ours p50", lats[1].p50 / lats[0].p50),
+        (">=", 3.0),
+    ));
+    rows.push(ratio_row(
+        "list_tput",
+        format!("… throughput, {} tasks", cfg.tasks),
+        rates[0].show(),
+        rates[1].show(),
+        ("ours/base", rates[0].median() / rates[1].median()),
+        (">=", 3.0),
+    ));
+}

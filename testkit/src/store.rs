@@ -1,0 +1,218 @@
+//! One forwarding store wrapper, [`Wrapped`], that every instrumented or
+//! fault-injecting store of the tests and benchmarks reuses: it forwards
+//! every primitive, the query-index ones included, to the inner store
+//! through a [`Hook`], so a wrapper never turns a capability of the store it
+//! wraps off by forgetting to forward it.
+//!
+//! [`Counting`] (store calls counted) is defined here;
+//! [`Faulty`](crate::faults::Faulty) (writes and index updates failed or
+//! held on demand) in [`faults`](crate::faults).
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cached_instances::Store;
+use cached_instances::store::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, StoreFuture};
+
+/// A store primitive, as a [`Hook`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Op {
+    Get,
+    GetMany,
+    SetIfAbsentOr,
+    CompareAndSet,
+    SwapMany,
+    DeleteMany,
+    IndexLease,
+    IndexApply,
+    IndexQuery,
+}
+
+impl Op {
+    /// Whether the primitive writes entries (index updates are not
+    /// included: see [`is_index_write`](Self::is_index_write)).
+    #[must_use]
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Op::SetIfAbsentOr | Op::CompareAndSet | Op::SwapMany | Op::DeleteMany
+        )
+    }
+
+    /// Whether the primitive updates a query index.
+    #[must_use]
+    pub fn is_index_write(self) -> bool {
+        matches!(self, Op::IndexLease | Op::IndexApply)
+    }
+}
+
+/// What a [`Wrapped`] store does around each call it forwards.
+pub trait Hook: Send + Sync + 'static {
+    /// Runs one call of `op`: `call` makes the inner store's call, and
+    /// nothing reaches the inner store until it is called (a hook may fail
+    /// the call without calling it, hold it, or run it and then fail).
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T>;
+}
+
+/// A store that forwards every primitive to `inner` through the hook `H`.
+/// Clones share the hook's state when `H` does (hooks keep it in an `Arc`).
+/// Dereferences to the hook, so its switches and counters are methods of
+/// the store.
+#[derive(Debug, Clone)]
+pub struct Wrapped<S, H> {
+    inner: S,
+    hook: H,
+}
+
+impl<S: Store, H: Hook> Wrapped<S, H> {
+    /// `inner`, with `hook` around each call.
+    pub fn with_hook(inner: S, hook: H) -> Self {
+        Wrapped { inner, hook }
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, H> Deref for Wrapped<S, H> {
+    type Target = H;
+
+    fn deref(&self) -> &H {
+        &self.hook
+    }
+}
+
+impl<S: Store, H: Hook> Store for Wrapped<S, H> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.hook.around(Op::Get, move || self.inner.get(key))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.hook
+            .around(Op::GetMany, move || self.inner.get_many(keys))
+    }
+
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.hook.around(Op::SetIfAbsentOr, move || {
+            self.inner.set_if_absent_or(keys, value, replaceable, ttl)
+        })
+    }
+
+    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
+        self.hook
+            .around(Op::CompareAndSet, move || self.inner.compare_and_set(ops))
+    }
+
+    fn swap_many<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.hook
+            .around(Op::SwapMany, move || self.inner.swap_many(keys, value, ttl))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
+        self.hook
+            .around(Op::DeleteMany, move || self.inner.delete_many(keys))
+    }
+
+    fn supports_indexes(&self) -> bool {
+        self.inner.supports_indexes()
+    }
+
+    fn index_lease<'a>(
+        &'a self,
+        prefix: &'a str,
+        members: &'a [String],
+        token: &'a [u8],
+    ) -> StoreFuture<'a, ()> {
+        self.hook.around(Op::IndexLease, move || {
+            self.inner.index_lease(prefix, members, token)
+        })
+    }
+
+    fn index_apply<'a>(
+        &'a self,
+        prefix: &'a str,
+        token: &'a [u8],
+        updates: &'a [IndexUpdate],
+    ) -> StoreFuture<'a, Vec<bool>> {
+        self.hook.around(Op::IndexApply, move || {
+            self.inner.index_apply(prefix, token, updates)
+        })
+    }
+
+    fn index_query<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+    ) -> StoreFuture<'a, Option<IndexPage>> {
+        self.hook.around(Op::IndexQuery, move || {
+            self.inner.index_query(prefix, query)
+        })
+    }
+}
+
+/// A [`Hook`] that counts the calls: on a single Redis server each is one
+/// round trip (on a cluster, one per hash slot involved).
+#[derive(Debug, Clone, Default)]
+pub struct Calls(Arc<AtomicU64>);
+
+impl Calls {
+    /// Store calls so far.
+    #[must_use]
+    pub fn calls(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Hook for Calls {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        _op: Op,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        call()
+    }
+}
+
+/// Any store, with its calls counted ([`Calls::calls`]).
+pub type Counting<S> = Wrapped<S, Calls>;
+
+impl<S: Store> Wrapped<S, Calls> {
+    pub fn new(inner: S) -> Self {
+        Wrapped::with_hook(inner, Calls::default())
+    }
+}
+
+/// A future that runs `before`, then the call (for hooks that yield or
+/// wait first).
+pub fn after<'a, T: Send + 'a>(
+    before: impl Future<Output = ()> + Send + 'a,
+    call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+) -> StoreFuture<'a, T> {
+    Box::pin(async move {
+        before.await;
+        call().await
+    })
+}
