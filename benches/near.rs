@@ -245,7 +245,10 @@ async fn run(quick: bool) -> Run {
     let stats = near_store.near_cache_stats().expect("near");
     assert!(stats.tracking && stats.entries > 0, "{stats:?}");
     Run {
-        sides: lats.into_iter().zip(rates.into_iter().map(median)).collect(),
+        sides: lats
+            .into_iter()
+            .zip(rates.into_iter().map(median))
+            .collect(),
     }
 }
 
