@@ -12,6 +12,7 @@ use syn::spanned::Spanned;
 
 use crate::ast::{Container, Field, Relation, Storage};
 
+pub(crate) mod feed;
 pub(crate) mod sqlx;
 
 pub(crate) fn private() -> TokenStream {
@@ -185,6 +186,7 @@ fn schema(cont: &Container) -> TokenStream {
     } else {
         quote!(.with_indexes(&[#(#indexes),*]))
     };
+    let with_capture = feed::with_capture(cont);
     quote! {
         const SCHEMA: #p::Schema = #p::Schema::new(
             <Self as #p::CachedInstance>::MODEL,
@@ -193,7 +195,7 @@ fn schema(cont: &Container) -> TokenStream {
             #ttl,
             &[#(#relations),*],
             &[#(#keys),*],
-        )#with_indexes;
+        )#with_indexes #with_capture;
     }
 }
 

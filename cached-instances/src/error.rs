@@ -7,7 +7,9 @@
 //! [`source`](std::error::Error::source), never both, so that a report that
 //! walks the chain prints each cause once. These errors return it:
 //! [`Error::Load`] displays as `loading Author failed` and its `source()`
-//! is the loader's [`LoadError`], whose message is the database's.
+//! is the loader's [`LoadError`], whose message is the database's;
+//! [`StoreError::Unavailable`] displays as `store unavailable` and its
+//! `source()` is the client's error.
 //!
 //! To see the whole chain, print it with a reporter: `anyhow`'s `{:#}`
 //! (`loading Author failed: error returned from database: relation
@@ -26,8 +28,10 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Errors returned by [`Cache`](crate::Cache) operations.
 ///
-/// Store failures are not among them: when the store is unreachable, reads
-/// fall back to the loaders and writes are retried (see the crate docs).
+/// Store failures are not among them for reads and writes: when the store
+/// is unreachable, reads fall back to the loaders and writes are retried
+/// (see the crate docs). Only [`Cache::warm`](crate::Cache::warm), which
+/// builds an index in the store, fails with [`Error::Store`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -64,6 +68,18 @@ pub enum Error {
     /// `Serialize` impl failed, or a non-finite float).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The cache store failed during an operation that cannot do without it
+    /// ([`Cache::warm`](crate::Cache::warm)).
+    #[error("the cache store failed ({op}) for {model}")]
+    Store {
+        /// The model involved.
+        model: &'static str,
+        /// The store operation.
+        op: crate::StoreOp,
+        /// The store's error.
+        #[source]
+        source: std::sync::Arc<StoreError>,
+    },
     /// A query could not be run: a field not declared for it, a value of
     /// the wrong type, or a model neither warmed nor queryable through its
     /// loader (see [`query`](crate::query)).
@@ -226,7 +242,7 @@ impl EncodeError {
 #[non_exhaustive]
 pub enum StoreError {
     /// The store could not be reached or did not answer in time.
-    #[error("store unavailable: {0}")]
+    #[error("store unavailable")]
     Unavailable(#[source] BoxError),
     /// The store answered something the cache did not expect.
     #[error("unexpected store reply: {0}")]

@@ -126,6 +126,10 @@ pub struct Schema {
     /// The fields declared `index`, `sortable` or `search`, in field order
     /// (see [`query`](crate::query)).
     pub indexes: &'static [IndexField],
+    /// What the change feed captures of the model's table
+    /// (`#[cached(table = "...")]`); `None` for a model without a table.
+    /// See [`feed`](crate::feed).
+    pub capture: Option<&'static crate::feed::Capture>,
 }
 
 impl Schema {
@@ -148,6 +152,7 @@ impl Schema {
             relations,
             invalidates_keys,
             indexes: &[],
+            capture: None,
         }
     }
 
@@ -156,6 +161,14 @@ impl Schema {
     #[must_use]
     pub const fn with_indexes(mut self, indexes: &'static [IndexField]) -> Self {
         self.indexes = indexes;
+        self
+    }
+
+    /// The schema with its table's capture. Used by generated code.
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn with_capture(mut self, capture: &'static crate::feed::Capture) -> Self {
+        self.capture = Some(capture);
         self
     }
 

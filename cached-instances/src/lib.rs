@@ -53,6 +53,7 @@ mod cache;
 mod codec;
 mod derive_support;
 mod error;
+pub mod feed;
 mod instance;
 mod key;
 mod loader;
@@ -88,6 +89,7 @@ pub use cached_instances_derive::CachedInstance;
 pub mod __private {
     pub use crate::codec::{Decode, Decoded, Encode, FieldCodec};
     pub use crate::error::{DecodeError, EncodeError};
+    pub use crate::feed::{Capture, CapturedJoin, CapturedReference};
     pub use crate::instance::{
         CachedInstance, IndexField, LinkValues, ManyToManyVia, PkField, PkList, ReferencesVia,
         Relation, RelationKind, Schema, Target, assert_codec,
@@ -112,6 +114,8 @@ pub mod __private {
     // dispatch helpers exist whatever the features; what names sqlx sits
     // behind the `__cached_if_*` macros below.
     pub use crate::query::Condition;
+    #[cfg(feature = "sqlx-mysql")]
+    pub use crate::sqlx::mysql as sqlx_mysql;
     #[cfg(feature = "sqlx-postgres")]
     pub use crate::sqlx::postgres as sqlx_postgres;
     #[cfg(feature = "sqlx")]
@@ -121,7 +125,10 @@ pub mod __private {
     #[cfg(feature = "sqlx")]
     pub use crate::sqlx::{BoxFuture, FetchedKeys, SqlxConnection, SqlxModel, schema_error};
     pub use crate::table::*;
-    pub use crate::{__cached_if_sqlx, __cached_if_sqlx_postgres, __cached_if_sqlx_sqlite};
+    pub use crate::{
+        __cached_if_sqlx, __cached_if_sqlx_mysql, __cached_if_sqlx_postgres,
+        __cached_if_sqlx_sqlite,
+    };
     #[cfg(feature = "sqlx")]
     pub use ::sqlx;
     pub use std::clone::Clone;
@@ -212,6 +219,24 @@ macro_rules! __cached_if_sqlx_postgres {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cached_if_sqlx_postgres {
+    ($($t:tt)*) => {};
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(feature = "sqlx-mysql")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(not(feature = "sqlx-mysql"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
     ($($t:tt)*) => {};
 }
 

@@ -34,6 +34,11 @@ impl Paths {
                 quote!(#p::sqlx_postgres),
                 quote!(#p::sqlx::Postgres),
             ),
+            Database::Mysql => (
+                quote!(#p::__cached_if_sqlx_mysql),
+                quote!(#p::sqlx_mysql),
+                quote!(#p::sqlx::MySql),
+            ),
         };
         Paths { gate, module, db }
     }

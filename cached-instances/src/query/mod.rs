@@ -130,13 +130,12 @@ use crate::instance::{CachedInstance, IndexField};
 
 mod support;
 mod values;
-mod warm;
 
 #[doc(hidden)]
 pub use support::*;
 pub use values::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
-pub(crate) use warm::ProgressFn;
-pub use warm::{Warm, WarmProgress, WarmReport};
+// Built next to `Cache::warm`; named here with the rest of the query API.
+pub use crate::cache::{Warm, WarmProgress, WarmReport};
 
 /// Why a query could not be run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

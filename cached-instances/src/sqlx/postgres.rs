@@ -144,16 +144,3 @@ super::loader_rows! {
 pub fn get<T: PgColumn>(row: &PgRow, index: usize, column: &str) -> Result<T, ::sqlx::Error> {
     T::__cached_get(row, index).map_err(|error| super::name_column(error, column))
 }
-
-/// A `#[cached(serde)]` field: the column's JSON (`NULL` as `null`) through
-/// `from_json`.
-pub fn get_json<T>(
-    row: &PgRow,
-    index: usize,
-    column: &str,
-    from_json: crate::table::FromJson<T>,
-) -> Result<T, ::sqlx::Error> {
-    let value: Option<serde_json::Value> = get(row, index, column)?;
-    from_json(value.unwrap_or(serde_json::Value::Null))
-        .map_err(|error| super::json_error(error, column))
-}

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use super::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, Store, StoreFuture};
+use super::{CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture};
 use crate::error::{ConnectError, StoreError};
 
 mod index;
@@ -1030,10 +1030,12 @@ impl Store for RedisStore {
         })
     }
 
-    fn supports_indexes(&self) -> bool {
-        true
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        Some(self)
     }
+}
 
+impl IndexStore for RedisStore {
     fn index_lease<'a>(
         &'a self,
         prefix: &'a str,
