@@ -85,7 +85,7 @@ pub use pk::PrimaryKey;
 pub use store::{MemoryStore, Store};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::{RedisStore, RedisStoreBuilder};
+pub use store::{NearCache, NearCacheStats, RedisStore, RedisStoreBuilder};
 
 /// Derives [`CachedInstance`]; see the crate docs for the attributes.
 #[cfg(feature = "derive")]
