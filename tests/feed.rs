@@ -799,7 +799,8 @@ impl Store for Hangs {
     }
     fn delete_many<'a>(&'a self, _keys: &'a [String]) -> StoreFuture<'a, ()> {
         Box::pin(std::future::pending())
-    }    fn indexes(&self) -> Option<&dyn IndexStore> {
+    }
+    fn indexes(&self) -> Option<&dyn IndexStore> {
         self.0.indexes()
     }
 }
