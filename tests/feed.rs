@@ -752,3 +752,225 @@ async fn a_fill_leased_before_the_commit_is_rejected_after_the_feeds_invalidatio
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Nothing is lost: a worker killed mid-batch, a store down during the writes
+
+/// Tells the child process which schema to work on.
+const CHILD_SCHEMA: &str = "CACHED_INSTANCES_FEED_CHILD_SCHEMA";
+/// What the child prints once it holds a claimed batch.
+const CLAIMED: &str = "feed-child: claimed a batch";
+
+/// A store whose invalidations never answer: the child's cache, which is
+/// killed while it waits.
+#[derive(Clone)]
+struct Hangs(MemoryStore);
+
+impl Store for Hangs {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+        self.0.get(key)
+    }
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.0.get_many(keys)
+    }
+    fn set_if_absent_or<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        replaceable: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        self.0.set_if_absent_or(keys, value, replaceable, ttl)
+    }
+    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
+        self.0.compare_and_set(ops)
+    }
+    fn swap_many<'a>(
+        &'a self,
+        _keys: &'a [String],
+        _value: &'a [u8],
+        _ttl: Duration,
+    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{CLAIMED}");
+        let _ = out.flush();
+        Box::pin(std::future::pending())
+    }
+    fn delete_many<'a>(&'a self, _keys: &'a [String]) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.0.indexes()
+    }
+}
+
+/// The child process of `a_worker_killed_between_commit_and_delivery_loses_nothing`:
+/// claims the outbox and hangs in the delivery until it is killed. Does
+/// nothing when run as a test of its own.
+#[tokio::test]
+async fn feed_child_process() {
+    let Ok(name) = std::env::var(CHILD_SCHEMA) else {
+        return;
+    };
+    let schema = PgSchema::open(name).await;
+    let db = Db::Pg(schema.pool(2).await);
+    let feed = Feed::new(db.cache(Hangs(MemoryStore::new())), db.feed_pool());
+    let _ = feed.drain().await;
+    unreachable!("the delivery hangs until the process is killed");
+}
+
+#[tokio::test]
+async fn a_worker_killed_between_commit_and_delivery_loses_nothing() {
+    with_pg(|schema| async move {
+        use std::io::BufRead;
+        let db = Db::Pg(schema.pool(3).await);
+        let cache = db.cache(MemoryStore::new());
+        let feed = Feed::new(cache.clone(), db.feed_pool());
+        feed.install().await.unwrap();
+        read_all(&cache).await;
+        db.run("UPDATE questions SET question_text = 'Renamed' WHERE id = 1")
+            .await;
+        db.run("UPDATE choices SET question_id = 2 WHERE id = 1")
+            .await;
+        db.run("INSERT INTO votes (user_id, choice_id) VALUES (1, 4)")
+            .await;
+
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "feed_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_SCHEMA, &schema.name)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let claimed = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|line| line.contains(CLAIMED))
+        })
+        .await
+        .unwrap();
+        assert!(claimed, "the child claimed a batch");
+        // The child holds every row: another worker finds none free.
+        let pool = schema.pool(1).await;
+        let free: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id FROM {OUTBOX_TABLE} FOR UPDATE SKIP LOCKED"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(free.is_empty(), "{free:?}");
+
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        // Its transaction rolled back with its connection: the rows are
+        // delivered by this process.
+        assert_eq!(feed.drain().await.unwrap(), 3);
+        assert_eq!(db.count(OUTBOX_TABLE).await, 0);
+        assert_eq!(read_all(&cache).await, db.rows().await);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_store_down_during_the_writes_gets_everything_once_it_is_back() {
+    with_pg(|schema| async move {
+        use cached_instances::RedisStore;
+        use cached_instances_testkit::redis_server::RedisServer;
+
+        async fn connect(server: &RedisServer) -> RedisStore {
+            RedisStore::builder(server.url())
+                .response_timeout(Duration::from_millis(200))
+                .connect_timeout(Duration::from_millis(200))
+                .retries(0)
+                .connect()
+                .await
+                .unwrap()
+        }
+
+        let mut server = RedisServer::start();
+        let db = Db::Pg(schema.pool(3).await);
+        let cache = db.cache(connect(&server).await);
+        let feed = Feed::new(cache.clone(), db.feed_pool());
+        feed.install().await.unwrap();
+        read_all(&cache).await;
+        let keys: Vec<String> = [
+            cache.key_of::<Question>(&1).unwrap(),
+            cache.key_of::<Question>(&2).unwrap(),
+            cache.key_of::<Choice>(&1).unwrap(),
+            cache.key_of::<User>(&1).unwrap(),
+            cache.key_of::<Choice>(&4).unwrap(),
+        ]
+        .into();
+        let stale: Vec<Vec<u8>> = {
+            let mut conn = server.connection();
+            keys.iter()
+                .map(|k| redis::cmd("GET").arg(k).query(&mut conn).unwrap())
+                .collect()
+        };
+
+        server.kill();
+        db.run("UPDATE questions SET question_text = 'Renamed' WHERE id = 1")
+            .await;
+        db.run("UPDATE choices SET question_id = 2 WHERE id = 1")
+            .await;
+        db.run("INSERT INTO votes (user_id, choice_id) VALUES (1, 4)")
+            .await;
+        assert!(feed.drain().await.is_err(), "the store is down");
+        assert_eq!(db.count(OUTBOX_TABLE).await, 3, "the rows stay");
+        assert!(feed.stats().undelivered_batches >= 1);
+        drop((feed, cache));
+
+        // Back, holding what it held before (as a server that kept its
+        // data would): another process delivers.
+        server.restart();
+        {
+            let mut conn = server.connection();
+            for (key, bytes) in keys.iter().zip(&stale) {
+                let () = redis::cmd("SET")
+                    .arg(key)
+                    .arg(bytes)
+                    .query(&mut conn)
+                    .unwrap();
+            }
+        }
+        let cache = db.cache(connect(&server).await);
+        assert_ne!(
+            read_all(&cache).await,
+            db.rows().await,
+            "stale before the feed"
+        );
+        let feed = Feed::new(cache.clone(), db.feed_pool());
+        assert_eq!(feed.drain().await.unwrap(), 3);
+        assert_eq!(db.count(OUTBOX_TABLE).await, 0);
+        assert_eq!(read_all(&cache).await, db.rows().await);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_writer_with_another_search_path_is_captured() {
+    with_pg(|schema| async move {
+        let db = Db::Pg(schema.pool(2).await);
+        let feed = Feed::new(db.cache(MemoryStore::new()), db.feed_pool());
+        feed.install().await.unwrap();
+        // The admin pool's search path does not name the schema.
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "UPDATE {}.questions SET question_text = 'x' WHERE id = 1",
+            schema.name
+        )))
+        .execute(&schema.admin)
+        .await
+        .unwrap();
+        assert_eq!(db.count(OUTBOX_TABLE).await, 1);
+    })
+    .await;
+}

@@ -85,7 +85,7 @@ pub use pk::PrimaryKey;
 pub use store::{MemoryStore, Store};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::{RedisStore, RedisStoreBuilder};
+pub use store::{NearCache, NearCacheStats, RedisStore, RedisStoreBuilder};
 
 /// Derives [`CachedInstance`]; see the crate docs for the attributes.
 #[cfg(feature = "derive")]
@@ -136,7 +136,9 @@ pub mod __private {
     #[cfg(feature = "sqlx-sqlite")]
     pub use crate::sqlx::sqlite as sqlx_sqlite;
     #[cfg(feature = "sqlx")]
-    pub use crate::sqlx::{BoxFuture, FetchedKeys, SqlxConnection, SqlxModel, schema_error};
+    pub use crate::sqlx::{
+        BoxFuture, FetchedKeys, SqlxColumn, SqlxConnection, SqlxModel, schema_error,
+    };
     pub use crate::{
         __cached_if_sqlx, __cached_if_sqlx_mysql, __cached_if_sqlx_postgres,
         __cached_if_sqlx_sqlite,

@@ -68,6 +68,8 @@ use bytes::Bytes;
 
 mod builder;
 // The change feed's entry (`crate::feed`).
+// Row changes to invalidations: the feed's worker is their only user.
+#[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 mod changes;
 mod degraded;
 // Query indexes: maintenance and warm (`index.rs`), running queries
@@ -84,6 +86,7 @@ mod warm;
 mod write;
 
 pub use builder::CacheBuilder;
+#[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 pub(crate) use changes::{Changes, RowChange, Unusable};
 pub use degraded::{Event, StoreOp};
 pub use stats::Stats;

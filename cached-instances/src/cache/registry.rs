@@ -43,6 +43,10 @@ impl Links {
 
     /// The links of a state known only by its relation values (the change
     /// feed's columns), without `invalidator` targets.
+    #[cfg_attr(
+        not(any(feature = "sqlx-postgres", feature = "sqlx-sqlite")),
+        allow(dead_code)
+    )]
     pub(crate) fn from_relations(relations: Vec<Vec<String>>) -> Self {
         Links {
             relations,
@@ -88,6 +92,10 @@ pub(crate) trait ModelOps: Send + Sync {
     fn index_member(&self, pk_key: &str) -> Option<String>;
     /// The key form of a pk as the database writes it as text (the change
     /// feed's columns); `None` when it is not a pk of this model.
+    #[cfg_attr(
+        not(any(feature = "sqlx-postgres", feature = "sqlx-sqlite")),
+        allow(dead_code)
+    )]
     fn key_of_text(&self, text: &str) -> Option<String>;
     /// Reloads `pk_keys` with one loader call and returns the index update
     /// of each one that parses, in order: the row's values, or the
@@ -275,6 +283,10 @@ impl Registry {
     }
 
     /// Every registered type.
+    #[cfg_attr(
+        not(any(feature = "sqlx-postgres", feature = "sqlx-sqlite")),
+        allow(dead_code)
+    )]
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Arc<ModelEntry>> {
         self.by_model.values().flatten()
     }

@@ -204,9 +204,12 @@ fn postgres_triggers(sql: &mut String, table: &str, plan: &TablePlan) {
     let changed = changed(Dialect::Postgres, &plan.watched);
     let table_name = Dialect::Postgres.table(table);
     // One function per table; OLD and NEW are NULL where TG_OP has none.
+    // Its search path is the installer's: the outbox is found whatever the
+    // writing session's own.
     let _ = write!(
         sql,
-        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $cached$\n\
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql\n    \
+         SET search_path FROM CURRENT AS $cached$\n\
          BEGIN\n    \
          INSERT INTO {OUTBOX_TABLE} (table_name, op, old_row, new_row) VALUES (\n        \
          {name},\n        \

@@ -93,6 +93,18 @@
 //! by the derived loader in SQL, one statement for the page and the count,
 //! with the cache's semantics (see [`query`]).
 //!
+//! # Checking the schema at startup
+//!
+//! [`verify_schema`] compares what a derived loader reads (its table, its
+//! columns and their field types, the tables of its relation lists) with
+//! the database, and names every difference in one [`SchemaError`], so a
+//! table typo, a missing column or an `i32` field on a PostgreSQL `BIGINT`
+//! fails at startup instead of as a 503 at the first read:
+//!
+//! ```ignore
+//! cached_instances::sqlx::verify_schema::<Question, _>(&pool).await?;
+//! ```
+//!
 //! The derived loaders implement [`SqlxModel`], whose
 //! [`sqlx_load`](SqlxModel::sqlx_load) also works on a connection or inside
 //! a transaction (`Question::sqlx_load(&mut *tx, &[id])`).
@@ -107,6 +119,8 @@ use crate::instance::CachedInstance;
 use crate::loader::Loader;
 use crate::query::{Condition, Query, QueryPage};
 
+pub use schema::{SchemaError, SchemaMismatch, SqlxColumn, verify_schema};
+
 // The database halves of derived loaders, named by generated code through
 // `__private`. They stay public (hidden) here: the diagnostics of a column
 // type sqlx cannot read name their traits by this path
@@ -119,6 +133,7 @@ pub mod mysql;
 #[doc(hidden)]
 pub mod postgres;
 pub mod query;
+mod schema;
 #[cfg(feature = "sqlx-sqlite")]
 #[doc(hidden)]
 pub mod sqlite;
@@ -275,6 +290,14 @@ pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
     /// The table and its pk column. Derived with the loader.
     #[doc(hidden)]
     fn sqlx_table() -> Option<(&'static str, &'static str)> {
+        None
+    }
+
+    /// The columns the loader reads, with the types of their fields, for
+    /// [`verify_schema`]; `None` when the model does not declare them.
+    /// Derived with the loader.
+    #[doc(hidden)]
+    fn sqlx_columns() -> Option<Vec<SqlxColumn<DB>>> {
         None
     }
 
@@ -597,6 +620,45 @@ macro_rules! loader_rows {
                 _builder: &'a mut $crate::sqlx::query::Builder<$db>,
             ) -> $crate::sqlx::BoxFuture<'a, Result<Option<$crate::sqlx::FetchedKeys<K>>, ::sqlx::Error>> {
                 Box::pin(std::future::ready(Ok(None)))
+            }
+        }
+
+        /// A field's column type, for [`verify_schema`](crate::sqlx::verify_schema):
+        /// read through autoref dispatch, so that a type sqlx cannot read is
+        /// reported once, by the loader's `get`.
+        pub struct ColumnOfType<T>(std::marker::PhantomData<fn() -> T>);
+
+        impl<T> ColumnOfType<T> {
+            #[must_use]
+            pub const fn new() -> Self {
+                ColumnOfType(std::marker::PhantomData)
+            }
+        }
+
+        impl<T> Default for ColumnOfType<T> {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        pub trait CompatibleColumn {
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>>;
+        }
+
+        impl<T: $column> CompatibleColumn for ColumnOfType<T> {
+            #[inline]
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>> {
+                Some(T::__cached_compatible)
+            }
+        }
+
+        pub trait CompatibleColumnFallback {
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>>;
+        }
+
+        impl<T> CompatibleColumnFallback for &ColumnOfType<T> {
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>> {
+                None
             }
         }
 

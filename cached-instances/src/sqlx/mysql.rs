@@ -26,6 +26,8 @@ pub const MAX_BINDS: usize = 65_535;
 )]
 pub trait MySqlColumn: Sized + Send {
     fn __cached_get(row: &MySqlRow, index: usize) -> Result<Self, ::sqlx::Error>;
+    /// Whether sqlx reads the type from a column of type `ty`.
+    fn __cached_compatible(ty: &<MySql as ::sqlx::Database>::TypeInfo) -> bool;
 }
 
 #[diagnostic::do_not_recommend]
@@ -36,6 +38,11 @@ where
     #[inline]
     fn __cached_get(row: &MySqlRow, index: usize) -> Result<Self, ::sqlx::Error> {
         row.try_get(index)
+    }
+
+    #[inline]
+    fn __cached_compatible(ty: &<MySql as ::sqlx::Database>::TypeInfo) -> bool {
+        <T as Type<MySql>>::compatible(ty)
     }
 }
 

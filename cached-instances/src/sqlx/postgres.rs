@@ -20,6 +20,8 @@ const QUOTE: char = '"';
 )]
 pub trait PgColumn: Sized + Send {
     fn __cached_get(row: &PgRow, index: usize) -> Result<Self, ::sqlx::Error>;
+    /// Whether sqlx reads the type from a column of type `ty`.
+    fn __cached_compatible(ty: &<Postgres as ::sqlx::Database>::TypeInfo) -> bool;
 }
 
 #[diagnostic::do_not_recommend]
@@ -30,6 +32,11 @@ where
     #[inline]
     fn __cached_get(row: &PgRow, index: usize) -> Result<Self, ::sqlx::Error> {
         row.try_get(index)
+    }
+
+    #[inline]
+    fn __cached_compatible(ty: &<Postgres as ::sqlx::Database>::TypeInfo) -> bool {
+        <T as Type<Postgres>>::compatible(ty)
     }
 }
 

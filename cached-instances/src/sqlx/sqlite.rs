@@ -26,6 +26,8 @@ pub const MAX_BINDS: usize = 32_766;
 )]
 pub trait SqliteColumn: Sized + Send {
     fn __cached_get(row: &SqliteRow, index: usize) -> Result<Self, ::sqlx::Error>;
+    /// Whether sqlx reads the type from a column of type `ty`.
+    fn __cached_compatible(ty: &<Sqlite as ::sqlx::Database>::TypeInfo) -> bool;
 }
 
 #[diagnostic::do_not_recommend]
@@ -36,6 +38,11 @@ where
     #[inline]
     fn __cached_get(row: &SqliteRow, index: usize) -> Result<Self, ::sqlx::Error> {
         row.try_get(index)
+    }
+
+    #[inline]
+    fn __cached_compatible(ty: &<Sqlite as ::sqlx::Database>::TypeInfo) -> bool {
+        <T as Type<Sqlite>>::compatible(ty)
     }
 }
 

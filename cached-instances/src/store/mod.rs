@@ -24,7 +24,7 @@ pub use index::{IndexPage, IndexQuery, IndexRecord, IndexUpdate, ScoreRange, WAR
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::redis::{NearCache, NearCacheStats, RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 /// The future a store primitive returns.
