@@ -121,6 +121,11 @@ use crate::query::{Condition, Query, QueryPage};
 
 pub use schema::{SchemaError, SchemaMismatch, SqlxColumn, verify_schema};
 
+// The database halves of derived loaders, named by generated code through
+// `__private`. They stay public (hidden) here: the diagnostics of a column
+// type sqlx cannot read name their traits by this path
+// (`cached_instances::sqlx::postgres::PgColumn`), which a private module
+// would turn into a misleading `sqlx::postgres::PgColumn`.
 #[cfg(feature = "sqlx-mysql")]
 #[doc(hidden)]
 pub mod mysql;
@@ -775,7 +780,7 @@ pub(crate) fn order_by(quote: char, column: &str) -> String {
 }
 
 /// A table name, `schema.table` quoted part by part.
-fn push_table(sql: &mut String, quote: char, table: &str) {
+pub(crate) fn push_table(sql: &mut String, quote: char, table: &str) {
     for (i, part) in table.split('.').enumerate() {
         if i > 0 {
             sql.push('.');
@@ -786,7 +791,7 @@ fn push_table(sql: &mut String, quote: char, table: &str) {
 
 /// A quoted identifier (the derive rejects names with quotes; they are
 /// doubled all the same).
-fn push_name(sql: &mut String, quote: char, name: &str) {
+pub(crate) fn push_name(sql: &mut String, quote: char, name: &str) {
     sql.push(quote);
     for c in name.chars() {
         if c == quote {
