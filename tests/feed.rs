@@ -800,6 +800,9 @@ impl Store for Hangs {
     fn delete_many<'a>(&'a self, _keys: &'a [String]) -> StoreFuture<'a, ()> {
         Box::pin(std::future::pending())
     }
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.0.indexes()
+    }
 }
 
 /// The child process of `a_worker_killed_between_commit_and_delivery_loses_nothing`:
