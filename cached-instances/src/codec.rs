@@ -16,13 +16,46 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// Supported: integers, `f32`/`f64`, `bool`, `String`, `Option<T>`, `Vec<T>`,
 /// chrono `DateTime<Utc>`, `NaiveDate`, `NaiveDateTime`, `NaiveTime`,
-/// `TimeDelta`, `serde_json::Value` and `uuid::Uuid` (feature `uuid`). Any
-/// other `Serialize + DeserializeOwned` type can be stored with
-/// `#[cached(serde)]` on the field.
+/// `TimeDelta`, `serde_json::Value` and `uuid::Uuid` (feature `uuid`).
+///
+/// Other types take one of two ways, depending on how the database holds
+/// them:
+///
+/// - A value of a plain column, such as an enum stored as `TEXT`: implement
+///   `FieldCodec` ([`serde_field_codec!`](crate::serde_field_codec) does it
+///   with the type's serde impls). A derived sqlx loader reads such a field
+///   with sqlx, so the type also implements `sqlx::Type` and
+///   `sqlx::Decode` (`#[derive(sqlx::Type)]`).
+/// - A JSON document: `#[cached(serde)]` on the field stores it through its
+///   serde impls; a derived sqlx loader reads it from a JSON column (`TEXT`
+///   holding JSON on SQLite).
+///
+/// ```ignore
+/// #[derive(Serialize, Deserialize, sqlx::Type, Debug, Clone, Copy, PartialEq)]
+/// #[serde(rename_all = "lowercase")]
+/// #[sqlx(type_name = "text", rename_all = "lowercase")]
+/// pub enum Status { Active, Away }
+///
+/// cached_instances::serde_field_codec!(Status);
+///
+/// #[derive(CachedInstance)]
+/// #[cached(table = "members")]
+/// pub struct Member {
+///     #[cached(pk)]
+///     pub id: i64,
+///     pub status: Status, // a TEXT column holding `active` or `away`
+/// }
+/// ```
+///
+/// sqlx 0.9 reads such a derived enum from `TEXT` on PostgreSQL and SQLite;
+/// on MySQL and MariaDB its derived enums match no column type (neither
+/// `TEXT` nor `ENUM`), so there implement `sqlx::Type<MySql>` and
+/// `sqlx::Decode<MySql>` by hand (through `String`), or derive the loader
+/// for the other databases only.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no cache codec",
     label = "no cache codec for `{Self}`",
-    note = "add `#[cached(serde)]` to the field to store it through its serde `Serialize` and `Deserialize` impls"
+    note = "to store `{Self}` as a JSON document, add `#[cached(serde)]` to the field (a derived sqlx loader reads it from a JSON column); for a type of your own held in a plain column (an enum in a TEXT column, say), implement `FieldCodec` for it: `cached_instances::serde_field_codec!(YourType);` uses its serde impls, and a derived sqlx loader reads it with `sqlx::Type`"
 )]
 pub trait FieldCodec: Sized {
     /// Whether [`encode`](Self::encode) can write JSON `null`. `Option<T>`
@@ -34,6 +67,47 @@ pub trait FieldCodec: Sized {
     fn encode<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
     /// Reads a representation written by [`encode`](Self::encode).
     fn decode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error>;
+}
+
+/// Implements [`FieldCodec`] for each type given through its serde impls
+/// (`Serialize` and `DeserializeOwned`): the way for enums and newtypes
+/// stored in a plain column, such as an enum in a `TEXT` column that sqlx
+/// reads with `#[derive(sqlx::Type)]` (see [`FieldCodec`]).
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+/// #[serde(rename_all = "lowercase")]
+/// pub enum Status {
+///     Active,
+///     Away,
+/// }
+///
+/// cached_instances::serde_field_codec!(Status);
+/// ```
+///
+/// A type whose serialized form can be JSON `null` (a unit struct, an
+/// `Option` newtype) needs a hand-written impl setting `MAY_BE_NULL`.
+#[macro_export]
+macro_rules! serde_field_codec {
+    ($($t:ty),+ $(,)?) => {$(
+        impl $crate::FieldCodec for $t {
+            #[inline]
+            fn encode<S: $crate::__private::serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> ::std::result::Result<S::Ok, S::Error> {
+                $crate::__private::serde::Serialize::serialize(self, serializer)
+            }
+            #[inline]
+            fn decode<'de, D: $crate::__private::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::std::result::Result<Self, D::Error> {
+                $crate::__private::serde::Deserialize::deserialize(deserializer)
+            }
+        }
+    )+};
 }
 
 /// Types whose serde impls are already the representation we want.

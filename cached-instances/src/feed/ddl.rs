@@ -100,7 +100,7 @@ fn object_name(prefix: &str, table: &str) -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(32)
         .collect();
-    let hash = crate::__private::fnv1a(table.as_bytes()) & 0xffff_ffff;
+    let hash = crate::key::fnv1a(table.as_bytes()) & 0xffff_ffff;
     format!("{prefix}_{clean}_{hash:08x}")
 }
 
