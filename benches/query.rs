@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use cached_instances::query::{Query, Source};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
-use cached_instances_testkit::databases::DEFAULT_DATABASE_URL;
+use cached_instances_testkit::cli::{BenchFlag, DatabaseArg};
 use cached_instances_testkit::redis_server::RedisServer;
 use chrono::{DateTime, Utc};
 use clap::Parser;
@@ -284,17 +284,10 @@ struct Args {
     /// PostgreSQL, no Redis), for profiling.
     #[arg(long)]
     memory_only: bool,
-    /// The PostgreSQL server (a schema of its own, dropped at the end).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    database: String,
-    /// Passed by cargo to `harness = false` targets.
-    #[arg(long, hide = true)]
-    bench: bool,
+    #[command(flatten)]
+    database: DatabaseArg,
+    #[command(flatten)]
+    _bench: BenchFlag,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +302,7 @@ async fn main() -> ExitCode {
     let iterations: u64 = if quick { 200 } else { 1_000 };
     let window = Duration::from_secs(if quick { 1 } else { 4 });
 
-    let url = args.database;
+    let url = args.database.url;
     let pool = match PgPoolOptions::new().max_connections(16).connect(&url).await {
         Ok(pool) => pool,
         Err(e) => {

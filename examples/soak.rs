@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
-use cached_instances_testkit::databases::DEFAULT_DATABASE_URL;
+use cached_instances_testkit::cli::DatabaseArg;
 use cached_instances_testkit::redis_server;
 use cached_instances_testkit::rng::Rng;
 use clap::{CommandFactory, Parser};
@@ -71,15 +71,8 @@ struct Args {
     /// Choices to start with; creates and deletes keep it near.
     #[arg(long, value_name = "N", default_value_t = 40, value_parser = clap::value_parser!(i64).range(1..))]
     choices: i64,
-    /// PostgreSQL.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    database: String,
+    #[command(flatten)]
+    database: DatabaseArg,
     /// Cache in the in-process MemoryStore instead of Redis.
     #[arg(long)]
     memory: bool,
@@ -802,12 +795,12 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
         .duration_since(std::time::UNIX_EPOCH)?
         .subsec_nanos();
     let schema = format!("soak_{}_{nanos}", std::process::id());
-    let writes = Db::postgres(&args.database, &schema)
+    let writes = Db::postgres(&args.database.url, &schema)
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", args.database))?;
+        .map_err(|e| format!("cannot connect to {}: {e}", args.database.url))?;
     let result = async {
-        setup_data(&writes, &args.database, &schema, &args).await?;
-        let loaders = SnapshotLoader::connect(&args.database, &schema).await?;
+        setup_data(&writes, &args.database.url, &schema, &args).await?;
+        let loaders = SnapshotLoader::connect(&args.database.url, &schema).await?;
         let report = if args.memory {
             soak(
                 args.clone(),

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cached_instances::feed::{DEAD_LETTER_TABLE, Feed, FeedPool, OUTBOX_TABLE};
 use cached_instances::sqlx::SqlxLoader;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
 use polls::{Choice, Question, User};
 use sqlx::AssertSqlSafe;
@@ -323,6 +323,9 @@ impl Store for Recording {
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         self.record(keys);
         self.inner.delete_many(keys)
+    }
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()
     }
 }
 
@@ -796,6 +799,9 @@ impl Store for Hangs {
     }
     fn delete_many<'a>(&'a self, _keys: &'a [String]) -> StoreFuture<'a, ()> {
         Box::pin(std::future::pending())
+    }
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.0.indexes()
     }
 }
 

@@ -842,6 +842,7 @@ async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
         db.rows.lock().unwrap().insert(id, person(id, "FR", 30));
     }
     let (cache, store) = flaky_index_cache(&db);
+    let mut events = cache.events();
     cache.warm::<Person>().await.unwrap();
     let gb = Query::<Person>::new().filter("country", "GB");
     let fr = Query::<Person>::new().filter("country", "FR");
@@ -859,9 +860,16 @@ async fn a_write_the_index_missed_is_reindexed_when_the_store_answers_again() {
         (vec![2], 1, Source::Database)
     );
     store.fail_index_lease(false);
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !matches!(
+            events.recv().await,
+            Ok(cached_instances::Event::InvalidationsDelivered { .. })
+        ) {}
+    })
+    .await
+    .expect("never delivered");
 
-    // Delivered on the next read: re-indexed, and still warmed.
+    // Delivered by the recovery task: re-indexed, and still warmed.
     let found = cache.query_pks(&gb).await.unwrap();
     assert_eq!(
         (found.items, found.count, found.source),
@@ -892,7 +900,11 @@ async fn a_reindex_that_fails_again_unwarms_the_model_until_the_next_warm() {
     cache.saved(&moved).await.unwrap();
     // The store is tried again while the index still fails: the re-index
     // fails, and the model is un-warmed (the mark's deletion is queued).
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cache.stats().unwarmed == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never un-warmed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let found = cache.query_pks(&query).await.unwrap();
     assert_eq!(
         (found.items, found.count, found.source),

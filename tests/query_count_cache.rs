@@ -13,7 +13,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use cached_instances::query::{Query, Source};
-use cached_instances::store::{IndexQuery, IndexRecord, IndexUpdate, ScoreRange};
+use cached_instances::store::{IndexQuery, IndexRecord, IndexStore, IndexUpdate, ScoreRange};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
 use cached_instances_testkit::redis_server::RedisServer;
 use cached_instances_testkit::rng::Rng;
@@ -186,7 +186,7 @@ fn naive(records: &BTreeMap<String, Rec>, query: &IndexQuery) -> (Vec<String>, u
     (page, total)
 }
 
-async fn write(store: &impl Store, token: &[u8], update: IndexUpdate) -> bool {
+async fn write(store: &impl IndexStore, token: &[u8], update: IndexUpdate) -> bool {
     let members = [update.member.clone()];
     store.index_lease(PREFIX, &members, token).await.unwrap();
     let applied = store.index_apply(PREFIX, token, &[update]).await.unwrap();
@@ -199,7 +199,7 @@ async fn write(store: &impl Store, token: &[u8], update: IndexUpdate) -> bool {
 /// scores only, updates that change nothing, and stale updates (their
 /// lease taken over) that must not apply; every answer, count and page,
 /// equals the naive one.
-async fn differential(store: impl Store, seed: u64, steps: usize) {
+async fn differential(store: impl IndexStore, seed: u64, steps: usize) {
     let mut rng = Rng::new(seed);
     let mut records: BTreeMap<String, Rec> = BTreeMap::new();
     let members: Vec<String> = (0..40).map(|i| format!("{i:03}")).collect();

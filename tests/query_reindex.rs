@@ -279,3 +279,116 @@ async fn a_write_whose_index_apply_failed_is_reindexed() {
         "{stats:?}"
     );
 }
+
+/// A loader over [`Db`] whose next `load` of pk 0 waits, once armed, until
+/// released.
+#[derive(Clone)]
+struct Gated {
+    db: Db,
+    gate: std::sync::Arc<std::sync::Mutex<Option<Gate>>>,
+}
+
+struct Gate {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl cached_instances::Loader<Member> for Gated {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Member>, cached_instances::LoadError> {
+        let gate = if pks.contains(&0) {
+            self.gate.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some(gate) = gate {
+            gate.reached.send(()).unwrap();
+            gate.release.await.unwrap();
+        }
+        self.db.load(pks).await
+    }
+
+    async fn all_pks(&self) -> Result<Option<Vec<i64>>, cached_instances::LoadError> {
+        self.db.all_pks().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_counts_its_own_loader_calls_not_those_of_concurrent_reads() {
+    let db = Db::seeded(6, "FR");
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    let loader = Gated {
+        db: db.clone(),
+        gate: std::sync::Arc::new(std::sync::Mutex::new(Some(Gate {
+            reached: reached_tx,
+            release: release_rx,
+        }))),
+    };
+    let cache = Cache::builder()
+        .store(cached_instances::MemoryStore::new())
+        .loader::<Member>(loader)
+        .build()
+        .unwrap();
+
+    // The warm's batch load is held; meanwhile other tasks read (and load)
+    // rows of their own.
+    let warm = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.warm::<Member>().batch_size(6).await }
+    });
+    reached.await.unwrap();
+    let loads = db.loads();
+    for pk in 100..105 {
+        let cache = cache.clone();
+        let read = tokio::spawn(async move { cache.get::<Member>(&pk).await });
+        assert_eq!(read.await.unwrap().unwrap(), None);
+    }
+    assert_eq!(db.loads() - loads, 5, "one loader call per read");
+    release.send(()).unwrap();
+
+    let report = warm.await.unwrap().unwrap();
+    // `all_pks`, and the one batch load.
+    assert_eq!(report.loader_calls, 2, "{report:?}");
+    assert_eq!(report.indexed, 6);
+    assert_eq!(cache.stats().loader_calls, 7, "{:?}", cache.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_during_warm_is_a_store_error_not_a_load_error() {
+    let mut server = RedisServer::start();
+    let db = Db::seeded(6, "FR");
+    let cache = cache_over(connected(&server).await, &db);
+    server.kill();
+
+    let error = cache.warm::<Member>().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            cached_instances::Error::Store {
+                model: "Member",
+                op: cached_instances::StoreOp::IndexMembers,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // The database answered; nothing was loaded past the pk list.
+    assert_eq!(db.loads(), 0);
+    assert_eq!(cache.stats().loader_calls, 1);
+    assert!(cache.stats().store_errors >= 1);
+
+    // Once the server is back, warm succeeds.
+    server.restart();
+    let deadline = Instant::now() + PATIENCE;
+    let report = loop {
+        match cache.warm::<Member>().await {
+            Ok(report) => break report,
+            Err(cached_instances::Error::Store { .. }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "warm never succeeded");
+        tokio::time::sleep(RETRY).await;
+    };
+    assert_eq!(report.indexed, 6);
+    assert_eq!(check(&cache, &db, "FR").await, Source::Cache);
+}

@@ -1,5 +1,5 @@
 //! The derived SQL fallback of cached queries (`cached_instances::sqlx::query`)
-//! on real SQLite and PostgreSQL: for a model that is not warmed, the
+//! on real SQLite, PostgreSQL and MySQL (MariaDB): for a model that is not warmed, the
 //! database's answer equals a naive evaluation of the query over the rows
 //! (the cache's semantics, `QueryPage::evaluate`), for random rows and
 //! random queries, after random writes and deletes; and it costs one
@@ -8,11 +8,11 @@
 use cached_instances::query::{Query, QueryPage, Source};
 use cached_instances::sqlx::{SqlxDatabase, SqlxLoader, SqlxModel};
 use cached_instances::{Cache, CachedInstance, MemoryStore};
-use cached_instances_testkit::databases::{Statements, counted, sqlite, with_postgres};
+use cached_instances_testkit::databases::{Statements, counted, sqlite, with_mysql, with_postgres};
 use cached_instances_testkit::rng::Rng;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Pool, SqlitePool};
+use sqlx::{MySqlPool, PgPool, Pool, SqlitePool};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +56,14 @@ const POSTGRES_MEMBERS: &str = "CREATE TABLE members (
     id BIGINT PRIMARY KEY, name TEXT NOT NULL, bio TEXT, country TEXT NOT NULL,
     active BOOLEAN NOT NULL, age INTEGER, score DOUBLE PRECISION NOT NULL,
     joined TIMESTAMPTZ NOT NULL, birthday DATE NOT NULL, status JSONB NOT NULL)";
+
+/// `country` compares byte for byte, as the cache's terms do (MySQL's
+/// default collations ignore case and trailing spaces).
+const MYSQL_MEMBERS: &str = "CREATE TABLE members (
+    id BIGINT PRIMARY KEY, name TEXT NOT NULL, bio TEXT,
+    country VARCHAR(32) COLLATE utf8mb4_bin NOT NULL, active BOOLEAN NOT NULL, age INT,
+    score DOUBLE NOT NULL, joined DATETIME(6) NOT NULL, birthday DATE NOT NULL,
+    status JSON NOT NULL)";
 
 const COUNTRIES: [&str; 6] = ["GB", "US", "FR", "Ünïcode", "null", "\"GB\""];
 const WORDS: [&str; 8] = [
@@ -242,6 +250,13 @@ write_fn!(
     "INSERT INTO members VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
 
+write_fn!(
+    mysql_write,
+    MySqlPool,
+    "DELETE FROM members WHERE id = ?",
+    "INSERT INTO members VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
+
 #[tokio::test]
 async fn sqlite_answers_unwarmed_queries_like_the_cache() {
     for seed in [7, 1_234_567, 0xDEAD_BEEF] {
@@ -261,6 +276,20 @@ async fn postgres_answers_unwarmed_queries_like_the_cache() {
             sqlx::query(POSTGRES_MEMBERS).execute(&pool).await.unwrap();
             differential(pool, &statements, seed, async |p, r, id| {
                 postgres_write(p, r, id).await;
+            })
+            .await;
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn mysql_answers_unwarmed_queries_like_the_cache() {
+    for seed in [13, 3_141_592] {
+        with_mysql(move |pool, statements| async move {
+            sqlx::query(MYSQL_MEMBERS).execute(&pool).await.unwrap();
+            differential(pool, &statements, seed, async |p, r, id| {
+                mysql_write(p, r, id).await;
             })
             .await;
         })

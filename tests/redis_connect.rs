@@ -9,7 +9,7 @@ use std::time::Duration;
 use cached_instances::query::Source;
 use cached_instances::{ConnectError, RedisStore, StoreError};
 use cached_instances_testkit::query_model::{Db, Member, cache_over, in_country, member};
-use cached_instances_testkit::redis_server::RedisServer;
+use cached_instances_testkit::redis_server::{RedisCluster, RedisServer};
 
 /// Far longer than any failure below may take to be reported: a failure
 /// that waited for it would come back as `ConnectError::Timeout`.
@@ -169,4 +169,60 @@ async fn key_prefixes_keep_two_applications_apart() {
             .all(|k| k.starts_with("a:") || k.starts_with("b:")),
         "{keys:?}"
     );
+}
+
+#[tokio::test]
+async fn key_prefixes_keep_hash_tags_working_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let connect = |prefix: &'static str| {
+        RedisStore::cluster_builder(cluster.urls())
+            .key_prefix(prefix)
+            .connect()
+    };
+    let db_a = Db::seeded(20, "fr");
+    let db_b = Db::seeded(20, "de");
+    let a = cache_over(
+        connect("a:").await.unwrap(),
+        &db_a,
+        Duration::from_millis(50),
+    );
+    let b = cache_over(
+        connect("b:").await.unwrap(),
+        &db_b,
+        Duration::from_millis(50),
+    );
+    let pks: Vec<i64> = (0..20).collect();
+
+    // Multi-key requests split by slot, single-slot scripts: with a prefix
+    // before the hash tag, none fails with CROSSSLOT.
+    for _ in 0..2 {
+        assert_eq!(a.get_many::<Member>(&pks).await.unwrap().len(), 20);
+        assert_eq!(b.get_many::<Member>(&pks).await.unwrap().len(), 20);
+    }
+    assert_eq!((db_a.loads(), db_b.loads()), (1, 1), "the second reads hit");
+    db_a.put(member(1, "es"));
+    a.saved::<Member>(&member(1, "es")).await.unwrap();
+    a.warm::<Member>().await.unwrap();
+    b.warm::<Member>().await.unwrap();
+    let es = a.query(&in_country("es")).await.unwrap();
+    assert_eq!((es.source, es.count), (Source::Cache, 1));
+    let de = b.query(&in_country("de")).await.unwrap();
+    assert_eq!((de.source, de.count), (Source::Cache, 20));
+    assert_eq!(a.stats().store_errors + b.stats().store_errors, 0);
+
+    // The keys spread over the nodes, each under its prefix.
+    let mut keys: Vec<String> = Vec::new();
+    for port in cluster.ports() {
+        let node: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut cluster.node_connection(port))
+            .unwrap();
+        keys.extend(node);
+    }
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("a:") || k.starts_with("b:")),
+        "{keys:?}"
+    );
+    assert!(cluster.keys_per_node().iter().all(|&n| n > 0));
 }

@@ -1,7 +1,9 @@
 //! The loaders `#[cached(table = "...")]` derives, on real databases: SQLite
-//! in memory, and the PostgreSQL server at `DATABASE_URL` (default
+//! in memory, the PostgreSQL server at `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), where each test creates its
-//! tables in a schema of its own and drops it afterwards. The PostgreSQL
+//! tables in a schema of its own and drops it afterwards, and the MySQL or
+//! MariaDB server at `MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`),
+//! where each test creates a database of its own. The PostgreSQL and MySQL
 //! tests fail, saying so, when the server cannot be reached.
 //!
 //! Queries are counted where they reach the database, not where the loader
@@ -12,7 +14,10 @@
 //! - PostgreSQL: the pool connects through a TCP proxy that forwards the
 //!   wire protocol and counts the client's Execute (extended protocol) and
 //!   Query (simple protocol) messages, one per statement run, keeping each
-//!   statement's text (from its Parse message) for the failure messages.
+//!   statement's text (from its Parse message) for the failure messages;
+//! - MySQL: the same kind of proxy, counting COM_QUERY and
+//!   COM_STMT_EXECUTE packets (the text from the COM_STMT_PREPARE whose
+//!   statement id the server returned).
 
 use cached_instances::sqlx::{SqlxDatabase, SqlxLoader, SqlxModel};
 use cached_instances::{Cache, CachedInstance};
@@ -20,6 +25,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use polls::{Choice, Question, User};
 use serde::{Deserialize, Serialize};
 use sqlx::Pool;
+use sqlx::mysql::MySqlPool;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 use sqlx::types::Json;
@@ -29,7 +35,7 @@ use uuid::Uuid;
 // Counting statements
 
 use cached_instances_testkit::databases;
-use databases::{Statements, counted, sqlite, with_postgres};
+use databases::{Statements, counted, sqlite, with_mysql, with_postgres};
 
 // ---------------------------------------------------------------------------
 // The polls models (examples/polls/models.rs), on the tables of
@@ -70,6 +76,28 @@ CREATE TABLE votes (
     user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     choice_id BIGINT NOT NULL REFERENCES choices (id) ON DELETE CASCADE,
     PRIMARY KEY (user_id, choice_id)
+);
+";
+
+const MYSQL_POLLS: &str = "
+CREATE TABLE users (id BIGINT AUTO_INCREMENT PRIMARY KEY, username VARCHAR(150) NOT NULL UNIQUE);
+CREATE TABLE questions (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    question_text TEXT NOT NULL,
+    pub_date DATETIME(6) NOT NULL
+);
+CREATE TABLE choices (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    question_id BIGINT NOT NULL,
+    choice_text TEXT NOT NULL,
+    FOREIGN KEY (question_id) REFERENCES questions (id) ON DELETE CASCADE
+);
+CREATE TABLE votes (
+    user_id BIGINT NOT NULL,
+    choice_id BIGINT NOT NULL,
+    PRIMARY KEY (user_id, choice_id),
+    FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE,
+    FOREIGN KEY (choice_id) REFERENCES choices (id) ON DELETE CASCADE
 );
 ";
 
@@ -165,6 +193,20 @@ async fn postgres_polls(pool: &PgPool) {
     sqlx::raw_sql(POSTGRES_POLLS).execute(pool).await.unwrap();
     for q in questions() {
         sqlx::query(INSERT_QUESTION)
+            .bind(q.id)
+            .bind(&q.question_text)
+            .bind(q.pub_date)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    sqlx::raw_sql(POLLS_ROWS).execute(pool).await.unwrap();
+}
+
+async fn mysql_polls(pool: &MySqlPool) {
+    sqlx::raw_sql(MYSQL_POLLS).execute(pool).await.unwrap();
+    for q in questions() {
+        sqlx::query("INSERT INTO questions (id, question_text, pub_date) VALUES (?, ?, ?)")
             .bind(q.id)
             .bind(&q.question_text)
             .bind(q.pub_date)
@@ -293,6 +335,16 @@ async fn postgres_polls_through_the_cache() {
 }
 
 #[tokio::test]
+async fn mysql_polls_through_the_cache() {
+    with_mysql(|pool, statements| async move {
+        mysql_polls(&pool).await;
+        polls_through_the_cache(pool.clone(), &statements).await;
+        polls_on_a_connection(pool, &statements).await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn sqlite_statements_are_what_the_docs_say() {
     let (pool, statements) = sqlite_polls().await;
     let mut conn = pool.acquire().await.unwrap();
@@ -326,6 +378,24 @@ async fn postgres_statements_are_what_the_docs_say() {
             [
                 r#"SELECT "id", "username" FROM "users" WHERE "id" = ANY($1)"#,
                 r#"SELECT "user_id", "choice_id" FROM "votes" WHERE "user_id" = ANY($1) ORDER BY "choice_id""#,
+            ]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mysql_statements_are_what_the_docs_say() {
+    with_mysql(|pool, statements| async move {
+        mysql_polls(&pool).await;
+        let mut conn = pool.acquire().await.unwrap();
+        let (_, ran) = counted(&statements, User::sqlx_load(&mut *conn, &[1, 2, 3])).await;
+        assert_eq!(
+            ran,
+            [
+                "SELECT `id`, `username` FROM `users` WHERE `id` IN (?, ?, ?)",
+                "SELECT `user_id`, `choice_id` FROM `votes` WHERE `user_id` IN (?, ?, ?) \
+                 ORDER BY `choice_id`",
             ]
         );
     })
@@ -420,6 +490,28 @@ async fn sqlite_nullable_and_self_references() {
 async fn postgres_nullable_and_self_references() {
     with_postgres(|pool, statements| async move {
         sqlx::raw_sql(CATEGORIES).execute(&pool).await.unwrap();
+        categories(pool, &statements).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mysql_nullable_and_self_references() {
+    with_mysql(|pool, statements| async move {
+        sqlx::raw_sql(
+            "CREATE TABLE categories (
+                id INT PRIMARY KEY,
+                name TEXT NOT NULL,
+                parent_id INT,
+                FOREIGN KEY (parent_id) REFERENCES categories (id)
+            );",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        // The rows of CATEGORIES (its statements after the first).
+        let rows = CATEGORIES.split_once(';').unwrap().1;
+        sqlx::raw_sql(rows).execute(&pool).await.unwrap();
         categories(pool, &statements).await;
     })
     .await;
@@ -543,11 +635,19 @@ const INSERT_EVERYTHING: &str = r#"INSERT INTO everything (
     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22
 )"#;
 
+const MYSQL_INSERT_EVERYTHING: &str = r#"INSERT INTO everything (
+    id, tiny, small, `int`, big, `real`, `double`, flag, `label text`, `type`, note, missing,
+    at, day, local, `time`, uuid, no_uuid, bytes, json, meta, no_meta
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"#;
+
 /// Inserts `rows` with bound values, so each is written as sqlx encodes it.
 macro_rules! insert_everything {
     ($pool:expr, $rows:expr) => {
+        insert_everything!($pool, $rows, INSERT_EVERYTHING, std::convert::identity)
+    };
+    ($pool:expr, $rows:expr, $sql:expr, $at:expr) => {
         for row in $rows {
-            sqlx::query(INSERT_EVERYTHING)
+            sqlx::query($sql)
                 .bind(row.id)
                 .bind(row.tiny)
                 .bind(row.small)
@@ -560,7 +660,7 @@ macro_rules! insert_everything {
                 .bind(&row.r#type)
                 .bind(&row.note)
                 .bind(row.missing)
-                .bind(row.at)
+                .bind(($at)(row.at))
                 .bind(row.day)
                 .bind(row.local)
                 .bind(row.time)
@@ -596,6 +696,17 @@ CREATE TABLE everything (
     "type" TEXT NOT NULL, note TEXT, missing BIGINT, at TIMESTAMPTZ NOT NULL,
     day DATE NOT NULL, local TIMESTAMP NOT NULL, "time" TIME NOT NULL, uuid UUID NOT NULL,
     no_uuid UUID, bytes BYTEA NOT NULL, json JSONB NOT NULL, meta JSONB NOT NULL, no_meta JSON
+);
+"#;
+
+const MYSQL_EVERYTHING: &str = r#"
+CREATE TABLE everything (
+    id BIGINT PRIMARY KEY, tiny TINYINT NOT NULL, small SMALLINT NOT NULL,
+    `int` INT NOT NULL, big BIGINT NOT NULL, `real` FLOAT NOT NULL, `double` DOUBLE NOT NULL,
+    flag BOOLEAN NOT NULL, `label text` TEXT NOT NULL, `type` TEXT NOT NULL, note TEXT,
+    missing BIGINT, at DATETIME(6) NOT NULL, day DATE NOT NULL, local DATETIME(6) NOT NULL,
+    `time` TIME(6) NOT NULL, uuid BINARY(16) NOT NULL, no_uuid BINARY(16), bytes BLOB NOT NULL,
+    json JSON NOT NULL, meta JSON NOT NULL, no_meta JSON
 );
 "#;
 
@@ -651,6 +762,26 @@ async fn postgres_every_column_type_round_trips() {
             .await
             .unwrap();
         insert_everything!(&pool, everything());
+        round_trip_everything(pool, &statements).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mysql_every_column_type_round_trips() {
+    with_mysql(|pool, statements| async move {
+        sqlx::raw_sql(MYSQL_EVERYTHING)
+            .execute(&pool)
+            .await
+            .unwrap();
+        // sqlx binds a `DateTime<Utc>` as a MySQL TIMESTAMP, whose range
+        // (1970 to 2038) the rows leave; the column is a DATETIME.
+        insert_everything!(
+            &pool,
+            everything(),
+            MYSQL_INSERT_EVERYTHING,
+            |at: DateTime<Utc>| at.naive_utc()
+        );
         round_trip_everything(pool, &statements).await;
     })
     .await;
@@ -832,23 +963,44 @@ CREATE TABLE accounts (handle TEXT PRIMARY KEY);
 CREATE TABLE account_tags (handle TEXT NOT NULL, tag_id UUID NOT NULL);
 ";
 
+const MYSQL_KEYS: &str = "
+CREATE TABLE tags (id BINARY(16) PRIMARY KEY, label TEXT NOT NULL);
+CREATE TABLE accounts (handle VARCHAR(64) PRIMARY KEY);
+CREATE TABLE account_tags (handle VARCHAR(64) NOT NULL, tag_id BINARY(16) NOT NULL);
+";
+
 macro_rules! insert_keys {
     ($pool:expr) => {
+        insert_keys!($pool, "$1", "$2")
+    };
+    ($pool:expr, $one:literal, $two:literal) => {
         for (n, label) in [(3, "three"), (1, "one"), (2, "two")] {
-            sqlx::query("INSERT INTO tags (id, label) VALUES ($1, $2)")
-                .bind(tag_id(n))
-                .bind(label)
-                .execute($pool)
-                .await
-                .unwrap();
+            sqlx::query(concat!(
+                "INSERT INTO tags (id, label) VALUES (",
+                $one,
+                ", ",
+                $two,
+                ")"
+            ))
+            .bind(tag_id(n))
+            .bind(label)
+            .execute($pool)
+            .await
+            .unwrap();
         }
         for (handle, n) in [("zoe", 3), ("zoe", 1), ("al:ice", 2), ("zoe", 2)] {
-            sqlx::query("INSERT INTO account_tags (handle, tag_id) VALUES ($1, $2)")
-                .bind(handle)
-                .bind(tag_id(n))
-                .execute($pool)
-                .await
-                .unwrap();
+            sqlx::query(concat!(
+                "INSERT INTO account_tags (handle, tag_id) VALUES (",
+                $one,
+                ", ",
+                $two,
+                ")"
+            ))
+            .bind(handle)
+            .bind(tag_id(n))
+            .execute($pool)
+            .await
+            .unwrap();
         }
         sqlx::raw_sql("INSERT INTO accounts (handle) VALUES ('zoe'), ('al:ice')")
             .execute($pool)
@@ -870,6 +1022,16 @@ async fn postgres_string_and_uuid_keys() {
     with_postgres(|pool, statements| async move {
         sqlx::raw_sql(POSTGRES_KEYS).execute(&pool).await.unwrap();
         insert_keys!(&pool);
+        keys(pool, &statements).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mysql_string_and_uuid_keys() {
+    with_mysql(|pool, statements| async move {
+        sqlx::raw_sql(MYSQL_KEYS).execute(&pool).await.unwrap();
+        insert_keys!(&pool, "?", "?");
         keys(pool, &statements).await;
     })
     .await;
@@ -923,6 +1085,15 @@ async fn sqlite_decode_errors_name_the_column() {
 #[tokio::test]
 async fn postgres_decode_errors_name_the_column() {
     with_postgres(|pool, _| async move {
+        sqlx::raw_sql(MISTYPED).execute(&pool).await.unwrap();
+        mistyped(pool).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mysql_decode_errors_name_the_column() {
+    with_mysql(|pool, _| async move {
         sqlx::raw_sql(MISTYPED).execute(&pool).await.unwrap();
         mistyped(pool).await;
     })

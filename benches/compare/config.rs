@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cached_instances_testkit::databases::DEFAULT_DATABASE_URL;
+use cached_instances_testkit::cli::{BenchFlag, DatabaseArg};
 use clap::Parser;
 
 /// Side-by-side benchmarks of cached-instances against the baselines
@@ -41,17 +41,10 @@ struct Cli {
     /// ... for at most MIN minutes, then measure anyway.
     #[arg(long, value_name = "MIN", default_value_t = 40.0, value_parser = positive)]
     wait_max: f64,
-    /// The PostgreSQL server (a schema of its own, dropped at the end).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    database: String,
-    /// Passed by cargo to `harness = false` targets.
-    #[arg(long, hide = true)]
-    bench: bool,
+    #[command(flatten)]
+    database: DatabaseArg,
+    #[command(flatten)]
+    _bench: BenchFlag,
 }
 
 fn positive(value: &str) -> Result<f64, String> {
@@ -115,7 +108,7 @@ impl Config {
             questions: 2000,
             hot: 1000,
             iterations: 120,
-            database_url: cli.database,
+            database_url: cli.database.url,
         };
         if c.quick {
             c.window = Duration::from_millis(150);

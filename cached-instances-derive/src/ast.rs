@@ -163,7 +163,8 @@ impl<'a> Container<'a> {
         match self.attrs.database.as_ref().map(|item| item.value.value()) {
             Some(name) if name == "sqlite" => vec![Database::Sqlite],
             Some(name) if name == "postgres" => vec![Database::Postgres],
-            _ => vec![Database::Sqlite, Database::Postgres],
+            Some(name) if name == "mysql" => vec![Database::Mysql],
+            _ => vec![Database::Sqlite, Database::Postgres, Database::Mysql],
         }
     }
 }
@@ -173,10 +174,11 @@ impl<'a> Container<'a> {
 pub(crate) enum Database {
     Sqlite,
     Postgres,
+    Mysql,
 }
 
 /// The values `database = "..."` accepts.
-pub(crate) const DATABASES: &[&str] = &["sqlite", "postgres"];
+pub(crate) const DATABASES: &[&str] = &["sqlite", "postgres", "mysql"];
 
 impl Field<'_> {
     /// The key the field is stored under in the JSON representation.

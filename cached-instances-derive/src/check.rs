@@ -360,7 +360,7 @@ fn check_table(cx: &Ctxt, cont: &Container) {
             cx.error_spanned_by(
                 &item.value,
                 format!(
-                    "unknown database \"{name}\"; {hint}expected \"sqlite\" or \"postgres\" \
+                    "unknown database \"{name}\"; {hint}expected \"sqlite\", \"postgres\" or \"mysql\" \
                      (remove `database` to derive a loader for each database feature enabled \
                      on cached-instances)"
                 ),

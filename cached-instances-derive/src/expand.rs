@@ -71,7 +71,7 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
     };
 
     // The dispatch traits are imported because autoref dispatch only works
-    // through method-call syntax (see `derive_support` in the runtime crate).
+    // through method-call syntax (see `__private/fields.rs` in the runtime crate).
     Ok(quote! {
         #[allow(non_upper_case_globals, non_camel_case_types, unused_imports, unused_qualifications)]
         const _: () = {
@@ -333,7 +333,7 @@ fn serialize(cont: &Container) -> TokenStream {
     let fields = stored(cont).map(|field| {
         let json = field.json_name();
         let member = field.ident;
-        // See `derive_support` in the runtime crate for why the dispatch.
+        // See `__private/fields.rs` in the runtime crate for why the dispatch.
         let value = match field.storage() {
             Storage::Serde => quote!(&#p::SerdeField(&self.0.#member).__cached_encoder()),
             _ => quote!(&#p::CodecField(&self.0.#member).__cached_encoder()),

@@ -39,7 +39,7 @@ mod tests;
 /// | `invalidates_key = "key"` | a raw store key every write of the model invalidates; repeatable |
 /// | `invalidator = path::to::f` | `fn(&Self) -> impl IntoIterator<Item = Target>`: more targets a write invalidates |
 /// | `table = "questions"` | derive a batched sqlx loader reading this table (`"schema.table"` works too) |
-/// | `database = "sqlite"` | with `table`: derive the loader for `"sqlite"` or `"postgres"` only (default: each database feature enabled on cached-instances) |
+/// | `database = "sqlite"` | with `table`: derive the loader for `"sqlite"`, `"postgres"` or `"mysql"` only (default: each database feature enabled on cached-instances) |
 ///
 /// # Field attributes
 ///
@@ -58,8 +58,8 @@ mod tests;
 /// # Derived sqlx loaders
 ///
 /// With `table`, the derive also implements `cached_instances::sqlx::SqlxModel`
-/// for SQLite and PostgreSQL (each behind the runtime's `sqlx-sqlite` /
-/// `sqlx-postgres` feature), which `SqlxLoader` serves: one query for the
+/// for SQLite, PostgreSQL and MySQL (each behind the runtime's `sqlx-sqlite` /
+/// `sqlx-postgres` / `sqlx-mysql` feature), which `SqlxLoader` serves: one query for the
 /// rows of all the pks, one per relation list. A `has_many = T` list is read
 /// from `T`'s table, so `T` needs a `table` as well; its table, pk column and
 /// `via` column come from `T`'s own declaration. Field types sqlx cannot read

@@ -667,8 +667,8 @@ pub enum Rejection {
         model: &'static str,
     },
     /// `400`: bad pagination parameters.
-    #[error("{0}")]
-    InvalidPagination(String),
+    #[error(transparent)]
+    InvalidPagination(PaginationError),
     /// `400`: query parameters that are not a valid query of the model.
     #[error(transparent)]
     InvalidQuery(QueryError),
@@ -779,37 +779,79 @@ enum Style {
 
 const PAGINATION_PARAMS: [&str; 4] = ["limit", "offset", "page", "page_size"];
 
-fn parse_number(name: &str, value: &str, min: u64) -> Result<u64, String> {
-    let kind = if min == 0 {
-        "a non-negative"
-    } else {
-        "a positive"
-    };
+/// Why a list request's pagination parameters were rejected (a `400`,
+/// [`Rejection::InvalidPagination`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PaginationError {
+    /// Not a number in range: `limit`, `page` and `page_size` are positive,
+    /// `offset` non-negative.
+    #[error("{name} must be {expected} integer, got {value:?}")]
+    NotANumber {
+        /// The parameter.
+        name: &'static str,
+        /// `a positive` or `a non-negative`.
+        expected: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// An offset (given, or from the page number) past `i64::MAX`.
+    #[error("{name} is too large")]
+    TooLarge {
+        /// The parameter.
+        name: &'static str,
+    },
+    /// A parameter given twice.
+    #[error("{name} is given more than once")]
+    Repeated {
+        /// The parameter.
+        name: &'static str,
+    },
+    /// `limit`/`offset` and `page`/`page_size` together.
+    #[error("use either limit and offset or page and page_size, not both")]
+    MixedStyles,
+}
+
+fn parse_number(name: &'static str, value: &str, min: u64) -> Result<u64, PaginationError> {
     match value.parse::<u64>() {
         Ok(n) if n >= min && value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-        _ => Err(format!("{name} must be {kind} integer, got {value:?}")),
+        _ => Err(PaginationError::NotANumber {
+            name,
+            expected: if min == 0 {
+                "a non-negative"
+            } else {
+                "a positive"
+            },
+            value: value.to_owned(),
+        }),
     }
 }
 
 impl Pagination {
-    fn parse(query: Option<&str>, default_size: u64, max_size: u64) -> Result<Self, String> {
+    fn parse(
+        query: Option<&str>,
+        default_size: u64,
+        max_size: u64,
+    ) -> Result<Self, PaginationError> {
         let mut found: [Option<String>; 4] = Default::default();
         let mut others = Vec::new();
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match PAGINATION_PARAMS.iter().position(|p| *p == key) {
                 Some(i) if found[i].is_some() => {
-                    return Err(format!("{key} is given more than once"));
+                    return Err(PaginationError::Repeated {
+                        name: PAGINATION_PARAMS[i],
+                    });
                 }
                 Some(i) => found[i] = Some(value.into_owned()),
                 None => others.push((key.into_owned(), value.into_owned())),
             }
         }
         let [limit, offset, page, page_size] = found;
-        let too_large = |name: &str| format!("{name} is too large");
+        let too_large = |name: &'static str| PaginationError::TooLarge { name };
         let max_offset = i64::MAX as u64;
         if page.is_some() || page_size.is_some() {
             if limit.is_some() || offset.is_some() {
-                return Err("use either limit and offset or page and page_size, not both".into());
+                return Err(PaginationError::MixedStyles);
             }
             let page = page.map_or(Ok(1), |v| parse_number("page", &v, 1))?;
             let size = page_size
@@ -895,7 +937,7 @@ impl Pagination {
 mod tests {
     use super::*;
 
-    fn parse(query: &str) -> Result<Pagination, String> {
+    fn parse(query: &str) -> Result<Pagination, PaginationError> {
         Pagination::parse(Some(query), 20, 100)
     }
 
@@ -942,7 +984,7 @@ mod tests {
             ("page=2&limit=3", "not both"),
             ("limit=1&limit=2", "more than once"),
         ] {
-            let err = parse(query).unwrap_err();
+            let err = parse(query).unwrap_err().to_string();
             assert!(err.contains(needle), "{query}: {err}");
         }
     }

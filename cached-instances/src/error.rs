@@ -7,7 +7,9 @@
 //! [`source`](std::error::Error::source), never both, so that a report that
 //! walks the chain prints each cause once. These errors return it:
 //! [`Error::Load`] displays as `loading Author failed` and its `source()`
-//! is the loader's [`LoadError`], whose message is the database's.
+//! is the loader's [`LoadError`], whose message is the database's;
+//! [`StoreError::Unavailable`] displays as `store unavailable` and its
+//! `source()` is the client's error.
 //!
 //! To see the whole chain, print it with a reporter: `anyhow`'s `{:#}`
 //! (`loading Author failed: error returned from database: relation
@@ -26,8 +28,10 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Errors returned by [`Cache`](crate::Cache) operations.
 ///
-/// Store failures are not among them: when the store is unreachable, reads
-/// fall back to the loaders and writes are retried (see the crate docs).
+/// Store failures are not among them for reads and writes: when the store
+/// is unreachable, reads fall back to the loaders and writes are retried
+/// (see the crate docs). Only [`Cache::warm`](crate::Cache::warm), which
+/// builds an index in the store, fails with [`Error::Store`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -64,11 +68,23 @@ pub enum Error {
     /// `Serialize` impl failed, or a non-finite float).
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The cache store failed during an operation that cannot do without it
+    /// ([`Cache::warm`](crate::Cache::warm)).
+    #[error("the cache store failed ({op}) for {model}")]
+    Store {
+        /// The model involved.
+        model: &'static str,
+        /// The store operation.
+        op: crate::StoreOp,
+        /// The store's error.
+        #[source]
+        source: std::sync::Arc<StoreError>,
+    },
     /// A query could not be run: a field not declared for it, a value of
     /// the wrong type, or a model neither warmed nor queryable through its
     /// loader (see [`query`](crate::query)).
     #[error(transparent)]
-    Query(#[from] crate::query::QueryError),
+    Query(#[from] QueryError),
 }
 
 /// The error a [`Loader`](crate::Loader) returns: a message, or the
@@ -226,7 +242,7 @@ impl EncodeError {
 #[non_exhaustive]
 pub enum StoreError {
     /// The store could not be reached or did not answer in time.
-    #[error("store unavailable: {0}")]
+    #[error("store unavailable")]
     Unavailable(#[source] BoxError),
     /// The store answered something the cache did not expect.
     #[error("unexpected store reply: {0}")]
@@ -360,5 +376,81 @@ pub enum BuildError {
         first: &'static str,
         /// The second pk type.
         second: &'static str,
+    },
+}
+
+/// Why a query could not be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// No field of that name is declared `index`, `sortable` or `search`.
+    #[error(
+        "{model} has no field `{field}` declared for queries (`#[cached(index)]`, `#[cached(sortable)]` or `#[cached(search)]`)"
+    )]
+    UnknownField {
+        /// The model.
+        model: &'static str,
+        /// The name given.
+        field: String,
+    },
+    /// The field is declared for queries, but not for this kind of query.
+    #[error("{model}.{field} is not declared `#[cached({attribute})]`")]
+    NotDeclared {
+        /// The model.
+        model: &'static str,
+        /// The field.
+        field: String,
+        /// The attribute the query needs (`index`, `sortable` or `search`).
+        attribute: &'static str,
+    },
+    /// A value that is not one of the field's type.
+    #[error("{value:?} is not a valid value of {model}.{field}")]
+    InvalidValue {
+        /// The model.
+        model: &'static str,
+        /// The field.
+        field: String,
+        /// The value given.
+        value: String,
+    },
+    /// A search over a model without `search` fields.
+    #[error("{model} has no field declared `#[cached(search)]`")]
+    NoSearchFields {
+        /// The model.
+        model: &'static str,
+    },
+    /// More than one ordering field.
+    #[error("order by one field only, got {ordering:?}")]
+    Ordering {
+        /// The ordering given.
+        ordering: String,
+    },
+    /// The model is not warmed, and its loader does not answer queries.
+    #[error(
+        "{model} is not warmed and its loader answers no queries: call `cache.warm::<{model}>()` or implement `Loader::query`"
+    )]
+    NoFallback {
+        /// The model.
+        model: &'static str,
+    },
+    /// `warm` needs the loader to list every primary key.
+    #[error(
+        "{model}'s loader cannot list every primary key: implement `Loader::all_pks` to warm it"
+    )]
+    NoPkList {
+        /// The model.
+        model: &'static str,
+    },
+    /// `warm` needs a store with query indexes.
+    #[error("the cache's store does not support query indexes")]
+    StoreUnsupported,
+    /// `warm` of a model that declares no field for queries: there is no
+    /// index to build, and nothing would answer from one.
+    #[error(
+        "{model} declares no field for queries (`#[cached(index)]`, `#[cached(sortable)]` or `#[cached(search)]`), so there is no index to warm; to preload its entries, use `cache.get_many::<{model}>(&pks)`"
+    )]
+    NothingToIndex {
+        /// The model.
+        model: &'static str,
     },
 }

@@ -32,6 +32,20 @@ pub(crate) fn instance_key(schema: &Schema, pk_key: &str) -> String {
     key
 }
 
+/// FNV-1a, the hash the derive uses for field ids and schema hashes, and
+/// the store for the prefix of a model's index keys.
+#[must_use]
+pub const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,6 @@
 pub mod axum;
 mod cache;
 mod codec;
-mod derive_support;
 mod error;
 pub mod feed;
 mod instance;
@@ -64,7 +63,16 @@ pub mod query;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx;
 pub mod store;
-mod table;
+
+// The sqlx database modules (derive support themselves, reached by generated
+// code as `__private::sqlx_postgres`, `sqlx_sqlite`, `sqlx_mysql`) name their table
+// helpers by this path.
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
+use __private::table;
 
 pub use cache::{Cache, CacheBuilder, Event, Stats, StoreOp};
 pub use codec::FieldCodec;
@@ -77,7 +85,7 @@ pub use pk::PrimaryKey;
 pub use store::{MemoryStore, Store};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::{RedisStore, RedisStoreBuilder};
+pub use store::{NearCache, NearCacheStats, RedisStore, RedisStoreBuilder};
 
 /// Derives [`CachedInstance`]; see the crate docs for the attributes.
 #[cfg(feature = "derive")]
@@ -85,8 +93,17 @@ pub use cached_instances_derive::CachedInstance;
 
 /// Items used by the code `#[derive(CachedInstance)]` generates. Not a public
 /// API: no stability guarantees.
+///
+/// The one place of the derive's support code: its own modules (field,
+/// index and table dispatch) live below it, and the runtime items generated
+/// code names are re-exported here. The crate's own modules never import
+/// from it.
 #[doc(hidden)]
 pub mod __private {
+    mod fields;
+    mod index;
+    pub(crate) mod table;
+
     pub use crate::codec::{Decode, Decoded, Encode, FieldCodec};
     pub use crate::error::{DecodeError, EncodeError};
     pub use crate::feed::{Capture, CapturedJoin, CapturedReference};
@@ -96,24 +113,22 @@ pub mod __private {
     };
     // Query indexes (`#[cached(index)]`, `sortable`, `search`).
     pub use crate::pk::PrimaryKey;
-    pub use crate::query::{
-        IndexValues, ParseScore, ParseScoreFallback, ParseTerm, ParseTermFallback, ScoreField,
-        ScoreOf, ScoreOfFallback, ScoreParser, SerdeTermField, SerdeTermParser, TermField, TermOf,
-        TermOfFallback, TermParser, TextField, TextOf, TextOfFallback, assert_indexable,
-        assert_searchable, assert_sortable,
-    };
+    pub use crate::query::IndexValues;
+    pub use index::*;
     pub use serde;
     pub use serde_json;
     pub use std::time::Duration;
     pub use std::{fmt, option::Option, result::Result, string::String, vec::Vec};
-    // Autoref dispatch and assertion traits; see `derive_support`.
-    pub use crate::derive_support::*;
+    // Autoref dispatch and assertion traits; see `fields`.
+    pub use fields::*;
     pub use std::unreachable;
 
     // Derived sqlx loaders (`#[cached(table = "...")]`). The metadata and
     // dispatch helpers exist whatever the features; what names sqlx sits
     // behind the `__cached_if_*` macros below.
     pub use crate::query::Condition;
+    #[cfg(feature = "sqlx-mysql")]
+    pub use crate::sqlx::mysql as sqlx_mysql;
     #[cfg(feature = "sqlx-postgres")]
     pub use crate::sqlx::postgres as sqlx_postgres;
     #[cfg(feature = "sqlx")]
@@ -121,14 +136,19 @@ pub mod __private {
     #[cfg(feature = "sqlx-sqlite")]
     pub use crate::sqlx::sqlite as sqlx_sqlite;
     #[cfg(feature = "sqlx")]
-    pub use crate::sqlx::{BoxFuture, FetchedKeys, SqlxConnection, SqlxModel, schema_error};
-    pub use crate::table::*;
-    pub use crate::{__cached_if_sqlx, __cached_if_sqlx_postgres, __cached_if_sqlx_sqlite};
+    pub use crate::sqlx::{
+        BoxFuture, FetchedKeys, SqlxColumn, SqlxConnection, SqlxModel, schema_error,
+    };
+    pub use crate::{
+        __cached_if_sqlx, __cached_if_sqlx_mysql, __cached_if_sqlx_postgres,
+        __cached_if_sqlx_sqlite,
+    };
     #[cfg(feature = "sqlx")]
     pub use ::sqlx;
     pub use std::clone::Clone;
     pub use std::future::Future;
     pub use std::marker::Send;
+    pub use table::*;
 
     /// Asserts at compile time that `T` is a cached model.
     pub const fn assert_cached<T: CachedInstance>() {}
@@ -145,19 +165,8 @@ pub mod __private {
     /// Asserts that a skipped field can be rebuilt on decode.
     pub const fn assert_default<T: Skippable>() {}
 
-    /// FNV-1a, the hash the derive uses for field ids and schema hashes.
     /// Exposed so tests can check the derive's constants.
-    #[must_use]
-    pub const fn fnv1a(bytes: &[u8]) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut i = 0;
-        while i < bytes.len() {
-            hash ^= bytes[i] as u64;
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-            i += 1;
-        }
-        hash
-    }
+    pub use crate::key::fnv1a;
 }
 
 // Generated code is compiled in the user's crate, where `cfg(feature = ...)`
@@ -214,6 +223,24 @@ macro_rules! __cached_if_sqlx_postgres {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cached_if_sqlx_postgres {
+    ($($t:tt)*) => {};
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(feature = "sqlx-mysql")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Emits its input when the `sqlx-mysql` feature is enabled. Used by
+/// generated code.
+#[cfg(not(feature = "sqlx-mysql"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cached_if_sqlx_mysql {
     ($($t:tt)*) => {};
 }
 

@@ -1,7 +1,9 @@
 //! Databases for tests that count statements: a private in-memory SQLite
 //! database whose statements a `sqlite3_trace_v2` hook counts, and a fresh
 //! schema of the PostgreSQL server at `DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`) reached through a proxy that
+//! `postgres://postgres@127.0.0.1:5432/test`) and a fresh database of the
+//! MySQL or MariaDB server at `MYSQL_URL` (default
+//! `mysql://root@127.0.0.1:3306/test`), each reached through a proxy that
 //! counts the statements clients run.
 
 use std::collections::HashMap;
@@ -13,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -261,6 +264,199 @@ where
     let outcome = tokio::spawn(test(pool.clone(), statements)).await;
     pool.close().await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+/// What a MySQL client and server say on one connection, parsed far enough
+/// to count statements: every packet is a 3-byte little-endian length, a
+/// sequence number and the payload; a client packet numbered 0 starts a
+/// command (the handshake's packets are numbered from 1).
+#[derive(Default)]
+struct MySqlSession {
+    from_client: Vec<u8>,
+    from_server: Vec<u8>,
+    /// The commands sent whose first response packet has not come back:
+    /// `Some(sql)` for a prepare, whose response carries the statement id.
+    awaiting: std::collections::VecDeque<Option<String>>,
+    /// Statement id -> SQL.
+    prepared: HashMap<u32, String>,
+}
+
+/// The complete packets at the start of `pending` (sequence number,
+/// payload), removed from it.
+fn mysql_packets(pending: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+    let mut packets = Vec::new();
+    while let Some(header) = pending.get(..4) {
+        let len =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+        if pending.len() < 4 + len {
+            break;
+        }
+        let seq = header[3];
+        let packet: Vec<u8> = pending.drain(..4 + len).collect();
+        packets.push((seq, packet[4..].to_vec()));
+    }
+    packets
+}
+
+impl MySqlSession {
+    /// Client bytes: COM_QUERY and COM_STMT_EXECUTE are statements run.
+    fn client(&mut self, bytes: &[u8], statements: &Statements) {
+        self.from_client.extend_from_slice(bytes);
+        for (seq, payload) in mysql_packets(&mut self.from_client) {
+            let (0, Some(&command)) = (seq, payload.first()) else {
+                continue;
+            };
+            let text = || String::from_utf8_lossy(&payload[1..]).into_owned();
+            match command {
+                // COM_QUERY
+                0x03 => {
+                    statements.record(text());
+                    self.awaiting.push_back(None);
+                }
+                // COM_STMT_PREPARE
+                0x16 => self.awaiting.push_back(Some(text())),
+                // COM_STMT_EXECUTE
+                0x17 => {
+                    let id = payload
+                        .get(1..5)
+                        .map_or(0, |id| u32::from_le_bytes(id.try_into().unwrap()));
+                    statements.record(self.prepared.get(&id).cloned().unwrap_or_default());
+                    self.awaiting.push_back(None);
+                }
+                // COM_QUIT, COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE: no reply.
+                0x01 | 0x18 | 0x19 => {}
+                _ => self.awaiting.push_back(None),
+            }
+        }
+    }
+
+    /// Server bytes: the first packet after a command answers it (sqlx
+    /// waits for a whole response before its next command); a prepare's
+    /// answer is `0x00` and the statement id.
+    fn server(&mut self, bytes: &[u8]) {
+        self.from_server.extend_from_slice(bytes);
+        for (_, payload) in mysql_packets(&mut self.from_server) {
+            let Some(command) = self.awaiting.pop_front() else {
+                continue;
+            };
+            if let (Some(sql), Some(0x00), Some(id)) = (command, payload.first(), payload.get(1..5))
+            {
+                self.prepared
+                    .insert(u32::from_le_bytes(id.try_into().unwrap()), sql);
+            }
+        }
+    }
+}
+
+/// [`start_proxy`] for MySQL's protocol.
+async fn start_mysql_proxy(upstream: (String, u16), statements: Arc<Statements>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let statements = statements.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let session = Arc::new(Mutex::new(MySqlSession::default()));
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let server_session = session.clone();
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_server.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        server_session.lock().unwrap().server(&buf[..n]);
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown().await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match from_client.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    session.lock().unwrap().client(&buf[..n], &statements);
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = to_server.shutdown().await;
+                let _ = down.await;
+            });
+        }
+    });
+    port
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// Runs `test` with a pool on a fresh database of the MySQL or MariaDB
+/// server at `MYSQL_URL`, connected through a counting proxy, then drops
+/// the database, whether the test passed or not.
+pub async fn with_mysql<F, Fut>(test: F)
+where
+    F: FnOnce(MySqlPool, Arc<Statements>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let url = mysql_url();
+    let options = MySqlConnectOptions::from_str(&url)
+        .unwrap_or_else(|e| panic!("MYSQL_URL {url:?} is not a MySQL URL: {e}"))
+        .ssl_mode(MySqlSslMode::Disabled);
+    let admin = MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "MySQL at {url} is unreachable ({e}); these tests need a server: start one \
+                 (MariaDB works) or point MYSQL_URL at one"
+            )
+        });
+    let database = format!(
+        "ci_test_{}_{}_{}",
+        std::process::id(),
+        Utc::now().timestamp_micros(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    let statements = Arc::new(Statements::default());
+    let upstream = (options.get_host().to_owned(), options.get_port());
+    let port = start_mysql_proxy(upstream, statements.clone()).await;
+    let proxied = options.host("127.0.0.1").port(port).database(&database);
+    let pool = MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(proxied)
+        .await
+        .expect("connects through the counting proxy");
+
+    let outcome = tokio::spawn(test(pool.clone(), statements)).await;
+    pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {database}")))
         .execute(&admin)
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! Test support shared by the workspace's tests, benchmarks and examples.
 //! Not published.
 
+pub mod cli;
 pub mod conformance;
 pub mod databases;
 pub mod faults;

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cached_instances::Store;
-use cached_instances::store::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, StoreFuture};
+use cached_instances::store::{
+    CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, StoreFuture,
+};
 
 /// A store primitive, as a [`Hook`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,10 +137,24 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
             .around(Op::DeleteMany, move || self.inner.delete_many(keys))
     }
 
-    fn supports_indexes(&self) -> bool {
-        self.inner.supports_indexes()
+    /// The inner store's query indexes, with the hook around each call:
+    /// `None` exactly when the inner store has none.
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()?;
+        Some(self)
     }
+}
 
+impl<S: Store, H: Hook> Wrapped<S, H> {
+    /// Only reached through [`Store::indexes`], which checked them.
+    fn inner_indexes(&self) -> &dyn IndexStore {
+        self.inner
+            .indexes()
+            .expect("reached through `indexes`, which checked them")
+    }
+}
+
+impl<S: Store, H: Hook> IndexStore for Wrapped<S, H> {
     fn index_lease<'a>(
         &'a self,
         prefix: &'a str,
@@ -146,7 +162,7 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
         token: &'a [u8],
     ) -> StoreFuture<'a, ()> {
         self.hook.around(Op::IndexLease, move || {
-            self.inner.index_lease(prefix, members, token)
+            self.inner_indexes().index_lease(prefix, members, token)
         })
     }
 
@@ -157,7 +173,7 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
         updates: &'a [IndexUpdate],
     ) -> StoreFuture<'a, Vec<bool>> {
         self.hook.around(Op::IndexApply, move || {
-            self.inner.index_apply(prefix, token, updates)
+            self.inner_indexes().index_apply(prefix, token, updates)
         })
     }
 
@@ -167,7 +183,7 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
         query: &'a IndexQuery,
     ) -> StoreFuture<'a, Option<IndexPage>> {
         self.hook.around(Op::IndexQuery, move || {
-            self.inner.index_query(prefix, query)
+            self.inner_indexes().index_query(prefix, query)
         })
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::ops::{CachedDetail, Many, ManyHow, Op, PgDetail, RawGet, RawGetTimeout, StoreGet};
 use crate::runners::{latencies, throughputs};
 use crate::setup::Env;
-use crate::stats::{Rate, fmt_lat};
+use crate::stats::{Lat, Rate, fmt_lat};
 use crate::table::{Row, ratio_row};
 
 pub(crate) async fn detail_rows(env: &Env, rows: &mut Vec<Row>) {
@@ -131,13 +131,7 @@ pub(crate) async fn breakdown(env: &Env) {
     .await;
     let ops: [Arc<dyn Op>; 4] = [raw, raw_timeout, store, ours];
     let rates = throughputs(&ops, cfg).await;
-    println!(
-        "\n## Breakdown: one key\n\n| layer | latency | throughput, {} tasks |\n|---|---|---|",
-        cfg.tasks
-    );
-    for ((name, l), r) in names.iter().zip(lats).zip(rates) {
-        println!("| {name} | {} | {} |", fmt_lat(l), r.show());
-    }
+    print_layers("one key", &names, lats, rates, cfg.tasks);
 
     let pages: Vec<Vec<i64>> = hot.chunks(100).map(<[i64]>::to_vec).collect();
     let page_keys: Vec<Vec<String>> = pages.iter().map(|p| env.keys(p)).collect();
@@ -168,9 +162,19 @@ pub(crate) async fn breakdown(env: &Env) {
     let lats = latencies(&refs, cfg.rounds, (cfg.block / 5).max(20)).await;
     let dyns: Vec<Arc<dyn Op>> = ops.iter().map(|o| o.clone() as Arc<dyn Op>).collect();
     let rates = throughputs(&dyns, cfg).await;
+    print_layers(
+        "lists (the page windows cycle through the hot set)",
+        &names,
+        lats,
+        rates,
+        cfg.tasks,
+    );
+}
+
+/// One table of the breakdown: each layer's latency and throughput.
+fn print_layers(title: &str, names: &[&str], lats: Vec<Lat>, rates: Vec<Rate>, tasks: usize) {
     println!(
-        "\n## Breakdown: lists (the page windows cycle through the hot set)\n\n| layer | latency | throughput, {} tasks |\n|---|---|---|",
-        cfg.tasks
+        "\n## Breakdown: {title}\n\n| layer | latency | throughput, {tasks} tasks |\n|---|---|---|"
     );
     for ((name, l), r) in names.iter().zip(lats).zip(rates) {
         println!("| {name} | {} | {} |", fmt_lat(l), r.show());

@@ -34,6 +34,11 @@ impl Paths {
                 quote!(#p::sqlx_postgres),
                 quote!(#p::sqlx::Postgres),
             ),
+            Database::Mysql => (
+                quote!(#p::__cached_if_sqlx_mysql),
+                quote!(#p::sqlx_mysql),
+                quote!(#p::sqlx::MySql),
+            ),
         };
         Paths { gate, module, db }
     }
@@ -108,6 +113,26 @@ pub(super) fn loader(cont: &Container, pk: &Field, database: Database) -> TokenS
 
     let mut lists = Vec::new();
     let mut inits = Vec::new();
+    // `verify_schema`'s columns: the row's, then each list's.
+    let mut checks: Vec<TokenStream> = columns
+        .iter()
+        .map(|field| {
+            let column = field.column();
+            let ty = &field.ty;
+            let checked = match field.storage() {
+                Storage::Serde => quote!(#p::serde_json::Value),
+                _ => quote!(#ty),
+            };
+            let check = column_check(
+                &quote!(#table),
+                &quote!(#column),
+                &type_name(ty),
+                &checked,
+                &module,
+            );
+            quote!(__columns.push(#check);)
+        })
+        .collect();
     for field in &cont.fields {
         if field.attrs.pk.is_some() {
             continue;
@@ -176,6 +201,31 @@ pub(super) fn loader(cont: &Container, pk: &Field, database: Database) -> TokenS
             Some(item) => item.to_token_stream(),
             None => quote_spanned!(target.span()=> <#target as #p::CachedInstance>::Pk),
         };
+        let owner_check = column_check(
+            &quote!(__table),
+            &quote!(__owner),
+            &type_name(pk_ty),
+            &quote!(#pk_ty),
+            &module,
+        );
+        let item_name = match vec_item(ty) {
+            Some(item) => type_name(item),
+            None => format!("<{} as CachedInstance>::Pk", target.to_token_stream()),
+        };
+        let item_check = column_check(
+            &quote!(__table),
+            &quote!(__item),
+            &item_name,
+            &item_pk,
+            &module,
+        );
+        checks.push(quote! {
+            {
+                #names
+                __columns.push(#owner_check);
+                __columns.push(#item_check);
+            }
+        });
         let fetch_lists = quote_spanned! {pk_ty.span()=>
             #module::fetch_lists::<#pk_ty, #item_pk>(&mut *__conn, __table, __owner, __item, &__keys)
                 .await?
@@ -289,6 +339,13 @@ pub(super) fn loader(cont: &Container, pk: &Field, database: Database) -> TokenS
                     #p::Option::Some((#table, #pk_column))
                 }
 
+                fn sqlx_columns() -> #p::Option<#p::Vec<#p::SqlxColumn<#db>>> {
+                    use #module::{CompatibleColumn as _, CompatibleColumnFallback as _};
+                    let mut __columns = #p::Vec::new();
+                    #(#checks)*
+                    #p::Option::Some(__columns)
+                }
+
                 #filter
 
                 fn sqlx_fetch_keys<'__a>(
@@ -357,6 +414,34 @@ fn vec_item(ty: &syn::Type) -> Option<&syn::Type> {
         (true, Some(syn::GenericArgument::Type(item)), 1) => Some(item),
         _ => None,
     }
+}
+
+/// A `SqlxColumn` of `verify_schema`: `table`.`column` read into a field of
+/// type `ty_name`, checked as `checked`.
+fn column_check(
+    table: &TokenStream,
+    column: &TokenStream,
+    ty_name: &str,
+    checked: &TokenStream,
+    module: &TokenStream,
+) -> TokenStream {
+    let p = private();
+    quote! {
+        #p::SqlxColumn::new(
+            #table,
+            #column,
+            #ty_name,
+            #module::ColumnOfType::<#checked>::new().__cached_compatible(),
+        )
+    }
+}
+
+/// A type as users write it (`Option<String>`, not `Option < String >`).
+fn type_name(ty: &syn::Type) -> String {
+    ty.to_token_stream()
+        .to_string()
+        .replace(' ', "")
+        .replace(',', ", ")
 }
 
 /// The stand-in of a derived loader when the derive rejected its input, so

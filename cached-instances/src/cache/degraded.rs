@@ -1,14 +1,7 @@
-//! Degraded mode: what the cache does while its store is failing.
-//!
-//! - A circuit: after a store error, the store is skipped for
-//!   `store_retry_interval`; reads go straight to the loaders (at most
-//!   `degraded_concurrency` loads at once, so an outage does not turn into a
-//!   database stampede) and return correct data.
-//! - A retry queue: invalidations that could not be delivered are kept and
-//!   delivered by the cache's recovery task (`recovery.rs`) when the store
-//!   answers again. Until then no read uses the store, so a stale entry is
-//!   never served once the store is back. (If the process exits first, the
-//!   entry's TTL is the backstop.)
+//! Degraded mode: the circuit that skips a failing store for
+//! `store_retry_interval`, the bound on direct loads, the queue of
+//! invalidations the store could not take, and the events (see "Store
+//! outages" in the protocol, `cache/mod.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -204,15 +197,11 @@ impl Degraded {
         self.retry_interval
     }
 
-    pub(crate) fn failed(&self, model: Option<&'static str>, op: StoreOp, error: StoreError) {
+    pub(crate) fn failed(&self, model: Option<&'static str>, op: StoreOp, error: Arc<StoreError>) {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.retry_interval);
         self.is_down.store(true, Ordering::Relaxed);
-        self.emit(Event::StoreUnavailable {
-            model,
-            op,
-            error: Arc::new(error),
-        });
+        self.emit(Event::StoreUnavailable { model, op, error });
     }
 
     pub(crate) fn succeeded(&self) {

@@ -1,58 +1,38 @@
 //! Query index maintenance (see [`query`](crate::query)): the update made
-//! by every write of a model with index fields, and [`Cache::warm`].
-//!
-//! Every update follows the lease protocol of the entries: lease the
-//! members' index records (a token, replacing any other update's), read
-//! the instances, apply their values if the lease still holds. A write
-//! leases after its commit and its invalidation, so the holder of the last
-//! lease read the database after every write that leased before it, and a
-//! write that comes later takes the lease over: the index ends with the
-//! values of the last committed state.
-//!
-//! A write whose update cannot reach the store (it is down, or the lease or
-//! the apply fails) queues it as a `PendingOp::Reindex` in the retry queue
-//! of undelivered invalidations (`degraded.rs`). Until the recovery task
-//! (`recovery.rs`) has delivered the queue no read uses the store, so the
-//! model's queries go to the loader meanwhile; on delivery, after the
-//! instances, the update is redone
-//! under a new lease with a fresh reload, as the write would have done it,
-//! and the model stays warmed. Only when that fails too (the store fails
-//! again, or the loader) is the model un-warmed: its warm mark is deleted,
-//! and its queries go to the loader until the next [`Cache::warm`].
+//! by every write of a model with index fields, and the re-index of the
+//! updates the store missed (see "Query indexes" and "Store outages" in the
+//! protocol, `cache/mod.rs`).
 
-use std::collections::{BTreeMap, HashSet};
-use std::marker::PhantomData;
+use std::collections::BTreeMap;
 
 use super::Cache;
 use super::degraded::{PendingOp, StoreOp};
-use super::read::Want;
-use super::registry::ModelEntry;
+use super::registry::{ModelEntry, update_of};
 use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
-use crate::query::plan;
-use crate::query::{IndexValues, QueryError, Warm, WarmProgress, WarmReport};
-use crate::store::{IndexQuery, IndexUpdate, WARM_SUFFIX};
+use crate::store::plan;
+use crate::store::{IndexStore, WARM_SUFFIX};
 
 /// The most members one index script handles: a bigger batch is split, so
 /// that no script holds the server for long (or outlasts the store's
 /// response timeout on a busy one).
-const MEMBERS_PER_SCRIPT: usize = 250;
+pub(super) const MEMBERS_PER_SCRIPT: usize = 250;
 
 /// How long the mark of a warmed index lasts (it is refreshed by every
 /// `warm`; effectively for good).
-const WARM_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
-
-pub(super) fn update_of<T: CachedInstance>(member: String, row: Option<&T>) -> IndexUpdate {
-    let record = row.map(|row| plan::record(&T::SCHEMA, &IndexValues::of(row)));
-    IndexUpdate::new(member, record)
-}
+pub(super) const WARM_TTL: std::time::Duration =
+    std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
 impl Cache {
-    /// Whether `T`'s queries can use the store's indexes at all.
-    pub(super) fn indexed<T: CachedInstance>(&self) -> bool {
-        !T::SCHEMA.indexes.is_empty() && self.inner.store.supports_indexes()
+    /// The store's indexes, when `T` has index fields and the store has
+    /// indexes: whether `T`'s queries can use them at all.
+    pub(super) fn indexes_of<T: CachedInstance>(&self) -> Option<&dyn IndexStore> {
+        if T::SCHEMA.indexes.is_empty() {
+            return None;
+        }
+        self.inner.store.indexes()
     }
 
     /// After a write of `pk` (its commit and its invalidation): leases its
@@ -65,15 +45,14 @@ impl Cache {
         entry: &ModelEntry,
         pk: &T::Pk,
     ) -> Result<(), Error> {
-        if !self.indexed::<T>() {
+        let Some(store) = self.indexes_of::<T>() else {
             return Ok(());
-        }
+        };
         let prefix = plan::prefix(&T::SCHEMA);
         if !self.store_usable() {
             self.index_missed::<T>(pk);
             return Ok(());
         }
-        let store = &self.inner.store;
         let members = vec![pk.to_index_member()];
         let token = marker::new_lease();
         let leased = self
@@ -109,7 +88,7 @@ impl Cache {
     }
 
     /// Counts the index records an apply wrote (those whose lease held).
-    fn count_applied(&self, applied: &[bool]) {
+    pub(super) fn count_applied(&self, applied: &[bool]) {
         let n = applied.iter().filter(|&&ok| ok).count();
         super::stats::add(&self.inner.counters.index_updates, n);
     }
@@ -149,7 +128,10 @@ impl Cache {
         for (model, version, pk_key) in ops {
             by_type.entry((model, version)).or_default().push(pk_key);
         }
-        let store = &self.inner.store;
+        // Only stores with indexes queue index updates.
+        let Some(store) = self.inner.store.indexes() else {
+            return 0;
+        };
         let mut delivered = 0;
         for ((model, version), pk_keys) in by_type {
             let entry = self
@@ -161,7 +143,7 @@ impl Cache {
             // Only registered, indexed types queue updates; anything else
             // has no index to repair.
             let Some(entry) = entry else { continue };
-            if entry.schema.indexes.is_empty() || !store.supports_indexes() {
+            if entry.schema.indexes.is_empty() {
                 continue;
             }
             let prefix = plan::prefix(&entry.schema);
@@ -187,10 +169,7 @@ impl Cache {
                     self.unwarm(model, &prefix, true).await;
                     break;
                 }
-                super::stats::add(&self.inner.counters.loader_calls, 1);
-                let updates = self
-                    .within_loader_timeout(model, entry.ops.index_updates(keys))
-                    .await;
+                let updates = entry.ops.index_updates(self.loading(), keys).await;
                 let updates = match updates {
                     Ok(updates) => updates,
                     Err(error) => {
@@ -251,204 +230,5 @@ impl Cache {
         if !deleted {
             self.queue(mark.into_iter().map(PendingOp::Delete));
         }
-    }
-
-    /// Loads every instance of `T` in batches through its loader (filling
-    /// the cache as reads do), indexes them, removes from the index the
-    /// members that no longer exist, and marks the index complete: from
-    /// then on [`query`](Self::query) answers `T`'s queries from the cache.
-    /// Await the returned [`Warm`], after setting its batch size or progress
-    /// callback if need be. See the [`query`](crate::query) module.
-    pub fn warm<T: CachedInstance>(&self) -> Warm<'_, T> {
-        Warm {
-            cache: self,
-            batch_size: 1000,
-            progress: None,
-            _model: PhantomData,
-        }
-    }
-
-    pub(crate) async fn warm_model<T: CachedInstance>(
-        &self,
-        batch_size: usize,
-        mut progress: Option<crate::query::ProgressFn<'_>>,
-    ) -> Result<WarmReport, Error> {
-        let entry = self.inner.registry.entry::<T>()?;
-        if T::SCHEMA.indexes.is_empty() {
-            return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
-        }
-        if !self.inner.store.supports_indexes() {
-            return Err(QueryError::StoreUnsupported.into());
-        }
-        let store = &self.inner.store;
-        let prefix = plan::prefix(&T::SCHEMA);
-        let mut loader_calls = 1;
-        let pks = self
-            .within_loader_timeout(T::MODEL, async {
-                entry
-                    .loader::<T>()
-                    .all_pks()
-                    .await
-                    .map_err(|source| Error::Load {
-                        model: T::MODEL,
-                        source,
-                    })
-            })
-            .await?
-            .ok_or(QueryError::NoPkList { model: T::MODEL })?;
-        super::stats::add(&self.inner.counters.loader_calls, 1);
-        let total = pks.len() as u64;
-        let unavailable = || Error::Load {
-            model: T::MODEL,
-            source: crate::error::LoadError::msg("the cache store is unavailable"),
-        };
-
-        // What the index held before, to remove what no longer exists.
-        let before: Vec<String> = if self.indexed::<T>() {
-            let all = IndexQuery {
-                ignore_warm: true,
-                ..IndexQuery::default()
-            };
-            self.store_call(
-                Some(T::MODEL),
-                StoreOp::IndexMembers,
-                store.index_query(&prefix, &all),
-            )
-            .await
-            .ok_or_else(unavailable)?
-            .map(|page| page.members)
-            .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-
-        let mut seen: HashSet<String> = HashSet::with_capacity(pks.len());
-        let mut indexed = 0u64;
-        let mut done = 0u64;
-        for chunk in pks.chunks(batch_size.max(1)) {
-            let members: Vec<String> = chunk.iter().map(PrimaryKey::to_index_member).collect();
-            let token = marker::new_lease();
-            for part in members.chunks(MEMBERS_PER_SCRIPT) {
-                if !self.indexed::<T>() {
-                    break;
-                }
-                self.store_call(
-                    Some(T::MODEL),
-                    StoreOp::IndexLease,
-                    store.index_lease(&prefix, part, &token),
-                )
-                .await
-                .ok_or_else(unavailable)?;
-            }
-            let calls_before = self
-                .inner
-                .counters
-                .loader_calls
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let found = self.read_many::<T>(chunk, Want::Instances).await?;
-            let calls_after = self
-                .inner
-                .counters
-                .loader_calls
-                .load(std::sync::atomic::Ordering::Relaxed);
-            loader_calls += calls_after.saturating_sub(calls_before);
-            let updates: Vec<IndexUpdate> = members
-                .iter()
-                .zip(&found)
-                .map(|(member, f)| {
-                    if f.instance.is_some() {
-                        indexed += 1;
-                    }
-                    update_of(member.clone(), f.instance.as_ref())
-                })
-                .collect();
-            for part in updates.chunks(MEMBERS_PER_SCRIPT) {
-                if !self.indexed::<T>() {
-                    break;
-                }
-                let applied = self
-                    .store_call(
-                        Some(T::MODEL),
-                        StoreOp::IndexApply,
-                        store.index_apply(&prefix, &token, part),
-                    )
-                    .await
-                    .ok_or_else(unavailable)?;
-                self.count_applied(&applied);
-            }
-            seen.extend(members);
-            done += chunk.len() as u64;
-            if let Some(progress) = progress.as_mut() {
-                progress(WarmProgress {
-                    model: T::MODEL,
-                    done,
-                    total,
-                });
-            }
-        }
-
-        // Members of rows that are gone: leased and reloaded like the rest,
-        // so one created meanwhile (and indexed by its write) stays.
-        let stale: Vec<String> = before.into_iter().filter(|m| !seen.contains(m)).collect();
-        let mut removed = 0u64;
-        for chunk in stale.chunks(batch_size.clamp(1, MEMBERS_PER_SCRIPT)) {
-            let token = marker::new_lease();
-            self.store_call(
-                Some(T::MODEL),
-                StoreOp::IndexLease,
-                store.index_lease(&prefix, chunk, &token),
-            )
-            .await
-            .ok_or_else(unavailable)?;
-            let pks: Vec<T::Pk> = chunk
-                .iter()
-                .filter_map(|m| T::Pk::from_index_member(m))
-                .collect();
-            let rows = self.load_rows::<T>(entry, &pks).await?;
-            loader_calls += 1;
-            let updates: Vec<IndexUpdate> = chunk
-                .iter()
-                .map(|member| {
-                    let row = rows.iter().find(|r| &r.pk().to_index_member() == member);
-                    if row.is_none() {
-                        removed += 1;
-                    }
-                    update_of(member.clone(), row)
-                })
-                .collect();
-            let applied = self
-                .store_call(
-                    Some(T::MODEL),
-                    StoreOp::IndexApply,
-                    store.index_apply(&prefix, &token, &updates),
-                )
-                .await
-                .ok_or_else(unavailable)?;
-            self.count_applied(&applied);
-        }
-
-        if self.indexed::<T>() {
-            let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
-            self.store_call(
-                Some(T::MODEL),
-                StoreOp::IndexMark,
-                store.swap_many(&marker_key, b"1", WARM_TTL),
-            )
-            .await
-            .ok_or_else(unavailable)?;
-        }
-        tracing::info!(
-            target: "cached_instances",
-            model = T::MODEL,
-            indexed,
-            removed,
-            "warmed"
-        );
-        Ok(WarmReport {
-            model: T::MODEL,
-            indexed,
-            removed,
-            loader_calls,
-        })
     }
 }

@@ -3,7 +3,11 @@
 //!
 //! # Protocol
 //!
-//! A look-aside cache with leases and tombstones:
+//! This is the one explanation of the protocol; the modules that implement
+//! a part of it point here, and CONSISTENCY.md states the guarantees it
+//! gives and the tests that show them.
+//!
+//! ## Entries: a look-aside cache with leases and tombstones
 //!
 //! 1. A read multi-gets its keys. Misses take a lease (a unique token written
 //!    to the key) where the key is absent or a tombstone.
@@ -16,6 +20,45 @@
 //! 4. A reader that finds another's lease waits for the fill (bounded by
 //!    [`lease_wait`](crate::CacheBuilder::lease_wait)), then reads the database
 //!    without filling.
+//!
+//! ## Writes: cascade levels (`write.rs`)
+//!
+//! A write invalidates breadth-first, level by level, from the written
+//! instance. Every level costs one round trip that swaps each key (every
+//! version) to the write's lease, voiding readers' leases and returning the
+//! old bytes; one loader call per model to reload the entries that were
+//! cached (all of them without `update_only`); and one round trip that fills
+//! them if the lease still holds, or leaves a tombstone. The old and new
+//! states give the next level's targets; a visited set makes cycles
+//! terminate, and past `max_cascade_depth` levels are tombstoned without
+//! reloading, following what the old states linked to. Reloading the written
+//! instance keeps it cached with the committed state, so its next write can
+//! still be compared with what it replaces.
+//!
+//! ## Query indexes (`index.rs`, `warm.rs`)
+//!
+//! Every index update follows the entries' lease protocol: lease the
+//! members' index records (a token, replacing any other update's), read the
+//! instances, apply their values if the lease still holds. A write leases
+//! after its commit and its invalidation, so the holder of the last lease
+//! read the database after every write that leased before it: the index
+//! ends with the values of the last committed state. A model is answered
+//! from its index only once [`Cache::warm`] marked it complete.
+//!
+//! ## Store outages (`degraded.rs`, `recovery.rs`)
+//!
+//! After a store error the store is skipped for `store_retry_interval`;
+//! reads go to the loaders (at most `degraded_concurrency` at once).
+//! Invalidations and index updates the store could not take are queued, and
+//! **while anything is queued or being delivered, this process does not use
+//! the store**: reads go to the loaders, writes queue behind. The queue is
+//! delivered by a background task the cache owns, never by a reader: each
+//! queued instance is delivered as a cascade level of its own (what the
+//! store still held is compared with a reload, so a relation the write
+//! could not see is invalidated too), then the index updates are redone
+//! under a new lease. An index update that fails again un-warms its model
+//! (its warm mark deleted) until the next `warm`. If the process exits
+//! first, the entries' TTL is the backstop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,23 +68,29 @@ use bytes::Bytes;
 
 mod builder;
 // The change feed's entry (`crate::feed`).
+// Row changes to invalidations: the feed's worker is their only user.
+#[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 mod changes;
 mod degraded;
 // Query indexes: maintenance and warm (`index.rs`), running queries
 // (`query.rs`).
 mod index;
+mod loading;
 mod query;
 mod read;
 mod recovery;
 mod registry;
 mod shape;
 mod stats;
+mod warm;
 mod write;
 
 pub use builder::CacheBuilder;
+#[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 pub(crate) use changes::{Changes, RowChange, Unusable};
 pub use degraded::{Event, StoreOp};
 pub use stats::Stats;
+pub use warm::{Warm, WarmProgress, WarmReport};
 
 use crate::error::Error;
 use crate::instance::CachedInstance;
@@ -149,7 +198,10 @@ impl Cache {
     /// As [`get`](Self::get).
     pub async fn get_many<T: CachedInstance>(&self, pks: &[T::Pk]) -> Result<Vec<T>, Error> {
         let found = self.read_many::<T>(pks, read::Want::Instances).await?;
-        Ok(found.into_iter().filter_map(|f| f.instance).collect())
+        Ok(found
+            .into_iter()
+            .filter_map(read::Found::into_instance)
+            .collect())
     }
 
     /// The cached JSON representation of `pk`, ready to serve, without
@@ -173,7 +225,10 @@ impl Cache {
         pks: &[T::Pk],
     ) -> Result<Vec<Bytes>, Error> {
         let found = self.read_many::<T>(pks, read::Want::Bytes).await?;
-        Ok(found.into_iter().filter_map(|f| f.bytes).collect())
+        Ok(found
+            .into_iter()
+            .filter_map(read::Found::into_bytes)
+            .collect())
     }
 
     /// Tells the cache that `instance` was written to the database. Call it
@@ -300,58 +355,23 @@ impl Cache {
         schema.ttl.unwrap_or(self.inner.config.default_ttl)
     }
 
-    /// One loader call for `pks`, counted, under the loader deadline.
+    /// The loader calls' settings (see `loading.rs`).
+    fn loading(&self) -> loading::Loading<'_> {
+        loading::Loading {
+            counters: &self.inner.counters,
+            timeout: self.inner.config.loader_timeout,
+        }
+    }
+
+    /// One loader call for `pks`.
     async fn load_rows<T: CachedInstance>(
         &self,
         entry: &registry::ModelEntry,
         pks: &[T::Pk],
     ) -> Result<Vec<T>, Error> {
-        stats::add(&self.inner.counters.loader_calls, 1);
-        let load = async {
-            entry
-                .loader::<T>()
-                .load(pks)
-                .await
-                .map_err(|source| Error::Load {
-                    model: T::MODEL,
-                    source,
-                })
-        };
-        self.within_loader_timeout(T::MODEL, load).await
-    }
-
-    /// Runs a loader call under [`loader_timeout`](CacheBuilder::loader_timeout).
-    /// A call that runs out of time is dropped (the loader's future is
-    /// cancelled) and is [`Error::LoadTimeout`]; the caller then releases
-    /// whatever leases it held, as for any failed load.
-    async fn within_loader_timeout<R>(
-        &self,
-        model: &'static str,
-        load: impl std::future::Future<Output = Result<R, Error>>,
-    ) -> Result<R, Error> {
-        let timer = stats::LoadTimer::start();
-        let Some(timeout) = self.inner.config.loader_timeout else {
-            let result = load.await;
-            timer.finish(model, if result.is_ok() { "success" } else { "failure" });
-            return result;
-        };
-        match tokio::time::timeout(timeout, load).await {
-            Ok(result) => {
-                timer.finish(model, if result.is_ok() { "success" } else { "failure" });
-                result
-            }
-            Err(_elapsed) => {
-                timer.finish(model, "timeout");
-                stats::add(&self.inner.counters.loader_timeouts, 1);
-                tracing::warn!(
-                    target: "cached_instances",
-                    model,
-                    ?timeout,
-                    "loader timed out"
-                );
-                Err(Error::LoadTimeout { model, timeout })
-            }
-        }
+        self.loading()
+            .call(T::MODEL, entry.loader::<T>().load(pks))
+            .await
     }
 
     /// A representation of `bytes` bytes is over `max_entry_bytes`: it is
@@ -375,10 +395,20 @@ impl Cache {
         op: StoreOp,
         call: crate::store::StoreFuture<'_, T>,
     ) -> Option<T> {
+        self.store_result(model, op, call).await.ok()
+    }
+
+    /// [`store_call`](Self::store_call), keeping the error.
+    async fn store_result<T>(
+        &self,
+        model: Option<&'static str>,
+        op: StoreOp,
+        call: crate::store::StoreFuture<'_, T>,
+    ) -> Result<T, Arc<crate::error::StoreError>> {
         match call.await {
             Ok(value) => {
                 self.inner.degraded.succeeded();
-                Some(value)
+                Ok(value)
             }
             Err(error) => {
                 stats::add(&self.inner.counters.store_errors, 1);
@@ -386,11 +416,12 @@ impl Cache {
                     target: "cached_instances",
                     model = model.unwrap_or("-"),
                     op = op.as_str(),
-                    error = %error,
+                    error = %crate::error::Chain(&error),
                     "store operation failed; serving from the database"
                 );
-                self.inner.degraded.failed(model, op, error);
-                None
+                let error = Arc::new(error);
+                self.inner.degraded.failed(model, op, error.clone());
+                Err(error)
             }
         }
     }

@@ -10,8 +10,8 @@ use super::read::{Found, Want};
 use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::pk::PrimaryKey;
-use crate::query::plan;
 use crate::query::{Query, QueryError, QueryResult, Source};
+use crate::store::plan;
 
 /// A query's page before it is shaped for the caller.
 struct Answer<T: CachedInstance> {
@@ -45,7 +45,7 @@ impl Cache {
             items: answer
                 .found
                 .into_iter()
-                .filter_map(|f| f.instance)
+                .filter_map(Found::into_instance)
                 .collect(),
             count: answer.count,
             source: answer.source,
@@ -64,7 +64,11 @@ impl Cache {
     ) -> Result<QueryResult<Bytes>, Error> {
         let answer = self.answer(query, Some(Want::Bytes)).await?;
         Ok(QueryResult {
-            items: answer.found.into_iter().filter_map(|f| f.bytes).collect(),
+            items: answer
+                .found
+                .into_iter()
+                .filter_map(Found::into_bytes)
+                .collect(),
             count: answer.count,
             source: answer.source,
         })
@@ -119,14 +123,17 @@ impl Cache {
                 source: Source::Cache,
             });
         }
-        if self.indexed::<T>() && self.is_enabled() && self.store_usable() {
+        if let Some(indexes) = self.indexes_of::<T>()
+            && self.is_enabled()
+            && self.store_usable()
+        {
             let prefix = plan::prefix(&T::SCHEMA);
             let plan = plan::index_query(query);
             let page = self
                 .store_call(
                     Some(T::MODEL),
                     StoreOp::Query,
-                    self.inner.store.index_query(&prefix, &plan),
+                    indexes.index_query(&prefix, &plan),
                 )
                 .await
                 .flatten();
@@ -150,10 +157,10 @@ impl Cache {
                 let (pks, found): (Vec<T::Pk>, Vec<Found<T>>) = pks
                     .into_iter()
                     .zip(found)
-                    .filter(|(_, f)| match (&f.instance, &f.bytes) {
-                        (Some(instance), _) => query.matches(instance),
-                        (None, Some(bytes)) => T::decode(bytes).is_ok_and(|t| query.matches(&t)),
-                        (None, None) => false,
+                    .filter(|(_, f)| match f {
+                        Found::Instance(instance) => query.matches(instance),
+                        Found::Bytes(bytes) => T::decode(bytes).is_ok_and(|t| query.matches(&t)),
+                        Found::Missing => false,
                     })
                     .unzip();
                 return Ok(Answer {
@@ -166,18 +173,9 @@ impl Cache {
         }
 
         // Not warmed (or no store to read it from): the database answers.
-        super::stats::add(&self.inner.counters.loader_calls, 1);
         let page = self
-            .within_loader_timeout(T::MODEL, async {
-                entry
-                    .loader::<T>()
-                    .query(query)
-                    .await
-                    .map_err(|source| Error::Load {
-                        model: T::MODEL,
-                        source,
-                    })
-            })
+            .loading()
+            .call(T::MODEL, entry.loader::<T>().query(query))
             .await?
             .ok_or(QueryError::NoFallback { model: T::MODEL })?;
         let found = match want {

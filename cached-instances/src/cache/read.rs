@@ -24,21 +24,61 @@ pub(super) enum Want {
     Bytes,
 }
 
-pub(super) struct Found<T> {
-    pub(super) instance: Option<T>,
-    pub(super) bytes: Option<Bytes>,
+/// What a read found for one pk, in the form the caller wants.
+pub(super) enum Found<T> {
+    /// No such row (or not resolved).
+    Missing,
+    Instance(T),
+    Bytes(Bytes),
 }
 
-impl<T> Found<T> {
-    fn none() -> Self {
-        Found {
-            instance: None,
-            bytes: None,
+impl<T: CachedInstance> Found<T> {
+    fn is_found(&self) -> bool {
+        !matches!(self, Found::Missing)
+    }
+
+    pub(super) fn into_instance(self) -> Option<T> {
+        match self {
+            Found::Instance(t) => Some(t),
+            _ => None,
         }
     }
 
-    fn is_found(&self) -> bool {
-        self.instance.is_some() || self.bytes.is_some()
+    pub(super) fn into_bytes(self) -> Option<Bytes> {
+        match self {
+            Found::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The representation, to share with another copy of a duplicated pk.
+    fn to_bytes(&self) -> Option<Bytes> {
+        match self {
+            Found::Missing => None,
+            Found::Instance(t) => t.to_json().ok().map(Bytes::from),
+            Found::Bytes(b) => Some(b.clone()),
+        }
+    }
+
+    /// A loaded row, as the caller wants it; `bytes` is its representation
+    /// when the caller already encoded it.
+    fn from_row(
+        entry: &ModelEntry,
+        row: T,
+        bytes: Option<Bytes>,
+        want: Want,
+    ) -> Result<Self, Error> {
+        Ok(match want {
+            Want::Instances => Found::Instance(row),
+            Want::Bytes => Found::Bytes(match bytes {
+                Some(bytes) => bytes,
+                None => {
+                    let bytes = Bytes::from(row.to_json()?);
+                    entry.shape.learn_from(&bytes);
+                    bytes
+                }
+            }),
+        })
     }
 }
 
@@ -65,27 +105,8 @@ fn accept<T: CachedInstance>(
 /// copy of a duplicated pk: no checks.
 fn share<T: CachedInstance>(bytes: Bytes, want: Want) -> Option<Found<T>> {
     match want {
-        Want::Instances => T::decode(&bytes).ok().map(|t| Found {
-            instance: Some(t),
-            bytes: None,
-        }),
-        Want::Bytes => Some(Found {
-            instance: None,
-            bytes: Some(bytes),
-        }),
-    }
-}
-
-fn found_from_row<T: CachedInstance>(row: T, bytes: Option<Bytes>, want: Want) -> Found<T> {
-    match want {
-        Want::Instances => Found {
-            instance: Some(row),
-            bytes: None,
-        },
-        Want::Bytes => Found {
-            instance: None,
-            bytes,
-        },
+        Want::Instances => T::decode(&bytes).ok().map(Found::Instance),
+        Want::Bytes => Some(Found::Bytes(bytes)),
     }
 }
 
@@ -99,14 +120,17 @@ impl Cache {
     }
 
     pub(super) async fn read_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
-        Ok(self.read_single::<T>(pk, Want::Instances).await?.instance)
+        Ok(self
+            .read_single::<T>(pk, Want::Instances)
+            .await?
+            .into_instance())
     }
 
     pub(super) async fn read_one_json<T: CachedInstance>(
         &self,
         pk: &T::Pk,
     ) -> Result<Option<Bytes>, Error> {
-        Ok(self.read_single::<T>(pk, Want::Bytes).await?.bytes)
+        Ok(self.read_single::<T>(pk, Want::Bytes).await?.into_bytes())
     }
 
     /// One pk: a hit is one GET and nothing else; a miss goes on from the
@@ -134,12 +158,12 @@ impl Cache {
                 let mut out = self
                     .resolve(entry, pks, vec![key], vec![value], want)
                     .await?;
-                return Ok(out.pop().unwrap_or_else(Found::none));
+                return Ok(out.pop().unwrap_or(Found::Missing));
             }
         }
         // Caching is off or the store is failing: `read_many` loads directly.
         let mut out = self.read_many::<T>(std::slice::from_ref(pk), want).await?;
-        Ok(out.pop().unwrap_or_else(Found::none))
+        Ok(out.pop().unwrap_or(Found::Missing))
     }
 
     /// Reads `pks` in order; rows that do not exist come back empty.
@@ -165,7 +189,7 @@ impl Cache {
                 return self.resolve(entry, pks, keys, values, want).await;
             }
         }
-        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::none()).collect();
+        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
         let all: Vec<usize> = (0..pks.len()).collect();
         self.load_direct(entry, pks, &all, &mut out, want).await?;
         Ok(out)
@@ -181,7 +205,7 @@ impl Cache {
         values: Vec<Option<Bytes>>,
         want: Want,
     ) -> Result<Vec<Found<T>>, Error> {
-        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::none()).collect();
+        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
         let mut misses = Vec::new();
         let mut corrupt = Vec::new();
         for (i, value) in values.into_iter().enumerate() {
@@ -319,14 +343,10 @@ impl Cache {
             if rest.is_empty() {
                 continue;
             }
-            let bytes = match (&out[*first].bytes, &out[*first].instance) {
-                (Some(bytes), _) => Some(bytes.clone()),
-                (None, Some(instance)) => instance.to_json().ok().map(Bytes::from),
-                (None, None) => None,
-            };
+            let bytes = out[*first].to_bytes();
             for &i in rest {
                 if let Some(bytes) = &bytes {
-                    out[i] = share::<T>(bytes.clone(), want).unwrap_or_else(Found::none);
+                    out[i] = share::<T>(bytes.clone(), want).unwrap_or(Found::Missing);
                 }
             }
         }
@@ -397,7 +417,7 @@ impl Cache {
                         });
                         filled.push(true);
                     }
-                    out[i] = found_from_row(row, Some(bytes), want);
+                    out[i] = Found::from_row(entry, row, Some(bytes), want)?;
                 }
                 None => {
                     ops.push(release(i));
@@ -513,27 +533,14 @@ impl Cache {
                 continue;
             }
             if let Some(row) = by_pk.remove(&pks[i]) {
-                let bytes = match want {
-                    Want::Bytes => {
-                        let bytes = Bytes::from(row.to_json()?);
-                        entry.shape.learn_from(&bytes);
-                        Some(bytes)
-                    }
-                    Want::Instances => None,
-                };
-                out[i] = found_from_row(row, bytes, want);
+                out[i] = Found::from_row(entry, row, None, want)?;
             } else if let Some(first) = indexes
                 .iter()
                 .find(|&&j| j != i && pks[j] == pks[i] && out[j].is_found())
             {
                 // A duplicate pk whose row went to an earlier index.
-                let bytes = match (&out[*first].bytes, &out[*first].instance) {
-                    (Some(b), _) => Some(b.clone()),
-                    (None, Some(t)) => t.to_json().ok().map(Bytes::from),
-                    _ => None,
-                };
-                if let Some(b) = bytes {
-                    out[i] = share::<T>(b, want).unwrap_or_else(Found::none);
+                if let Some(b) = out[*first].to_bytes() {
+                    out[i] = share::<T>(b, want).unwrap_or(Found::Missing);
                 }
             }
         }

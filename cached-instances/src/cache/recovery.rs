@@ -1,27 +1,14 @@
-//! Recovery: the background task that delivers queued invalidations.
+//! Recovery: the background task that delivers queued invalidations (see
+//! "Store outages" in the protocol, `cache/mod.rs`).
 //!
-//! Invalidations (and query-index updates) that could not reach the store
-//! are queued (`degraded.rs`). While anything is queued *or being
-//! delivered*, no read or write of this process uses the store: reads go to
-//! the loaders, writes queue their own invalidations behind the others. So
-//! a read only checks a flag; it never runs a delivery (a cascade, reloads,
-//! re-indexes) inside its caller's request.
-//!
-//! The delivery runs in one task the cache owns, as redis-rs's
-//! `ConnectionManager` reconnects and moka's housekeeper evicts: spawned on
-//! the Tokio runtime by the first call that queues work (a cache can be
-//! built outside a runtime), woken through a [`Notify`], it waits for the
-//! store's retry time (`store_retry_interval` after its last failure),
-//! delivers, and sleeps again while anything is left. It holds the cache
-//! only through a [`Weak`] between deliveries, so it ends when the last
-//! [`Cache`] clone is dropped. A task dropped with its runtime is spawned
-//! again by the next call that finds work queued.
-//!
-//! An instance's delivery is a cascade level of its own (`write.rs`): what
-//! the store still held for it is compared with a reload, so the relations
-//! of a state the write could not see (the old parent of a moved foreign
-//! key) are invalidated too. Query-index updates are redone after the
-//! instances (`index.rs`).
+//! It runs as redis-rs's `ConnectionManager` reconnects and moka's
+//! housekeeper evicts: spawned on the Tokio runtime by the first call that
+//! queues work (a cache can be built outside a runtime), woken through a
+//! [`Notify`], it waits for the store's retry time, delivers, and sleeps
+//! again while anything is left. It holds the cache only through a
+//! [`Weak`] between deliveries, so it ends when the last [`Cache`] clone is
+//! dropped; a task dropped with its runtime is spawned again by the next
+//! call that finds work queued. A read only checks a flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -36,6 +23,8 @@ use super::{Cache, Inner};
 #[derive(Default)]
 pub(super) struct Recovery {
     signal: Arc<Signal>,
+    /// Held by whoever delivers the queue: the task, or `warm`.
+    delivering: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -95,6 +84,16 @@ impl Cache {
             return;
         };
         runtime.spawn(run(Arc::downgrade(&self.inner), signal.clone()));
+    }
+
+    /// Delivers what is queued now, in the caller's task. For `warm` only
+    /// (never a read): an un-warm queued before it must not be delivered
+    /// after it marked the index complete.
+    pub(super) async fn deliver_queued(&self) {
+        if self.inner.degraded.has_pending() {
+            let _one = self.inner.recovery.delivering.lock().await;
+            self.deliver_pending().await;
+        }
     }
 
     /// Delivers queued invalidations: how many were delivered, and whether
@@ -211,7 +210,12 @@ async fn run(cache: Weak<Inner>, signal: Arc<Signal>) {
             tokio::time::sleep_until(at).await;
         }
         let Some(inner) = cache.upgrade() else { return };
-        let (delivered, settled) = Cache { inner }.deliver_pending().await;
+        let cache = Cache { inner };
+        let (delivered, settled) = {
+            let _one = cache.inner.recovery.delivering.lock().await;
+            cache.deliver_pending().await
+        };
+        drop(cache);
         if !settled && delivered == 0 && retry_at.is_none() {
             // Nothing went through, yet the store did not fail: do not
             // spin on it.

@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::loading::Loading;
 use crate::error::{BuildError, Error};
 use crate::instance::{CachedInstance, RelationKind, Schema, Target};
 use crate::key::instance_key;
 use crate::loader::{BoxFuture, DynLoader};
 use crate::pk::PrimaryKey;
+use crate::query::IndexValues;
 use crate::store::IndexUpdate;
+use crate::store::plan;
 
 /// The relation values of one instance state, in key form.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -40,6 +43,10 @@ impl Links {
 
     /// The links of a state known only by its relation values (the change
     /// feed's columns), without `invalidator` targets.
+    #[cfg_attr(
+        not(any(feature = "sqlx-postgres", feature = "sqlx-sqlite")),
+        allow(dead_code)
+    )]
     pub(crate) fn from_relations(relations: Vec<Vec<String>>) -> Self {
         Links {
             relations,
@@ -75,12 +82,20 @@ pub(crate) struct Reloaded {
 /// What the write path needs of a model without knowing its type.
 pub(crate) trait ModelOps: Send + Sync {
     fn links_of(&self, bytes: &[u8]) -> Option<Links>;
-    fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>>;
+    fn reload<'a>(
+        &'a self,
+        loading: Loading<'a>,
+        pk_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>>;
     /// The query-index member of a pk in key form; `None` when the key form
     /// does not parse (it names no row of this model).
     fn index_member(&self, pk_key: &str) -> Option<String>;
     /// The key form of a pk as the database writes it as text (the change
     /// feed's columns); `None` when it is not a pk of this model.
+    #[cfg_attr(
+        not(any(feature = "sqlx-postgres", feature = "sqlx-sqlite")),
+        allow(dead_code)
+    )]
     fn key_of_text(&self, text: &str) -> Option<String>;
     /// Reloads `pk_keys` with one loader call and returns the index update
     /// of each one that parses, in order: the row's values, or the
@@ -88,6 +103,7 @@ pub(crate) trait ModelOps: Send + Sync {
     /// index updates (`index.rs`), which knows the model only by name.
     fn index_updates<'a>(
         &'a self,
+        loading: Loading<'a>,
         pk_keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<IndexUpdate>, Error>>;
 }
@@ -99,16 +115,17 @@ struct TypedOps<T: CachedInstance> {
 impl<T: CachedInstance> TypedOps<T> {
     /// The pks whose key forms are `pk_keys`, and their rows, in one
     /// loader call (none for no pks).
-    async fn load_keys(&self, pk_keys: &[String]) -> Result<(Vec<T::Pk>, Vec<T>), Error> {
+    async fn load_keys(
+        &self,
+        loading: Loading<'_>,
+        pk_keys: &[String],
+    ) -> Result<(Vec<T::Pk>, Vec<T>), Error> {
         // A key form that does not parse names no row of this model.
         let pks: Vec<T::Pk> = pk_keys.iter().filter_map(|k| T::Pk::from_key(k)).collect();
         if pks.is_empty() {
             return Ok((pks, Vec::new()));
         }
-        let rows = self.loader.load(&pks).await.map_err(|source| Error::Load {
-            model: T::MODEL,
-            source,
-        })?;
+        let rows = loading.call(T::MODEL, self.loader.load(&pks)).await?;
         Ok((pks, rows))
     }
 }
@@ -118,9 +135,13 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
         T::decode(bytes).ok().map(|t| Links::of(&t))
     }
 
-    fn reload<'a>(&'a self, pk_keys: &'a [String]) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>> {
+    fn reload<'a>(
+        &'a self,
+        loading: Loading<'a>,
+        pk_keys: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Reloaded>, Error>> {
         Box::pin(async move {
-            let (_, rows) = self.load_keys(pk_keys).await?;
+            let (_, rows) = self.load_keys(loading, pk_keys).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let bytes = Bytes::from(row.to_json()?);
@@ -144,10 +165,11 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
 
     fn index_updates<'a>(
         &'a self,
+        loading: Loading<'a>,
         pk_keys: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<IndexUpdate>, Error>> {
         Box::pin(async move {
-            let (pks, rows) = self.load_keys(pk_keys).await?;
+            let (pks, rows) = self.load_keys(loading, pk_keys).await?;
             let by_member: HashMap<String, &T> = rows
                 .iter()
                 .map(|row| (row.pk().to_index_member(), row))
@@ -157,7 +179,7 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
                 .map(|pk| {
                     let member = pk.to_index_member();
                     let row = by_member.get(&member).copied();
-                    super::index::update_of(member, row)
+                    update_of(member, row)
                 })
                 .collect())
         })
@@ -261,6 +283,10 @@ impl Registry {
     }
 
     /// Every registered type.
+    #[cfg_attr(
+        not(any(feature = "sqlx-postgres", feature = "sqlx-sqlite")),
+        allow(dead_code)
+    )]
     pub(crate) fn entries(&self) -> impl Iterator<Item = &Arc<ModelEntry>> {
         self.by_model.values().flatten()
     }
@@ -374,4 +400,11 @@ impl Registry {
         }
         Ok(registry)
     }
+}
+
+/// The index update of `member`: the row's values, or the member's removal
+/// when the row is gone.
+pub(super) fn update_of<T: CachedInstance>(member: String, row: Option<&T>) -> IndexUpdate {
+    let record = row.map(|row| plan::record(&T::SCHEMA, &IndexValues::of(row)));
+    IndexUpdate::new(member, record)
 }

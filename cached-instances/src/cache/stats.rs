@@ -32,8 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 ///
 /// and each loader call's latency as the histogram `cache.load.duration`
 /// (seconds) with the labels `model` and `result` (`success`, `failure` or
-/// `timeout`). A Prometheus exporter shows them as `cache_gets_total`,
-/// `cache_load_duration_seconds`, and so on.
+/// `timeout`). A Prometheus exporter writes the dots as underscores
+/// (`cache_gets`, `cache_load_duration`).
 ///
 /// ```ignore
 /// // Cargo.toml: cached-instances = { features = ["metrics"] }, metrics-exporter-prometheus

@@ -1,16 +1,6 @@
-//! The write path: invalidate the written instance, then cascade breadth-first
-//! through the instances whose representation the write changed.
-//!
-//! Every level, the written instance's included, costs one round trip that
-//! swaps each key (every version) to this write's lease, voiding readers'
-//! leases and returning the old bytes; one loader call per model to reload
-//! the entries that were cached (all of them without `update_only`); and one
-//! round trip that fills them if the lease still holds, or leaves a tombstone.
-//! The old and new states give the next level's targets. A visited set makes
-//! cycles (`User.votes` <-> `Choice.voters`) terminate.
-//!
-//! Reloading the written instance keeps it cached with the committed state,
-//! so the next write of it can still be compared with what it replaces.
+//! The write path: invalidate the written instance, then cascade
+//! breadth-first through the instances whose representation the write
+//! changed (see "Writes" in the protocol, `cache/mod.rs`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -449,9 +439,7 @@ impl Cache {
                 .collect();
             let mut reloaded = HashMap::new();
             if !to_load.is_empty() {
-                add(&self.inner.counters.loader_calls, 1);
-                let load = entry.ops.reload(&to_load);
-                match self.within_loader_timeout(entry.schema.model, load).await {
+                match entry.ops.reload(self.loading(), &to_load).await {
                     Ok(rows) => {
                         reloaded = rows.into_iter().map(|r| (r.pk_key.clone(), r)).collect();
                     }

@@ -87,8 +87,10 @@ pub struct WriteMark(Mark);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mark {
     /// PostgreSQL: the rows of this transaction id.
+    #[cfg_attr(not(feature = "sqlx-postgres"), allow(dead_code))]
     Txid(i64),
     /// SQLite: the rows up to this outbox id.
+    #[cfg_attr(not(feature = "sqlx-sqlite"), allow(dead_code))]
     UpTo(i64),
 }
 

@@ -128,91 +128,10 @@ use std::ops::{Bound, RangeBounds};
 
 use crate::instance::{CachedInstance, IndexField};
 
-mod support;
-mod values;
-mod warm;
-
-#[doc(hidden)]
-pub use support::*;
-pub use values::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
-pub(crate) use warm::ProgressFn;
-pub use warm::{Warm, WarmProgress, WarmReport};
-
-/// Why a query could not be run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum QueryError {
-    /// No field of that name is declared `index`, `sortable` or `search`.
-    #[error(
-        "{model} has no field `{field}` declared for queries (`#[cached(index)]`, `#[cached(sortable)]` or `#[cached(search)]`)"
-    )]
-    UnknownField {
-        /// The model.
-        model: &'static str,
-        /// The name given.
-        field: String,
-    },
-    /// The field is declared for queries, but not for this kind of query.
-    #[error("{model}.{field} is not declared `#[cached({attribute})]`")]
-    NotDeclared {
-        /// The model.
-        model: &'static str,
-        /// The field.
-        field: String,
-        /// The attribute the query needs (`index`, `sortable` or `search`).
-        attribute: &'static str,
-    },
-    /// A value that is not one of the field's type.
-    #[error("{value:?} is not a valid value of {model}.{field}")]
-    InvalidValue {
-        /// The model.
-        model: &'static str,
-        /// The field.
-        field: String,
-        /// The value given.
-        value: String,
-    },
-    /// A search over a model without `search` fields.
-    #[error("{model} has no field declared `#[cached(search)]`")]
-    NoSearchFields {
-        /// The model.
-        model: &'static str,
-    },
-    /// More than one ordering field.
-    #[error("order by one field only, got {ordering:?}")]
-    Ordering {
-        /// The ordering given.
-        ordering: String,
-    },
-    /// The model is not warmed, and its loader does not answer queries.
-    #[error(
-        "{model} is not warmed and its loader answers no queries: call `cache.warm::<{model}>()` or implement `Loader::query`"
-    )]
-    NoFallback {
-        /// The model.
-        model: &'static str,
-    },
-    /// `warm` needs the loader to list every primary key.
-    #[error(
-        "{model}'s loader cannot list every primary key: implement `Loader::all_pks` to warm it"
-    )]
-    NoPkList {
-        /// The model.
-        model: &'static str,
-    },
-    /// `warm` needs a store with query indexes.
-    #[error("the cache's store does not support query indexes")]
-    StoreUnsupported,
-    /// `warm` of a model that declares no field for queries: there is no
-    /// index to build, and nothing would answer from one.
-    #[error(
-        "{model} declares no field for queries (`#[cached(index)]`, `#[cached(sortable)]` or `#[cached(search)]`), so there is no index to warm; to preload its entries, use `cache.get_many::<{model}>(&pks)`"
-    )]
-    NothingToIndex {
-        /// The model.
-        model: &'static str,
-    },
-}
+pub use crate::instance::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
+// Built next to `Cache::warm`; named here with the rest of the query API.
+pub use crate::cache::{Warm, WarmProgress, WarmReport};
+pub use crate::error::QueryError;
 
 /// What a filter requires of a field.
 #[derive(Debug, Clone, PartialEq)]
@@ -774,10 +693,9 @@ impl<T: CachedInstance> Query<T> {
             match &filter.condition {
                 Condition::Equals(term) => field.term.as_ref() == Some(term),
                 // `None` (+inf) matches no range.
-                Condition::Range(min, max) => field.score.is_some_and(|score| {
-                    score != f64::INFINITY
-                        && crate::store::ScoreRange::new(String::new(), *min, *max).contains(score)
-                }),
+                Condition::Range(min, max) => field
+                    .score
+                    .is_some_and(|score| score != f64::INFINITY && (*min, *max).contains(&score)),
             }
         });
         filters
@@ -790,5 +708,3 @@ impl<T: CachedInstance> Query<T> {
             })
     }
 }
-
-pub(crate) mod plan;

@@ -2,7 +2,8 @@
 //! [`SqlxLoader`].
 //!
 //! A model with a table gets a batched sqlx loader for every database whose
-//! feature is enabled (`sqlx-sqlite`, `sqlx-postgres`):
+//! feature is enabled (`sqlx-sqlite`, `sqlx-postgres`, `sqlx-mysql` for
+//! MySQL and MariaDB):
 //!
 //! ```ignore
 //! #[derive(CachedInstance)]
@@ -48,10 +49,11 @@
 //! SELECT "choice_id", "user_id" FROM "votes" WHERE "choice_id" = ANY($1) ORDER BY "user_id"
 //! ```
 //!
-//! On SQLite the lists are `IN (?, ?, ...)`, split into several queries only
-//! past SQLite's limit of 32 766 parameters, and names are quoted with
-//! backticks (a double-quoted name SQLite does not know would silently be
-//! read as a string). The relation queries ask only for the rows found, and
+//! On SQLite and MySQL the lists are `IN (?, ?, ...)`, split into several
+//! queries only past the database's limit of parameters (32 766 on SQLite,
+//! 65 535 on MySQL), and names are quoted with backticks (a double-quoted
+//! name SQLite does not know would silently be read as a string; MySQL reads
+//! double quotes as names only in `ANSI_QUOTES` mode). The relation queries ask only for the rows found, and
 //! are skipped when none was. Relation lists come in ascending order of the
 //! related pks, so a representation only changes when the data does.
 //!
@@ -64,16 +66,23 @@
 //! the column on each enabled database: integers (PostgreSQL has no unsigned
 //! ones), `f32`, `f64`, `bool`, `String`, chrono's `DateTime<Utc>`,
 //! `NaiveDate`, `NaiveDateTime`, `NaiveTime`, `uuid::Uuid` (feature `uuid`),
-//! `serde_json::Value` (a `JSON`/`JSONB` column on PostgreSQL, `TEXT` on
-//! SQLite), arrays (`Vec<T>`, PostgreSQL), and `Option`s of those for
+//! `serde_json::Value` (a `JSON`/`JSONB` column on PostgreSQL, `JSON` on
+//! MySQL, `TEXT` on SQLite), arrays (`Vec<T>`, PostgreSQL), unsigned
+//! integers (SQLite, MySQL), and `Option`s of those for
 //! nullable columns. A type sqlx cannot read is a compile error at the field.
 //! `#[cached(serde)]` fields are read from a JSON column the same way as
 //! `serde_json::Value` and then deserialized; SQL `NULL` is JSON `null`.
 //! `#[cached(skip)]` fields are not read; they get `Default::default()`.
 //!
 //! A model that only works on one database (say it has a `u32` field, or a
-//! PostgreSQL array) takes `#[cached(database = "sqlite")]` or
-//! `#[cached(database = "postgres")]`.
+//! PostgreSQL array) takes `#[cached(database = "sqlite")]`,
+//! `#[cached(database = "postgres")]` or `#[cached(database = "mysql")]`.
+//!
+//! On MySQL, sqlx binds a `DateTime<Utc>` as a `TIMESTAMP` (1970 to 2038)
+//! and reads it from `DATETIME` or `TIMESTAMP` columns, in the connection's
+//! time zone, which sqlx sets to UTC. String comparisons follow the column's
+//! collation: MySQL's defaults ignore case, so give columns of `index`
+//! fields a `_bin` collation for the cache's exact matches.
 //!
 //! The derived loaders also list every primary key
 //! (`SELECT "id" FROM "questions" ORDER BY "id"`, [`SqlxModel::sqlx_all_pks`]),
@@ -83,6 +92,18 @@
 //! Until a model is warmed, its [cached queries](crate::query) are answered
 //! by the derived loader in SQL, one statement for the page and the count,
 //! with the cache's semantics (see [`query`]).
+//!
+//! # Checking the schema at startup
+//!
+//! [`verify_schema`] compares what a derived loader reads (its table, its
+//! columns and their field types, the tables of its relation lists) with
+//! the database, and names every difference in one [`SchemaError`], so a
+//! table typo, a missing column or an `i32` field on a PostgreSQL `BIGINT`
+//! fails at startup instead of as a 503 at the first read:
+//!
+//! ```ignore
+//! cached_instances::sqlx::verify_schema::<Question, _>(&pool).await?;
+//! ```
 //!
 //! The derived loaders implement [`SqlxModel`], whose
 //! [`sqlx_load`](SqlxModel::sqlx_load) also works on a connection or inside
@@ -98,10 +119,21 @@ use crate::instance::CachedInstance;
 use crate::loader::Loader;
 use crate::query::{Condition, Query, QueryPage};
 
+pub use schema::{SchemaError, SchemaMismatch, SqlxColumn, verify_schema};
+
+// The database halves of derived loaders, named by generated code through
+// `__private`. They stay public (hidden) here: the diagnostics of a column
+// type sqlx cannot read name their traits by this path
+// (`cached_instances::sqlx::postgres::PgColumn`), which a private module
+// would turn into a misleading `sqlx::postgres::PgColumn`.
+#[cfg(feature = "sqlx-mysql")]
+#[doc(hidden)]
+pub mod mysql;
 #[cfg(feature = "sqlx-postgres")]
 #[doc(hidden)]
 pub mod postgres;
 pub mod query;
+mod schema;
 #[cfg(feature = "sqlx-sqlite")]
 #[doc(hidden)]
 pub mod sqlite;
@@ -225,7 +257,7 @@ where
 #[diagnostic::on_unimplemented(
     message = "`{Self}` has no derived sqlx loader for `{DB}`",
     label = "no loader for `{Self}` on `{DB}`",
-    note = "add `#[cached(table = \"...\")]` to `{Self}` and enable the `sqlx-sqlite` or `sqlx-postgres` feature of cached-instances (without `database = ...` naming another database), or implement `Loader<{Self}>` by hand"
+    note = "add `#[cached(table = \"...\")]` to `{Self}` and enable the `sqlx-sqlite`, `sqlx-postgres` or `sqlx-mysql` feature of cached-instances (without `database = ...` naming another database), or implement `Loader<{Self}>` by hand"
 )]
 pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
     /// Loads the instances whose pks are in `pks` over `conn`: one query for
@@ -261,6 +293,14 @@ pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
         None
     }
 
+    /// The columns the loader reads, with the types of their fields, for
+    /// [`verify_schema`]; `None` when the model does not declare them.
+    /// Derived with the loader.
+    #[doc(hidden)]
+    fn sqlx_columns() -> Option<Vec<SqlxColumn<DB>>> {
+        None
+    }
+
     /// Writes the SQL predicate of `condition` on index field `field`
     /// (see [`query`](self::query)); `None` when it has none. Derived with
     /// the loader.
@@ -291,8 +331,9 @@ pub trait SqlxModel<DB: SqlxDatabase>: CachedInstance {
 #[doc(hidden)]
 pub type FetchedKeys<K> = (Vec<K>, Option<i64>);
 
-/// A database the derived loaders support: `Sqlite` (feature `sqlx-sqlite`)
-/// and `Postgres` (feature `sqlx-postgres`). Code generic over the database
+/// A database the derived loaders support: `Sqlite` (feature `sqlx-sqlite`),
+/// `Postgres` (feature `sqlx-postgres`) and `MySql` (feature `sqlx-mysql`,
+/// MySQL and MariaDB). Code generic over the database
 /// bounds it with this trait:
 ///
 /// ```ignore
@@ -313,6 +354,27 @@ pub trait SqlxDatabase: Database<Connection: SqlxConnection<Database = Self>> {
     /// `column = value`, compared as JSON (`column` already quoted).
     #[doc(hidden)]
     fn push_json_eq(builder: &mut query::Builder<Self>, column: &str, value: serde_json::Value);
+    /// `column ASC` or `DESC` (`column` already quoted), `NULL` last
+    /// ascending and first descending, as the cache orders `None`.
+    #[doc(hidden)]
+    fn push_order(builder: &mut query::Builder<Self>, column: &str, descending: bool);
+}
+
+/// `NULLS FIRST`/`NULLS LAST`, for the databases that have them.
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+fn push_order_nulls<DB: SqlxDatabase>(
+    builder: &mut query::Builder<DB>,
+    column: &str,
+    descending: bool,
+) where
+    DB::Arguments: Default,
+{
+    let order = if descending {
+        "DESC NULLS FIRST"
+    } else {
+        "ASC NULLS LAST"
+    };
+    builder.push(format_args!("{column} {order}"));
 }
 
 #[cfg(feature = "sqlx-sqlite")]
@@ -325,6 +387,9 @@ impl SqlxDatabase for ::sqlx::Sqlite {
             .push_bind(value)
             .push(")");
     }
+    fn push_order(builder: &mut query::Builder<Self>, column: &str, descending: bool) {
+        push_order_nulls(builder, column, descending);
+    }
 }
 
 #[cfg(feature = "sqlx-postgres")]
@@ -336,10 +401,39 @@ impl SqlxDatabase for ::sqlx::Postgres {
             .push(format_args!("{column}::jsonb = "))
             .push_bind(value);
     }
+    fn push_order(builder: &mut query::Builder<Self>, column: &str, descending: bool) {
+        push_order_nulls(builder, column, descending);
+    }
+}
+
+#[cfg(feature = "sqlx-mysql")]
+impl SqlxDatabase for ::sqlx::MySql {
+    const QUOTE: char = '`';
+    // MySQL has no `LIMIT ALL`; its documented stand-in is the largest
+    // unsigned 64-bit number.
+    const NO_LIMIT: &'static str = "18446744073709551615";
+    fn push_json_eq(builder: &mut query::Builder<Self>, column: &str, value: serde_json::Value) {
+        // No JSON equality common to MySQL and MariaDB (MariaDB stores JSON
+        // as text): each value contains the other.
+        builder
+            .push(format_args!("JSON_CONTAINS({column}, "))
+            .push_bind(value.clone())
+            .push(format_args!(") AND JSON_CONTAINS("))
+            .push_bind(value)
+            .push(format_args!(", {column})"));
+    }
+    fn push_order(builder: &mut query::Builder<Self>, column: &str, descending: bool) {
+        // No `NULLS FIRST`/`LAST`; MySQL sorts `NULL` first ascending.
+        let direction = if descending { "DESC" } else { "ASC" };
+        builder.push(format_args!(
+            "{column} IS NULL {direction}, {column} {direction}"
+        ));
+    }
 }
 
 /// A connection the derived loaders run on: `SqliteConnection` (feature
-/// `sqlx-sqlite`) or `PgConnection` (feature `sqlx-postgres`).
+/// `sqlx-sqlite`), `PgConnection` (feature `sqlx-postgres`) or
+/// `MySqlConnection` (feature `sqlx-mysql`).
 pub trait SqlxConnection: Send {
     /// The connection's database.
     type Database: Database;
@@ -351,6 +445,16 @@ pub trait SqlxConnection: Send {
 #[cfg(feature = "sqlx-sqlite")]
 impl SqlxConnection for ::sqlx::SqliteConnection {
     type Database = ::sqlx::Sqlite;
+
+    #[inline]
+    fn as_connection(&mut self) -> &mut Self {
+        self
+    }
+}
+
+#[cfg(feature = "sqlx-mysql")]
+impl SqlxConnection for ::sqlx::MySqlConnection {
+    type Database = ::sqlx::MySql;
 
     #[inline]
     fn as_connection(&mut self) -> &mut Self {
@@ -375,7 +479,11 @@ impl SqlxConnection for ::sqlx::PgConnection {
 /// functions whose bounds a user's type can fail (`get`, `fetch_rows`,
 /// `fetch_lists`: written out there, so that such an error points at plain
 /// code, not inside this macro), and invokes this.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 macro_rules! loader_rows {
     (
         db: $db:ty,
@@ -515,17 +623,120 @@ macro_rules! loader_rows {
             }
         }
 
+        /// A field's column type, for [`verify_schema`](crate::sqlx::verify_schema):
+        /// read through autoref dispatch, so that a type sqlx cannot read is
+        /// reported once, by the loader's `get`.
+        pub struct ColumnOfType<T>(std::marker::PhantomData<fn() -> T>);
+
+        impl<T> ColumnOfType<T> {
+            #[must_use]
+            pub const fn new() -> Self {
+                ColumnOfType(std::marker::PhantomData)
+            }
+        }
+
+        impl<T> Default for ColumnOfType<T> {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        pub trait CompatibleColumn {
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>>;
+        }
+
+        impl<T: $column> CompatibleColumn for ColumnOfType<T> {
+            #[inline]
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>> {
+                Some(T::__cached_compatible)
+            }
+        }
+
+        pub trait CompatibleColumnFallback {
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>>;
+        }
+
+        impl<T> CompatibleColumnFallback for &ColumnOfType<T> {
+            fn __cached_compatible(self) -> Option<$crate::sqlx::schema::Compatible<$db>> {
+                None
+            }
+        }
+
+        /// A `#[cached(serde)]` field: the column's JSON (`NULL` as `null`)
+        /// through `from_json`.
+        pub fn get_json<T>(
+            row: &$row,
+            index: usize,
+            column: &str,
+            from_json: $crate::table::FromJson<T>,
+        ) -> Result<T, ::sqlx::Error> {
+            let value: Option<serde_json::Value> = get(row, index, column)?;
+            from_json(value.unwrap_or(serde_json::Value::Null))
+                .map_err(|error| $crate::sqlx::json_error(error, column))
+        }
     };
 }
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 pub(crate) use loader_rows;
+
+/// `{head} IN (?, ...){tail}` for every chunk of at most `max_binds` of
+/// `keys`, each bound with `bind`: the key lists of the databases without
+/// array parameters (SQLite, MySQL).
+#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-mysql"))]
+pub(crate) async fn fetch_in<DB, K>(
+    conn: &mut DB::Connection,
+    head: &str,
+    keys: &[K],
+    tail: &str,
+    max_binds: usize,
+    bind: fn(&K, &mut ::sqlx::query_builder::Separated<'_, DB, &'static str>),
+) -> Result<Vec<DB::Row>, ::sqlx::Error>
+where
+    DB: Database,
+    DB::Arguments: Default + ::sqlx::IntoArguments<DB>,
+    for<'e> &'e mut DB::Connection: ::sqlx::Executor<'e, Database = DB>,
+    K: Eq + std::hash::Hash + Clone,
+{
+    let unique: Vec<K>;
+    let keys = if keys.len() > max_binds {
+        // A key repeated in two chunks would return its rows twice.
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        unique = keys.iter().filter(|k| seen.insert(*k)).cloned().collect();
+        &unique[..]
+    } else {
+        keys
+    };
+    let mut rows = Vec::new();
+    for chunk in keys.chunks(max_binds) {
+        let mut query = ::sqlx::QueryBuilder::<DB>::new(head);
+        query.push(" IN (");
+        {
+            let mut list = query.separated(", ");
+            for key in chunk {
+                bind(key, &mut list);
+            }
+        }
+        query.push(")");
+        query.push(tail);
+        rows.extend(query.build().fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
 
 /// A future of the runtime's helpers for generated code.
 #[doc(hidden)]
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// `SELECT a, b FROM t WHERE k`, every name quoted with `quote`.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 pub(crate) fn select_where(quote: char, columns: &[&str], table: &str, key: &str) -> String {
     let mut sql = String::from("SELECT ");
     for (i, column) in columns.iter().enumerate() {
@@ -542,7 +753,11 @@ pub(crate) fn select_where(quote: char, columns: &[&str], table: &str, key: &str
 }
 
 /// `SELECT pk FROM t ORDER BY pk`.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 pub(crate) fn select_all_keys(quote: char, table: &str, key: &str) -> String {
     let mut sql = String::from("SELECT ");
     push_name(&mut sql, quote, key);
@@ -553,7 +768,11 @@ pub(crate) fn select_all_keys(quote: char, table: &str, key: &str) -> String {
 }
 
 /// ` ORDER BY c`.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 pub(crate) fn order_by(quote: char, column: &str) -> String {
     let mut sql = String::from(" ORDER BY ");
     push_name(&mut sql, quote, column);
@@ -584,7 +803,11 @@ pub(crate) fn push_name(sql: &mut String, quote: char, name: &str) {
 }
 
 /// A decode error naming the column instead of its index.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 pub(crate) fn name_column(error: ::sqlx::Error, column: &str) -> ::sqlx::Error {
     match error {
         ::sqlx::Error::ColumnDecode { source, .. } => ::sqlx::Error::ColumnDecode {
@@ -596,7 +819,11 @@ pub(crate) fn name_column(error: ::sqlx::Error, column: &str) -> ::sqlx::Error {
 }
 
 /// A column holding JSON that does not deserialize into the field.
-#[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+#[cfg(any(
+    feature = "sqlx-sqlite",
+    feature = "sqlx-postgres",
+    feature = "sqlx-mysql"
+))]
 pub(crate) fn json_error(error: serde_json::Error, column: &str) -> ::sqlx::Error {
     ::sqlx::Error::ColumnDecode {
         index: format!("{column:?}"),
@@ -614,7 +841,11 @@ pub fn schema_error(message: &'static str) -> ::sqlx::Error {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(any(feature = "sqlx-sqlite", feature = "sqlx-postgres"))]
+    #[cfg(any(
+        feature = "sqlx-sqlite",
+        feature = "sqlx-postgres",
+        feature = "sqlx-mysql"
+    ))]
     #[test]
     fn sql_names_are_quoted() {
         use super::{order_by, select_where};

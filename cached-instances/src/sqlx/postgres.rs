@@ -20,6 +20,8 @@ const QUOTE: char = '"';
 )]
 pub trait PgColumn: Sized + Send {
     fn __cached_get(row: &PgRow, index: usize) -> Result<Self, ::sqlx::Error>;
+    /// Whether sqlx reads the type from a column of type `ty`.
+    fn __cached_compatible(ty: &<Postgres as ::sqlx::Database>::TypeInfo) -> bool;
 }
 
 #[diagnostic::do_not_recommend]
@@ -30,6 +32,11 @@ where
     #[inline]
     fn __cached_get(row: &PgRow, index: usize) -> Result<Self, ::sqlx::Error> {
         row.try_get(index)
+    }
+
+    #[inline]
+    fn __cached_compatible(ty: &<Postgres as ::sqlx::Database>::TypeInfo) -> bool {
+        <T as Type<Postgres>>::compatible(ty)
     }
 }
 
@@ -143,17 +150,4 @@ super::loader_rows! {
 #[inline]
 pub fn get<T: PgColumn>(row: &PgRow, index: usize, column: &str) -> Result<T, ::sqlx::Error> {
     T::__cached_get(row, index).map_err(|error| super::name_column(error, column))
-}
-
-/// A `#[cached(serde)]` field: the column's JSON (`NULL` as `null`) through
-/// `from_json`.
-pub fn get_json<T>(
-    row: &PgRow,
-    index: usize,
-    column: &str,
-    from_json: crate::table::FromJson<T>,
-) -> Result<T, ::sqlx::Error> {
-    let value: Option<serde_json::Value> = get(row, index, column)?;
-    from_json(value.unwrap_or(serde_json::Value::Null))
-        .map_err(|error| super::json_error(error, column))
 }

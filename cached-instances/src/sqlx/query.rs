@@ -14,12 +14,14 @@
 //! - Equality binds the filter's value parsed as the field's type;
 //!   `#[cached(index, serde)]` fields compare as JSON
 //!   (`"col"::jsonb = $1` on PostgreSQL, `json("col") = json(?)` on
-//!   SQLite).
+//!   SQLite, `JSON_CONTAINS` both ways on MySQL, whose MariaDB has no JSON
+//!   equality).
 //! - Ranges bind the value of the field's type nearest to the bound
 //!   ([`Sortable::from_score`]), so a
 //!   bound between two values (`age >= 17.5`) means what it means to the
 //!   cache. `NULL` matches no range and sorts last ascending, first
-//!   descending, as `None` does in the cache.
+//!   descending, as `None` does in the cache (`NULLS LAST`/`FIRST`, on
+//!   MySQL `col IS NULL` first in the key).
 //! - SQLite has no date types: dates and times are text, compared as text,
 //!   which orders them right when every row holds them as sqlx writes them
 //!   (as the bound values are). Rows written in another format (`T`
@@ -189,14 +191,10 @@ where
     let direction = if descending { " DESC" } else { " ASC" };
     builder.push(" ORDER BY ");
     if let Some(order) = query.order_by_field() {
-        push_column(&mut builder, order.field.column);
-        builder.push(direction);
-        // `None` last ascending, first descending, on every database.
-        builder.push(if descending {
-            " NULLS FIRST, "
-        } else {
-            " NULLS LAST, "
-        });
+        let mut name = String::new();
+        push_name(&mut name, DB::QUOTE, order.field.column);
+        DB::push_order(&mut builder, &name, descending);
+        builder.push(", ");
     }
     push_column(&mut builder, pk);
     builder.push(direction);

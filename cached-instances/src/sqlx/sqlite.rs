@@ -3,12 +3,12 @@
 // Hidden API named by generated code; see the module docs of `sqlx`.
 #![allow(missing_docs)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::Hash;
 
 use ::sqlx::query_builder::Separated;
 use ::sqlx::sqlite::{Sqlite, SqliteConnection, SqliteRow};
-use ::sqlx::{Decode, Encode, QueryBuilder, Row, Type};
+use ::sqlx::{Decode, Encode, Row, Type};
 
 /// Names are quoted with backticks: SQLite reads a double-quoted name that
 /// is not a column as a string literal, which would hide a typo.
@@ -26,6 +26,8 @@ pub const MAX_BINDS: usize = 32_766;
 )]
 pub trait SqliteColumn: Sized + Send {
     fn __cached_get(row: &SqliteRow, index: usize) -> Result<Self, ::sqlx::Error>;
+    /// Whether sqlx reads the type from a column of type `ty`.
+    fn __cached_compatible(ty: &<Sqlite as ::sqlx::Database>::TypeInfo) -> bool;
 }
 
 #[diagnostic::do_not_recommend]
@@ -36,6 +38,11 @@ where
     #[inline]
     fn __cached_get(row: &SqliteRow, index: usize) -> Result<Self, ::sqlx::Error> {
         row.try_get(index)
+    }
+
+    #[inline]
+    fn __cached_compatible(ty: &<Sqlite as ::sqlx::Database>::TypeInfo) -> bool {
+        <T as Type<Sqlite>>::compatible(ty)
     }
 }
 
@@ -68,30 +75,7 @@ async fn fetch_in<K: SqliteKey>(
     keys: &[K],
     tail: &str,
 ) -> Result<Vec<SqliteRow>, ::sqlx::Error> {
-    let unique: Vec<K>;
-    let keys = if keys.len() > MAX_BINDS {
-        // A key repeated in two chunks would return its rows twice.
-        let mut seen = HashSet::with_capacity(keys.len());
-        unique = keys.iter().filter(|k| seen.insert(*k)).cloned().collect();
-        &unique[..]
-    } else {
-        keys
-    };
-    let mut rows = Vec::new();
-    for chunk in keys.chunks(MAX_BINDS) {
-        let mut query = QueryBuilder::<Sqlite>::new(head);
-        query.push(" IN (");
-        {
-            let mut list = query.separated(", ");
-            for key in chunk {
-                key.__cached_bind(&mut list);
-            }
-        }
-        query.push(")");
-        query.push(tail);
-        rows.extend(query.build().fetch_all(&mut *conn).await?);
-    }
-    Ok(rows)
+    super::fetch_in(conn, head, keys, tail, MAX_BINDS, K::__cached_bind).await
 }
 
 /// `SELECT columns FROM table WHERE columns[0] IN (keys)`, each row with its
@@ -163,17 +147,4 @@ pub fn get<T: SqliteColumn>(
     column: &str,
 ) -> Result<T, ::sqlx::Error> {
     T::__cached_get(row, index).map_err(|error| super::name_column(error, column))
-}
-
-/// A `#[cached(serde)]` field: the column's JSON (`NULL` as `null`) through
-/// `from_json`.
-pub fn get_json<T>(
-    row: &SqliteRow,
-    index: usize,
-    column: &str,
-    from_json: crate::table::FromJson<T>,
-) -> Result<T, ::sqlx::Error> {
-    let value: Option<serde_json::Value> = get(row, index, column)?;
-    from_json(value.unwrap_or(serde_json::Value::Null))
-        .map_err(|error| super::json_error(error, column))
 }

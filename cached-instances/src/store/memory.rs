@@ -7,7 +7,7 @@ use bytes::Bytes;
 use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
 
-use super::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, Store, StoreFuture};
+use super::{CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture};
 
 mod index;
 
@@ -246,10 +246,12 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn supports_indexes(&self) -> bool {
-        true
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        Some(self)
     }
+}
 
+impl IndexStore for MemoryStore {
     fn index_lease<'a>(
         &'a self,
         prefix: &'a str,

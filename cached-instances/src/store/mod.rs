@@ -16,6 +16,7 @@ use crate::error::StoreError;
 
 mod index;
 mod memory;
+pub(crate) mod plan;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -23,7 +24,7 @@ pub use index::{IndexPage, IndexQuery, IndexRecord, IndexUpdate, ScoreRange, WAR
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use self::redis::{NearCache, NearCacheStats, RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 /// The future a store primitive returns.
@@ -79,25 +80,80 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes keys.
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()>;
 
-    // Query indexes (see `index.rs`): provided, so a store without them
-    // keeps compiling; the cache then answers queries from the loaders.
+    /// The store's query indexes (see [`query`](crate::query)), or `None`
+    /// when it has none: the cache then answers queries from the loaders.
+    ///
+    /// Required, with no default, so that a store (or a wrapper around
+    /// one) says what it does: a wrapper forwards its inner store's
+    /// indexes, or implements [`IndexStore`] itself, or states `None`.
+    /// A wrapper that forgets it does not compile, rather than turning the
+    /// indexes off:
+    ///
+    /// ```compile_fail,E0046
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use cached_instances::MemoryStore;
+    /// use cached_instances::store::{CompareAndSet, Store, StoreFuture};
+    ///
+    /// struct Logged(MemoryStore);
+    ///
+    /// impl Store for Logged {
+    ///     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
+    ///         self.0.get(key)
+    ///     }
+    ///     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+    ///         self.0.get_many(keys)
+    ///     }
+    ///     fn set_if_absent_or<'a>(
+    ///         &'a self,
+    ///         keys: &'a [String],
+    ///         value: &'a [u8],
+    ///         replaceable: &'a [u8],
+    ///         ttl: Duration,
+    ///     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+    ///         self.0.set_if_absent_or(keys, value, replaceable, ttl)
+    ///     }
+    ///     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
+    ///         self.0.compare_and_set(ops)
+    ///     }
+    ///     fn swap_many<'a>(
+    ///         &'a self,
+    ///         keys: &'a [String],
+    ///         value: &'a [u8],
+    ///         ttl: Duration,
+    ///     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
+    ///         self.0.swap_many(keys, value, ttl)
+    ///     }
+    ///     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
+    ///         self.0.delete_many(keys)
+    ///     }
+    ///     // Missing: `fn indexes(&self) -> Option<&dyn IndexStore>`.
+    /// }
+    /// ```
+    ///
+    /// The forwarding a wrapper writes instead:
+    ///
+    /// ```
+    /// # use cached_instances::store::{IndexStore, Store};
+    /// # fn forward<S: Store>(inner: &S) -> Option<&dyn IndexStore> {
+    /// inner.indexes()
+    /// # }
+    /// ```
+    fn indexes(&self) -> Option<&dyn IndexStore>;
+}
 
-    /// Whether the store implements the query index primitives below
-    /// (default: `false`, and the cache never calls them).
-    fn supports_indexes(&self) -> bool {
-        false
-    }
-
+/// The query index primitives of a store (see [`query`](crate::query) and
+/// the layout in the store's `index` module docs), reached through
+/// [`Store::indexes`].
+pub trait IndexStore: Send + Sync {
     /// Marks each member of the index under `prefix` as being updated by
     /// `token` (replacing any other update's token).
     fn index_lease<'a>(
         &'a self,
-        _prefix: &'a str,
-        _members: &'a [String],
-        _token: &'a [u8],
-    ) -> StoreFuture<'a, ()> {
-        unsupported()
-    }
+        prefix: &'a str,
+        members: &'a [String],
+        token: &'a [u8],
+    ) -> StoreFuture<'a, ()>;
 
     /// Applies each update whose member is still marked with `token`
     /// (clearing the mark), atomically per member: the memberships its
@@ -105,29 +161,19 @@ pub trait Store: Send + Sync + 'static {
     /// Yields whether each was applied.
     fn index_apply<'a>(
         &'a self,
-        _prefix: &'a str,
-        _token: &'a [u8],
-        _updates: &'a [IndexUpdate],
-    ) -> StoreFuture<'a, Vec<bool>> {
-        unsupported()
-    }
+        prefix: &'a str,
+        token: &'a [u8],
+        updates: &'a [IndexUpdate],
+    ) -> StoreFuture<'a, Vec<bool>>;
 
     /// Runs `query` on the index under `prefix`, atomically; `None` when the
     /// key `{prefix}warm` does not exist (the index is not known complete)
     /// and `query.ignore_warm` is not set.
     fn index_query<'a>(
         &'a self,
-        _prefix: &'a str,
-        _query: &'a IndexQuery,
-    ) -> StoreFuture<'a, Option<IndexPage>> {
-        unsupported()
-    }
-}
-
-fn unsupported<'a, T: Send + 'a>() -> StoreFuture<'a, T> {
-    Box::pin(std::future::ready(Err(StoreError::Protocol(
-        "this store does not support query indexes".to_owned(),
-    ))))
+        prefix: &'a str,
+        query: &'a IndexQuery,
+    ) -> StoreFuture<'a, Option<IndexPage>>;
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -160,30 +206,7 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         (**self).delete_many(keys)
     }
-    fn supports_indexes(&self) -> bool {
-        (**self).supports_indexes()
-    }
-    fn index_lease<'a>(
-        &'a self,
-        prefix: &'a str,
-        members: &'a [String],
-        token: &'a [u8],
-    ) -> StoreFuture<'a, ()> {
-        (**self).index_lease(prefix, members, token)
-    }
-    fn index_apply<'a>(
-        &'a self,
-        prefix: &'a str,
-        token: &'a [u8],
-        updates: &'a [IndexUpdate],
-    ) -> StoreFuture<'a, Vec<bool>> {
-        (**self).index_apply(prefix, token, updates)
-    }
-    fn index_query<'a>(
-        &'a self,
-        prefix: &'a str,
-        query: &'a IndexQuery,
-    ) -> StoreFuture<'a, Option<IndexPage>> {
-        (**self).index_query(prefix, query)
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        (**self).indexes()
     }
 }

@@ -21,10 +21,13 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use super::{CompareAndSet, IndexPage, IndexQuery, IndexUpdate, Store, StoreFuture};
+use super::{CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture};
 use crate::error::{ConnectError, StoreError};
 
 mod index;
+mod near;
+
+pub use near::{NearCache, NearCacheStats};
 
 /// Default time to wait for a reply before failing the request.
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -187,6 +190,8 @@ pub struct RedisStore {
     request_timeout: Duration,
     /// Put before every key (the builder's key prefix; empty: none).
     prefix: Arc<str>,
+    /// The near cache, when configured (single server only).
+    near: Option<Arc<near::Near>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -200,6 +205,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field("mode", &mode)
             .field("key_prefix", &self.prefix)
+            .field("near_cache", &self.near.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -214,6 +220,7 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     retries: usize,
     key_prefix: String,
+    near: Option<NearCache>,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
@@ -225,6 +232,7 @@ impl std::fmt::Debug for RedisStoreBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("retries", &self.retries)
             .field("key_prefix", &self.key_prefix)
+            .field("near_cache", &self.near)
             .finish()
     }
 }
@@ -238,7 +246,17 @@ impl RedisStoreBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retries: DEFAULT_RETRIES,
             key_prefix: String::new(),
+            near: None,
         }
+    }
+
+    /// Puts an in-process [`NearCache`] in front of Redis: hits are served
+    /// from memory with no round trip, kept coherent by Redis'
+    /// invalidation pushes. Single server only: connecting a cluster with a
+    /// near cache fails.
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near = Some(near);
+        self
     }
 
     /// Puts `prefix` before every key the store reads or writes (entries,
@@ -347,6 +365,9 @@ impl RedisStoreBuilder {
                 }
             }
         }
+        if let Some(near) = &store.near {
+            near.tracking().await?;
+        }
         Ok(store)
     }
 
@@ -430,10 +451,25 @@ impl RedisStoreBuilder {
         };
         #[cfg(not(feature = "cluster"))]
         let connection = self.lazy_single()?;
+        let near = match &self.near {
+            None => None,
+            Some(_) if self.cluster => {
+                return Err(config_error(
+                    "the near cache needs a single Redis server, not a cluster".to_owned(),
+                ));
+            }
+            Some(config) => Some(near::Near::start(
+                config,
+                self.urls.first().map(String::as_str).unwrap_or_default(),
+                self.connect_timeout,
+                self.response_timeout,
+            )?),
+        };
         Ok(RedisStore {
             connection,
             request_timeout: self.response_timeout,
             prefix: self.key_prefix.as_str().into(),
+            near,
         })
     }
 
@@ -549,6 +585,135 @@ impl RedisStore {
         } else {
             keys.iter().map(|key| self.key(key).into_owned()).collect()
         }
+    }
+
+    /// What the near cache holds and has done; `None` without one.
+    #[must_use]
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|near| near.stats())
+    }
+
+    /// Reads `keys` (prefixed) from Redis, one MGET per group.
+    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let groups = self.groups(keys.iter().map(String::as_str));
+        self.per_group(keys.len(), &groups, |group| async move {
+            let mut cmd = redis::cmd("MGET");
+            for &i in group {
+                cmd.arg(&keys[i]);
+            }
+            self.query::<Vec<Option<Bytes>>>(&cmd).await
+        })
+        .await
+    }
+
+    /// Reads `keys` (prefixed) through the near cache: its hits, then one
+    /// read of the rest over the tracking connection (or plainly while it
+    /// is down).
+    async fn get_many_near(
+        &self,
+        near: &near::Near,
+        keys: &[String],
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(keys.len());
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hit = near.get(key);
+            if hit.is_none() {
+                missing.push(i);
+            }
+            out.push(hit);
+        }
+        for chunk in missing.chunks(MAX_KEYS_PER_REQUEST) {
+            let chunk_keys: Vec<&str> = chunk.iter().map(|&i| keys[i].as_str()).collect();
+            let values = match near.read_through(&chunk_keys).await {
+                Some(values) => values,
+                None => {
+                    let owned: Vec<String> = chunk_keys.iter().map(|&k| k.to_owned()).collect();
+                    self.mget(&owned).await?
+                }
+            };
+            for (&i, value) in chunk.iter().zip(values) {
+                out[i] = value;
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Store::set_if_absent_or`] on `keys` (prefixed) in the common case
+    /// without a script: one `SET key value NX PX ttl GET` per key,
+    /// pipelined (one round trip per group), which sets an absent key and
+    /// replies what any other key holds. Only the keys found holding
+    /// `replaceable` (tombstones, after a write) take the script, in a
+    /// second round trip; each step is atomic per key, so the outcome is one
+    /// the script alone could give.
+    async fn lease(
+        &self,
+        keys: &[String],
+        value: &[u8],
+        replaceable: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let ttl = ttl_ms(ttl);
+        let groups = self.groups(keys.iter().map(String::as_str));
+        let mut held = self
+            .per_group(keys.len(), &groups, |group| async move {
+                let mut pipe = redis::pipe();
+                for &i in group {
+                    pipe.cmd("SET")
+                        .arg(&keys[i])
+                        .arg(value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl)
+                        .arg("GET");
+                }
+                self.pipeline::<Vec<Option<Bytes>>>(&pipe).await
+            })
+            .await?;
+        let replace: Vec<usize> = (0..keys.len())
+            .filter(|&i| held[i].as_deref() == Some(replaceable))
+            .collect();
+        if replace.is_empty() {
+            return Ok(held);
+        }
+        let groups = self.groups(replace.iter().map(|&i| keys[i].as_str()));
+        let replace = &replace;
+        let replaced = self
+            .per_group(replace.len(), &groups, |group| async move {
+                let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
+                for &j in group {
+                    invocation.key(&keys[replace[j]]);
+                }
+                invocation.arg(value).arg(replaceable).arg(ttl);
+                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
+            })
+            .await?;
+        for (&i, outcome) in replace.iter().zip(replaced) {
+            held[i] = outcome;
+        }
+        Ok(held)
+    }
+
+    /// This store's own writes to `keys` (prefixed): evicted from the near
+    /// cache before the write returns, so this process reads what it wrote.
+    fn evict_own<'k>(&self, keys: impl Iterator<Item = &'k str>) {
+        if let Some(near) = &self.near {
+            for key in keys {
+                near.evict(key);
+            }
+        }
+    }
+
+    /// Sends one pipeline (one round trip).
+    async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        self.bounded(async {
+            match &self.connection {
+                Connection::Single(c) => pipe.query_async(&mut c.clone()).await,
+                #[cfg(feature = "cluster")]
+                Connection::Cluster(c) => pipe.query_async(&mut c.get().await?).await,
+            }
+        })
+        .await
     }
 
     /// Sends one command.
@@ -758,21 +923,27 @@ fn store_error(error: RedisError) -> StoreError {
 
 impl Store for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        Box::pin(async move { self.query(redis::cmd("GET").arg(&*self.key(key))).await })
+        Box::pin(async move {
+            let key = self.key(key);
+            if let Some(near) = &self.near {
+                if let Some(value) = near.get(&key) {
+                    return Ok(Some(value));
+                }
+                if let Some(mut values) = near.read_through(&[&key]).await {
+                    return Ok(values.pop().flatten());
+                }
+            }
+            self.query(redis::cmd("GET").arg(&*key)).await
+        })
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
             let keys = &*self.keys(keys);
-            let groups = self.groups(keys.iter().map(String::as_str));
-            self.per_group(keys.len(), &groups, |group| async move {
-                let mut cmd = redis::cmd("MGET");
-                for &i in group {
-                    cmd.arg(&keys[i]);
-                }
-                self.query::<Vec<Option<Bytes>>>(&cmd).await
-            })
-            .await
+            match &self.near {
+                Some(near) => self.get_many_near(near, keys).await,
+                None => self.mget(keys).await,
+            }
         })
     }
 
@@ -784,18 +955,10 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
-            let ttl = ttl_ms(ttl);
             let keys = &*self.keys(keys);
-            let groups = self.groups(keys.iter().map(String::as_str));
-            self.per_group(keys.len(), &groups, |group| async move {
-                let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
-                for &i in group {
-                    invocation.key(&keys[i]);
-                }
-                invocation.arg(value).arg(replaceable).arg(ttl);
-                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
-            })
-            .await
+            let held = self.lease(keys, value, replaceable, ttl).await;
+            self.evict_own(keys.iter().map(String::as_str));
+            held
         })
     }
 
@@ -803,20 +966,23 @@ impl Store for RedisStore {
         Box::pin(async move {
             let keys: &[Cow<'_, str>] = &ops.iter().map(|op| self.key(&op.key)).collect::<Vec<_>>();
             let groups = self.groups(keys.iter().map(|key| &**key));
-            self.per_group(ops.len(), &groups, |group| async move {
-                let mut invocation = COMPARE_AND_SET.prepare_invoke();
-                for &i in group {
-                    let op = &ops[i];
-                    invocation
-                        .key(&*keys[i])
-                        .arg(&op.expected[..])
-                        .arg(&op.value[..])
-                        .arg(ttl_ms(op.ttl));
-                }
-                let written = self.invoke::<Vec<i64>>(&invocation).await?;
-                Ok(written.into_iter().map(|w| w != 0).collect())
-            })
-            .await
+            let written = self
+                .per_group(ops.len(), &groups, |group| async move {
+                    let mut invocation = COMPARE_AND_SET.prepare_invoke();
+                    for &i in group {
+                        let op = &ops[i];
+                        invocation
+                            .key(&*keys[i])
+                            .arg(&op.expected[..])
+                            .arg(&op.value[..])
+                            .arg(ttl_ms(op.ttl));
+                    }
+                    let written = self.invoke::<Vec<i64>>(&invocation).await?;
+                    Ok(written.into_iter().map(|w| w != 0).collect())
+                })
+                .await;
+            self.evict_own(keys.iter().map(|key| &**key));
+            written
         })
     }
 
@@ -830,15 +996,18 @@ impl Store for RedisStore {
             let ttl = ttl_ms(ttl);
             let keys = &*self.keys(keys);
             let groups = self.groups(keys.iter().map(String::as_str));
-            self.per_group(keys.len(), &groups, |group| async move {
-                let mut invocation = SWAP_MANY.prepare_invoke();
-                for &i in group {
-                    invocation.key(&keys[i]);
-                }
-                invocation.arg(value).arg(ttl);
-                self.invoke::<Vec<Option<Bytes>>>(&invocation).await
-            })
-            .await
+            let held = self
+                .per_group(keys.len(), &groups, |group| async move {
+                    let mut invocation = SWAP_MANY.prepare_invoke();
+                    for &i in group {
+                        invocation.key(&keys[i]);
+                    }
+                    invocation.arg(value).arg(ttl);
+                    self.invoke::<Vec<Option<Bytes>>>(&invocation).await
+                })
+                .await;
+            self.evict_own(keys.iter().map(String::as_str));
+            held
         })
     }
 
@@ -846,22 +1015,27 @@ impl Store for RedisStore {
         Box::pin(async move {
             let keys = &*self.keys(keys);
             let groups = self.groups(keys.iter().map(String::as_str));
-            futures_util::future::try_join_all(groups.iter().map(|group| async move {
-                let mut cmd = redis::cmd("UNLINK");
-                for &i in group {
-                    cmd.arg(&keys[i]);
-                }
-                self.query::<i64>(&cmd).await
-            }))
-            .await?;
+            let deleted =
+                futures_util::future::try_join_all(groups.iter().map(|group| async move {
+                    let mut cmd = redis::cmd("UNLINK");
+                    for &i in group {
+                        cmd.arg(&keys[i]);
+                    }
+                    self.query::<i64>(&cmd).await
+                }))
+                .await;
+            self.evict_own(keys.iter().map(String::as_str));
+            deleted?;
             Ok(())
         })
     }
 
-    fn supports_indexes(&self) -> bool {
-        true
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        Some(self)
     }
+}
 
+impl IndexStore for RedisStore {
     fn index_lease<'a>(
         &'a self,
         prefix: &'a str,

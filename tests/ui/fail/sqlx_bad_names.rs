@@ -3,7 +3,7 @@
 use cached_instances::CachedInstance;
 
 #[derive(CachedInstance)]
-#[cached(table = "", database = "mysql")]
+#[cached(table = "", database = "oracle")]
 pub struct A {
     #[cached(pk, column = "")]
     pub id: i64,

@@ -1,11 +1,8 @@
 //! The polls example's models: relations in both directions between three
 //! models, including two pairs that name each other.
 
-#[path = "../../../examples/polls/models.rs"]
-mod models;
-
 use cached_instances::{CachedInstance, RelationKind};
-use models::{Choice, Question, User};
+use polls::{Choice, Question, User};
 
 fn main() {
     assert_eq!(User::SCHEMA.relations[0].target, "Choice");

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use unicode_segmentation::UnicodeSegmentation;
 
+use super::CachedInstance;
 use crate::codec::{Decoded, Encode, FieldCodec};
-use crate::instance::CachedInstance;
 
 /// A field type that `#[cached(index)]` accepts: values with an exact-match
 /// term.

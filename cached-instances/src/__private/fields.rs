@@ -1,5 +1,5 @@
-//! Support code for what `#[derive(CachedInstance)]` generates; re-exported
-//! through `__private`, not a public API.
+//! Autoref dispatch for the field code `#[derive(CachedInstance)]`
+//! generates (encode, decode, links, skipped fields).
 //!
 //! The derive checks each field's type once, with an assertion spanned at
 //! the field, so the user gets one error carrying our message at the right

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::ops::Bound;
 
-use super::{Condition, IndexValues, Query};
-use crate::instance::{CachedInstance, Schema};
-use crate::store::{IndexQuery, IndexRecord, ScoreRange};
+use super::{IndexQuery, IndexRecord, ScoreRange};
+use crate::instance::{CachedInstance, IndexValues, Schema};
+use crate::key::fnv1a;
+use crate::query::{Condition, Query};
 
 /// The prefix of every index key of a model version:
 /// `ci:{idx:<model>}:<version>:<hash>:`. The hash covers the schema hash
@@ -26,7 +27,7 @@ pub(crate) fn prefix(schema: &Schema) -> String {
             u8::from(field.search)
         );
     }
-    let hash = crate::__private::fnv1a(declared.as_bytes());
+    let hash = fnv1a(declared.as_bytes());
     format!(
         "ci:{{idx:{}}}:{}:{hash:016x}:",
         schema.model, schema.version

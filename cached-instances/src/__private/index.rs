@@ -1,5 +1,5 @@
 //! Autoref dispatch for the index code `#[derive(CachedInstance)]`
-//! generates (see `derive_support` for the pattern): each index field's
+//! generates (see `fields` for the pattern): each index field's
 //! type is asserted once, spanned at the field; the generated calls then
 //! fall back to inert impls instead of failing a second time.
 
@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::values::{Indexable, Searchable, Sortable, serde_term, serde_text};
+use crate::instance::{Indexable, Searchable, Sortable, serde_term, serde_text};
 
 /// Asserts that an `index` field's type has exact-match terms.
 pub const fn assert_indexable<T: Indexable + ?Sized>() {}

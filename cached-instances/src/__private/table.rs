@@ -5,8 +5,6 @@
 //! on every model with a table, whatever the enabled features, so that a
 //! model's `has_many = T, via = f` loader reads `T`'s table, pk column and
 //! `f`'s column from `T` itself instead of repeating them.
-//!
-//! Not a public API: re-exported through `__private` for generated code.
 
 // Hidden API whose items exist only to be named by generated code; the
 // module docs above say what they are for.
@@ -52,7 +50,7 @@ impl<P, T: TableFor<Parent>, Parent> TableForCheck<T, Parent> for P {}
 /// Asserts that `T`, the target of a `has_many` of `Parent`, has a table.
 pub const fn assert_table_for<T, Parent, P: TableForCheck<T, Parent>>() {}
 
-// Autoref dispatch (see `derive_support`): the names are read through these
+// Autoref dispatch (see `fields`): the names are read through these
 // so that a target without a table fails once, at the assertion above.
 
 /// `T`'s table and pk column.

@@ -1,0 +1,450 @@
+//! The near cache: an in-process tier in front of a [`RedisStore`](super::RedisStore),
+//! kept coherent by Redis server-assisted client-side caching.
+//!
+//! Reads that miss the tier go to Redis over a dedicated RESP3 connection
+//! with `CLIENT TRACKING ON`: Redis remembers which keys that connection
+//! read and pushes an `invalidate` message on it when any client changes
+//! one of them. The push handler runs inside the connection's reader, in
+//! wire order with the replies, and evicts the key on the spot.
+//!
+//! Why our own tracking connection rather than redis-rs `cache-aio`: that
+//! cache is bounded by entry count (not bytes), caches every reply of a
+//! command (a lease or tombstone marker would be served from memory, and
+//! the lease protocol needs those read from Redis), cannot be flushed or
+//! observed by the store, and is marked experimental. The tier here holds
+//! entry bytes only, weighs them, and knows when its connection is lost.
+//!
+//! Coherence rests on three rules:
+//!
+//! - a reply is admitted only if no invalidation of its key (or flush) was
+//!   seen between sending the read and admitting the reply (a per-stripe
+//!   counter under a lock), so a push that overtakes the reader cannot be
+//!   undone by a late insert;
+//! - the store's own writes evict their keys before they return, so a
+//!   process reads its own acknowledged writes;
+//! - while the tracking connection is down, the tier is empty and unused:
+//!   a lost connection flushes it, reads go to Redis uncached, and a
+//!   background task remakes the connection (flushing again once tracking
+//!   is back on).
+//!
+//! A write acknowledged in another process can still be read from this
+//! tier until its push arrives: CONSISTENCY.md gives the measured window.
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::sync::Cache as Moka;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo};
+use redis::{PushKind, Value};
+
+use crate::error::StoreError;
+use crate::marker::{self, Slot};
+
+/// Default bound of the tier's size (keys and values).
+const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default bound of an entry's age in the tier.
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
+/// Admission counters: keys hash onto this many stripes.
+const STRIPES: usize = 256;
+/// Backoff between attempts to remake the tracking connection.
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// Configures the near cache of a [`RedisStore`](super::RedisStore): an
+/// in-process copy of the entries this process reads, kept coherent with
+/// Redis by `CLIENT TRACKING` invalidation pushes.
+///
+/// A near hit costs no round trip. Only entry bytes are kept (never a lease
+/// or tombstone), conditional writes always go to Redis, and the store's own
+/// writes evict before they return. A write made by another process is seen
+/// here once Redis' invalidation push arrives (see CONSISTENCY.md for the
+/// measured window); a lost tracking connection empties the tier.
+///
+/// Single-server stores only (not the cluster).
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use cached_instances::{NearCache, RedisStore};
+///
+/// # async fn demo() -> Result<(), cached_instances::StoreError> {
+/// let store = RedisStore::builder("redis://127.0.0.1:6379/")
+///     .near_cache(
+///         NearCache::new()
+///             .max_bytes(256 * 1024 * 1024)
+///             .max_age(Duration::from_secs(30)),
+///     )
+///     .connect()
+///     .await?;
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NearCache {
+    max_bytes: u64,
+    max_age: Duration,
+}
+
+impl Default for NearCache {
+    fn default() -> Self {
+        NearCache::new()
+    }
+}
+
+impl NearCache {
+    /// A near cache of at most 64 MiB, entries at most 60 s old.
+    pub fn new() -> Self {
+        NearCache {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_age: DEFAULT_MAX_AGE,
+        }
+    }
+
+    /// The most bytes (keys plus values) the tier holds; the least recently
+    /// useful entries are evicted beyond it. Default: 64 MiB.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// The longest an entry stays in the tier, whatever the pushes say: a
+    /// bound on staleness should an invalidation ever be lost without the
+    /// connection dropping. Default: 60 s.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+}
+
+/// What the near cache holds and has done; see
+/// [`RedisStore::near_cache_stats`](super::RedisStore::near_cache_stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct NearCacheStats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (keys plus values).
+    pub bytes: u64,
+    /// Keys evicted by an invalidation push or by this store's own writes.
+    pub invalidations: u64,
+    /// Times the whole tier was emptied (tracking connection lost or remade,
+    /// or the database flushed).
+    pub flushes: u64,
+    /// Whether the tracking connection is up (the tier is in use).
+    pub tracking: bool,
+}
+
+/// The tier and its tracking connection, shared by the store's clones.
+pub(super) struct Near {
+    tier: Moka<String, Bytes>,
+    /// Bumped under the lock by every eviction of a key of the stripe (and
+    /// by every flush); a reply is admitted only if its stripe did not move
+    /// since its read was sent.
+    stripes: Box<[Mutex<u64>]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// The tracking connection, with the generation it was made in; `None`
+    /// while it is being (re)made.
+    connection: tokio::sync::watch::Sender<Option<(u64, MultiplexedConnection)>>,
+    generation: AtomicU64,
+    /// Wakes the task that remakes the connection.
+    wake: Arc<tokio::sync::Notify>,
+    invalidations: AtomicU64,
+    flushes: AtomicU64,
+    client: Client,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl Drop for Near {
+    fn drop(&mut self) {
+        // The reconnect task holds a weak reference: wake it so it sees
+        // that the store is gone and ends.
+        self.wake.notify_one();
+    }
+}
+
+impl Near {
+    /// Builds the tier and starts the task that makes (and remakes) the
+    /// tracking connection in the background.
+    pub(super) fn start(
+        config: &NearCache,
+        url: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Arc<Near>, StoreError> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| super::config_error(e.to_string()))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| super::config_error(e.to_string()))?;
+        let weigher = |key: &String, value: &Bytes| {
+            u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
+        };
+        let tier = Moka::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(weigher)
+            .time_to_live(config.max_age)
+            .build();
+        let near = Arc::new(Near {
+            tier,
+            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            connection: tokio::sync::watch::Sender::new(None),
+            generation: AtomicU64::new(0),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            invalidations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            client,
+            connect_timeout,
+            request_timeout,
+        });
+        tokio::spawn(Near::keep_tracking(
+            Arc::downgrade(&near),
+            Arc::clone(&near.wake),
+        ));
+        Ok(near)
+    }
+
+    /// Waits until the tracking connection is up (the first one is made by
+    /// the background task right after [`start`](Self::start)).
+    pub(super) async fn tracking(&self) -> Result<(), StoreError> {
+        let mut up = self.connection.subscribe();
+        let wait = up.wait_for(Option::is_some);
+        match tokio::time::timeout(self.connect_timeout + self.request_timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                "near cache: no tracking connection in time".into(),
+            )),
+        }
+    }
+
+    /// Remakes the tracking connection whenever it is lost, until the store
+    /// is dropped.
+    async fn keep_tracking(near: Weak<Near>, wake: Arc<tokio::sync::Notify>) {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            let notified = wake.notified();
+            {
+                let Some(near) = near.upgrade() else { return };
+                if near.current().is_none() {
+                    match Near::track(&near).await {
+                        Ok(()) => backoff = RECONNECT_MIN,
+                        Err(error) => {
+                            tracing::debug!(
+                                target: "cached_instances",
+                                %error,
+                                "near cache: tracking connection not made"
+                            );
+                            drop(near);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(RECONNECT_MAX);
+                            continue;
+                        }
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Makes a tracking connection and puts the tier in use.
+    async fn track(near: &Arc<Near>) -> Result<(), StoreError> {
+        let generation = near.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let weak = Arc::downgrade(near);
+        let on_push = move |push: PushInfo| -> Result<(), ()> {
+            if let Some(near) = weak.upgrade() {
+                near.on_push(generation, push);
+            }
+            Ok(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(near.connect_timeout))
+            .set_response_timeout(Some(near.request_timeout))
+            .set_push_sender(on_push);
+        let made = async {
+            let mut connection = near
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async::<()>(&mut connection)
+                .await?;
+            Ok::<_, redis::RedisError>(connection)
+        };
+        let connection =
+            match tokio::time::timeout(near.connect_timeout + near.request_timeout, made).await {
+                Ok(made) => made.map_err(super::store_error)?,
+                Err(_) => {
+                    return Err(StoreError::Unavailable(
+                        "near cache: no tracking connection in time".into(),
+                    ));
+                }
+            };
+        // Whatever changed while untracked is unknown: start empty.
+        near.flush();
+        near.connection.send_replace(Some((generation, connection)));
+        Ok(())
+    }
+
+    /// Handles a push from the tracking connection of `generation`.
+    fn on_push(&self, generation: u64, push: PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        if let Value::BulkString(key) = key
+                            && let Ok(key) = std::str::from_utf8(key)
+                        {
+                            self.evict(key);
+                        } else {
+                            // A key we cannot name: drop everything.
+                            self.flush();
+                        }
+                    }
+                }
+                // A nil payload: the database was flushed.
+                _ => self.flush(),
+            },
+            PushKind::Disconnection => self.lost(generation),
+            _ => {}
+        }
+    }
+
+    /// The tracking connection of `generation` is gone: empty the tier and
+    /// have it remade.
+    fn lost(&self, generation: u64) {
+        self.connection.send_if_modified(|connection| {
+            let current = connection.as_ref().is_some_and(|(g, _)| *g == generation);
+            if current {
+                *connection = None;
+            }
+            current
+        });
+        self.flush();
+        self.wake.notify_one();
+    }
+
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.connection.borrow().clone()
+    }
+
+    fn stripe(&self, key: &str) -> &Mutex<u64> {
+        let hash = self.hasher.hash_one(key);
+        // The modulo keeps the index in range; the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    /// The tier's copy of `key`.
+    pub(super) fn get(&self, key: &str) -> Option<Bytes> {
+        self.tier.get(key)
+    }
+
+    /// Removes `key` from the tier, and voids replies to reads of it still
+    /// in flight.
+    pub(super) fn evict(&self, key: &str) {
+        let mut seen = self
+            .stripe(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *seen += 1;
+        self.tier.invalidate(key);
+        drop(seen);
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Empties the tier, and voids every reply in flight.
+    fn flush(&self) {
+        for stripe in &self.stripes {
+            *stripe.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        }
+        self.tier.invalidate_all();
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `keys` over the tracking connection (so Redis tracks them) and
+    /// admits the entries among the replies. `None` when the tracking
+    /// connection is down or failed: the caller reads from Redis uncached.
+    pub(super) async fn read_through(&self, keys: &[&str]) -> Option<Vec<Option<Bytes>>> {
+        let (generation, mut connection) = self.current()?;
+        // The stripe counters before sending: a reply is admitted only if
+        // its key's counter has not moved meanwhile.
+        let seen: Vec<u64> = keys
+            .iter()
+            .map(|key| {
+                *self
+                    .stripe(key)
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            })
+            .collect();
+        let mut cmd = redis::cmd(if keys.len() == 1 { "GET" } else { "MGET" });
+        for key in keys {
+            cmd.arg(*key);
+        }
+        let reply = tokio::time::timeout(self.request_timeout, async {
+            if keys.len() == 1 {
+                cmd.query_async::<Option<Bytes>>(&mut connection)
+                    .await
+                    .map(|value| vec![value])
+            } else {
+                cmd.query_async::<Vec<Option<Bytes>>>(&mut connection).await
+            }
+        })
+        .await;
+        let values = match reply {
+            Ok(Ok(values)) if values.len() == keys.len() => values,
+            // A stalled or broken tracking connection may have lost pushes
+            // too: treat it as lost.
+            _ => {
+                self.lost(generation);
+                return None;
+            }
+        };
+        for ((key, value), seen) in keys.iter().zip(&values).zip(seen) {
+            if let Some(value) = value {
+                self.admit(key, value, seen);
+            }
+        }
+        Some(values)
+    }
+
+    /// Puts `value` in the tier if it is an entry (never a lease or
+    /// tombstone: the lease protocol reads those from Redis) and no eviction
+    /// of its key happened since its read was sent.
+    fn admit(&self, key: &str, value: &Bytes, seen: u64) {
+        if !matches!(marker::classify(value), Slot::Value(_)) {
+            return;
+        }
+        let stripe = self
+            .stripe(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *stripe == seen {
+            self.tier.insert(key.to_owned(), value.clone());
+        }
+    }
+
+    pub(super) fn stats(&self) -> NearCacheStats {
+        self.tier.run_pending_tasks();
+        NearCacheStats {
+            entries: self.tier.entry_count(),
+            bytes: self.tier.weighted_size(),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            tracking: self.current().is_some(),
+        }
+    }
+}

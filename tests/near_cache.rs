@@ -1,0 +1,408 @@
+//! The near cache on a real Redis server (started by the test): a hit costs
+//! no command, another client's write is evicted by Redis' invalidation
+//! push, a killed tracking connection empties the tier, markers never enter
+//! it, its size stays within its bound, the store's own writes are read
+//! back at once, and a fill leased before a write is still rejected.
+//!
+//! Nothing here asserts timing: what a push or a reconnection does is
+//! polled for with a bounded number of attempts.
+
+use std::time::Duration;
+
+use cached_instances::{Cache, NearCache, RedisStore, Store};
+use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::redis_server::RedisServer;
+use polls::{Choice, Question, User};
+
+/// Attempts, 5 ms apart, before a poll gives up (20 s in all).
+const ATTEMPTS: usize = 4_000;
+
+/// A max age far beyond any test, so only pushes and flushes evict.
+fn near() -> NearCache {
+    NearCache::new().max_age(Duration::from_secs(3600))
+}
+
+async fn near_store(server: &RedisServer, config: NearCache) -> RedisStore {
+    RedisStore::builder(server.url())
+        .near_cache(config)
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn set(server: &RedisServer, key: &str, value: &[u8]) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query(&mut server.connection())
+        .unwrap();
+}
+
+/// Reads `key` through `store` until it yields `want`, at most [`ATTEMPTS`]
+/// times; returns whether it did.
+async fn eventually_reads(store: &RedisStore, key: &str, want: &[u8]) -> bool {
+    for _ in 0..ATTEMPTS {
+        if store.get(key).await.unwrap().as_deref() == Some(want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// The `GET`/`MGET` calls the server ran since the last reset.
+fn reads(server: &RedisServer) -> u64 {
+    let stats = server.command_stats();
+    stats.get("get").copied().unwrap_or(0) + stats.get("mget").copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_near_hit_sends_no_command() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    let db = MemDb::seeded();
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+    // A fill is written by the main connection, which ends Redis' tracking
+    // of the key for us: the read after it goes to Redis (and is tracked),
+    // the ones after that are near hits.
+    let warm = cache.get::<Question>(&1).await.unwrap().unwrap();
+    let list = cache.get_many::<Question>(&[1, 2]).await.unwrap();
+    cache.get_many::<Question>(&[1, 2]).await.unwrap();
+    db.clear_loads();
+
+    server.reset_stats();
+    assert_eq!(cache.get::<Question>(&1).await.unwrap().unwrap(), warm);
+    assert_eq!(cache.get_many::<Question>(&[1, 2]).await.unwrap(), list);
+    assert_eq!(
+        server.data_command_count(),
+        0,
+        "near hits: {:?}",
+        server.data_commands()
+    );
+    assert!(db.loads().is_empty(), "near hits load nothing");
+    let stats = store.near_cache_stats().unwrap();
+    assert!(stats.tracking);
+    assert_eq!(stats.entries, 2);
+}
+
+#[tokio::test]
+async fn a_write_from_another_client_is_evicted_by_its_push() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    set(&server, "k", b"{\"v\":1}");
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":1}"[..])
+    );
+    server.reset_stats();
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":1}"[..])
+    );
+    assert_eq!(reads(&server), 0, "the second read is a near hit");
+
+    // A plain client (not this store) writes: only the push can tell us.
+    set(&server, "k", b"{\"v\":2}");
+    assert!(
+        eventually_reads(&store, "k", b"{\"v\":2}").await,
+        "the push did not evict the key"
+    );
+    assert!(store.near_cache_stats().unwrap().invalidations >= 1);
+
+    // The same for a batch read, and for a deleted key.
+    let keys = ["a".to_owned(), "b".to_owned()];
+    set(&server, "a", b"{\"a\":1}");
+    set(&server, "b", b"{\"b\":1}");
+    store.get_many(&keys).await.unwrap();
+    server.reset_stats();
+    store.get_many(&keys).await.unwrap();
+    assert_eq!(reads(&server), 0, "the batch is all near hits");
+    let _: () = redis::cmd("DEL")
+        .arg("a")
+        .query(&mut server.connection())
+        .unwrap();
+    let mut evicted = false;
+    for _ in 0..ATTEMPTS {
+        if store.get_many(&keys).await.unwrap()[0].is_none() {
+            evicted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(evicted, "the deleted key stayed in the tier");
+}
+
+/// The id of the store's tracking connection (the only client with the
+/// tracking flag `t`).
+fn tracking_client(server: &RedisServer) -> Option<i64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.connection())
+        .unwrap();
+    list.lines().find_map(|line| {
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+        };
+        if field("flags")?.contains('t') {
+            field("id")?.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_killed_tracking_connection_flushes_the_tier_and_is_remade() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    set(&server, "k", b"{\"v\":1}");
+    store.get("k").await.unwrap();
+    let before = store.near_cache_stats().unwrap();
+    assert_eq!(before.entries, 1);
+
+    let id = tracking_client(&server).expect("a tracking connection");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(id)
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(killed, 1);
+    // Written after the kill: no push can carry this one.
+    set(&server, "k", b"{\"v\":2}");
+    assert!(
+        eventually_reads(&store, "k", b"{\"v\":2}").await,
+        "the tier kept its entry after its tracking connection was lost"
+    );
+    assert!(store.near_cache_stats().unwrap().flushes > before.flushes);
+
+    // Tracking comes back (a new connection), and with it near hits.
+    let mut remade = false;
+    for _ in 0..ATTEMPTS {
+        if tracking_client(&server).is_some_and(|new| new != id)
+            && store.near_cache_stats().unwrap().tracking
+        {
+            remade = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(remade, "the tracking connection was not remade");
+    store.get("k").await.unwrap();
+    server.reset_stats();
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":2}"[..])
+    );
+    assert_eq!(reads(&server), 0, "near hits again");
+    set(&server, "k", b"{\"v\":3}");
+    assert!(
+        eventually_reads(&store, "k", b"{\"v\":3}").await,
+        "the new tracking connection gets pushes"
+    );
+}
+
+#[tokio::test]
+async fn markers_never_enter_the_tier() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    let lease = b"\0L0123456789abcdef";
+    set(&server, "leased", lease);
+    set(&server, "tombstoned", b"\0T");
+    set(&server, "entry", b"{}");
+    let keys = [
+        "leased".to_owned(),
+        "tombstoned".to_owned(),
+        "entry".to_owned(),
+    ];
+    store.get_many(&keys).await.unwrap();
+    store.get("leased").await.unwrap();
+    store.get("tombstoned").await.unwrap();
+
+    server.reset_stats();
+    for _ in 0..3 {
+        assert_eq!(
+            store.get("leased").await.unwrap().as_deref(),
+            Some(&lease[..])
+        );
+        assert_eq!(
+            store.get("tombstoned").await.unwrap().as_deref(),
+            Some(&b"\0T"[..])
+        );
+        assert_eq!(
+            store.get("entry").await.unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+    }
+    assert_eq!(
+        reads(&server),
+        6,
+        "every marker read goes to Redis, no entry read does"
+    );
+    assert_eq!(store.near_cache_stats().unwrap().entries, 1);
+}
+
+#[tokio::test]
+async fn the_tier_stays_within_its_byte_bound() {
+    let server = RedisServer::start();
+    let max = 20_000;
+    let store = near_store(&server, near().max_bytes(max)).await;
+    let value = {
+        let mut v = b"{\"pad\":\"".to_vec();
+        v.resize(1_000, b'x');
+        v.extend_from_slice(b"\"}");
+        v
+    };
+    let keys: Vec<String> = (0..200).map(|i| format!("key:{i}")).collect();
+    for key in &keys {
+        set(&server, key, &value);
+    }
+    for chunk in keys.chunks(20) {
+        for value in store.get_many(chunk).await.unwrap() {
+            assert!(value.is_some());
+        }
+        let stats = store.near_cache_stats().unwrap();
+        assert!(
+            stats.bytes <= max,
+            "{} bytes held, bound {max}",
+            stats.bytes
+        );
+    }
+    let stats = store.near_cache_stats().unwrap();
+    assert!(stats.entries > 0, "the tier is in use");
+    assert!(stats.entries < 200, "not everything fits: {stats:?}");
+}
+
+#[tokio::test]
+async fn own_writes_are_read_back_at_once() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    let db = MemDb::seeded();
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    for n in 0..20 {
+        db.write(|t| t.choices.get_mut(&1).unwrap().1 = format!("write {n}"));
+        cache.saved(&db.choice(1).unwrap()).await.unwrap();
+        // No polling: the write returned, so this process reads it.
+        assert_eq!(
+            cache.get::<Choice>(&1).await.unwrap().unwrap().choice_text,
+            format!("write {n}")
+        );
+    }
+}
+
+/// The stale-set race across processes with a near cache on the reader's
+/// side: the reader leases and loads the old row, another process (its own
+/// store) writes, the reader's fill must be rejected and the next read
+/// fresh.
+#[tokio::test]
+async fn a_fill_leased_before_another_process_writes_is_rejected() {
+    let server = RedisServer::start();
+    let db = MemDb::seeded();
+    let reader_cache = Cache::builder()
+        .store(near_store(&server, near()).await)
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+    let writer_cache = Cache::builder()
+        .store(RedisStore::connect(&server.url()).await.unwrap())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+
+    let held = db.hold_next_load::<Choice>();
+    let reader = tokio::spawn({
+        let cache = reader_cache.clone();
+        async move { cache.get::<Choice>(&1).await }
+    });
+    held.read.await.unwrap();
+    db.write(|t| t.choices.get_mut(&1).unwrap().1 = "After the write".into());
+    writer_cache.saved(&db.choice(1).unwrap()).await.unwrap();
+    held.release.send(()).unwrap();
+    let seen = reader.await.unwrap().unwrap().unwrap();
+    assert_eq!(seen.choice_text, "Not much", "it began before the write");
+    assert_eq!(
+        reader_cache.stats().fills_rejected,
+        1,
+        "its fill was rejected"
+    );
+
+    // Read twice: the second may be a near hit, and must be fresh too.
+    for _ in 0..2 {
+        assert_eq!(
+            reader_cache
+                .get::<Choice>(&1)
+                .await
+                .unwrap()
+                .unwrap()
+                .choice_text,
+            "After the write"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_store_with_a_near_cache_conforms() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    cached_instances_testkit::conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn a_cluster_with_a_near_cache_is_refused() {
+    let result = RedisStore::cluster_builder(["redis://127.0.0.1:1/"])
+        .near_cache(near())
+        .connect_lazy();
+    assert!(result.is_err());
+}
+
+#[tokio::test]
+async fn a_key_prefix_applies_to_the_tier_and_its_pushes() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .key_prefix("app:")
+        .near_cache(near())
+        .connect()
+        .await
+        .unwrap();
+    set(&server, "app:k", b"{\"v\":1}");
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":1}"[..])
+    );
+    server.reset_stats();
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":1}"[..])
+    );
+    assert_eq!(reads(&server), 0, "a near hit");
+    set(&server, "app:k", b"{\"v\":2}");
+    assert!(
+        eventually_reads(&store, "k", b"{\"v\":2}").await,
+        "the push names the prefixed key"
+    );
+    // Own writes evict the prefixed key too.
+    store
+        .swap_many(&["k".to_owned()], b"\0T", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"\0T"[..]));
+}
