@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cached_instances::feed::{Feed, OUTBOX_TABLE};
 use cached_instances::sqlx::SqlxLoader;
-use cached_instances::store::{CompareAndSet, StoreFuture};
+use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
 use cached_instances::{Cache, MemoryStore, Store};
 use polls::{Choice, Question, User};
 use sqlx::AssertSqlSafe;
@@ -76,6 +76,9 @@ impl Store for Timing {
     }
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         self.inner.delete_many(keys)
+    }
+    fn indexes(&self) -> Option<&dyn IndexStore> {
+        self.inner.indexes()
     }
 }
 
