@@ -42,9 +42,13 @@
 //! The task polls: it drains while batches come back full, and otherwise
 //! sleeps [`poll_interval`](Feed::poll_interval) (10 ms by default). A
 //! `NOTIFY` in the trigger would wake it sooner, but PostgreSQL serializes
-//! every notifying commit on one global lock, which costs write throughput
-//! on the writers' path; an idle poll costs one indexed query. Handlers that
-//! need their write visible at once use [`Feed::flush`] instead.
+//! every notifying commit on one global lock, on the writers' path:
+//! measured with pgbench (8 clients, single-row UPDATEs, PostgreSQL 15, two
+//! alternated rounds on a loaded 2-core machine), the outbox trigger alone
+//! ran 2 040 and 852 commits/s against 3 274 and 2 612 without it, and the
+//! same trigger with `pg_notify` 182 and 186: a tenth. An idle poll costs
+//! one indexed query. Handlers that need their write visible at once use
+//! [`Feed::flush`] instead.
 //!
 //! # Not captured
 //!
