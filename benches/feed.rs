@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cached_instances::feed::{Feed, OUTBOX_TABLE};
 use cached_instances::sqlx::SqlxLoader;
-use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
-use cached_instances::{Cache, MemoryStore, Store};
+use cached_instances::store::StoreFuture;
+use cached_instances::{Cache, MemoryStore};
+use cached_instances_testkit::store::{Hook, Keys, Op, Wrapped};
 use polls::{Choice, Question, User};
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -29,56 +29,31 @@ const WRITERS: usize = 4;
 const CHOICES: i64 = 1000;
 
 /// Records when a written choice's key is first swapped after its commit.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Timing {
-    inner: MemoryStore,
     /// Key -> commit instant of the write waiting for its invalidation.
     waiting: Arc<Mutex<HashMap<String, Instant>>>,
     latencies: Arc<Mutex<Vec<Duration>>>,
 }
 
-impl Store for Timing {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.inner.get(key)
-    }
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.get_many(keys)
-    }
-    fn set_if_absent_or<'a>(
+impl Hook for Timing {
+    fn around<'a, T: Send + 'a>(
         &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.set_if_absent_or(keys, value, replaceable, ttl)
-    }
-    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
-        self.inner.compare_and_set(ops)
-    }
-    fn swap_many<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        let now = Instant::now();
-        {
+        op: Op,
+        keys: Keys<'a>,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if op == Op::SwapMany {
+            let now = Instant::now();
             let mut waiting = self.waiting.lock().unwrap();
             let mut latencies = self.latencies.lock().unwrap();
-            for key in keys {
+            for key in keys.iter() {
                 if let Some(committed) = waiting.remove(key) {
                     latencies.push(now - committed);
                 }
             }
         }
-        self.inner.swap_many(keys, value, ttl)
-    }
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
-        self.inner.delete_many(keys)
-    }
-    fn indexes(&self) -> Option<&dyn IndexStore> {
-        self.inner.indexes()
+        call()
     }
 }
 
@@ -167,13 +142,9 @@ async fn main() {
         .unwrap();
     sqlx::raw_sql(TABLES).execute(&pool).await.unwrap();
 
-    let timing = Timing {
-        inner: MemoryStore::new(),
-        waiting: Arc::default(),
-        latencies: Arc::default(),
-    };
+    let timing = Timing::default();
     let cache = Cache::builder()
-        .store(timing.clone())
+        .store(Wrapped::with_hook(MemoryStore::new(), timing.clone()))
         .loader::<User>(SqlxLoader::new(pool.clone()))
         .loader::<Question>(SqlxLoader::new(pool.clone()))
         .loader::<Choice>(SqlxLoader::new(pool.clone()))

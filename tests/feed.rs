@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use cached_instances::feed::{DEAD_LETTER_TABLE, Feed, FeedPool, OUTBOX_TABLE};
 use cached_instances::sqlx::SqlxLoader;
-use cached_instances::store::{CompareAndSet, IndexStore, StoreFuture};
+use cached_instances::store::StoreFuture;
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
+use cached_instances_testkit::store::{Hook, Keys, Op, Wrapped};
 use polls::{Choice, Question, User};
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -269,65 +269,8 @@ async fn read_all(cache: &Cache) -> (Vec<User>, Vec<Question>, Vec<Choice>) {
 // ---------------------------------------------------------------------------
 // A store that records the keys invalidations replace
 
-#[derive(Clone)]
-struct Recording {
-    inner: MemoryStore,
-    keys: Arc<Mutex<BTreeSet<String>>>,
-}
-
-impl Recording {
-    fn new(inner: MemoryStore) -> Self {
-        Recording {
-            inner,
-            keys: Arc::default(),
-        }
-    }
-
-    fn take(&self) -> BTreeSet<String> {
-        std::mem::take(&mut *self.keys.lock().unwrap())
-    }
-
-    fn record(&self, keys: &[String]) {
-        self.keys.lock().unwrap().extend(keys.iter().cloned());
-    }
-}
-
-impl Store for Recording {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.inner.get(key)
-    }
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.get_many(keys)
-    }
-    fn set_if_absent_or<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.inner.set_if_absent_or(keys, value, replaceable, ttl)
-    }
-    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
-        self.inner.compare_and_set(ops)
-    }
-    fn swap_many<'a>(
-        &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.record(keys);
-        self.inner.swap_many(keys, value, ttl)
-    }
-    fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
-        self.record(keys);
-        self.inner.delete_many(keys)
-    }
-    fn indexes(&self) -> Option<&dyn IndexStore> {
-        self.inner.indexes()
-    }
-}
+/// `Recording<MemoryStore>` (testkit): the keys invalidations replace.
+type Recording = cached_instances_testkit::store::Recording<MemoryStore>;
 
 // ---------------------------------------------------------------------------
 // Raw SQL invalidates exactly what `saved_from` would
@@ -761,47 +704,29 @@ const CHILD_SCHEMA: &str = "CACHED_INSTANCES_FEED_CHILD_SCHEMA";
 /// What the child prints once it holds a claimed batch.
 const CLAIMED: &str = "feed-child: claimed a batch";
 
-/// A store whose invalidations never answer: the child's cache, which is
+/// A hook whose invalidations never answer: the child's cache, which is
 /// killed while it waits.
 #[derive(Clone)]
-struct Hangs(MemoryStore);
+struct Hang;
 
-impl Store for Hangs {
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.0.get(key)
-    }
-    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.0.get_many(keys)
-    }
-    fn set_if_absent_or<'a>(
+impl Hook for Hang {
+    fn around<'a, T: Send + 'a>(
         &'a self,
-        keys: &'a [String],
-        value: &'a [u8],
-        replaceable: &'a [u8],
-        ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.0.set_if_absent_or(keys, value, replaceable, ttl)
-    }
-    fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
-        self.0.compare_and_set(ops)
-    }
-    fn swap_many<'a>(
-        &'a self,
-        _keys: &'a [String],
-        _value: &'a [u8],
-        _ttl: Duration,
-    ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{CLAIMED}");
-        let _ = out.flush();
-        Box::pin(std::future::pending())
-    }
-    fn delete_many<'a>(&'a self, _keys: &'a [String]) -> StoreFuture<'a, ()> {
-        Box::pin(std::future::pending())
-    }
-    fn indexes(&self) -> Option<&dyn IndexStore> {
-        self.0.indexes()
+        op: Op,
+        _keys: Keys<'a>,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        match op {
+            Op::SwapMany => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{CLAIMED}");
+                let _ = out.flush();
+                Box::pin(std::future::pending())
+            }
+            Op::DeleteMany => Box::pin(std::future::pending()),
+            _ => call(),
+        }
     }
 }
 
@@ -815,7 +740,10 @@ async fn feed_child_process() {
     };
     let schema = PgSchema::open(name).await;
     let db = Db::Pg(schema.pool(2).await);
-    let feed = Feed::new(db.cache(Hangs(MemoryStore::new())), db.feed_pool());
+    let feed = Feed::new(
+        db.cache(Wrapped::with_hook(MemoryStore::new(), Hang)),
+        db.feed_pool(),
+    );
     let _ = feed.drain().await;
     unreachable!("the delivery hangs until the process is killed");
 }

@@ -30,7 +30,7 @@ use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, Re
 use cached_instances_testkit::memdb::{MemDb, date};
 use cached_instances_testkit::redis_server::RedisServer;
 use cached_instances_testkit::rng::SharedRng;
-use cached_instances_testkit::store::{Hook, Op as StoreOp, Wrapped, after};
+use cached_instances_testkit::store::{Hook, Keys, Op as StoreOp, Wrapped, after};
 use polls::{Choice, Question, User};
 use proptest::prelude::*;
 
@@ -191,6 +191,7 @@ impl Hook for Yields {
     fn around<'a, T: Send + 'a>(
         &'a self,
         _op: StoreOp,
+        _keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
         after(self.some(), call)

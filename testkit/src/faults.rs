@@ -15,7 +15,7 @@ use cached_instances::store::StoreFuture;
 use cached_instances::{CachedInstance, LoadError, Loader, Store, StoreError};
 use tokio::sync::oneshot;
 
-use crate::store::{Hook, Op, Wrapped};
+use crate::store::{Hook, Keys, Op, Wrapped};
 
 /// A held store call: wait until it is reached, then let it go on.
 pub struct HeldCall {
@@ -118,6 +118,7 @@ impl Hook for Faults {
     fn around<'a, T: Send + 'a>(
         &'a self,
         op: Op,
+        _keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
         if let Some(e) = self.fault(op) {

@@ -53,14 +53,44 @@ impl Op {
     }
 }
 
+/// The entry keys a call names, as a [`Hook`] sees them.
+#[derive(Debug, Clone, Copy)]
+pub enum Keys<'a> {
+    /// `get`.
+    One(&'a str),
+    /// The batch primitives.
+    Many(&'a [String]),
+    /// `compare_and_set`: each operation's key.
+    Conditional(&'a [CompareAndSet]),
+    /// The query-index primitives, which name index members, not entries.
+    Index,
+}
+
+impl<'a> Keys<'a> {
+    /// The keys, in the call's order.
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        let (one, many, conditional): (Option<&'a str>, &'a [String], &'a [CompareAndSet]) =
+            match self {
+                Keys::One(key) => (Some(key), &[], &[]),
+                Keys::Many(keys) => (None, keys, &[]),
+                Keys::Conditional(ops) => (None, &[], ops),
+                Keys::Index => (None, &[], &[]),
+            };
+        one.into_iter()
+            .chain(many.iter().map(String::as_str))
+            .chain(conditional.iter().map(|op| op.key.as_str()))
+    }
+}
+
 /// What a [`Wrapped`] store does around each call it forwards.
 pub trait Hook: Send + Sync + 'static {
-    /// Runs one call of `op`: `call` makes the inner store's call, and
+    /// Runs one call of `op` on `keys`: `call` makes the inner store's call, and
     /// nothing reaches the inner store until it is called (a hook may fail
     /// the call without calling it, hold it, or run it and then fail).
     fn around<'a, T: Send + 'a>(
         &'a self,
         op: Op,
+        keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T>;
 }
@@ -97,12 +127,14 @@ impl<S, H> Deref for Wrapped<S, H> {
 
 impl<S: Store, H: Hook> Store for Wrapped<S, H> {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
-        self.hook.around(Op::Get, move || self.inner.get(key))
+        self.hook
+            .around(Op::Get, Keys::One(key), move || self.inner.get(key))
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.hook
-            .around(Op::GetMany, move || self.inner.get_many(keys))
+        self.hook.around(Op::GetMany, Keys::Many(keys), move || {
+            self.inner.get_many(keys)
+        })
     }
 
     fn set_if_absent_or<'a>(
@@ -112,14 +144,17 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
         replaceable: &'a [u8],
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.hook.around(Op::SetIfAbsentOr, move || {
-            self.inner.set_if_absent_or(keys, value, replaceable, ttl)
-        })
+        self.hook
+            .around(Op::SetIfAbsentOr, Keys::Many(keys), move || {
+                self.inner.set_if_absent_or(keys, value, replaceable, ttl)
+            })
     }
 
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
         self.hook
-            .around(Op::CompareAndSet, move || self.inner.compare_and_set(ops))
+            .around(Op::CompareAndSet, Keys::Conditional(ops), move || {
+                self.inner.compare_and_set(ops)
+            })
     }
 
     fn swap_many<'a>(
@@ -128,13 +163,15 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
         value: &'a [u8],
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
-        self.hook
-            .around(Op::SwapMany, move || self.inner.swap_many(keys, value, ttl))
+        self.hook.around(Op::SwapMany, Keys::Many(keys), move || {
+            self.inner.swap_many(keys, value, ttl)
+        })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
-        self.hook
-            .around(Op::DeleteMany, move || self.inner.delete_many(keys))
+        self.hook.around(Op::DeleteMany, Keys::Many(keys), move || {
+            self.inner.delete_many(keys)
+        })
     }
 
     /// The inner store's query indexes, with the hook around each call:
@@ -161,7 +198,7 @@ impl<S: Store, H: Hook> IndexStore for Wrapped<S, H> {
         members: &'a [String],
         token: &'a [u8],
     ) -> StoreFuture<'a, ()> {
-        self.hook.around(Op::IndexLease, move || {
+        self.hook.around(Op::IndexLease, Keys::Index, move || {
             self.inner_indexes().index_lease(prefix, members, token)
         })
     }
@@ -172,7 +209,7 @@ impl<S: Store, H: Hook> IndexStore for Wrapped<S, H> {
         token: &'a [u8],
         updates: &'a [IndexUpdate],
     ) -> StoreFuture<'a, Vec<bool>> {
-        self.hook.around(Op::IndexApply, move || {
+        self.hook.around(Op::IndexApply, Keys::Index, move || {
             self.inner_indexes().index_apply(prefix, token, updates)
         })
     }
@@ -182,7 +219,7 @@ impl<S: Store, H: Hook> IndexStore for Wrapped<S, H> {
         prefix: &'a str,
         query: &'a IndexQuery,
     ) -> StoreFuture<'a, Option<IndexPage>> {
-        self.hook.around(Op::IndexQuery, move || {
+        self.hook.around(Op::IndexQuery, Keys::Index, move || {
             self.inner_indexes().index_query(prefix, query)
         })
     }
@@ -205,6 +242,7 @@ impl Hook for Calls {
     fn around<'a, T: Send + 'a>(
         &'a self,
         _op: Op,
+        _keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
         self.0.fetch_add(1, Ordering::Relaxed);
@@ -218,6 +256,44 @@ pub type Counting<S> = Wrapped<S, Calls>;
 impl<S: Store> Wrapped<S, Calls> {
     pub fn new(inner: S) -> Self {
         Wrapped::with_hook(inner, Calls::default())
+    }
+}
+
+/// A [`Hook`] that records the entry keys invalidations replace
+/// (`swap_many`) or delete (`delete_many`).
+#[derive(Debug, Clone, Default)]
+pub struct Replaced(Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>);
+
+impl Replaced {
+    /// The keys replaced or deleted since the last call, and forgets them.
+    pub fn take(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl Hook for Replaced {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        keys: Keys<'a>,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if matches!(op, Op::SwapMany | Op::DeleteMany) {
+            self.0
+                .lock()
+                .unwrap()
+                .extend(keys.iter().map(str::to_owned));
+        }
+        call()
+    }
+}
+
+/// Any store, recording the keys invalidations replace ([`Replaced::take`]).
+pub type Recording<S> = Wrapped<S, Replaced>;
+
+impl<S: Store> Wrapped<S, Replaced> {
+    pub fn new(inner: S) -> Self {
+        Wrapped::with_hook(inner, Replaced::default())
     }
 }
 
