@@ -246,6 +246,15 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// The rows to delete from the outbox: delivered, or moved aside.
+    fn finished(&self) -> Vec<i64> {
+        self.delivered
+            .iter()
+            .copied()
+            .chain(self.dead.iter().map(|(id, _)| *id))
+            .collect()
+    }
+
     fn taken(&self) -> bool {
         matches!(self.taken, Ok(true))
     }
@@ -501,12 +510,7 @@ impl Feed {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    let done: Vec<i64> = delivery
-                        .delivered
-                        .iter()
-                        .copied()
-                        .chain(delivery.dead.iter().map(|(id, _)| *id))
-                        .collect();
+                    let done = delivery.finished();
                     if !done.is_empty() {
                         sqlx::query(AssertSqlSafe(format!(
                             "DELETE FROM {OUTBOX_TABLE} WHERE id = ANY($1)"
@@ -556,12 +560,7 @@ impl Feed {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    let done: Vec<i64> = delivery
-                        .delivered
-                        .iter()
-                        .copied()
-                        .chain(delivery.dead.iter().map(|(id, _)| *id))
-                        .collect();
+                    let done = delivery.finished();
                     if !done.is_empty() {
                         let ids = serde_json::to_string(&done).unwrap_or_else(|_| "[]".to_owned());
                         sqlx::query(AssertSqlSafe(format!(
