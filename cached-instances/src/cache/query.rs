@@ -6,8 +6,7 @@ use bytes::Bytes;
 
 use super::Cache;
 use super::read::{Found, Want};
-use crate::error::Error;
-use crate::error::StoreOp;
+use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
 use crate::pk::PrimaryKey;
 use crate::query::{Query, QueryError, QueryResult, Source};
@@ -115,6 +114,7 @@ impl Cache {
     ) -> Result<Answer<T>, Error> {
         query.check()?;
         let entry = self.inner.registry.entry::<T>()?;
+        let reader = self.inner.reader();
         if query.matches_nothing() {
             return Ok(Answer {
                 pks: Vec::new(),
@@ -123,14 +123,14 @@ impl Cache {
                 source: Source::Cache,
             });
         }
-        if let Some(indexes) = self.indexes_of::<T>()
-            && self.is_enabled()
-            && self.store_usable()
+        if let Some(indexes) = self.inner.indexes().of::<T>()
+            && reader.gate.readable()
         {
             let prefix = plan::prefix(&T::SCHEMA);
             let plan = plan::index_query(query);
-            let page = self
-                .store_call(
+            let page = reader
+                .gate
+                .call(
                     Some(T::MODEL),
                     StoreOp::Query,
                     indexes.index_query(&prefix, &plan),
@@ -151,7 +151,7 @@ impl Cache {
                         source: Source::Cache,
                     });
                 };
-                let found = self.read_many::<T>(&pks, want).await?;
+                let found = reader.many::<T>(&pks, want).await?;
                 // Drop what changed since the index said it matched (a
                 // write between its commit and its index update).
                 let (pks, found): (Vec<T::Pk>, Vec<Found<T>>) = pks
@@ -173,13 +173,13 @@ impl Cache {
         }
 
         // Not warmed (or no store to read it from): the database answers.
-        let page = self
-            .loading()
+        let page = reader
+            .loading
             .call(T::MODEL, entry.loader::<T>().query(query))
             .await?
             .ok_or(QueryError::NoFallback { model: T::MODEL })?;
         let found = match want {
-            Some(want) => self.read_many::<T>(&page.pks, want).await?,
+            Some(want) => reader.many::<T>(&page.pks, want).await?,
             None => Vec::new(),
         };
         Ok(Answer {
