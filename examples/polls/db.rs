@@ -2,7 +2,7 @@
 //! schema, the seed data, the list queries and the writes.
 //!
 //! The cache loads with the loaders the models derive
-//! (`cached_instances::sqlx::SqlxLoader` over [`Db::loader_pool`]); the
+//! (`cached_instances::sqlx::SqlxLoader` over [`Db::pool`]); the
 //! change feed (`cached_instances::feed`) invalidates what the writes
 //! change, from triggers on these tables. So the writes here are plain
 //! SQL: no previous rows read, nothing told to the cache.

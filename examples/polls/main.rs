@@ -244,9 +244,9 @@ async fn smoke(addr: SocketAddr, statements: &StatementCounter) -> bool {
     ];
     let mut ok = true;
     for (method, path, body, want, want_queries) in steps {
-        let before = statements.total();
+        let before = statements.in_requests();
         let result = request(addr, method, path, body).await;
-        let queries = statements.total() - before;
+        let queries = statements.in_requests() - before;
         match result {
             Ok((status, body)) => {
                 let good = status == want && want_queries.is_none_or(|q| q == queries);

@@ -19,7 +19,7 @@
 //! | `DELETE /choices/{pk}` | deletes it and its votes |
 //! | `POST /choices/{pk}/vote`, `DELETE /choices/{pk}/vote` | `{"user_id": n}`: votes, withdraws the vote |
 //!
-//! Each write is plain SQL in a transaction ([`write`]): no previous state
+//! Each write is plain SQL in a transaction ([`write()`]): no previous state
 //! is read and the cache is not told what changed. The change feed's
 //! triggers record, in the same transaction, every row the write changed
 //! (with its old and new foreign keys), and the handler delivers exactly
@@ -110,13 +110,12 @@ where
 
 impl App {
     /// A cache over `store` loading users, questions and choices from `db`
-    /// (with the loaders the models derive), the change feed's triggers
-    /// installed on `db`'s tables (idempotent; [`Db::migrate`] first), and
-    /// its worker running.
+    /// with the loaders the models derive; then as
+    /// [`with_cache`](Self::with_cache).
     ///
     /// # Errors
     ///
-    /// When the triggers cannot be installed (the tables are missing).
+    /// As [`with_cache`](Self::with_cache).
     pub async fn new(db: Db, store: impl Store) -> Result<App, AppError> {
         let builder = Cache::builder().store(store);
         let builder = match db.pool() {
@@ -124,6 +123,17 @@ impl App {
             Pool::Postgres(pool) => loaders(builder, pool),
         };
         let cache = builder.build().map_err(AppError::Build)?;
+        App::with_cache(db, cache).await
+    }
+
+    /// The app over `db` and `cache`: the change feed's triggers installed
+    /// on `db`'s tables (idempotent; [`Db::migrate`] first) and its worker
+    /// running.
+    ///
+    /// # Errors
+    ///
+    /// When the triggers cannot be installed (the tables are missing).
+    pub async fn with_cache(db: Db, cache: Cache) -> Result<App, AppError> {
         let feed = Feed::new(cache.clone(), db.feed_pool());
         feed.install().await.map_err(AppError::Feed)?;
         let worker = Arc::new(feed.spawn());

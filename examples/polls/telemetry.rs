@@ -30,21 +30,27 @@ const COUNTING: &str = "polls::statements";
 #[derive(Clone, Default)]
 struct SpanStatements(Arc<AtomicU64>);
 
-/// A `tracing` layer counting sqlx's statements run in [`counting`]
-/// spans: each in the innermost enclosing one, and all of them together
-/// ([`total`](Self::total)). Statements of background tasks (the change
-/// feed's worker) are in no such span. Cheap to clone; clones share the
-/// total.
+/// A `tracing` layer counting sqlx's statements: each in the innermost
+/// enclosing [`counting`] span, and in totals. Cheap to clone; clones share
+/// the totals.
 #[derive(Debug, Clone, Default)]
 pub struct StatementCounter {
     total: Arc<AtomicU64>,
+    in_requests: Arc<AtomicU64>,
 }
 
 impl StatementCounter {
-    /// Statements run in [`counting`] spans since the layer was installed.
+    /// Statements run since the layer was installed, by any task.
     #[must_use]
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// Statements run in [`counting`] spans since the layer was installed:
+    /// not those of background tasks (the change feed's worker).
+    #[must_use]
+    pub fn in_requests(&self) -> u64 {
+        self.in_requests.load(Ordering::Relaxed)
     }
 
     /// The layer, listening to sqlx's statement events only (at every
@@ -70,13 +76,14 @@ where
         if event.metadata().target() != SQLX_QUERY {
             return;
         }
+        self.total.fetch_add(1, Ordering::Relaxed);
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
         for span in scope {
             if let Some(statements) = span.extensions().get::<SpanStatements>() {
                 statements.0.fetch_add(1, Ordering::Relaxed);
-                self.total.fetch_add(1, Ordering::Relaxed);
+                self.in_requests.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }

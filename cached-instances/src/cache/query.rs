@@ -125,7 +125,7 @@ impl Cache {
     ) -> Result<Option<QueryResult<Bytes>>, Error> {
         query.check()?;
         self.inner.registry.entry::<T>()?;
-        let Some(answer) = self.from_index(query, Some(Want::Bytes)).await? else {
+        let Some(answer) = self.index_answer(query, Some(Want::Bytes)).await? else {
             return Ok(None);
         };
         super::stats::add(&self.inner.counters.queries_from_cache, 1);
@@ -147,7 +147,7 @@ impl Cache {
     ) -> Result<Answer<T>, Error> {
         query.check()?;
         let entry = self.inner.registry.entry::<T>()?;
-        if let Some(answer) = self.from_index(query, want).await? {
+        if let Some(answer) = self.index_answer(query, want).await? {
             return Ok(answer);
         }
 
@@ -171,7 +171,7 @@ impl Cache {
 
     /// The answer from the store's indexes; `None` when they cannot give
     /// it (no index support, not warmed, the store unavailable).
-    async fn from_index<T: CachedInstance>(
+    async fn index_answer<T: CachedInstance>(
         &self,
         query: &Query<T>,
         want: Option<Want>,
