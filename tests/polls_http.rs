@@ -270,6 +270,16 @@ impl TestApp {
         .await
     }
 
+    /// `PATCH /questions/{id}` with a new `pub_date`.
+    async fn set_pub_date(&self, id: i64, pub_date: chrono::DateTime<Utc>) -> Reply {
+        self.send_json(
+            Method::PATCH,
+            &format!("/questions/{id}"),
+            &json!({ "pub_date": pub_date.to_rfc3339() }).to_string(),
+        )
+        .await
+    }
+
     async fn delete(&self, path: &str) -> Reply {
         self.send(Request::delete(path).body(Body::empty()).unwrap())
             .await
@@ -391,14 +401,7 @@ async fn scope_hides_future_questions(t: TestApp) {
     assert_eq!(list["count"], 3);
     assert!(!ids(&list["results"]).contains(&4));
 
-    let published = (Utc::now() - TimeDelta::hours(1)).to_rfc3339();
-    let reply = t
-        .send_json(
-            Method::PATCH,
-            "/questions/4",
-            &json!({ "pub_date": published }).to_string(),
-        )
-        .await;
+    let reply = t.set_pub_date(4, Utc::now() - TimeDelta::hours(1)).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(t.get_ok("/questions/4").await["id"], 4);
     let list = t.get_ok("/questions").await;
@@ -406,13 +409,7 @@ async fn scope_hides_future_questions(t: TestApp) {
     assert_eq!(ids(&list["results"]), [4, 3, 2, 1]);
 
     // And back to the future: hidden again.
-    let later = (Utc::now() + TimeDelta::days(1)).to_rfc3339();
-    t.send_json(
-        Method::PATCH,
-        "/questions/4",
-        &json!({ "pub_date": later }).to_string(),
-    )
-    .await;
+    t.set_pub_date(4, Utc::now() + TimeDelta::days(1)).await;
     t.get("/questions/4")
         .await
         .assert_error(StatusCode::NOT_FOUND);
@@ -814,14 +811,7 @@ async fn warmed_list_makes_no_query(t: TestApp) {
     assert_eq!(reply.json()["count"], 3);
 
     // Publishing the future question moves it into the list.
-    let published = (Utc::now() - TimeDelta::minutes(1)).to_rfc3339();
-    let reply = t
-        .send_json(
-            Method::PATCH,
-            "/questions/4",
-            &json!({ "pub_date": published }).to_string(),
-        )
-        .await;
+    let reply = t.set_pub_date(4, Utc::now() - TimeDelta::minutes(1)).await;
     assert_eq!(reply.status, StatusCode::OK);
     let (n, reply) = t.counted_get("/questions").await;
     assert_eq!(n, 0);

@@ -52,6 +52,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
         db_queries: u64,
         invalidations: u64,
     }
+    let sql = &env.statements;
     async fn measure(
         cache: &Cache,
         statements: &StatementCounter,
@@ -103,13 +104,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
             .expect("update");
         let db_ns = started.elapsed().as_nanos() as u64;
         assert_eq!(previous.question_id, from);
-        let s = measure(
-            &cache,
-            &env.statements,
-            &calls,
-            cache.saved_from(&previous, &new),
-        )
-        .await;
+        let s = measure(&cache, sql, &calls, cache.saved_from(&previous, &new)).await;
         // Every entry involved is cached again before the next write.
         warm([a, b]).await;
         if it >= 2 {
@@ -147,13 +142,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
     for it in 0..cfg.iterations + 2 {
         let voted = it % 2 == 0;
         let (previous, new) = env.db.set_vote(choice_id, user, voted).await.expect("vote");
-        let s = measure(
-            &cache,
-            &env.statements,
-            &calls,
-            cache.saved_from(&previous, &new),
-        )
-        .await;
+        let s = measure(&cache, sql, &calls, cache.saved_from(&previous, &new)).await;
         warm([a, b]).await;
         cache.get::<User>(&user).await.expect("read");
         if it >= 2 {

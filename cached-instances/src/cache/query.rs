@@ -21,6 +21,21 @@ struct Answer<T: CachedInstance> {
     source: Source,
 }
 
+impl<T: CachedInstance> Answer<T> {
+    /// The page as cached JSON representations.
+    fn into_json(self) -> QueryResult<Bytes> {
+        QueryResult {
+            items: self
+                .found
+                .into_iter()
+                .filter_map(Found::into_bytes)
+                .collect(),
+            count: self.count,
+            source: self.source,
+        }
+    }
+}
+
 impl Cache {
     /// Runs `query` and returns its page of instances and the count of all
     /// matches. From the cache when `T` is [warmed](Self::warm) (one store
@@ -63,15 +78,7 @@ impl Cache {
         query: &Query<T>,
     ) -> Result<QueryResult<Bytes>, Error> {
         let answer = self.answer(query, Some(Want::Bytes)).await?;
-        Ok(QueryResult {
-            items: answer
-                .found
-                .into_iter()
-                .filter_map(Found::into_bytes)
-                .collect(),
-            count: answer.count,
-            source: answer.source,
-        })
+        Ok(answer.into_json())
     }
 
     /// Like [`query`](Self::query), returning only the page's pks: one
@@ -129,15 +136,7 @@ impl Cache {
             return Ok(None);
         };
         super::stats::add(&self.inner.counters.queries_from_cache, 1);
-        Ok(Some(QueryResult {
-            items: answer
-                .found
-                .into_iter()
-                .filter_map(Found::into_bytes)
-                .collect(),
-            count: answer.count,
-            source: answer.source,
-        }))
+        Ok(Some(answer.into_json()))
     }
 
     async fn find<T: CachedInstance>(

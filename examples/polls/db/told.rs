@@ -4,13 +4,26 @@
 //! state, in its transaction. The API does not need them; the soak test's
 //! writers use them.
 
-use cached_instances::LoadError;
-use cached_instances::Loader;
 use cached_instances::sqlx::SqlxModel;
+use cached_instances::{CachedInstance, LoadError, Loader};
 use chrono::{DateTime, Utc};
 
-use super::{ChoiceChanges, Db, QuestionChanges, WriteError};
+use super::{ChoiceChanges, Db, Q, QuestionChanges, WriteError};
 use crate::{Choice, Question};
+
+/// Instance `id` before and after `write`, in `q`'s transaction.
+async fn around<T>(
+    q: &mut Q<'_>,
+    id: i64,
+    write: impl AsyncFnOnce(&mut Q<'_>) -> Result<(), WriteError>,
+) -> Result<(T, T), WriteError>
+where
+    T: SqlxModel<sqlx::Sqlite> + SqlxModel<sqlx::Postgres> + CachedInstance<Pk = i64>,
+{
+    let previous = q.one(id).await?;
+    write(q).await?;
+    Ok((previous, q.one(id).await?))
+}
 
 impl Db {
     /// Inserts a question; returns it as stored.
@@ -41,9 +54,7 @@ impl Db {
         changes: QuestionChanges,
     ) -> Result<(Question, Question), WriteError> {
         self.transaction(async |q| {
-            let previous = q.one(id).await?;
-            q.update_question(id, &changes).await?;
-            Ok((previous, q.one(id).await?))
+            around(q, id, async |q| q.update_question(id, &changes).await).await
         })
         .await
     }
@@ -78,9 +89,7 @@ impl Db {
         changes: ChoiceChanges,
     ) -> Result<(Choice, Choice), WriteError> {
         self.transaction(async |q| {
-            let previous = q.one(id).await?;
-            q.update_choice(id, &changes).await?;
-            Ok((previous, q.one(id).await?))
+            around(q, id, async |q| q.update_choice(id, &changes).await).await
         })
         .await
     }
@@ -113,9 +122,10 @@ impl Db {
         voted: bool,
     ) -> Result<(Choice, Choice), WriteError> {
         self.transaction(async |q| {
-            let previous = q.one(choice_id).await?;
-            q.set_vote(choice_id, user_id, voted).await?;
-            Ok((previous, q.one(choice_id).await?))
+            around(q, choice_id, async |q| {
+                q.set_vote(choice_id, user_id, voted).await
+            })
+            .await
         })
         .await
     }
