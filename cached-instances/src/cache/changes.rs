@@ -20,7 +20,7 @@ use super::Cache;
 use super::recovery::Caller;
 use super::registry::{Links, ModelEntry};
 use crate::error::Error;
-use crate::feed::Capture;
+use crate::instance::Capture;
 use crate::instance::{RelationKind, Target};
 
 /// Why a captured row cannot be turned into an invalidation.

@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 
 use super::Cache;
-use super::degraded::{PendingOp, StoreOp};
+use super::degraded::PendingOp;
 use super::registry::{ModelEntry, update_of};
 use crate::error::Error;
+use crate::error::StoreOp;
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;

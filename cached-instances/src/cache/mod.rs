@@ -85,10 +85,11 @@ mod stats;
 mod warm;
 mod write;
 
+use crate::error::StoreOp;
 pub use builder::CacheBuilder;
 #[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 pub(crate) use changes::{Changes, RowChange, Unusable};
-pub use degraded::{Event, StoreOp};
+pub use degraded::Event;
 pub use stats::Stats;
 pub use warm::{Warm, WarmProgress, WarmReport};
 

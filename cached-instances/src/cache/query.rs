@@ -5,9 +5,9 @@
 use bytes::Bytes;
 
 use super::Cache;
-use super::degraded::StoreOp;
 use super::read::{Found, Want};
 use crate::error::Error;
+use crate::error::StoreOp;
 use crate::instance::CachedInstance;
 use crate::pk::PrimaryKey;
 use crate::query::{Query, QueryError, QueryResult, Source};

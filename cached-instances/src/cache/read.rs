@@ -8,10 +8,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Cache;
-use super::degraded::StoreOp;
 use super::registry::ModelEntry;
 use super::stats::add;
 use crate::error::Error;
+use crate::error::StoreOp;
 use crate::instance::CachedInstance;
 use crate::marker::{self, Slot, TOMBSTONE};
 use crate::pk::PrimaryKey;

@@ -15,8 +15,9 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::Notify;
 
-use super::degraded::{PendingOp, StoreOp};
+use super::degraded::PendingOp;
 use super::{Cache, Inner};
+use crate::error::StoreOp;
 
 /// What the cache and its recovery task share, outside the cache itself
 /// (which the task must not keep alive).

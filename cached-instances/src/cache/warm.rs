@@ -6,13 +6,13 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::pin::Pin;
 
-use super::degraded::StoreOp;
 use super::index::{MEMBERS_PER_SCRIPT, WARM_TTL};
 use super::loading;
 use super::read::{Found, Want};
 use super::registry::update_of;
 use crate::cache::Cache;
 use crate::error::Error;
+use crate::error::StoreOp;
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;

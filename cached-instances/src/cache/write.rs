@@ -8,11 +8,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::Cache;
-use super::degraded::{PendingOp, StoreOp};
+use super::degraded::PendingOp;
 use super::recovery::Caller;
 use super::registry::{Links, ModelEntry};
 use super::stats::add;
 use crate::error::Error;
+use crate::error::StoreOp;
 use crate::instance::{CachedInstance, Target};
 use crate::marker::{self, Slot, TOMBSTONE};
 use crate::pk::PrimaryKey;
