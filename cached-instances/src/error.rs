@@ -75,7 +75,7 @@ pub enum Error {
         /// The model involved.
         model: &'static str,
         /// The store operation.
-        op: crate::StoreOp,
+        op: StoreOp,
         /// The store's error.
         #[source]
         source: std::sync::Arc<StoreError>,
@@ -453,4 +453,66 @@ pub enum QueryError {
         /// The model.
         model: &'static str,
     },
+}
+
+/// A store operation of the cache, as named in
+/// [`Event::StoreUnavailable`](crate::Event::StoreUnavailable) and
+/// [`Error::Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreOp {
+    /// A read of entries.
+    Get,
+    /// Leasing missing entries before a load.
+    Lease,
+    /// Filling leased entries after a load.
+    Fill,
+    /// Releasing leases after a failed load.
+    Release,
+    /// Replacing corrupt entries with a tombstone.
+    Replace,
+    /// Invalidating entries (a write, a cascade, a queued invalidation).
+    Invalidate,
+    /// Deleting raw keys.
+    Delete,
+    /// Leasing query-index records.
+    IndexLease,
+    /// Applying query-index records.
+    IndexApply,
+    /// Listing an index's members (`warm`).
+    IndexMembers,
+    /// Marking an index warmed.
+    IndexMark,
+    /// Deleting an index's warm mark.
+    IndexUnwarm,
+    /// Running a query on an index.
+    Query,
+}
+
+impl StoreOp {
+    /// A short name, for logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Lease => "lease",
+            StoreOp::Fill => "fill",
+            StoreOp::Release => "release",
+            StoreOp::Replace => "replace",
+            StoreOp::Invalidate => "invalidate",
+            StoreOp::Delete => "delete",
+            StoreOp::IndexLease => "index lease",
+            StoreOp::IndexApply => "index apply",
+            StoreOp::IndexMembers => "index members",
+            StoreOp::IndexMark => "index mark",
+            StoreOp::IndexUnwarm => "index unwarm",
+            StoreOp::Query => "query",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -9,8 +9,10 @@ use crate::pk::PrimaryKey;
 
 // What an instance puts in the query indexes; the public paths are in
 // `query`, next to the queries that read them.
+mod capture;
 mod values;
 
+pub use capture::{Capture, CapturedJoin, CapturedReference};
 pub use values::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
 pub(crate) use values::{serde_term, serde_text};
 
@@ -136,7 +138,7 @@ pub struct Schema {
     /// What the change feed captures of the model's table
     /// (`#[cached(table = "...")]`); `None` for a model without a table.
     /// See [`feed`](crate::feed).
-    pub capture: Option<&'static crate::feed::Capture>,
+    pub capture: Option<&'static Capture>,
 }
 
 impl Schema {
@@ -174,7 +176,7 @@ impl Schema {
     /// The schema with its table's capture. Used by generated code.
     #[doc(hidden)]
     #[must_use]
-    pub const fn with_capture(mut self, capture: &'static crate::feed::Capture) -> Self {
+    pub const fn with_capture(mut self, capture: &'static Capture) -> Self {
         self.capture = Some(capture);
         self
     }

@@ -64,20 +64,11 @@ pub mod query;
 pub mod sqlx;
 pub mod store;
 
-// The sqlx database modules (derive support themselves, reached by generated
-// code as `__private::sqlx_postgres`, `sqlx_sqlite`, `sqlx_mysql`) name their table
-// helpers by this path.
-#[cfg(any(
-    feature = "sqlx-sqlite",
-    feature = "sqlx-postgres",
-    feature = "sqlx-mysql"
-))]
-use __private::table;
-
-pub use cache::{Cache, CacheBuilder, Event, Stats, StoreOp};
+pub use cache::{Cache, CacheBuilder, Event, Stats, Warm, WarmProgress, WarmReport};
 pub use codec::FieldCodec;
 pub use error::{
     BoxError, BuildError, ConnectError, DecodeError, EncodeError, Error, LoadError, StoreError,
+    StoreOp,
 };
 pub use instance::{CachedInstance, IndexField, Relation, RelationKind, Schema, Target};
 pub use loader::Loader;
@@ -102,14 +93,14 @@ pub use cached_instances_derive::CachedInstance;
 pub mod __private {
     mod fields;
     mod index;
-    pub(crate) mod table;
+    mod table;
 
     pub use crate::codec::{Decode, Decoded, Encode, FieldCodec};
     pub use crate::error::{DecodeError, EncodeError};
-    pub use crate::feed::{Capture, CapturedJoin, CapturedReference};
     pub use crate::instance::{
-        CachedInstance, IndexField, LinkValues, ManyToManyVia, PkField, PkList, ReferencesVia,
-        Relation, RelationKind, Schema, Target, assert_codec,
+        CachedInstance, Capture, CapturedJoin, CapturedReference, IndexField, LinkValues,
+        ManyToManyVia, PkField, PkList, ReferencesVia, Relation, RelationKind, Schema, Target,
+        assert_codec,
     };
     // Query indexes (`#[cached(index)]`, `sortable`, `search`).
     pub use crate::pk::PrimaryKey;

@@ -9,9 +9,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::capture::Capture;
+use crate::instance::Capture;
 #[cfg(test)]
-use super::capture::{CapturedJoin, CapturedReference};
+use crate::instance::{CapturedJoin, CapturedReference};
 
 /// The outbox table the triggers write and the feed drains.
 pub const OUTBOX_TABLE: &str = "cached_instances_outbox";

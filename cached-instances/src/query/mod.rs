@@ -128,10 +128,8 @@ use std::ops::{Bound, RangeBounds};
 
 use crate::instance::{CachedInstance, IndexField};
 
-pub use crate::instance::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
-// Built next to `Cache::warm`; named here with the rest of the query API.
-pub use crate::cache::{Warm, WarmProgress, WarmReport};
 pub use crate::error::QueryError;
+pub use crate::instance::{FieldValues, IndexValues, Indexable, Searchable, Sortable, tokenize};
 
 /// What a filter requires of a field.
 #[derive(Debug, Clone, PartialEq)]

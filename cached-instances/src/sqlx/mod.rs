@@ -668,7 +668,9 @@ macro_rules! loader_rows {
             row: &$row,
             index: usize,
             column: &str,
-            from_json: $crate::table::FromJson<T>,
+            // `__private::FromJson<T>`, spelled out: the crate does not import
+            // from its derive support module.
+            from_json: fn(serde_json::Value) -> Result<T, serde_json::Error>,
         ) -> Result<T, ::sqlx::Error> {
             let value: Option<serde_json::Value> = get(row, index, column)?;
             from_json(value.unwrap_or(serde_json::Value::Null))
