@@ -4,46 +4,75 @@
 //!
 //! ```sh
 //! cargo run --example soak -- --seconds 5                          # CI's smoke run
+//! cargo run --example soak -- --seconds 5 --feed --readers 4       # CI's change feed run
 //! cargo run --release --example soak -- --seconds 600 --readers 16 --writers 4
+//! cargo run --release --example soak -- --seconds 60 --feed --processes 3
 //! ```
 //!
-//! Writers run the polls database's writes (move a choice, vote, rename,
-//! create and delete choices) in transactions and tell the cache after each
-//! commit, as the polls API does (`saved_from` with the previous row the
-//! transaction read, `saved`, `refresh`, `deleted`). Readers read random
-//! users, questions and choices through every read API; the cache loads
-//! with the models' generated sqlx loaders, one REPEATABLE READ snapshot per
-//! load. Commits are taken
-//! one at a time (a lock around commit + snapshot) so that the database's
-//! history is one sequence of states; the cache calls that follow them run
-//! concurrently.
+//! Two ways of writing:
 //!
-//! Checked, for every read: it returned a state the database held between
-//! the last write acknowledged (committed and told to the cache) before the
-//! read began, and the read's end: never older, never one the database did
-//! not hold. After quiescence: every entry in Redis, and every read, equals
-//! the database. Prints ops/s, the hit rate and the stale-read count, and
-//! exits non-zero on any violation.
+//! - **Told** (the default): writers run the polls database's writes (move
+//!   a choice, vote, rename, create and delete choices) in transactions and
+//!   tell the cache after each commit, as the polls API did (`saved_from`
+//!   with the previous row the transaction read, `saved`, `refresh`,
+//!   `deleted`). A write is acknowledged when its cache call returns.
+//! - **`--feed`**: writers run the same kinds of writes as plain SQL and
+//!   never call the cache (a choice's votes go with it by `ON DELETE
+//!   CASCADE`); the change feed's triggers capture them and feed workers
+//!   deliver them. This process and `--processes` reader processes (this
+//!   binary again, `--role reader`) each have their own `Cache` on the one
+//!   redis-server, run `--readers` readers and a feed worker of their own,
+//!   so several workers drain one outbox. The reader processes send what
+//!   they read back on stdout. A write is acknowledged when the feed has
+//!   delivered it: its outbox rows are gone (a worker deletes them only
+//!   once the store took their invalidation), as seen by polling the
+//!   outbox every millisecond, so an acknowledgement is stamped up to a
+//!   poll late, never early.
 //!
-//! Traffic stays on loopback: the PostgreSQL server at `DATABASE_URL`
-//! (default `postgres://postgres@127.0.0.1:5432/test`; the run creates its
-//! own schema and drops it) and a `redis-server` the run starts on a free
-//! loopback port and stops.
+//! Readers read random users, questions and choices through every read
+//! API; the caches load with the models' generated sqlx loaders, one
+//! REPEATABLE READ snapshot per load. Commits are taken one at a time (a
+//! lock around commit + snapshot) so that the database's history is one
+//! sequence of states; the cache calls that follow them run concurrently.
+//!
+//! Checked, for every read (of every process): it returned a state the
+//! database held between the last write acknowledged before the read began
+//! and the read's end: never older, never one the database did not hold.
+//! After quiescence (in `--feed` mode, once every outbox row is delivered):
+//! every entry in Redis, and every read, equals the database; and with the
+//! feed, the rows the workers delivered add up to the rows the triggers
+//! wrote (each applied once, none lost). Measured: the **staleness window**
+//! of each commit that changed a cached state, from the commit's return to
+//! the start of the last read (any process) that still returned the state
+//! before it (0 when none did), and the time from commit to
+//! acknowledgement, as p50/p99/max. Prints ops/s, the hit rate, the
+//! windows and the stale-read count, and exits non-zero on any violation.
+//!
+//! Every process stamps times with the same kernel clock (`CLOCK_REALTIME`,
+//! nanoseconds since the run began), so stamps from different processes
+//! compare. Traffic stays on loopback: the PostgreSQL server at
+//! `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`; the
+//! run creates its own schema and drops it) and a `redis-server` the run
+//! starts on a free loopback port and stops.
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
-use std::process::ExitCode;
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use cached_instances::feed::{Feed, OUTBOX_TABLE};
 use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
 use cached_instances_testkit::cli::DatabaseArg;
+use cached_instances_testkit::process::KillOnDrop;
 use cached_instances_testkit::redis_server;
 use cached_instances_testkit::rng::Rng;
 use clap::{CommandFactory, Parser};
 use polls::db::{ChoiceChanges, Db, QuestionChanges};
 use polls::{Choice, Question, User};
+use sqlx::AssertSqlSafe;
 
 /// Readers and writers on the polls models over PostgreSQL and Redis, then
 /// a consistency check of everything the readers saw.
@@ -53,13 +82,13 @@ struct Args {
     /// How long readers and writers run, in seconds (at most a day).
     #[arg(long, value_name = "N", default_value_t = 10.0)]
     seconds: f64,
-    /// Concurrent readers.
+    /// Concurrent readers (per process with `--feed`).
     #[arg(long, value_name = "N", default_value_t = 8)]
     readers: usize,
     /// Concurrent writers.
     #[arg(long, value_name = "N", default_value_t = 2)]
     writers: usize,
-    /// Stop earlier after this many reads and writes.
+    /// Stop earlier after this many reads and writes (per process).
     #[arg(long, value_name = "N", default_value_t = 50_000_000)]
     max_ops: u64,
     /// Users in the data set.
@@ -74,15 +103,68 @@ struct Args {
     #[command(flatten)]
     database: DatabaseArg,
     /// Cache in the in-process MemoryStore instead of Redis.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "feed")]
     memory: bool,
+    /// Writers run plain SQL and never call the cache; the change feed
+    /// delivers their writes, to this process and `--processes` reader
+    /// processes, each with its own cache and feed worker.
+    #[arg(long)]
+    feed: bool,
+    /// With `--feed`: reader processes besides this one.
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "feed")]
+    processes: usize,
     /// Seed of the pseudo-random choices.
     #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
+    /// Internal: what this process is (`reader`: a reader process of a
+    /// `--feed` run, spawned by it).
+    #[arg(long, hide = true, value_enum, default_value_t = Role::Main)]
+    role: Role,
+    /// Internal (reader processes): their number, the run's schema, its
+    /// redis-server and the clock reading its times count from.
+    #[arg(long, hide = true, default_value_t = 0)]
+    process: u64,
+    #[arg(long, hide = true)]
+    schema: Option<String>,
+    #[arg(long, hide = true)]
+    redis: Option<String>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    base_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Main,
+    Reader,
 }
 
 // ---------------------------------------------------------------------------
-// Pseudo-random choices
+// Time, shared by the processes of a run
+
+/// Nanoseconds since the run began on the kernel's wall clock, which every
+/// process reads alike (an `Instant` does not cross processes).
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    base_ns: u64,
+}
+
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock {
+            base_ns: realtime_ns(),
+        }
+    }
+
+    fn now(self) -> u64 {
+        realtime_ns().saturating_sub(self.base_ns)
+    }
+}
 
 // ---------------------------------------------------------------------------
 // The history
@@ -92,6 +174,26 @@ enum Model {
     User,
     Question,
     Choice,
+}
+
+impl Model {
+    /// Its letter on a reader process's output line.
+    fn letter(self) -> char {
+        match self {
+            Model::User => 'U',
+            Model::Question => 'Q',
+            Model::Choice => 'C',
+        }
+    }
+
+    fn from_letter(letter: &str) -> Option<Model> {
+        match letter {
+            "U" => Some(Model::User),
+            "Q" => Some(Model::Question),
+            "C" => Some(Model::Choice),
+            _ => None,
+        }
+    }
 }
 
 type Key = (Model, i64);
@@ -113,6 +215,42 @@ struct ReadRecord {
     finished: u64,
 }
 
+impl ReadRecord {
+    /// One line of a reader process's output (the JSON of a state holds no
+    /// tab and no newline).
+    fn line(&self) -> String {
+        let state = self
+            .state
+            .as_deref()
+            .map_or("-".into(), String::from_utf8_lossy);
+        format!(
+            "R\t{}\t{}\t{}\t{}\t{state}",
+            self.key.0.letter(),
+            self.key.1,
+            self.started,
+            self.finished
+        )
+    }
+
+    fn parse(line: &str) -> Option<ReadRecord> {
+        let mut fields = line.strip_prefix("R\t")?.splitn(5, '\t');
+        let model = Model::from_letter(fields.next()?)?;
+        let pk = fields.next()?.parse().ok()?;
+        let started = fields.next()?.parse().ok()?;
+        let finished = fields.next()?.parse().ok()?;
+        let state = match fields.next()? {
+            "-" => None,
+            json => state_of(Some(json.as_bytes())),
+        };
+        Some(ReadRecord {
+            key: (model, pk),
+            state,
+            started,
+            finished,
+        })
+    }
+}
+
 #[derive(Default)]
 struct History {
     /// Per key, (commit, state) for every commit that changed it, in
@@ -121,20 +259,84 @@ struct History {
     /// When each commit began (it holds the commit lock from then until its
     /// snapshot is recorded). Index = commit.
     commit_started: Vec<u64>,
+    /// When each commit returned (index = commit).
+    committed_at: Vec<u64>,
     /// When a commit began that has not been recorded yet.
     in_progress: Option<u64>,
-    /// When each commit's cache call returned (index = commit).
+    /// When each commit was acknowledged: its cache call returned, or the
+    /// feed delivered it (index = commit).
     acked_at: Vec<Option<u64>>,
+    /// Whether each commit changed a state the caches hold.
+    changed: Vec<bool>,
+    /// Per commit, the latest start of a read that began after the commit
+    /// returned and still returned an older state, less `committed_at`.
+    windows: Vec<u64>,
     /// What each commit did, for the report of a stale read.
     described: Vec<String>,
+    /// With the feed: (transaction id, commit) of commits whose outbox rows
+    /// were not seen delivered yet.
+    undelivered: Vec<(i64, usize)>,
     /// Reads waiting to be checked.
     pending: Vec<ReadRecord>,
     checked: u64,
     stale: u64,
+    /// Reads that returned a state older than one committed before they
+    /// began, but not older than the last acknowledged: inside a window.
+    in_window: u64,
     examples: Vec<String>,
 }
 
 impl History {
+    /// A history whose commit 0 is `states`, acknowledged from the start.
+    fn initial(states: Vec<(Key, State)>) -> History {
+        History {
+            states: states
+                .into_iter()
+                .map(|(key, state)| (key, vec![(0, state)]))
+                .collect(),
+            commit_started: vec![0],
+            committed_at: vec![0],
+            acked_at: vec![Some(0)],
+            changed: vec![false],
+            windows: vec![0],
+            described: vec!["the initial data".into()],
+            ..History::default()
+        }
+    }
+
+    /// Records a commit (under the commit lock): its times, what it did,
+    /// and the states of the keys it wrote (read after it). Returns its
+    /// number.
+    fn record(
+        &mut self,
+        started: u64,
+        committed: u64,
+        described: String,
+        states: Vec<(Key, State)>,
+    ) -> usize {
+        let commit = self.commit_started.len();
+        self.commit_started.push(started);
+        self.committed_at.push(committed);
+        self.acked_at.push(None);
+        self.described.push(described);
+        self.windows.push(0);
+        let mut changed = false;
+        for (key, state) in states {
+            // A choice created now had no row before.
+            let changes = self.states.entry(key).or_insert_with(|| vec![(0, None)]);
+            // Only changes: a write that touched a key without changing it
+            // (a choice "moved" to its own question) says nothing of it,
+            // and its acknowledgement promises nothing about it.
+            if changes.last().is_none_or(|(_, last)| *last != state) {
+                changes.push((commit, state));
+                changed = true;
+            }
+        }
+        self.changed.push(changed);
+        self.in_progress = None;
+        commit
+    }
+
     /// Checks the pending reads that ended before any commit still in
     /// progress began (those cannot have seen an unrecorded commit).
     fn check(&mut self, now: u64) {
@@ -161,81 +363,130 @@ impl History {
                 .commit_started
                 .partition_point(|&at| at < read.finished)
                 .saturating_sub(1);
-            let held: Vec<&State> = changes[floor..]
+            // The newest of the states the read may return that it did.
+            let returned = changes[floor..]
                 .iter()
                 .enumerate()
                 .filter(|(i, (c, _))| *i == 0 || *c <= upper)
-                .map(|(_, (_, s))| s)
-                .collect();
-            if held.contains(&&read.state) {
+                .rfind(|(_, (_, state))| *state == read.state)
+                .map(|(i, _)| floor + i);
+            if let Some(returned) = returned {
+                // Fresh enough; but if a newer change had returned before
+                // the read began, the read was inside that change's window.
+                let committed = changes
+                    .iter()
+                    .rposition(|(c, _)| *c == 0 || self.committed_at[*c] < read.started)
+                    .unwrap_or(0);
+                if returned < committed {
+                    self.in_window += 1;
+                    for (c, _) in &changes[returned + 1..=committed] {
+                        let window = read.started.saturating_sub(self.committed_at[*c]);
+                        self.windows[*c] = self.windows[*c].max(window);
+                    }
+                }
                 continue;
             }
-            {
-                let floor = changes[floor].0;
-                self.stale += 1;
-                if self.examples.len() < 10 {
-                    let shown = |s: &State| {
-                        s.as_deref()
-                            .map_or("(none)".into(), |b| String::from_utf8_lossy(b).into_owned())
-                    };
-                    let mut report = format!(
-                        "{:?} {}: read {:.6} s to {:.6} s returned {}\n    floor commit {floor}, upper commit {upper}; the key's changes:",
-                        read.key.0,
-                        read.key.1,
-                        read.started as f64 / 1e9,
-                        read.finished as f64 / 1e9,
-                        shown(&read.state),
-                    );
-                    let from = changes.iter().position(|(c, _)| *c == floor).unwrap_or(0);
-                    for (c, state) in changes[from.saturating_sub(3)..]
-                        .iter()
-                        .take_while(|(c, _)| *c <= upper + 3)
-                    {
-                        report.push_str(&format!(
-                            "\n    commit {c} began {:.6} s, acknowledged {}: {} -> {}",
-                            self.commit_started[*c] as f64 / 1e9,
-                            self.acked_at[*c]
-                                .map_or("never".into(), |a| format!("{:.6} s", a as f64 / 1e9)),
-                            self.described[*c],
-                            shown(state),
-                        ));
-                    }
-                    self.examples.push(report);
+            let floor = changes[floor].0;
+            self.stale += 1;
+            if self.examples.len() < 10 {
+                let shown = |s: &State| {
+                    s.as_deref()
+                        .map_or("(none)".into(), |b| String::from_utf8_lossy(b).into_owned())
+                };
+                let mut report = format!(
+                    "{:?} {}: read {:.6} s to {:.6} s returned {}\n    floor commit {floor}, upper commit {upper}; the key's changes:",
+                    read.key.0,
+                    read.key.1,
+                    read.started as f64 / 1e9,
+                    read.finished as f64 / 1e9,
+                    shown(&read.state),
+                );
+                let from = changes.iter().position(|(c, _)| *c == floor).unwrap_or(0);
+                for (c, state) in changes[from.saturating_sub(3)..]
+                    .iter()
+                    .take_while(|(c, _)| *c <= upper + 3)
+                {
+                    report.push_str(&format!(
+                        "\n    commit {c} began {:.6} s, acknowledged {}: {} -> {}",
+                        self.commit_started[*c] as f64 / 1e9,
+                        self.acked_at[*c]
+                            .map_or("never".into(), |a| format!("{:.6} s", a as f64 / 1e9)),
+                        self.described[*c],
+                        shown(state),
+                    ));
                 }
+                self.examples.push(report);
             }
         }
     }
+
+    /// The staleness windows and the commit -> acknowledgement times of
+    /// the commits that changed a cached state.
+    fn windows(&self) -> (Vec<u64>, Vec<u64>) {
+        let changed = (1..self.changed.len()).filter(|&c| self.changed[c]);
+        let windows = changed.clone().map(|c| self.windows[c]).collect();
+        let acks = changed
+            .filter_map(|c| Some(self.acked_at[c]?.saturating_sub(self.committed_at[c])))
+            .collect();
+        (windows, acks)
+    }
 }
 
-struct Shared {
+/// "p50 a, p99 b, max c" of `values`, in milliseconds.
+fn distribution(mut values: Vec<u64>) -> String {
+    if values.is_empty() {
+        return "none".into();
+    }
+    values.sort_unstable();
+    let at = |p: f64| values[((values.len() - 1) as f64 * p).round() as usize] as f64 / 1e6;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.50),
+        at(0.99),
+        at(1.0)
+    )
+}
+
+/// What every process's readers share: the cache, when to stop, the
+/// counters, and which choices exist.
+struct Run {
     args: Args,
     cache: Cache,
-    /// Writes and snapshots go through this pool (the cache's loaders have
-    /// one of their own).
-    writes: Db,
-    commit: tokio::sync::Mutex<()>,
-    history: Mutex<History>,
-    /// Live choice ids (changed under the commit lock).
-    choices: Mutex<BTreeSet<i64>>,
-    /// The same, for readers to pick from.
-    live_choices: Mutex<Arc<Vec<i64>>>,
-    max_choice: AtomicI64,
-    base: Instant,
+    clock: Clock,
     deadline: Instant,
+    stop: AtomicBool,
     ops: AtomicU64,
     reads: AtomicU64,
-    writes_done: AtomicU64,
     errors: AtomicU64,
-    stop: AtomicBool,
+    /// Live choice ids, for readers to pick from.
+    live_choices: Mutex<Arc<Vec<i64>>>,
+    max_choice: AtomicI64,
 }
 
-impl Shared {
-    fn now(&self) -> u64 {
-        self.base.elapsed().as_nanos() as u64
+impl Run {
+    fn new(args: Args, cache: Cache, clock: Clock, deadline: Instant, live: Vec<i64>) -> Run {
+        Run {
+            args,
+            cache,
+            clock,
+            deadline,
+            stop: AtomicBool::new(false),
+            ops: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            max_choice: AtomicI64::new(live.iter().copied().max().unwrap_or(0)),
+            live_choices: Mutex::new(Arc::new(live)),
+        }
     }
 
-    fn publish_live_choices(&self) {
-        let live: Vec<i64> = self.choices.lock().unwrap().iter().copied().collect();
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn set_live_choices(&self, live: Vec<i64>) {
+        if let Some(&max) = live.iter().max() {
+            self.max_choice.fetch_max(max, Ordering::Relaxed);
+        }
         *self.live_choices.lock().unwrap() = Arc::new(live);
     }
 
@@ -252,8 +503,27 @@ impl Shared {
     }
 }
 
+struct Shared {
+    run: Arc<Run>,
+    /// The polls database layer: the told writes.
+    db: Db,
+    /// Plain SQL on the run's schema: the feed's writes, the snapshots of
+    /// what a commit changed and the watch of the outbox.
+    sql: SnapshotLoader,
+    commit: tokio::sync::Mutex<()>,
+    history: Mutex<History>,
+    /// Live choice ids (changed under the commit lock).
+    choices: Mutex<BTreeSet<i64>>,
+    writes_done: AtomicU64,
+    /// With the feed: outbox rows the triggers wrote.
+    outbox_rows: AtomicU64,
+}
+
 /// Loads the current states of `keys` (after a commit, under the lock).
-async fn snapshot(db: &Db, keys: &[Key]) -> Result<Vec<(Key, State)>, Box<dyn Error>> {
+async fn snapshot(
+    loader: &SnapshotLoader,
+    keys: &[Key],
+) -> Result<Vec<(Key, State)>, Box<dyn Error>> {
     let mut out = Vec::with_capacity(keys.len());
     for model in [Model::User, Model::Question, Model::Choice] {
         let pks: Vec<i64> = keys.iter().filter(|k| k.0 == model).map(|k| k.1).collect();
@@ -261,9 +531,9 @@ async fn snapshot(db: &Db, keys: &[Key]) -> Result<Vec<(Key, State)>, Box<dyn Er
             continue;
         }
         let found: HashMap<i64, Vec<u8>> = match model {
-            Model::User => encode_all(Loader::<User>::load(db, &pks).await?),
-            Model::Question => encode_all(Loader::<Question>::load(db, &pks).await?),
-            Model::Choice => encode_all(Loader::<Choice>::load(db, &pks).await?),
+            Model::User => encode_all(Loader::<User>::load(loader, &pks).await?),
+            Model::Question => encode_all(Loader::<Question>::load(loader, &pks).await?),
+            Model::Choice => encode_all(Loader::<Choice>::load(loader, &pks).await?),
         };
         for pk in pks {
             out.push(((model, pk), state_of(found.get(&pk).map(Vec::as_slice))));
@@ -281,7 +551,85 @@ fn encode_all<T: CachedInstance<Pk = i64>>(rows: Vec<T>) -> HashMap<i64, Vec<u8>
 // ---------------------------------------------------------------------------
 // Writers
 
-/// What a write tells the cache after its commit.
+/// One write, chosen at random.
+#[derive(Debug)]
+enum Write {
+    /// A vote cast or withdrawn.
+    Vote {
+        choice: i64,
+        user: i64,
+        cast: bool,
+    },
+    /// A choice moved to another question.
+    Move {
+        choice: i64,
+        to: i64,
+    },
+    /// A choice renamed: told with `saved`, or repaired with `refresh`.
+    RenameChoice {
+        choice: i64,
+        text: String,
+        refresh: bool,
+    },
+    /// A question renamed: told with `saved_from` or `saved`.
+    RenameQuestion {
+        question: i64,
+        text: String,
+        saved_from: bool,
+    },
+    /// A new choice.
+    Create {
+        question: i64,
+        text: String,
+    },
+    /// A choice deleted, with its votes.
+    Delete {
+        choice: i64,
+    },
+    Nothing,
+}
+
+fn choose(rng: &mut Rng, args: &Args, live: &[i64], n: u64) -> Write {
+    let pick = |rng: &mut Rng| live[rng.below(live.len() as u64) as usize];
+    let roll = rng.below(100);
+    if roll < 25 && !live.is_empty() {
+        Write::Vote {
+            choice: pick(rng),
+            user: rng.pk(args.users),
+            cast: rng.below(2) == 0,
+        }
+    } else if roll < 50 && !live.is_empty() {
+        Write::Move {
+            choice: pick(rng),
+            to: rng.pk(args.questions),
+        }
+    } else if roll < 65 && !live.is_empty() {
+        let choice = pick(rng);
+        Write::RenameChoice {
+            choice,
+            text: format!("choice {choice} #{n}"),
+            refresh: rng.below(2) == 0,
+        }
+    } else if roll < 75 {
+        let question = rng.pk(args.questions);
+        Write::RenameQuestion {
+            question,
+            text: format!("question {question} #{n}"),
+            saved_from: rng.below(2) == 0,
+        }
+    } else if roll < 88 && (live.len() as i64) < args.choices + 10 {
+        Write::Create {
+            question: rng.pk(args.questions),
+            text: format!("new choice #{n}"),
+        }
+    } else if !live.is_empty() && (live.len() as i64) > args.choices / 2 {
+        Write::Delete { choice: pick(rng) }
+    } else {
+        Write::Nothing
+    }
+}
+
+/// What a told write tells the cache after its commit.
 enum Tell {
     SavedFrom(Choice, Choice),
     Saved(Choice),
@@ -292,158 +640,333 @@ enum Tell {
     Nothing,
 }
 
-/// A line of the report of a stale read.
-fn describe(tell: &Tell) -> String {
-    match tell {
-        Tell::SavedFrom(p, n) => format!(
-            "choice {}: question {} -> {}, voters {:?} -> {:?} (saved_from)",
-            n.id, p.question_id, n.question_id, p.voters, n.voters
-        ),
-        Tell::Saved(n) => format!("choice {} in question {} (saved)", n.id, n.question_id),
-        Tell::Refresh(c) => format!("choice {c} renamed (refresh)"),
-        Tell::Deleted(p) => format!("choice {} of question {} deleted", p.id, p.question_id),
-        Tell::QuestionSavedFrom(_, n) => format!("question {} renamed (saved_from)", n.id),
-        Tell::QuestionSaved(n) => format!("question {} renamed (saved)", n.id),
-        Tell::Nothing => "nothing".into(),
+/// A committed write.
+struct Done {
+    /// The keys it may have changed.
+    keys: Vec<Key>,
+    created: Option<i64>,
+    deleted: Option<i64>,
+    /// Told: what to tell the cache.
+    tell: Tell,
+    /// With the feed: its transaction id and how many outbox rows it wrote.
+    captured: Option<(i64, u64)>,
+}
+
+impl Done {
+    fn new(keys: Vec<Key>) -> Done {
+        Done {
+            keys,
+            created: None,
+            deleted: None,
+            tell: Tell::Nothing,
+            captured: None,
+        }
     }
 }
 
+/// A told write, through the polls database layer (which reads the
+/// previous row in the transaction, for `saved_from`).
+async fn write_told(db: &Db, write: &Write) -> Result<Done, Box<dyn Error>> {
+    let mut done = Done::new(Vec::new());
+    match *write {
+        Write::Vote { choice, user, cast } => {
+            let (previous, new) = db.set_vote(choice, user, cast).await?;
+            done.keys = vec![(Model::Choice, choice), (Model::User, user)];
+            done.tell = Tell::SavedFrom(previous, new);
+        }
+        Write::Move { choice, to } => {
+            let changes = ChoiceChanges {
+                question_id: Some(to),
+                ..Default::default()
+            };
+            let (previous, new) = db.update_choice(choice, changes).await?;
+            done.keys = vec![
+                (Model::Choice, choice),
+                (Model::Question, previous.question_id),
+                (Model::Question, new.question_id),
+            ];
+            done.tell = Tell::SavedFrom(previous, new);
+        }
+        Write::RenameChoice {
+            choice,
+            ref text,
+            refresh,
+        } => {
+            let changes = ChoiceChanges {
+                choice_text: Some(text.clone()),
+                ..Default::default()
+            };
+            let (_, new) = db.update_choice(choice, changes).await?;
+            done.keys = vec![(Model::Choice, choice)];
+            done.tell = if refresh {
+                Tell::Refresh(choice)
+            } else {
+                Tell::Saved(new)
+            };
+        }
+        Write::RenameQuestion {
+            question,
+            ref text,
+            saved_from,
+        } => {
+            let changes = QuestionChanges {
+                question_text: Some(text.clone()),
+                ..Default::default()
+            };
+            let (previous, new) = db.update_question(question, changes).await?;
+            done.keys = vec![(Model::Question, question)];
+            done.tell = if saved_from {
+                Tell::QuestionSavedFrom(previous, new)
+            } else {
+                Tell::QuestionSaved(new)
+            };
+        }
+        Write::Create { question, ref text } => {
+            let new = db.create_choice(question, text).await?;
+            done.keys = vec![(Model::Choice, new.id), (Model::Question, question)];
+            done.created = Some(new.id);
+            done.tell = Tell::Saved(new);
+        }
+        Write::Delete { choice } => {
+            let previous = db.delete_choice(choice).await?;
+            done.keys = vec![
+                (Model::Choice, previous.id),
+                (Model::Question, previous.question_id),
+            ];
+            done.keys
+                .extend(previous.voters.iter().map(|&u| (Model::User, u)));
+            done.deleted = Some(choice);
+            done.tell = Tell::Deleted(previous);
+        }
+        Write::Nothing => {}
+    }
+    Ok(done)
+}
+
+/// A write with the feed: plain SQL on the polls tables, as `psql` or
+/// another service would run it, in one transaction; nothing is told.
+async fn write_sql(pool: &sqlx::PgPool, write: &Write) -> Result<Done, Box<dyn Error>> {
+    let mut tx = pool.begin().await?;
+    let done = match *write {
+        Write::Vote { choice, user, cast } => {
+            let sql = if cast {
+                "INSERT INTO votes (user_id, choice_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM votes WHERE user_id = $1 AND choice_id = $2"
+            };
+            sqlx::query(sql)
+                .bind(user)
+                .bind(choice)
+                .execute(&mut *tx)
+                .await?;
+            Done::new(vec![(Model::Choice, choice), (Model::User, user)])
+        }
+        Write::Move { choice, to } => {
+            let (from,): (i64,) = sqlx::query_as("SELECT question_id FROM choices WHERE id = $1")
+                .bind(choice)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE choices SET question_id = $2 WHERE id = $1")
+                .bind(choice)
+                .bind(to)
+                .execute(&mut *tx)
+                .await?;
+            Done::new(vec![
+                (Model::Choice, choice),
+                (Model::Question, from),
+                (Model::Question, to),
+            ])
+        }
+        Write::RenameChoice {
+            choice, ref text, ..
+        } => {
+            sqlx::query("UPDATE choices SET choice_text = $2 WHERE id = $1")
+                .bind(choice)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
+            Done::new(vec![(Model::Choice, choice)])
+        }
+        Write::RenameQuestion {
+            question, ref text, ..
+        } => {
+            sqlx::query("UPDATE questions SET question_text = $2 WHERE id = $1")
+                .bind(question)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
+            Done::new(vec![(Model::Question, question)])
+        }
+        Write::Create { question, ref text } => {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO choices (question_id, choice_text) VALUES ($1, $2) RETURNING id",
+            )
+            .bind(question)
+            .bind(text)
+            .fetch_one(&mut *tx)
+            .await?;
+            let mut done = Done::new(vec![(Model::Choice, id), (Model::Question, question)]);
+            done.created = Some(id);
+            done
+        }
+        Write::Delete { choice } => {
+            let voters: Vec<(i64,)> =
+                sqlx::query_as("SELECT user_id FROM votes WHERE choice_id = $1")
+                    .bind(choice)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            // Its votes go by ON DELETE CASCADE; the votes table's
+            // triggers capture them all the same.
+            let (question,): (i64,) =
+                sqlx::query_as("DELETE FROM choices WHERE id = $1 RETURNING question_id")
+                    .bind(choice)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let mut keys = vec![(Model::Choice, choice), (Model::Question, question)];
+            keys.extend(voters.into_iter().map(|(u,)| (Model::User, u)));
+            let mut done = Done::new(keys);
+            done.deleted = Some(choice);
+            done
+        }
+        Write::Nothing => Done::new(Vec::new()),
+    };
+    // The transaction sees its own outbox rows.
+    let (txid, rows): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT txid_current(), COUNT(*) FROM {OUTBOX_TABLE} WHERE txid = txid_current()"
+    )))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Done {
+        captured: Some((txid, u64::try_from(rows).unwrap_or(0))),
+        ..done
+    })
+}
+
 /// One write: commit (under the commit lock, with a snapshot of what it
-/// changed), then tell the cache, then record the acknowledgement.
+/// changed), then tell the cache or leave it to the feed, then record the
+/// acknowledgement (told) or wait for the watch to (feed).
 async fn write_once(s: &Shared, rng: &mut Rng, n: u64) -> Result<(), Box<dyn Error>> {
     let guard = s.commit.lock().await;
-    let started = s.now();
-    s.history.lock().unwrap().in_progress = Some(started);
-    let live: Vec<i64> = s.choices.lock().unwrap().iter().copied().collect();
-    let pick = |rng: &mut Rng| live[rng.below(live.len() as u64) as usize];
-    let db = &s.writes;
-    let roll = rng.below(100);
-    let (tell, mut keys): (Tell, Vec<Key>) = if roll < 25 && !live.is_empty() {
-        // A vote cast or withdrawn.
-        let (c, u) = (pick(rng), rng.pk(s.args.users));
-        let (previous, new) = db.set_vote(c, u, rng.below(2) == 0).await?;
-        (
-            Tell::SavedFrom(previous, new),
-            vec![(Model::Choice, c), (Model::User, u)],
-        )
-    } else if roll < 50 && !live.is_empty() {
-        // A choice moved to another question.
-        let c = pick(rng);
-        let changes = ChoiceChanges {
-            question_id: Some(rng.pk(s.args.questions)),
-            ..Default::default()
-        };
-        let (previous, new) = db.update_choice(c, changes).await?;
-        let keys = vec![
-            (Model::Choice, c),
-            (Model::Question, previous.question_id),
-            (Model::Question, new.question_id),
-        ];
-        (Tell::SavedFrom(previous, new), keys)
-    } else if roll < 65 && !live.is_empty() {
-        // A choice renamed: told with `saved`, or repaired with `refresh`.
-        let c = pick(rng);
-        let changes = ChoiceChanges {
-            choice_text: Some(format!("choice {c} #{n}")),
-            ..Default::default()
-        };
-        let (_, new) = db.update_choice(c, changes).await?;
-        let tell = if rng.below(2) == 0 {
-            Tell::Saved(new)
-        } else {
-            Tell::Refresh(c)
-        };
-        (tell, vec![(Model::Choice, c)])
-    } else if roll < 75 {
-        // A question renamed.
-        let q = rng.pk(s.args.questions);
-        let changes = QuestionChanges {
-            question_text: Some(format!("question {q} #{n}")),
-            ..Default::default()
-        };
-        let (previous, new) = db.update_question(q, changes).await?;
-        let tell = if rng.below(2) == 0 {
-            Tell::QuestionSavedFrom(previous, new)
-        } else {
-            Tell::QuestionSaved(new)
-        };
-        (tell, vec![(Model::Question, q)])
-    } else if roll < 88 && (live.len() as i64) < s.args.choices + 10 {
-        // A new choice.
-        let q = rng.pk(s.args.questions);
-        let new = db.create_choice(q, &format!("new choice #{n}")).await?;
-        s.choices.lock().unwrap().insert(new.id);
-        s.publish_live_choices();
-        s.max_choice.fetch_max(new.id, Ordering::Relaxed);
-        let keys = vec![(Model::Choice, new.id), (Model::Question, q)];
-        (Tell::Saved(new), keys)
-    } else if (live.len() as i64) > s.args.choices / 2 {
-        // A choice deleted, with its votes.
-        let previous = db.delete_choice(pick(rng)).await?;
-        s.choices.lock().unwrap().remove(&previous.id);
-        s.publish_live_choices();
-        let mut keys = vec![
-            (Model::Choice, previous.id),
-            (Model::Question, previous.question_id),
-        ];
-        keys.extend(previous.voters.iter().map(|&u| (Model::User, u)));
-        (Tell::Deleted(previous), keys)
-    } else {
-        (Tell::Nothing, Vec::new())
+    // Stamped under the history's lock: a check that ran before it saw
+    // only reads that ended before it.
+    let started = {
+        let mut h = s.history.lock().unwrap();
+        let started = s.run.now();
+        h.in_progress = Some(started);
+        started
     };
-    keys.sort();
-    keys.dedup();
-    let states = snapshot(db, &keys).await?;
+    let live: Vec<i64> = s.choices.lock().unwrap().iter().copied().collect();
+    let write = choose(rng, &s.run.args, &live, n);
+    let mut done = if s.run.args.feed {
+        write_sql(&s.sql.pool, &write).await?
+    } else {
+        write_told(&s.db, &write).await?
+    };
+    let committed = s.run.now();
+    if done.created.is_some() || done.deleted.is_some() {
+        let mut choices = s.choices.lock().unwrap();
+        choices.extend(done.created);
+        if let Some(deleted) = done.deleted {
+            choices.remove(&deleted);
+        }
+        s.run
+            .set_live_choices(choices.iter().copied().collect::<Vec<_>>());
+    }
+    done.keys.sort();
+    done.keys.dedup();
+    let states = snapshot(&s.sql, &done.keys).await?;
     let commit = {
         let mut h = s.history.lock().unwrap();
-        h.commit_started.push(started);
-        h.acked_at.push(None);
-        h.described.push(describe(&tell));
-        let commit = h.commit_started.len() - 1;
-        for (key, state) in states {
-            // A choice created now had no row before.
-            let changes = h.states.entry(key).or_insert_with(|| vec![(0, None)]);
-            // Only changes: a write that touched a key without changing it
-            // (a choice "moved" to its own question) says nothing of it,
-            // and its acknowledgement promises nothing about it.
-            if changes.last().is_none_or(|(_, last)| *last != state) {
-                changes.push((commit, state));
+        let commit = h.record(started, committed, format!("{write:?}"), states);
+        match done.captured {
+            // Nothing cached changed: nothing to deliver.
+            Some((_, 0)) => h.acked_at[commit] = Some(committed),
+            Some((txid, rows)) => {
+                s.outbox_rows.fetch_add(rows, Ordering::Relaxed);
+                h.undelivered.push((txid, commit));
             }
+            None => {}
         }
-        h.in_progress = None;
         commit
     };
     drop(guard);
+    if done.captured.is_some() {
+        return Ok(());
+    }
 
     // Told after the commit, concurrently with other writers' commits.
-    match tell {
-        Tell::SavedFrom(previous, new) => s.cache.saved_from(&previous, &new).await?,
-        Tell::Saved(new) => s.cache.saved(&new).await?,
+    let cache = &s.run.cache;
+    match done.tell {
+        Tell::SavedFrom(previous, new) => cache.saved_from(&previous, &new).await?,
+        Tell::Saved(new) => cache.saved(&new).await?,
         Tell::Refresh(c) => {
-            s.cache.refresh::<Choice>(&c).await?;
+            cache.refresh::<Choice>(&c).await?;
         }
-        Tell::Deleted(previous) => s.cache.deleted(&previous).await?,
-        Tell::QuestionSavedFrom(previous, new) => s.cache.saved_from(&previous, &new).await?,
-        Tell::QuestionSaved(new) => s.cache.saved(&new).await?,
+        Tell::Deleted(previous) => cache.deleted(&previous).await?,
+        Tell::QuestionSavedFrom(previous, new) => cache.saved_from(&previous, &new).await?,
+        Tell::QuestionSaved(new) => cache.saved(&new).await?,
         Tell::Nothing => {}
     }
     let mut h = s.history.lock().unwrap();
-    h.acked_at[commit] = Some(s.now());
+    h.acked_at[commit] = Some(s.run.now());
     Ok(())
 }
 
 async fn writer(s: Arc<Shared>, id: u64) {
-    let mut rng = Rng::new(s.args.seed.wrapping_mul(1000).wrapping_add(id));
+    let mut rng = Rng::new(s.run.args.seed.wrapping_mul(1000).wrapping_add(id));
     let mut n = 0;
-    while s.keep_going() {
+    while s.run.keep_going() {
         n += 1;
         if let Err(e) = write_once(&s, &mut rng, id * 1_000_000_000 + n).await {
             // A failed commit (a chosen choice deleted meanwhile cannot
             // happen: choices change under the lock) is a soak failure.
             s.history.lock().unwrap().in_progress = None;
-            s.error("write", &e);
+            s.run.error("write", &e);
         }
         s.writes_done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// With the feed: acknowledges each commit once its outbox rows are gone
+/// (deleted by a worker after the store took their invalidation), stamped
+/// after the poll that saw them gone, so never early.
+async fn watch_deliveries(s: Arc<Shared>) {
+    while !s.run.stop.load(Ordering::Relaxed) {
+        let txids: Vec<i64> = s
+            .history
+            .lock()
+            .unwrap()
+            .undelivered
+            .iter()
+            .map(|(txid, _)| *txid)
+            .collect();
+        if !txids.is_empty() {
+            let left: Result<Vec<(i64,)>, _> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT DISTINCT txid FROM {OUTBOX_TABLE} WHERE txid = ANY($1)"
+            )))
+            .bind(&txids)
+            .fetch_all(&s.sql.pool)
+            .await;
+            match left {
+                Ok(left) => {
+                    let left: BTreeSet<i64> = left.into_iter().map(|(txid,)| txid).collect();
+                    let mut h = s.history.lock().unwrap();
+                    let now = s.run.now();
+                    let mut undelivered = std::mem::take(&mut h.undelivered);
+                    undelivered.retain(|&(txid, commit)| {
+                        let delivered = txids.contains(&txid) && !left.contains(&txid);
+                        if delivered {
+                            h.acked_at[commit] = Some(now);
+                        }
+                        !delivered
+                    });
+                    h.undelivered = undelivered;
+                }
+                Err(e) => s.run.error("watching the outbox", &e),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -490,23 +1013,25 @@ async fn read_model<T: CachedInstance<Pk = i64>>(
         .collect())
 }
 
-async fn reader(s: Arc<Shared>, id: u64) {
-    let mut rng = Rng::new(s.args.seed.wrapping_mul(1000).wrapping_add(500 + id));
+/// Reads until the run ends, handing what it read to `sink` in batches.
+async fn reader(run: Arc<Run>, id: u64, mut sink: impl FnMut(&mut Vec<ReadRecord>)) {
+    let seed = run.args.seed.wrapping_mul(1000);
+    let mut rng = Rng::new(seed.wrapping_add(500 + 100 * run.args.process + id));
     let mut batch = Vec::with_capacity(256);
-    while s.keep_going() {
+    while run.keep_going() {
         let model = match rng.below(10) {
             0..=1 => Model::User,
             2..=5 => Model::Question,
             _ => Model::Choice,
         };
         let range = match model {
-            Model::User => s.args.users,
-            Model::Question => s.args.questions,
+            Model::User => run.args.users,
+            Model::Question => run.args.questions,
             // Past the newest id too: rows that do not exist (yet).
-            Model::Choice => s.max_choice.load(Ordering::Relaxed) + 2,
+            Model::Choice => run.max_choice.load(Ordering::Relaxed) + 2,
         };
         let live = match model {
-            Model::Choice => Some(s.live_choices.lock().unwrap().clone()),
+            Model::Choice => Some(run.live_choices.lock().unwrap().clone()),
             _ => None,
         };
         let kind = rng.below(4);
@@ -521,14 +1046,14 @@ async fn reader(s: Arc<Shared>, id: u64) {
                 _ => rng.pk(range),
             })
             .collect();
-        let started = s.now();
+        let started = run.now();
         let seen = match model {
-            Model::User => read_model::<User>(&s.cache, kind, &pks).await,
-            Model::Question => read_model::<Question>(&s.cache, kind, &pks).await,
-            Model::Choice => read_model::<Choice>(&s.cache, kind, &pks).await,
+            Model::User => read_model::<User>(&run.cache, kind, &pks).await,
+            Model::Question => read_model::<Question>(&run.cache, kind, &pks).await,
+            Model::Choice => read_model::<Choice>(&run.cache, kind, &pks).await,
         };
-        let finished = s.now();
-        s.reads.fetch_add(1, Ordering::Relaxed);
+        let finished = run.now();
+        run.reads.fetch_add(1, Ordering::Relaxed);
         match seen {
             Ok(seen) => batch.extend(seen.into_iter().map(|(pk, state)| ReadRecord {
                 key: (model, pk),
@@ -536,22 +1061,198 @@ async fn reader(s: Arc<Shared>, id: u64) {
                 started,
                 finished,
             })),
-            Err(e) => s.error("read", &e),
+            Err(e) => run.error("read", &e),
         }
         if batch.len() >= 200 {
-            s.history.lock().unwrap().pending.append(&mut batch);
+            sink(&mut batch);
         }
     }
-    s.history.lock().unwrap().pending.append(&mut batch);
+    sink(&mut batch);
 }
 
 /// Checks pending reads as the history allows, so memory stays bounded on
 /// long runs.
 async fn checker(s: Arc<Shared>) {
-    while !s.stop.load(Ordering::Relaxed) {
+    while !s.run.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = s.now();
+        let now = s.run.now();
         s.history.lock().unwrap().check(now);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reader processes (`--feed`)
+
+/// What a reader process did, its last line of output.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ProcessReport {
+    reads: u64,
+    errors: u64,
+    /// Outbox rows its feed worker delivered.
+    delivered: u64,
+    dead_letters: u64,
+    hits: u64,
+    misses: u64,
+    loader_calls: u64,
+    fills_rejected: u64,
+}
+
+impl ProcessReport {
+    fn of(run: &Run, feed: &Feed) -> ProcessReport {
+        let stats = run.cache.stats();
+        let fed = feed.stats();
+        ProcessReport {
+            reads: run.reads.load(Ordering::Relaxed),
+            errors: run.errors.load(Ordering::Relaxed),
+            delivered: fed.delivered,
+            dead_letters: fed.dead_letters,
+            hits: stats.hits,
+            misses: stats.misses,
+            loader_calls: stats.loader_calls,
+            fills_rejected: stats.fills_rejected,
+        }
+    }
+}
+
+/// A reader process: its own cache on the run's redis-server, readers and
+/// a feed worker, until its stdin closes. Prints each read as a line, then
+/// its report.
+async fn reader_process(args: Args) -> Result<bool, Box<dyn Error>> {
+    let schema = args.schema.clone().ok_or("--role reader needs --schema")?;
+    let redis = args.redis.clone().ok_or("--role reader needs --redis")?;
+    let loaders = SnapshotLoader::connect(&args.database.url, &schema, 4).await?;
+    let cache = build_cache(RedisStore::connect(&redis).await?, &loaders)?;
+    // Installed by the main process.
+    let feed = Feed::new(cache.clone(), loaders.pool.clone());
+    let worker = feed.spawn();
+    let clock = Clock {
+        base_ns: args.base_ns,
+    };
+    // Until the main process closes our stdin; the deadline is a backstop.
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds + 60.0);
+    let run = Arc::new(Run::new(args.clone(), cache, clock, deadline, Vec::new()));
+    {
+        let run = run.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            run.stop.store(true, Ordering::Relaxed);
+        });
+    }
+    // Which choices exist, from the database (the writers are elsewhere).
+    let refresh = {
+        let (run, pool) = (run.clone(), loaders.pool.clone());
+        tokio::spawn(async move {
+            while !run.stop.load(Ordering::Relaxed) && Instant::now() < run.deadline {
+                match sqlx::query_as::<_, (i64,)>("SELECT id FROM choices ORDER BY id")
+                    .fetch_all(&pool)
+                    .await
+                {
+                    Ok(ids) => run.set_live_choices(ids.into_iter().map(|(id,)| id).collect()),
+                    Err(e) => run.error("listing choices", &e),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let (send, receive) = std::sync::mpsc::channel::<Vec<ReadRecord>>();
+    let printer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for batch in receive {
+            for read in batch {
+                writeln!(out, "{}", read.line())?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    });
+    let mut readers = Vec::new();
+    for r in 0..args.readers as u64 {
+        let send = send.clone();
+        readers.push(tokio::spawn(reader(run.clone(), r, move |batch| {
+            let _ = send.send(std::mem::take(batch));
+        })));
+    }
+    drop(send);
+    for task in readers {
+        task.await?;
+    }
+    run.stop.store(true, Ordering::Relaxed);
+    refresh.await?;
+    printer.join().map_err(|_| "the printer panicked")??;
+    worker.stop().await;
+    let report = ProcessReport::of(&run, &feed);
+    println!("S\t{}", serde_json::to_string(&report)?);
+    loaders.pool.close().await;
+    Ok(report.errors == 0)
+}
+
+/// A spawned reader process and the thread collecting its output.
+struct ReaderProcess {
+    child: KillOnDrop,
+    output: std::thread::JoinHandle<Option<ProcessReport>>,
+}
+
+fn spawn_reader_process(
+    s: &Arc<Shared>,
+    process: u64,
+    schema: &str,
+    redis: &str,
+) -> Result<ReaderProcess, Box<dyn Error>> {
+    let a = &s.run.args;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(["--role", "reader", "--feed"])
+        .args(["--process", &process.to_string()])
+        .args(["--schema", schema, "--redis", redis])
+        .args(["--base-ns", &s.run.clock.base_ns.to_string()])
+        .args(["--database", &a.database.url])
+        .args(["--seconds", &a.seconds.to_string()])
+        .args(["--readers", &a.readers.to_string()])
+        .args(["--max-ops", &a.max_ops.to_string()])
+        .args(["--users", &a.users.to_string()])
+        .args(["--questions", &a.questions.to_string()])
+        .args(["--seed", &a.seed.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = KillOnDrop::spawn(&mut command)?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let s = s.clone();
+    let output = std::thread::spawn(move || {
+        let mut report = None;
+        let mut batch = Vec::with_capacity(512);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(read) = ReadRecord::parse(&line) {
+                batch.push(read);
+                if batch.len() >= 500 {
+                    s.history.lock().unwrap().pending.append(&mut batch);
+                }
+            } else if let Some(json) = line.strip_prefix("S\t") {
+                report = serde_json::from_str(json).ok();
+            } else {
+                s.run.error(
+                    &format!("reader process {process}"),
+                    &format!("unexpected output {line:?}"),
+                );
+            }
+        }
+        s.history.lock().unwrap().pending.append(&mut batch);
+        report
+    });
+    Ok(ReaderProcess { child, output })
+}
+
+impl ReaderProcess {
+    /// Closes its stdin (it stops reading), collects the rest of its
+    /// output and waits for it to exit.
+    fn finish(mut self) -> Result<ProcessReport, String> {
+        drop(self.child.stdin.take());
+        let report = self.output.join().map_err(|_| "output thread panicked")?;
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        match report {
+            Some(report) if status.success() => Ok(report),
+            _ => Err(format!("a reader process failed ({status})")),
+        }
     }
 }
 
@@ -582,23 +1283,23 @@ async fn setup_data(db: &Db, url: &str, schema: &str, args: &Args) -> Result<(),
     Ok(())
 }
 
-/// The cache's loaders: the polls models' generated sqlx loaders (the
-/// same rows and relation lists as the polls database layer's loaders),
-/// each load in one REPEATABLE READ transaction, so that it reads one
-/// snapshot. (The polls layer's loaders run their statements one after the
-/// other at READ COMMITTED: a load that straddles commits can return a mix
-/// of states, each field fresh, that the database never held as a whole;
-/// CONSISTENCY.md, and `tests/consistency_limits.rs`.)
+/// The cache's loaders: the polls models' generated sqlx loaders, each
+/// load in one REPEATABLE READ transaction, so that it reads one snapshot.
+/// (Loaders that run their statements one after the other at READ
+/// COMMITTED can return, for a load that straddles commits, a mix of
+/// states, each field fresh, that the database never held as a whole;
+/// CONSISTENCY.md, and `tests/consistency_limits.rs`.) Also the snapshots
+/// the history records.
 #[derive(Clone)]
 struct SnapshotLoader {
     pool: sqlx::PgPool,
 }
 
 impl SnapshotLoader {
-    async fn connect(url: &str, schema: &str) -> Result<Self, sqlx::Error> {
+    async fn connect(url: &str, schema: &str, connections: u32) -> Result<Self, sqlx::Error> {
         let options: sqlx::postgres::PgConnectOptions = url.parse()?;
         let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.options([("search_path", schema)]))
             .await?;
@@ -622,91 +1323,147 @@ where
     }
 }
 
+fn build_cache(store: impl Store, loaders: &SnapshotLoader) -> Result<Cache, Box<dyn Error>> {
+    Ok(Cache::builder()
+        .store(store)
+        .loader::<User>(loaders.clone())
+        .loader::<Question>(loaders.clone())
+        .loader::<Choice>(loaders.clone())
+        .loader_timeout(Duration::from_secs(5))
+        .build()?)
+}
+
 struct Report {
     elapsed: Duration,
     stale: u64,
     divergent: u64,
     errors: u64,
+    /// With the feed: whether the rows delivered add up to those written.
+    feed_ok: bool,
+}
+
+/// Where the run's data lives.
+struct Place<'a> {
+    schema: &'a str,
+    /// The redis-server's URL (`None`: the MemoryStore).
+    redis: Option<&'a str>,
 }
 
 async fn soak(
     args: Args,
+    place: Place<'_>,
     loaders: SnapshotLoader,
-    writes: Db,
+    sql: SnapshotLoader,
+    db: Db,
     store: impl Store + Clone,
 ) -> Result<Report, Box<dyn Error>> {
-    let cache = Cache::builder()
-        .store(store.clone())
-        .loader::<User>(loaders.clone())
-        .loader::<Question>(loaders.clone())
-        .loader::<Choice>(loaders.clone())
-        .loader_timeout(Duration::from_secs(5))
-        .build()?;
+    let cache = build_cache(store.clone(), &loaders)?;
+    let feed = Feed::new(cache.clone(), loaders.pool.clone());
+    if args.feed {
+        feed.install().await?;
+    }
     let live: BTreeSet<i64> = {
         let mut ids = BTreeSet::new();
         let questions: Vec<i64> = (1..=args.questions).collect();
-        for q in Loader::<Question>::load(&writes, &questions).await? {
+        for q in Loader::<Question>::load(&sql, &questions).await? {
             ids.extend(q.choices);
         }
         ids
     };
     let max_choice = live.last().copied().unwrap_or(0);
-    let mut history = History::default();
     // Commit 0: the data as seeded.
     let mut keys: Vec<Key> = (1..=args.users).map(|u| (Model::User, u)).collect();
     keys.extend((1..=args.questions).map(|q| (Model::Question, q)));
     keys.extend((1..=max_choice).map(|c| (Model::Choice, c)));
-    for (key, state) in snapshot(&writes, &keys).await? {
-        history.states.insert(key, vec![(0, state)]);
-    }
-    history.commit_started.push(0);
-    history.acked_at.push(Some(0));
-    history.described.push("the initial data".into());
+    let history = History::initial(snapshot(&sql, &keys).await?);
 
-    let base = Instant::now();
+    let clock = Clock::start();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let run = Arc::new(Run::new(
+        args.clone(),
+        cache.clone(),
+        clock,
+        deadline,
+        live.iter().copied().collect(),
+    ));
     let shared = Arc::new(Shared {
-        deadline: base + Duration::from_secs_f64(args.seconds),
-        args: args.clone(),
-        cache: cache.clone(),
-        writes,
+        run: run.clone(),
+        db,
+        sql,
         commit: tokio::sync::Mutex::new(()),
         history: Mutex::new(history),
-        live_choices: Mutex::new(Arc::new(live.iter().copied().collect())),
         choices: Mutex::new(live),
-        max_choice: AtomicI64::new(max_choice),
-        base,
-        ops: AtomicU64::new(0),
-        reads: AtomicU64::new(0),
         writes_done: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
+        outbox_rows: AtomicU64::new(0),
     });
+    let mut processes = Vec::new();
+    let mut worker = None;
+    let mut watch = None;
+    if args.feed {
+        let redis = place.redis.ok_or("--feed needs Redis")?;
+        for p in 1..=args.processes as u64 {
+            processes.push(spawn_reader_process(&shared, p, place.schema, redis)?);
+        }
+        worker = Some(feed.spawn());
+        watch = Some(tokio::spawn(watch_deliveries(shared.clone())));
+    }
     let check = tokio::spawn(checker(shared.clone()));
     let mut tasks = Vec::new();
     for w in 0..args.writers as u64 {
         tasks.push(tokio::spawn(writer(shared.clone(), w)));
     }
     for r in 0..args.readers as u64 {
-        tasks.push(tokio::spawn(reader(shared.clone(), r)));
+        let s = shared.clone();
+        tasks.push(tokio::spawn(reader(run.clone(), r, move |batch| {
+            s.history.lock().unwrap().pending.append(batch)
+        })));
     }
     for task in tasks {
         task.await?;
     }
-    let elapsed = base.elapsed();
-    shared.stop.store(true, Ordering::Relaxed);
+    let elapsed = clock.now();
+    let mut reports = Vec::new();
+    for process in processes {
+        match tokio::task::spawn_blocking(move || process.finish()).await? {
+            Ok(report) => reports.push(report),
+            Err(e) => run.error("reader process", &e),
+        }
+    }
+    if watch.is_some() {
+        // Quiescence: every commit delivered (bounded).
+        for _ in 0..6000 {
+            if shared.history.lock().unwrap().undelivered.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = shared.history.lock().unwrap().undelivered.len();
+        if left > 0 {
+            run.error("feed", &format!("{left} commits never delivered"));
+        }
+    }
+    run.stop.store(true, Ordering::Relaxed);
     check.await?;
-    let (checked, stale, examples) = {
+    if let Some(watch) = watch {
+        watch.await?;
+    }
+    if let Some(worker) = worker {
+        worker.stop().await;
+    }
+    reports.insert(0, ProcessReport::of(&run, &feed));
+    let (checked, stale, in_window, examples, (windows, acks)) = {
         let mut h = shared.history.lock().unwrap();
-        let now = shared.now();
+        let now = run.now();
         h.in_progress = None;
         h.check(now + 1);
         assert!(h.pending.is_empty());
-        (h.checked, h.stale, std::mem::take(&mut h.examples))
+        let examples = std::mem::take(&mut h.examples);
+        (h.checked, h.stale, h.in_window, examples, h.windows())
     };
 
     // Quiescence: what the store holds and what reads return is the
     // database, for every key.
-    let max_choice = shared.max_choice.load(Ordering::Relaxed);
+    let max_choice = run.max_choice.load(Ordering::Relaxed);
     let mut divergent = 0;
     for model in [Model::User, Model::Question, Model::Choice] {
         let n = match model {
@@ -717,7 +1474,7 @@ async fn soak(
         let pks: Vec<i64> = (1..=n).collect();
         let keys: Vec<Key> = pks.iter().map(|&pk| (model, pk)).collect();
         let expected: HashMap<Key, State> =
-            snapshot(&shared.writes, &keys).await?.into_iter().collect();
+            snapshot(&shared.sql, &keys).await?.into_iter().collect();
         let read = match model {
             Model::User => read_model::<User>(&cache, 2, &pks).await?,
             Model::Question => read_model::<Question>(&cache, 2, &pks).await?,
@@ -742,16 +1499,24 @@ async fn soak(
         }
     }
 
-    let stats = cache.stats();
-    let reads = shared.reads.load(Ordering::Relaxed);
+    let reads: u64 = reports.iter().map(|r| r.reads).sum();
     let writes = shared.writes_done.load(Ordering::Relaxed);
-    let secs = elapsed.as_secs_f64();
-    let looked_up = stats.hits + stats.misses;
+    let secs = elapsed as f64 / 1e9;
+    let (hits, misses) = reports
+        .iter()
+        .fold((0, 0), |(h, m), r| (h + r.hits, m + r.misses));
+    let stats = cache.stats();
     println!(
-        "soak: {:.1} s, {} readers, {} writers, store {}",
+        "soak: {:.1} s, {} writers {}, {} readers in each of {} process(es), store {}",
         secs,
-        args.readers,
         args.writers,
+        if args.feed {
+            "(plain SQL, delivered by the change feed)"
+        } else {
+            "(telling the cache)"
+        },
+        args.readers,
+        reports.len(),
         if args.memory { "MemoryStore" } else { "Redis" }
     );
     println!(
@@ -764,10 +1529,8 @@ async fn soak(
         writes as f64 / secs
     );
     println!(
-        "  hit rate: {:.1}% ({} hits, {} misses); {} loader calls, {} fills, {} fills rejected, {} lease waits, {} invalidations, {} store errors",
-        100.0 * stats.hits as f64 / looked_up.max(1) as f64,
-        stats.hits,
-        stats.misses,
+        "  hit rate: {:.1}% ({hits} hits, {misses} misses); this process: {} loader calls, {} fills, {} fills rejected, {} lease waits, {} invalidations, {} store errors",
+        100.0 * hits as f64 / (hits + misses).max(1) as f64,
         stats.loader_calls,
         stats.fills,
         stats.fills_rejected,
@@ -775,18 +1538,53 @@ async fn soak(
         stats.invalidations,
         stats.store_errors
     );
+    let mut feed_ok = true;
+    if args.feed {
+        let written = shared.outbox_rows.load(Ordering::Relaxed);
+        let delivered: Vec<u64> = reports.iter().map(|r| r.delivered).collect();
+        let dead: u64 = reports.iter().map(|r| r.dead_letters).sum();
+        let total: u64 = delivered.iter().sum();
+        // SKIP LOCKED: each row is delivered by one worker, once.
+        feed_ok = total + dead == written;
+        println!(
+            "  feed: {written} outbox rows written; delivered per process (this one first) {delivered:?} = {total}, {dead} dead letters{}",
+            if feed_ok { "" } else { ": MISMATCH" }
+        );
+    }
     println!(
-        "  instance reads checked: {checked}; stale reads: {stale}; divergent after quiescence: {divergent}; errors: {}",
-        shared.errors.load(Ordering::Relaxed)
+        "  commits that changed a cached state: {}; commit -> acknowledged{}: {}",
+        windows.len(),
+        if args.feed {
+            " (outbox rows seen gone, polled every ms)"
+        } else {
+            " (cache call returned)"
+        },
+        distribution(acks)
+    );
+    println!(
+        "  staleness window (commit -> start of the last read that returned an older state; 0 if none): {}; commits with a stale read: {}; reads inside a window: {in_window}",
+        distribution(windows.clone()),
+        windows.iter().filter(|&&w| w > 0).count(),
+    );
+    println!(
+        "  instance reads checked: {checked}; stale reads after the acknowledgement: {stale}; divergent after quiescence: {divergent}; errors: {}",
+        run.errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "  load average: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     for example in examples {
         println!("  stale: {example}");
     }
     Ok(Report {
-        elapsed,
+        elapsed: Duration::from_nanos(elapsed),
         stale,
         divergent,
-        errors: shared.errors.load(Ordering::Relaxed),
+        errors: run.errors.load(Ordering::Relaxed),
+        feed_ok,
     })
 }
 
@@ -795,35 +1593,57 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
         .duration_since(std::time::UNIX_EPOCH)?
         .subsec_nanos();
     let schema = format!("soak_{}_{nanos}", std::process::id());
-    let writes = Db::postgres(&args.database.url, &schema)
+    let db = Db::postgres(&args.database.url, &schema)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", args.database.url))?;
     let result = async {
-        setup_data(&writes, &args.database.url, &schema, &args).await?;
-        let loaders = SnapshotLoader::connect(&args.database.url, &schema).await?;
+        setup_data(&db, &args.database.url, &schema, &args).await?;
+        let loaders = SnapshotLoader::connect(&args.database.url, &schema, 4).await?;
+        let sql = SnapshotLoader::connect(&args.database.url, &schema, 4).await?;
         let report = if args.memory {
+            let place = Place {
+                schema: &schema,
+                redis: None,
+            };
+            let store = MemoryStore::new();
             soak(
                 args.clone(),
+                place,
                 loaders.clone(),
-                writes.clone(),
-                MemoryStore::new(),
+                sql.clone(),
+                db.clone(),
+                store,
             )
             .await
         } else {
             let server = redis_server::RedisServer::start();
-            let store = RedisStore::connect(&server.url()).await?;
-            soak(args.clone(), loaders.clone(), writes.clone(), store).await
+            let url = server.url();
+            let place = Place {
+                schema: &schema,
+                redis: Some(&url),
+            };
+            let store = RedisStore::connect(&url).await?;
+            soak(
+                args.clone(),
+                place,
+                loaders.clone(),
+                sql.clone(),
+                db.clone(),
+                store,
+            )
+            .await
         };
         loaders.pool.close().await;
+        sql.pool.close().await;
         report
     }
     .await;
-    if let Err(e) = writes.drop_schema().await {
+    if let Err(e) = db.drop_schema().await {
         eprintln!("could not drop schema {schema}: {e}");
     }
-    writes.close().await;
+    db.close().await;
     let report = result?;
-    let ok = report.stale == 0 && report.divergent == 0 && report.errors == 0;
+    let ok = report.stale == 0 && report.divergent == 0 && report.errors == 0 && report.feed_ok;
     println!(
         "soak {} after {:.1} s",
         if ok { "passed" } else { "FAILED" },
@@ -843,7 +1663,11 @@ async fn main() -> ExitCode {
             )
             .exit();
     }
-    match run(args).await {
+    let result = match args.role {
+        Role::Main => run(args).await,
+        Role::Reader => reader_process(args).await,
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

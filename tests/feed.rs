@@ -18,6 +18,7 @@ use cached_instances::feed::{DEAD_LETTER_TABLE, Feed, FeedPool, OUTBOX_TABLE};
 use cached_instances::sqlx::SqlxLoader;
 use cached_instances::store::StoreFuture;
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
+use cached_instances_testkit::process::KillOnDrop;
 use cached_instances_testkit::store::{Hook, Keys, Op, Wrapped};
 use polls::{Choice, Question, User};
 use sqlx::AssertSqlSafe;
@@ -764,18 +765,21 @@ async fn a_worker_killed_between_commit_and_delivery_loses_nothing() {
         db.run("INSERT INTO votes (user_id, choice_id) VALUES (1, 4)")
             .await;
 
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "feed_child_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_SCHEMA, &schema.name)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        // Killed on drop: a failed assertion below must not leave the
+        // child holding the schema's rows.
+        let mut child = KillOnDrop::spawn(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "feed_child_process",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_SCHEMA, &schema.name)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null()),
+        )
+        .unwrap();
         let stdout = child.stdout.take().unwrap();
         let claimed = tokio::task::spawn_blocking(move || {
             std::io::BufReader::new(stdout)
@@ -796,8 +800,7 @@ async fn a_worker_killed_between_commit_and_delivery_loses_nothing() {
         .unwrap();
         assert!(free.is_empty(), "{free:?}");
 
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.kill_and_wait().unwrap(); // SIGKILL
 
         // Its transaction rolls back once the server sees its connection
         // gone (not at once after the kill): until then the rows stay

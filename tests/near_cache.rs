@@ -406,3 +406,42 @@ async fn a_key_prefix_applies_to_the_tier_and_its_pushes() {
         .unwrap();
     assert_eq!(store.get("k").await.unwrap().as_deref(), Some(&b"\0T"[..]));
 }
+
+/// The tracking connection and the task that remakes it belong to the
+/// store: dropping the store (every clone) ends the task and closes the
+/// connection, as the runtime and the server see it.
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_the_store_ends_its_tracking_task_and_connection() {
+    let server = RedisServer::start();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks = metrics.num_alive_tasks();
+    let store = near_store(&server, near()).await;
+    set(&server, "k", b"{\"v\":1}");
+    store.get("k").await.unwrap();
+    assert!(store.near_cache_stats().unwrap().tracking);
+    assert!(tracking_client(&server).is_some(), "a tracking connection");
+    assert!(
+        metrics.num_alive_tasks() > tasks,
+        "the store runs tasks of its own"
+    );
+    let clone = store.clone();
+    drop(store);
+    tokio::task::yield_now().await;
+    assert!(tracking_client(&server).is_some(), "a clone keeps it");
+    drop(clone);
+
+    let mut ended = false;
+    for _ in 0..ATTEMPTS {
+        if metrics.num_alive_tasks() == tasks && tracking_client(&server).is_none() {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        ended,
+        "after the store was dropped: {} tasks alive (was {tasks}), tracking client {:?}",
+        metrics.num_alive_tasks(),
+        tracking_client(&server)
+    );
+}

@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod databases;
 pub mod faults;
 pub mod memdb;
+pub mod process;
 pub mod query_model;
 pub mod redis_server;
 pub mod rng;

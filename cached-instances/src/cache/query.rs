@@ -20,6 +20,21 @@ struct Answer<T: CachedInstance> {
     source: Source,
 }
 
+impl<T: CachedInstance> Answer<T> {
+    /// The page as cached JSON representations.
+    fn into_json(self) -> QueryResult<Bytes> {
+        QueryResult {
+            items: self
+                .found
+                .into_iter()
+                .filter_map(Found::into_bytes)
+                .collect(),
+            count: self.count,
+            source: self.source,
+        }
+    }
+}
+
 impl Cache {
     /// Runs `query` and returns its page of instances and the count of all
     /// matches. From the cache when `T` is [warmed](Self::warm) (one store
@@ -62,15 +77,7 @@ impl Cache {
         query: &Query<T>,
     ) -> Result<QueryResult<Bytes>, Error> {
         let answer = self.answer(query, Some(Want::Bytes)).await?;
-        Ok(QueryResult {
-            items: answer
-                .found
-                .into_iter()
-                .filter_map(Found::into_bytes)
-                .collect(),
-            count: answer.count,
-            source: answer.source,
-        })
+        Ok(answer.into_json())
     }
 
     /// Like [`query`](Self::query), returning only the page's pks: one
@@ -107,6 +114,30 @@ impl Cache {
         Ok(answer)
     }
 
+    /// Like [`query_json`](Self::query_json), from the store's indexes
+    /// only: `None`, with no loader call, when they cannot answer (the
+    /// store has no index support, `T` is not [warmed](Self::warm), or the
+    /// store is unavailable). For callers with a cheaper answer of their
+    /// own in the database, such as [`Resource`](crate::axum::Resource)'s
+    /// list query.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query), except that a model its loader cannot
+    /// query is not an error.
+    pub async fn query_json_indexed<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+    ) -> Result<Option<QueryResult<Bytes>>, Error> {
+        query.check()?;
+        self.inner.registry.entry::<T>()?;
+        let Some(answer) = self.index_answer(query, Some(Want::Bytes)).await? else {
+            return Ok(None);
+        };
+        super::stats::add(&self.inner.counters.queries_from_cache, 1);
+        Ok(Some(answer.into_json()))
+    }
+
     async fn find<T: CachedInstance>(
         &self,
         query: &Query<T>,
@@ -114,14 +145,44 @@ impl Cache {
     ) -> Result<Answer<T>, Error> {
         query.check()?;
         let entry = self.inner.registry.entry::<T>()?;
+        if let Some(answer) = self.index_answer(query, want).await? {
+            return Ok(answer);
+        }
+
+        // Not warmed (or no store to read it from): the database answers.
+        let reader = self.inner.reader();
+        let page = reader
+            .loading
+            .call(T::MODEL, entry.loader::<T>().query(query))
+            .await?
+            .ok_or(QueryError::NoFallback { model: T::MODEL })?;
+        let found = match want {
+            Some(want) => reader.many::<T>(&page.pks, want).await?,
+            None => Vec::new(),
+        };
+        Ok(Answer {
+            pks: page.pks,
+            found,
+            count: page.count,
+            source: Source::Database,
+        })
+    }
+
+    /// The answer from the store's indexes; `None` when they cannot give
+    /// it (no index support, not warmed, the store unavailable).
+    async fn index_answer<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+        want: Option<Want>,
+    ) -> Result<Option<Answer<T>>, Error> {
         let reader = self.inner.reader();
         if query.matches_nothing() {
-            return Ok(Answer {
+            return Ok(Some(Answer {
                 pks: Vec::new(),
                 found: Vec::new(),
                 count: 0,
                 source: Source::Cache,
-            });
+            }));
         }
         if let Some(indexes) = self.inner.indexes().of::<T>()
             && reader.gate.readable()
@@ -144,12 +205,12 @@ impl Cache {
                     .filter_map(|m| T::Pk::from_index_member(m))
                     .collect();
                 let Some(want) = want else {
-                    return Ok(Answer {
+                    return Ok(Some(Answer {
                         pks,
                         found: Vec::new(),
                         count: page.total,
                         source: Source::Cache,
-                    });
+                    }));
                 };
                 let found = reader.many::<T>(&pks, want).await?;
                 // Drop what changed since the index said it matched (a
@@ -163,30 +224,14 @@ impl Cache {
                         Found::Missing => false,
                     })
                     .unzip();
-                return Ok(Answer {
+                return Ok(Some(Answer {
                     pks,
                     found,
                     count: page.total,
                     source: Source::Cache,
-                });
+                }));
             }
         }
-
-        // Not warmed (or no store to read it from): the database answers.
-        let page = reader
-            .loading
-            .call(T::MODEL, entry.loader::<T>().query(query))
-            .await?
-            .ok_or(QueryError::NoFallback { model: T::MODEL })?;
-        let found = match want {
-            Some(want) => reader.many::<T>(&page.pks, want).await?,
-            None => Vec::new(),
-        };
-        Ok(Answer {
-            pks: page.pks,
-            found,
-            count: page.count,
-            source: Source::Database,
-        })
+        Ok(None)
     }
 }
