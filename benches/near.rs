@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cached_instances::{Cache, NearCache, RedisStore};
+use cached_instances_testkit::cli::BenchFlag;
 use cached_instances_testkit::memdb::MemDb;
 use cached_instances_testkit::redis_server::RedisServer;
+use clap::Parser;
 use polls::{Choice, Question, User};
 use redis::aio::ConnectionManager;
 
@@ -252,15 +254,23 @@ async fn run(quick: bool) -> Run {
     }
 }
 
+/// The near cache side by side with a raw `GET`, moka + `GET` and the
+/// cache without its near tier (BENCHMARKS.md).
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo bench --bench near --")]
+struct Args {
+    /// Tiny durations (CI smoke; the numbers mean little).
+    #[arg(long)]
+    quick: bool,
+    /// Repeat the comparison N times and print the spread.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    #[command(flatten)]
+    _bench: BenchFlag,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
+    let Args { quick, runs, .. } = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

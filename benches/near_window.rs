@@ -23,7 +23,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cached_instances::{NearCache, RedisStore, Store};
+use cached_instances_testkit::cli::BenchFlag;
 use cached_instances_testkit::redis_server::RedisServer;
+use clap::Parser;
 
 const KEY: &str = "near:window";
 /// Time between two writes: long enough for B to read the new value back
@@ -48,32 +50,38 @@ fn parse(bytes: &[u8]) -> Option<u64> {
         .ok()
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+/// The near cache's staleness window across two processes (CONSISTENCY.md).
+#[derive(Debug, Parser)]
+#[command(bin_name = "cargo bench --bench near_window --")]
+struct Args {
+    /// Writes per run.
+    #[arg(long, value_name = "N", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    writes: u64,
+    /// Repeat the measurement N times and print the spread.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Internal: run as the reader process (B) of the Redis server at URL.
+    #[arg(long, value_name = "URL", hide = true)]
+    reader: Option<String>,
+    /// Internal: the reader's last value to wait for.
+    #[arg(long, value_name = "N", hide = true, default_value_t = 0)]
+    last: u64,
+    #[command(flatten)]
+    _bench: BenchFlag,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
+    let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    if let Some(url) = arg(&args, "--reader") {
-        let last: u64 = arg(&args, "--last")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        runtime.block_on(reader(&url, last));
+    if let Some(url) = &args.reader {
+        runtime.block_on(reader(url, args.last));
         return ExitCode::SUCCESS;
     }
-    let writes: u64 = arg(&args, "--writes")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2_000);
-    let runs: usize = arg(&args, "--runs")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1);
+    let Args { writes, runs, .. } = args;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load = load.trim();
     println!("near cache staleness window, {writes} writes per run, load average {load}");

@@ -65,7 +65,13 @@ pub(crate) async fn base_detail(State(pool): State<PgPool>, Path(pk): Path<i64>)
 pub(crate) async fn base_list(
     State(pool): State<PgPool>,
     Query(params): Query<PageParams>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
+    // Absolute links, as the polls API (DRF style) writes them.
+    let origin = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map_or_else(String::new, |host| format!("http://{host}"));
     let limit = params.limit.unwrap_or(20).clamp(1, 100);
     let offset = params.offset.unwrap_or(0);
     let rows: Vec<PageRow> = match sqlx::query_as(BASE_PAGE_SQL)
@@ -85,7 +91,11 @@ pub(crate) async fn base_list(
     body.extend_from_slice(format!("{{\"count\":{count},\"next\":").as_bytes());
     if offset + limit < count {
         body.extend_from_slice(
-            format!("\"/questions?limit={limit}&offset={}\"", offset + limit).as_bytes(),
+            format!(
+                "\"{origin}/questions?limit={limit}&offset={}\"",
+                offset + limit
+            )
+            .as_bytes(),
         );
     } else {
         body.extend_from_slice(b"null");
@@ -94,10 +104,10 @@ pub(crate) async fn base_list(
     match offset {
         0 => body.extend_from_slice(b"null"),
         o if o <= limit => {
-            body.extend_from_slice(format!("\"/questions?limit={limit}\"").as_bytes())
+            body.extend_from_slice(format!("\"{origin}/questions?limit={limit}\"").as_bytes())
         }
         o => body.extend_from_slice(
-            format!("\"/questions?limit={limit}&offset={}\"", o - limit).as_bytes(),
+            format!("\"{origin}/questions?limit={limit}&offset={}\"", o - limit).as_bytes(),
         ),
     }
     body.extend_from_slice(b",\"results\":[");

@@ -22,6 +22,9 @@ struct Cli {
     /// Interleaving rounds per comparison [default: 4].
     #[arg(long, value_name = "N", value_parser = positive_count)]
     rounds: Option<usize>,
+    /// Iterations of the cold-miss and write rows [default: 120].
+    #[arg(long, value_name = "N", value_parser = positive_count)]
+    iterations: Option<usize>,
     /// Concurrent tasks of the throughput rows.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = positive_count)]
     tasks: usize,
@@ -123,6 +126,9 @@ impl Config {
         }
         if let Some(r) = cli.rounds {
             c.rounds = r;
+        }
+        if let Some(n) = cli.iterations {
+            c.iterations = n;
         }
         c
     }

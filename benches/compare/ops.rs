@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cached_instances::query::{Query, Source};
 use cached_instances::{Cache, RedisStore, Store};
 use chrono::{DateTime, Utc};
 use polls::Question;
@@ -238,17 +239,49 @@ impl Op for CachedList {
     }
 }
 
+/// 100 questions, newest first, with their choices' pks, in one query (the
+/// page taken first on the `pub_date` index, as in [`LIST_SQL`]).
+pub(crate) const LIST_BY_DATE_SQL: &str = "SELECT p.id, p.question_text, p.pub_date,
+        (SELECT coalesce(array_agg(c.id ORDER BY c.id), '{}') FROM choices c WHERE c.question_id = p.id)
+ FROM (SELECT id, question_text, pub_date FROM questions ORDER BY pub_date DESC, id DESC LIMIT 100 OFFSET $1) p
+ ORDER BY p.pub_date DESC, p.id DESC";
+
+/// Ours: a list of 100 newest first from the `pub_date` index of a warmed
+/// cache: one index query (the page's pks and the count), one multi-get.
+pub(crate) struct IndexList {
+    pub(crate) cache: Cache,
+    pub(crate) offsets: Vec<i64>,
+}
+
+impl Op for IndexList {
+    fn run(&self, i: usize) -> BoxFut<'_> {
+        let offset = self.offsets[i % self.offsets.len()];
+        Box::pin(async move {
+            let query = Query::<Question>::new()
+                .order_by_desc("pub_date")
+                .offset(offset.unsigned_abs())
+                .limit(100);
+            let page = self.cache.query_json(&query).await.expect("query");
+            assert_eq!(page.source, Source::Cache, "from the index");
+            assert_eq!(page.items.len(), 100);
+            black_box(page);
+        })
+    }
+}
+
 /// Baseline: the same 100 loaded from PostgreSQL with their related pks.
 pub(crate) struct PgList {
     pub(crate) pool: PgPool,
     pub(crate) offsets: Vec<i64>,
+    /// [`LIST_SQL`] (by pk) or [`LIST_BY_DATE_SQL`].
+    pub(crate) sql: &'static str,
 }
 
 impl Op for PgList {
     fn run(&self, i: usize) -> BoxFut<'_> {
         let offset = self.offsets[i % self.offsets.len()];
         Box::pin(async move {
-            let rows: Vec<QuestionRow> = sqlx::query_as(LIST_SQL)
+            let rows: Vec<QuestionRow> = sqlx::query_as(self.sql)
                 .bind(offset)
                 .fetch_all(&self.pool)
                 .await

@@ -1,9 +1,10 @@
 //! Setup: the data set in a schema of its own, the Redis server, the caches.
 
 use bytes::Bytes;
+use cached_instances::sqlx::SqlxLoader;
 use cached_instances::{Cache, CachedInstance, Loader, RedisStore};
 use cached_instances_testkit::redis_server::RedisServer;
-use polls::db::Db;
+use polls::db::{Db, Pool};
 use polls::telemetry::StatementCounter;
 use polls::{Choice, Question, User};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -226,6 +227,33 @@ pub(crate) async fn setup(cfg: Config, database_url: &str) -> Result<Env, String
 }
 
 impl Env {
+    /// A cache over the same Redis, under its own key prefix, with
+    /// `Question` warmed: its `pub_date` index holds every question, so
+    /// lists in that order are one index query and one multi-get. Apart
+    /// from [`cache`](Env::cache) so that no other row pays for the index.
+    pub(crate) async fn indexed_cache(&self) -> Cache {
+        let store = RedisStore::builder(self.redis_url.as_str())
+            .key_prefix("indexed:")
+            .connect()
+            .await
+            .expect("redis");
+        // The loaders the models derive, as the polls app has them: they
+        // list every pk for `warm`.
+        let Pool::Postgres(pool) = self.db.pool() else {
+            unreachable!("the bench's Db is PostgreSQL")
+        };
+        let cache = Cache::builder()
+            .store(store)
+            .loader::<User>(SqlxLoader::new(pool.clone()))
+            .loader::<Question>(SqlxLoader::new(pool.clone()))
+            .loader::<Choice>(SqlxLoader::new(pool.clone()))
+            .build()
+            .expect("cache");
+        let warmed = cache.warm::<Question>().await.expect("warm");
+        assert_eq!(warmed.indexed as i64, self.cfg.questions + 1, "{warmed:?}");
+        cache
+    }
+
     pub(crate) fn hot(&self) -> Vec<i64> {
         (1..=self.cfg.hot).collect()
     }

@@ -91,6 +91,7 @@ pub async fn run_all<S: Store>(store: &S) {
     many_keys_keep_their_order(store).await;
     mixed_hash_tags(store).await;
     duplicate_keys_apply_in_order(store).await;
+    compare_and_set_of_many_distinct_values(store).await;
     ttls_expire(store).await;
 }
 
@@ -424,8 +425,64 @@ pub async fn duplicate_keys_apply_in_order<S: Store>(store: &S) {
         vec![b(b"\0Ld"); 3],
         "a repeated key reads the same at every position"
     );
+    // Each op of a batch sees what the ones before it wrote.
+    let ops = [
+        cas(&k, b"\0Ld", b"{\"v\":1}", LONG),
+        cas(&other, b"\0Ld", b"{}", LONG),
+        cas(&k, b"{\"v\":1}", b"{\"v\":2}", LONG),
+        cas(&k, b"\0Ld", b"{\"v\":3}", LONG),
+    ];
+    assert_eq!(
+        store.compare_and_set(&ops).await.unwrap(),
+        vec![true, true, true, false]
+    );
+    assert_eq!(store.get(&k).await.unwrap(), b(b"{\"v\":2}"));
     let olds = store.swap_many(&batch, b"{}", LONG).await.unwrap();
-    assert_eq!(olds, vec![b(b"\0Ld"), b(b"\0Ld"), b(b"{}")]);
+    assert_eq!(olds, vec![b(b"{\"v\":2}"), b(b"{}"), b(b"{}")]);
+    store.delete_many(&batch).await.unwrap();
+}
+
+/// A `compare_and_set` batch whose ops each expect their own value and
+/// carry their own TTL (more of each than one byte can number).
+pub async fn compare_and_set_of_many_distinct_values<S: Store>(store: &S) {
+    let keys = Keys::new("cas-distinct");
+    let batch = keys.many(600);
+    let held: Vec<Vec<u8>> = (0..batch.len())
+        .map(|i| format!("\0L{i}").into_bytes())
+        .collect();
+    for (key, value) in batch.iter().zip(&held) {
+        store
+            .swap_many(std::slice::from_ref(key), value, LONG)
+            .await
+            .unwrap();
+    }
+    let ops: Vec<CompareAndSet> = batch
+        .iter()
+        .zip(&held)
+        .enumerate()
+        .map(|(i, (key, value))| {
+            // Every third op expects another key's value.
+            let expected = if i % 3 == 0 {
+                &held[(i + 1) % held.len()]
+            } else {
+                value
+            };
+            let ttl = LONG + Duration::from_millis(i as u64);
+            cas(key, expected, format!("{{\"i\":{i}}}").as_bytes(), ttl)
+        })
+        .collect();
+    let written = store.compare_and_set(&ops).await.unwrap();
+    let want: Vec<bool> = (0..batch.len()).map(|i| i % 3 != 0).collect();
+    assert_eq!(written, want);
+    let now = store.get_many(&batch).await.unwrap();
+    for (i, value) in now.iter().enumerate() {
+        let expected = if i % 3 == 0 {
+            held[i].clone()
+        } else {
+            format!("{{\"i\":{i}}}").into_bytes()
+        };
+        assert_eq!(value.as_deref(), Some(&expected[..]), "key #{i}");
+    }
     store.delete_many(&batch).await.unwrap();
 }
 

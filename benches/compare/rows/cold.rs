@@ -1,8 +1,10 @@
 //! The `cold` rows (`--only cold`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use cached_instances::{Cache, Loader, MemoryStore, Store};
+use bytes::Bytes;
+use cached_instances::store::CompareAndSet;
+use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
 use polls::{Choice, Question, User};
 
 use crate::setup::Env;
@@ -75,6 +77,7 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
         if name == "RedisStore" {
             redis_server_time(env, iterations + 4);
         }
+        phases(env, name, store, &windows).await;
         let (o, b) = (lat(ours), lat(base));
         let key = if name == "RedisStore" {
             "cold_redis"
@@ -136,5 +139,66 @@ pub(crate) fn redis_server_time(env: &Env, reads: usize) {
     println!(
         "cold, RedisStore: Redis server time per read of 100 (a script's GET/SET counted in get/set too; clears included): {}",
         parts.join("; ")
+    );
+}
+
+/// Where a cold read's time goes: each step of the protocol timed alone
+/// through the store's primitives, on the same 100 keys (p50 over the
+/// iterations): the multi-get that misses, the lease, the loader, encoding
+/// the rows, the fill.
+async fn phases(env: &Env, name: &str, store: &dyn Store, windows: &[Vec<i64>]) {
+    const STEPS: [&str; 5] = ["multi-get", "lease", "loader", "encode", "fill"];
+    let mut samples: [Vec<u64>; 5] = Default::default();
+    let ttl = Duration::from_secs(60);
+    for it in 0..env.cfg.iterations + 4 {
+        let pks = &windows[it % windows.len()];
+        let keys = env.keys(pks);
+        store.delete_many(&keys).await.expect("clear");
+        let mut took = [0u64; 5];
+        let mut lap = Instant::now();
+        let mut step = |i: usize| {
+            took[i] = lap.elapsed().as_nanos() as u64;
+            lap = Instant::now();
+        };
+        std::hint::black_box(store.get_many(&keys).await.expect("get_many"));
+        step(0);
+        let lease: &[u8] = b"\0Lbench-lease-0123456789abcdef";
+        let held = store
+            .set_if_absent_or(&keys, lease, b"\0T", ttl)
+            .await
+            .expect("lease");
+        assert!(held.iter().all(Option::is_none), "leased");
+        step(1);
+        let rows = Loader::<Question>::load(&env.db, pks).await.expect("load");
+        step(2);
+        let ops: Vec<CompareAndSet> = rows
+            .iter()
+            .zip(&keys)
+            .map(|(row, key)| CompareAndSet {
+                key: key.clone(),
+                expected: Bytes::from_static(lease),
+                value: Bytes::from(row.to_json().expect("encode")),
+                ttl,
+            })
+            .collect();
+        step(3);
+        let written = store.compare_and_set(&ops).await.expect("fill");
+        assert!(written.iter().all(|w| *w), "filled");
+        step(4);
+        if it >= 4 {
+            for (samples, took) in samples.iter_mut().zip(took) {
+                samples.push(took);
+            }
+        }
+        store.delete_many(&keys).await.expect("clear");
+    }
+    let parts: Vec<String> = STEPS
+        .iter()
+        .zip(samples)
+        .map(|(step, samples)| format!("{step} {:.0} us", lat(samples).p50 / 1000.0))
+        .collect();
+    println!(
+        "cold, {name}: each step of a cold read alone, p50: {}",
+        parts.join(", ")
     );
 }

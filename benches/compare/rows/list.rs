@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::ops::{CachedList, Op, PgList};
+use crate::ops::{CachedList, IndexList, LIST_BY_DATE_SQL, LIST_SQL, Op, PgList};
 use crate::runners::{latencies, throughputs};
 use crate::setup::Env;
 use crate::stats::fmt_lat;
@@ -18,7 +18,8 @@ pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
     });
     let base = Arc::new(PgList {
         pool: env.pool.clone(),
-        offsets,
+        offsets: offsets.clone(),
+        sql: LIST_SQL,
     });
     let lats = latencies(&[&*ours, &*base], cfg.rounds, (cfg.block / 5).max(20)).await;
     let ops: [Arc<dyn Op>; 2] = [ours, base];
@@ -33,6 +34,36 @@ pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
     ));
     rows.push(ratio_row(
         "list_tput",
+        format!("… throughput, {} tasks", cfg.tasks),
+        rates[0].show(),
+        rates[1].show(),
+        ("ours/base", rates[0].median() / rates[1].median()),
+        (">=", 3.0),
+    ));
+
+    // The same lists newest first, from the index of a warmed cache.
+    let ours = Arc::new(IndexList {
+        cache: env.indexed_cache().await,
+        offsets: offsets.clone(),
+    });
+    let base = Arc::new(PgList {
+        pool: env.pool.clone(),
+        offsets,
+        sql: LIST_BY_DATE_SQL,
+    });
+    let lats = latencies(&[&*ours, &*base], cfg.rounds, (cfg.block / 5).max(20)).await;
+    let ops: [Arc<dyn Op>; 2] = [ours, base];
+    let rates = throughputs(&ops, cfg).await;
+    rows.push(ratio_row(
+        "list_index_p50",
+        "List of 100 newest first from the index of a warmed cache (1 index query + 1 multi-get, Redis, 0 DB queries) vs the 100 with related pks from PostgreSQL: latency",
+        fmt_lat(lats[0]),
+        fmt_lat(lats[1]),
+        ("base/ours p50", lats[1].p50 / lats[0].p50),
+        (">=", 3.0),
+    ));
+    rows.push(ratio_row(
+        "list_index_tput",
         format!("… throughput, {} tasks", cfg.tasks),
         rates[0].show(),
         rates[1].show(),

@@ -62,16 +62,36 @@ return out
     )
 });
 
-/// For key `i`: if it holds `ARGV[3i-2]`, set it to `ARGV[3i-1]` with a TTL
-/// of `ARGV[3i]` ms and reply 1; otherwise reply 0.
+/// For key `i`: if it holds its expected value, set it to its value with
+/// its TTL and reply 1; otherwise reply 0. The arguments name each distinct
+/// expected value and TTL once (a fill has one lease and at most two TTLs):
+/// `E`, the `E` expected values, `T`, the `T` TTLs (ms), the plan (per key,
+/// the 0-based index of its expected value and of its TTL, two big-endian
+/// bytes each), then one value per key. A key repeated in the batch is
+/// compared with what the batch wrote to it last, as if each op ran alone
+/// in order.
+///
+/// The keys are read with one `MGET` rather than a `GET` each: every
+/// `redis.call` costs about a microsecond of server time, and with one
+/// value argument per key (not three) the script's server time for 100
+/// keys fell from ~230 to ~180 us (BENCHMARKS.md).
 static COMPARE_AND_SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local e = tonumber(ARGV[1])
+local t = tonumber(ARGV[e + 2])
+local plan = ARGV[e + t + 3]
+local values = e + t + 3
+local held = redis.call('MGET', unpack(KEYS))
+local written = {}
 local out = {}
 for i, key in ipairs(KEYS) do
-  local base = (i - 1) * 3
-  if redis.call('GET', key) == ARGV[base + 1] then
-    redis.call('SET', key, ARGV[base + 2], 'PX', ARGV[base + 3])
+  local e1, e2, t1, t2 = string.byte(plan, 4 * i - 3, 4 * i)
+  local now = written[key]
+  if now == nil then now = held[i] end
+  if now == ARGV[2 + e1 * 256 + e2] then
+    written[key] = ARGV[values + i]
+    redis.call('SET', key, written[key], 'PX', ARGV[e + 3 + t1 * 256 + t2])
     out[i] = 1
   else
     out[i] = 0
@@ -83,14 +103,15 @@ return out
 });
 
 /// For each key: reply what it holds (nil if absent) and set it to `ARGV[1]`
-/// with a TTL of `ARGV[2]` ms.
+/// with a TTL of `ARGV[2]` ms (`SET ... GET`: one call per key). A script,
+/// not a pipeline, so that a batch stays one command however many keys it
+/// has.
 static SWAP_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local out = {}
 for i, key in ipairs(KEYS) do
-  out[i] = redis.call('GET', key)
-  redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+  out[i] = redis.call('SET', key, ARGV[1], 'PX', ARGV[2], 'GET')
 end
 return out
 ",
@@ -839,6 +860,69 @@ impl RedisStore {
     }
 }
 
+/// Distinct values in first-seen order, each named by its index.
+struct Distinct<T> {
+    values: Vec<T>,
+    index: std::collections::HashMap<T, usize>,
+}
+
+impl<T> Default for Distinct<T> {
+    fn default() -> Self {
+        Distinct {
+            values: Vec::new(),
+            index: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<T: std::hash::Hash + Eq + Copy> Distinct<T> {
+    /// The index of `value`, big-endian, added if new. A group holds at
+    /// most [`MAX_KEYS_PER_REQUEST`] ops, so an index fits two bytes.
+    fn index_of(&mut self, value: T) -> [u8; 2] {
+        // A fill repeats one lease and a TTL or two: the last value added
+        // usually matches without hashing.
+        let i = match self.values.last() {
+            Some(last) if *last == value => self.values.len() - 1,
+            _ => *self.index.entry(value).or_insert_with(|| {
+                self.values.push(value);
+                self.values.len() - 1
+            }),
+        };
+        u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes()
+    }
+}
+
+/// The [`COMPARE_AND_SET`] call for the ops at `group` (their keys
+/// prefixed in `keys`): each distinct expected value and TTL sent once.
+fn compare_and_set_invocation<'s>(
+    ops: &[CompareAndSet],
+    keys: &[Cow<'_, str>],
+    group: &[usize],
+) -> ScriptInvocation<'s> {
+    let mut expected = Distinct::default();
+    let mut ttls = Distinct::default();
+    let mut plan = Vec::with_capacity(4 * group.len());
+    for &i in group {
+        plan.extend(expected.index_of(&ops[i].expected[..]));
+        plan.extend(ttls.index_of(ttl_ms(ops[i].ttl)));
+    }
+    let (expected, ttls) = (expected.values, ttls.values);
+    let mut invocation = COMPARE_AND_SET.prepare_invoke();
+    invocation.arg(expected.len());
+    for value in &expected {
+        invocation.arg(*value);
+    }
+    invocation.arg(ttls.len());
+    for ttl in &ttls {
+        invocation.arg(*ttl);
+    }
+    invocation.arg(plan);
+    for &i in group {
+        invocation.key(&*keys[i]).arg(&ops[i].value[..]);
+    }
+    invocation
+}
+
 /// A TTL in whole milliseconds for `PX`: rounded up, at least 1 (`PX 0` is
 /// an error), at most about a century.
 fn ttl_ms(ttl: Duration) -> u64 {
@@ -968,15 +1052,7 @@ impl Store for RedisStore {
             let groups = self.groups(keys.iter().map(|key| &**key));
             let written = self
                 .per_group(ops.len(), &groups, |group| async move {
-                    let mut invocation = COMPARE_AND_SET.prepare_invoke();
-                    for &i in group {
-                        let op = &ops[i];
-                        invocation
-                            .key(&*keys[i])
-                            .arg(&op.expected[..])
-                            .arg(&op.value[..])
-                            .arg(ttl_ms(op.ttl));
-                    }
+                    let invocation = compare_and_set_invocation(ops, keys, group);
                     let written = self.invoke::<Vec<i64>>(&invocation).await?;
                     Ok(written.into_iter().map(|w| w != 0).collect())
                 })
