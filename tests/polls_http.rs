@@ -1,7 +1,8 @@
 //! The polls API over HTTP, end to end, on SQLite + MemoryStore and on
-//! PostgreSQL + Redis: what each request costs in database statements
-//! (counted in the data layer), what it answers, and that writes are visible
-//! to the next read.
+//! PostgreSQL + Redis: what each request costs in SQL statements (counted
+//! from sqlx's own statement events, per request: `polls::telemetry`), what
+//! it answers, and that writes (plain SQL, delivered by the change feed)
+//! are visible to the next read.
 //!
 //! PostgreSQL is the server at `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); each test works in its own
@@ -18,8 +19,9 @@ use cached_instances::{MemoryStore, RedisStore};
 use cached_instances_testkit::databases::database_url;
 use cached_instances_testkit::redis_server::RedisServer;
 use chrono::{TimeDelta, Utc};
+use polls::Question;
 use polls::db::{Backend, Db};
-use polls::routes::{self, App};
+use polls::routes::{self, App, Cost};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -79,6 +81,8 @@ struct Reply {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
+    /// What the request cost.
+    cost: Cost,
 }
 
 impl Reply {
@@ -126,16 +130,23 @@ fn ids(value: &Value) -> Vec<i64> {
 }
 
 impl TestApp {
-    async fn seeded(db: Db, app: App) -> (Router, App) {
+    /// The app over `db`, migrated and seeded, and its router. The tracing
+    /// subscriber that counts statements is installed once per test binary.
+    async fn seeded(db: Db, store: impl cached_instances::Store) -> (Router, App) {
+        static TELEMETRY: std::sync::Once = std::sync::Once::new();
+        TELEMETRY.call_once(|| {
+            polls::telemetry::init(tracing::level_filters::LevelFilter::WARN)
+                .expect("no other global subscriber");
+        });
         db.migrate().await.expect("migrate");
         assert!(db.seed(Utc::now()).await.expect("seed"));
+        let app = App::new(db, store).await.expect("app");
         (routes::router(app.clone()), app)
     }
 
     async fn sqlite() -> TestApp {
         let db = Db::sqlite_in_memory().await.expect("SQLite in memory");
-        let app = App::new(db.clone(), MemoryStore::new()).expect("cache");
-        let (router, app) = Self::seeded(db, app).await;
+        let (router, app) = Self::seeded(db, MemoryStore::new()).await;
         TestApp {
             router,
             app,
@@ -183,8 +194,7 @@ impl TestApp {
         let store = RedisStore::connect(&redis.url())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", redis.url()));
-        let app = App::new(db.clone(), store).expect("cache");
-        let (router, app) = Self::seeded(db, app).await;
+        let (router, app) = Self::seeded(db, store).await;
         assert_eq!(app.db.backend(), Backend::Postgres);
         TestApp {
             router,
@@ -192,10 +202,6 @@ impl TestApp {
             _schema: Some(guard),
             _redis: Some(redis),
         }
-    }
-
-    fn queries(&self) -> u64 {
-        self.app.db.queries()
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
@@ -207,6 +213,10 @@ impl TestApp {
             .expect("infallible");
         let status = response.status();
         let headers = response.headers().clone();
+        let cost = *response
+            .extensions()
+            .get::<Cost>()
+            .expect("the request's cost");
         let body = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("body");
@@ -214,6 +224,7 @@ impl TestApp {
             status,
             headers,
             body,
+            cost,
         }
     }
 
@@ -241,11 +252,10 @@ impl TestApp {
         reply.json()
     }
 
-    /// (queries made, reply) of a GET.
+    /// (SQL statements run, reply) of a GET.
     async fn counted_get(&self, path: &str) -> (u64, Reply) {
-        let before = self.queries();
         let reply = self.get(path).await;
-        (self.queries() - before, reply)
+        (reply.cost.statements, reply)
     }
 
     async fn send_json(&self, method: Method, path: &str, body: &str) -> Reply {
@@ -256,6 +266,16 @@ impl TestApp {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from(body.to_owned()))
                 .unwrap(),
+        )
+        .await
+    }
+
+    /// `PATCH /questions/{id}` with a new `pub_date`.
+    async fn set_pub_date(&self, id: i64, pub_date: chrono::DateTime<Utc>) -> Reply {
+        self.send_json(
+            Method::PATCH,
+            &format!("/questions/{id}"),
+            &json!({ "pub_date": pub_date.to_rfc3339() }).to_string(),
         )
         .await
     }
@@ -381,14 +401,7 @@ async fn scope_hides_future_questions(t: TestApp) {
     assert_eq!(list["count"], 3);
     assert!(!ids(&list["results"]).contains(&4));
 
-    let published = (Utc::now() - TimeDelta::hours(1)).to_rfc3339();
-    let reply = t
-        .send_json(
-            Method::PATCH,
-            "/questions/4",
-            &json!({ "pub_date": published }).to_string(),
-        )
-        .await;
+    let reply = t.set_pub_date(4, Utc::now() - TimeDelta::hours(1)).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(t.get_ok("/questions/4").await["id"], 4);
     let list = t.get_ok("/questions").await;
@@ -396,13 +409,7 @@ async fn scope_hides_future_questions(t: TestApp) {
     assert_eq!(ids(&list["results"]), [4, 3, 2, 1]);
 
     // And back to the future: hidden again.
-    let later = (Utc::now() + TimeDelta::days(1)).to_rfc3339();
-    t.send_json(
-        Method::PATCH,
-        "/questions/4",
-        &json!({ "pub_date": later }).to_string(),
-    )
-    .await;
+    t.set_pub_date(4, Utc::now() + TimeDelta::days(1)).await;
     t.get("/questions/4")
         .await
         .assert_error(StatusCode::NOT_FOUND);
@@ -562,11 +569,10 @@ async fn etags_and_304(t: TestApp) {
         "*".to_owned(),
     ] {
         let (n, reply) = {
-            let before = t.queries();
             let reply = t
                 .get_with("/questions/1", &[("if-none-match", &header_value)])
                 .await;
-            (t.queries() - before, reply)
+            (reply.cost.statements, reply)
         };
         assert_eq!(reply.status, StatusCode::NOT_MODIFIED, "{header_value}");
         assert!(reply.body.is_empty());
@@ -694,13 +700,19 @@ async fn moved_choice_updates_both_questions(t: TestApp) {
         json!({"id": 2, "question_id": 2, "choice_text": "Both", "voters": []})
     );
 
-    let before = t.queries();
-    assert_eq!(t.get_ok("/questions/1").await["choices"], json!([1]));
-    assert_eq!(t.get_ok("/questions/2").await["choices"], json!([2, 3, 4]));
-    assert_eq!(t.get_ok("/choices/2").await["choice_text"], "Both");
+    let mut statements = 0;
+    for (path, field, value) in [
+        ("/questions/1", "choices", json!([1])),
+        ("/questions/2", "choices", json!([2, 3, 4])),
+        ("/choices/2", "choice_text", json!("Both")),
+    ] {
+        let (n, reply) = t.counted_get(path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert_eq!(reply.json()[field], value, "{path}");
+        statements += n;
+    }
     assert_eq!(
-        t.queries() - before,
-        0,
+        statements, 0,
         "the write refreshed all three cached entries"
     );
 
@@ -773,6 +785,41 @@ async fn database_down_is_503(t: TestApp) {
         .assert_error(StatusCode::SERVICE_UNAVAILABLE);
 }
 
+/// Once `Question` is warmed, the question list comes from the cache's
+/// index of `pub_date`: no SQL statement, pagination and the count
+/// included, and a write through the API (delivered by the change feed)
+/// still shows in the next list.
+async fn warmed_list_makes_no_query(t: TestApp) {
+    let report = t.app.cache.warm::<Question>().await.expect("warm");
+    assert_eq!(report.indexed, 4, "every question, published or not");
+
+    let (n, reply) = t.counted_get("/questions").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(n, 0, "a warmed list runs no SQL statement");
+    let page = reply.json();
+    assert_eq!(page["count"], 3);
+    assert_eq!(ids(&page["results"]), [3, 2, 1], "newest first");
+    let (n, reply) = t.counted_get("/questions?limit=2&offset=2").await;
+    assert_eq!(n, 0);
+    let page = reply.json();
+    assert_eq!(
+        (page["count"].clone(), ids(&page["results"])),
+        (json!(3), vec![1])
+    );
+    let (n, reply) = t.counted_get("/questions?offset=50").await;
+    assert_eq!(n, 0, "past the end too");
+    assert_eq!(reply.json()["count"], 3);
+
+    // Publishing the future question moves it into the list.
+    let reply = t.set_pub_date(4, Utc::now() - TimeDelta::minutes(1)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let (n, reply) = t.counted_get("/questions").await;
+    assert_eq!(n, 0);
+    let page = reply.json();
+    assert_eq!(page["count"], 4);
+    assert_eq!(ids(&page["results"]), [4, 3, 2, 1]);
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite_memory {
@@ -804,4 +851,5 @@ on_both_backends!(
     moved_choice_updates_both_questions,
     votes_update_choice_and_user,
     database_down_is_503,
+    warmed_list_makes_no_query,
 );

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use cached_instances::{Cache, CachedInstance, Loader, RedisStore};
 use cached_instances_testkit::redis_server::RedisServer;
 use polls::db::Db;
+use polls::telemetry::StatementCounter;
 use polls::{Choice, Question, User};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
@@ -25,6 +26,8 @@ pub(crate) struct Env {
     /// The id of the 500-byte question.
     pub(crate) big: i64,
     pub(crate) json_size: f64,
+    /// The SQL statements the process ran (counted from sqlx's events).
+    pub(crate) statements: StatementCounter,
 }
 
 /// Drops benchmark schemas left by runs that died (their process is gone).
@@ -208,6 +211,8 @@ pub(crate) async fn setup(cfg: Config, database_url: &str) -> Result<Env, String
         cfg.hot
     );
     Ok(Env {
+        statements: polls::telemetry::init(tracing::level_filters::LevelFilter::WARN)
+            .unwrap_or_default(),
         cfg,
         redis_url,
         redis,

@@ -7,7 +7,12 @@
 //! - `GET {path}` (list) makes **one database query**, the [`ListQuery`] that
 //!   returns the page's ordered primary keys and the total count, then one
 //!   [`Cache::get_many_json`]; the page is assembled by concatenating the
-//!   cached representations, never re-serializing them.
+//!   cached representations, never re-serializing them. A list query that
+//!   also gives its list as a cached query ([`ListQuery::query`], an
+//!   ordering on a `sortable` field) is answered from the model's index
+//!   once the model is [warmed](Cache::warm): **no database query**, one
+//!   index round trip for the page's pks and the count; the list query's
+//!   SQL is the fallback while the index cannot answer.
 //!
 //! Lists are paginated with `?limit=&offset=` or `?page=&page_size=`, and
 //! answer `{"count": N, "next": url|null, "previous": url|null, "results":
@@ -240,6 +245,50 @@ pub trait ListQuery<T: CachedInstance>: Send + Sync + 'static {
     fn scope(&self) -> Option<impl Fn(&T) -> bool> {
         None::<fn(&T) -> bool>
     }
+
+    /// The same list as a [cached query](crate::query) (its filters and its
+    /// ordering on the model's `sortable` fields), or `None` (the default).
+    ///
+    /// With one, [`Resource`] lists from the model's index once the model
+    /// is [warmed](Cache::warm): the page's pks and the count from one
+    /// index round trip, then one multi-get, **no database statement**. It
+    /// calls [`page`](Self::page) instead when the index cannot answer (the
+    /// store has no index support, the model is not warmed, the store is
+    /// down). Called once per request: a filter on "now" can be built here.
+    /// The pagination is the request's; the query's own offset and limit
+    /// are ignored.
+    ///
+    /// ```
+    /// # use cached_instances::axum::{ListQuery, Page, PageRequest};
+    /// # use cached_instances::query::Query;
+    /// # use cached_instances::{CachedInstance, LoadError};
+    /// # use chrono::{DateTime, Utc};
+    /// #[derive(CachedInstance, Debug, Clone, PartialEq)]
+    /// pub struct Question {
+    ///     #[cached(pk)]
+    ///     pub id: i64,
+    ///     #[cached(sortable)]
+    ///     pub pub_date: DateTime<Utc>,
+    /// }
+    ///
+    /// /// Published questions, newest first.
+    /// struct Published;
+    ///
+    /// impl ListQuery<Question> for Published {
+    ///     async fn page(&self, request: PageRequest) -> Result<Page<i64>, LoadError> {
+    ///         // SELECT ... WHERE pub_date <= now() ORDER BY pub_date DESC, id DESC
+    /// #       let _ = request;
+    /// #       Ok(Page::new(Vec::new(), 0))
+    ///     }
+    ///
+    ///     fn query(&self) -> Option<Query<Question>> {
+    ///         Some(Query::new().lte("pub_date", Utc::now()).order_by_desc("pub_date"))
+    ///     }
+    /// }
+    /// ```
+    fn query(&self) -> Option<Query<T>> {
+        None
+    }
 }
 
 /// The list query of a [`Resource`] whose list only answers cached queries
@@ -437,6 +486,14 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
             .map_err(Rejection::InvalidPagination)?;
         if self.queries {
             return self.query_response(uri, headers, pagination).await;
+        }
+        if let Some(query) = self.query.query() {
+            let query = query
+                .offset(pagination.request.offset)
+                .limit(pagination.request.limit);
+            if let Some(found) = self.cache.query_json_indexed::<T>(&query).await? {
+                return Ok(self.list_body(uri, headers, &pagination, found.count, &found.items));
+            }
         }
         let page = self
             .query

@@ -1,69 +1,31 @@
 //! The polls database on SQLite (embedded) or PostgreSQL, through sqlx: the
-//! schema, the seed data, the loaders the cache calls, the list queries and
-//! the writes.
+//! schema, the seed data, the list queries and the writes.
 //!
-//! Every statement this module executes, `BEGIN` and `COMMIT` included,
-//! increments [`Db::queries`], and the per-task tally of [`track`], so tests
-//! and logs can tell what a request cost.
-//!
-//! The loaders are batched: one query for the rows of all the pks they are
-//! given (`= ANY($1)` on PostgreSQL, `IN (...)` on SQLite) and one query per
-//! relation list, never one per instance. They are all in `db/loaders.rs`,
-//! so that generated ones can replace them.
+//! The cache loads with the loaders the models derive
+//! (`cached_instances::sqlx::SqlxLoader` over [`Db::pool`]); the
+//! change feed (`cached_instances::feed`) invalidates what the writes
+//! change, from triggers on these tables. So the writes here are plain
+//! SQL: no previous rows read, nothing told to the cache.
 
 mod lists;
-mod loaders;
 mod schema;
 mod sql;
+mod told;
 mod writes;
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cached_instances::feed::FeedPool;
+use cached_instances::sqlx::SqlxModel;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use lists::PageOfPks;
 pub use schema::seed;
+pub use sql::Q;
 pub use writes::{ChoiceChanges, QuestionChanges, WriteError};
-
-// ---------------------------------------------------------------------------
-// Query counting
-
-tokio::task_local! {
-    static TALLY: Arc<Counters>;
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    queries: AtomicU64,
-    loader_calls: AtomicU64,
-}
-
-/// What the database did for one tracked future (one HTTP request).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    /// Statements executed.
-    pub queries: u64,
-    /// Loader calls (the cache filling misses).
-    pub loader_calls: u64,
-}
-
-/// Runs `future`, counting the statements and loader calls it makes on any
-/// [`Db`]. The cache loads misses in the reading task, so a request's loads
-/// are counted too.
-pub async fn track<F: Future>(future: F) -> (F::Output, Tally) {
-    let counters = Arc::new(Counters::default());
-    let output = TALLY.scope(counters.clone(), future).await;
-    let tally = Tally {
-        queries: counters.queries.load(Ordering::Relaxed),
-        loader_calls: counters.loader_calls.load(Ordering::Relaxed),
-    };
-    (output, tally)
-}
 
 // ---------------------------------------------------------------------------
 // The database handle
@@ -77,9 +39,12 @@ pub enum Backend {
     Postgres,
 }
 
-#[derive(Clone)]
-enum Pool {
+/// The database's pool, by backend.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    /// SQLite's.
     Sqlite(SqlitePool),
+    /// PostgreSQL's.
     Postgres(PgPool),
 }
 
@@ -88,11 +53,9 @@ struct Inner {
     /// The PostgreSQL schema the tables live in (the connections'
     /// `search_path`).
     schema: Option<String>,
-    queries: AtomicU64,
-    loader_calls: AtomicU64,
 }
 
-/// The polls database. Cheap to clone; clones share the pool and counters.
+/// The polls database. Cheap to clone; clones share the pool.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
@@ -103,7 +66,6 @@ impl fmt::Debug for Db {
         f.debug_struct("Db")
             .field("backend", &self.backend())
             .field("schema", &self.inner.schema)
-            .field("queries", &self.queries())
             .finish_non_exhaustive()
     }
 }
@@ -121,12 +83,7 @@ fn is_identifier(name: &str) -> bool {
 impl Db {
     fn new(pool: Pool, schema: Option<String>) -> Db {
         Db {
-            inner: Arc::new(Inner {
-                pool,
-                schema,
-                queries: AtomicU64::new(0),
-                loader_calls: AtomicU64::new(0),
-            }),
+            inner: Arc::new(Inner { pool, schema }),
         }
     }
 
@@ -224,16 +181,33 @@ impl Db {
         }
     }
 
-    /// Statements executed since the handle was created.
+    /// The pool, for the cache's derived loaders
+    /// (`cached_instances::sqlx::SqlxLoader`) and the change feed.
     #[must_use]
-    pub fn queries(&self) -> u64 {
-        self.inner.queries.load(Ordering::Relaxed)
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
     }
 
-    /// Loader calls since the handle was created.
+    /// The pool as the change feed takes it.
     #[must_use]
-    pub fn loader_calls(&self) -> u64 {
-        self.inner.loader_calls.load(Ordering::Relaxed)
+    pub fn feed_pool(&self) -> FeedPool {
+        match &self.inner.pool {
+            Pool::Sqlite(pool) => pool.clone().into(),
+            Pool::Postgres(pool) => pool.clone().into(),
+        }
+    }
+
+    /// The instances of `pks` as the database holds them now, read with the
+    /// model's derived loader (the cache's loader, without the cache).
+    ///
+    /// # Errors
+    ///
+    /// When a statement fails.
+    pub async fn load<T>(&self, pks: &[T::Pk]) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: SqlxModel<sqlx::Sqlite> + SqlxModel<sqlx::Postgres>,
+    {
+        self.acquire().await?.on().load(pks).await
     }
 
     /// Closes the pool's connections.
@@ -242,15 +216,5 @@ impl Db {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,
         }
-    }
-
-    fn count_query(&self) {
-        self.inner.queries.fetch_add(1, Ordering::Relaxed);
-        let _ = TALLY.try_with(|t| t.queries.fetch_add(1, Ordering::Relaxed));
-    }
-
-    fn count_loader_call(&self) {
-        self.inner.loader_calls.fetch_add(1, Ordering::Relaxed);
-        let _ = TALLY.try_with(|t| t.loader_calls.fetch_add(1, Ordering::Relaxed));
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The `table`, `through`, `source` and `target` attributes describe the
 //! tables `db.rs` creates, so the derive also generates batched sqlx loaders
-//! for them (`cached_instances::sqlx::SqlxLoader`).
+//! for them (`cached_instances::sqlx::SqlxLoader`, which the cache loads
+//! with), and the change feed's triggers on them
+//! (`cached_instances::feed`).
 
 use cached_instances::CachedInstance;
 use chrono::{DateTime, Utc};
@@ -20,13 +22,15 @@ pub struct User {
 }
 
 /// A question with its choices (the pks of the `Choice`s whose
-/// `question_id` is this question).
+/// `question_id` is this question). `pub_date` is `sortable`: once warmed,
+/// questions are listed newest first from the cache's index.
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
 #[cached(model = "Question", table = "questions")]
 pub struct Question {
     #[cached(pk)]
     pub id: i64,
     pub question_text: String,
+    #[cached(sortable)]
     pub pub_date: DateTime<Utc>,
     #[cached(has_many = Choice, via = question_id)]
     pub choices: Vec<i64>,

@@ -1,7 +1,9 @@
 //! The polls HTTP API.
 //!
 //! Reads are cached [`Resource`]s: a detail costs no database query when the
-//! instance is cached, a list costs one (the page of pks and the count).
+//! instance is cached, a list costs one (the page of pks and the count), and
+//! the question list none once `Question` is warmed (it is listed from the
+//! cache's index of its `sortable` `pub_date`).
 //!
 //! | method and path | does |
 //! |---|---|
@@ -17,16 +19,21 @@
 //! | `DELETE /choices/{pk}` | deletes it and its votes |
 //! | `POST /choices/{pk}/vote`, `DELETE /choices/{pk}/vote` | `{"user_id": n}`: votes, withdraws the vote |
 //!
-//! Each write runs in a database transaction that reads the previous state,
-//! commits, and only then tells the cache ([`Cache::saved`],
-//! [`Cache::saved_from`], [`Cache::deleted`]), which invalidates the instance
-//! and the related ones (the old and the new question of a moved choice, the
-//! users whose votes changed).
+//! Each write is plain SQL in a transaction ([`write()`]): no previous state
+//! is read and the cache is not told what changed. The change feed's
+//! triggers record, in the same transaction, every row the write changed
+//! (with its old and new foreign keys), and the handler delivers exactly
+//! its own transaction's changes ([`Feed::flush`]) before it responds, so
+//! the next read sees the write: the instance, the old and the new question
+//! of a moved choice, the users whose votes changed. The feed's worker
+//! delivers what anyone else writes (`psql`, another service), and what a
+//! handler could not deliver.
 //!
 //! Errors are JSON: `{"error": "..."}`, `400` for malformed input, `404` for
 //! missing instances, `422` for a body that refers to something missing or
 //! breaks a rule, `503` when the database fails.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -37,36 +44,105 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cached_instances::axum::{ListQuery, Page, PageRequest, Resource};
-use cached_instances::{BuildError, Cache, CachedInstance, LoadError, Store};
+use cached_instances::feed::{Feed, FeedError, FeedHandle};
+use cached_instances::query::Query;
+use cached_instances::sqlx::{SqlxDatabase, SqlxLoader, SqlxModel};
+use cached_instances::{BuildError, Cache, CacheBuilder, CachedInstance, LoadError, Store};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::db::{self, ChoiceChanges, Db, QuestionChanges, WriteError};
+use crate::db::{ChoiceChanges, Db, Pool, Q, QuestionChanges, WriteError};
+use crate::telemetry;
 use crate::{Choice, Question, User};
 
-/// The application: the database and the cache over it.
+/// The application: the database, the cache over it and its change feed.
 #[derive(Clone, Debug)]
 pub struct App {
     /// The database.
     pub db: Db,
     /// The cache of users, questions and choices.
     pub cache: Cache,
+    /// The change feed: what the writes change reaches the cache.
+    pub feed: Feed,
+    /// The feed's worker, stopped with the last clone of the app.
+    _worker: Arc<FeedHandle>,
+}
+
+/// Why the app could not start.
+#[derive(Debug)]
+pub enum AppError {
+    /// The cache's schema is inconsistent (it is not).
+    Build(BuildError),
+    /// The change feed's triggers could not be installed.
+    Feed(FeedError),
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Build(e) => write!(f, "cache: {e}"),
+            AppError::Feed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AppError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AppError::Build(e) => Some(e),
+            AppError::Feed(e) => Some(e),
+        }
+    }
+}
+
+/// The models' derived loaders over `pool`.
+fn loaders<DB: SqlxDatabase>(builder: CacheBuilder, pool: &sqlx::Pool<DB>) -> CacheBuilder
+where
+    User: SqlxModel<DB>,
+    Question: SqlxModel<DB>,
+    Choice: SqlxModel<DB>,
+{
+    builder
+        .loader::<User>(SqlxLoader::new(pool.clone()))
+        .loader::<Question>(SqlxLoader::new(pool.clone()))
+        .loader::<Choice>(SqlxLoader::new(pool.clone()))
 }
 
 impl App {
-    /// A cache over `store` with `db` loading users, questions and choices.
+    /// A cache over `store` loading users, questions and choices from `db`
+    /// with the loaders the models derive; then as
+    /// [`with_cache`](Self::with_cache).
     ///
     /// # Errors
     ///
-    /// When the cache schema is inconsistent (it is not).
-    pub fn new(db: Db, store: impl Store) -> Result<App, BuildError> {
-        let cache = Cache::builder()
-            .store(store)
-            .loader::<User>(db.clone())
-            .loader::<Question>(db.clone())
-            .loader::<Choice>(db.clone())
-            .build()?;
-        Ok(App { db, cache })
+    /// As [`with_cache`](Self::with_cache).
+    pub async fn new(db: Db, store: impl Store) -> Result<App, AppError> {
+        let builder = Cache::builder().store(store);
+        let builder = match db.pool() {
+            Pool::Sqlite(pool) => loaders(builder, pool),
+            Pool::Postgres(pool) => loaders(builder, pool),
+        };
+        let cache = builder.build().map_err(AppError::Build)?;
+        App::with_cache(db, cache).await
+    }
+
+    /// The app over `db` and `cache`: the change feed's triggers installed
+    /// on `db`'s tables (idempotent; [`Db::migrate`] first) and its worker
+    /// running.
+    ///
+    /// # Errors
+    ///
+    /// When the triggers cannot be installed (the tables are missing).
+    pub async fn with_cache(db: Db, cache: Cache) -> Result<App, AppError> {
+        let feed = Feed::new(cache.clone(), db.feed_pool());
+        feed.install().await.map_err(AppError::Feed)?;
+        let worker = Arc::new(feed.spawn());
+        Ok(App {
+            db,
+            cache,
+            feed,
+            _worker: worker,
+        })
     }
 }
 
@@ -90,6 +166,10 @@ impl ListQuery<User> for AllUsers {
 
 /// Questions published by now, newest first. The same scope hides the
 /// others from detail.
+///
+/// The list is also a cached query on `pub_date` (`sortable`): once
+/// `Question` is warmed, [`Resource`] answers it from the cache's index,
+/// with no database statement; the SQL here answers until then.
 #[derive(Debug)]
 pub struct PublishedQuestions(pub Db);
 
@@ -106,6 +186,14 @@ impl ListQuery<Question> for PublishedQuestions {
     fn scope(&self) -> Option<impl Fn(&Question) -> bool> {
         let now = Utc::now();
         Some(move |q: &Question| q.pub_date <= now)
+    }
+
+    fn query(&self) -> Option<Query<Question>> {
+        Some(
+            Query::new()
+                .lte("pub_date", Utc::now())
+                .order_by_desc("pub_date"),
+        )
     }
 }
 
@@ -168,26 +256,37 @@ async fn no_route(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Logs each request: status, time, the database statements it ran, the
-/// loader calls it made, and whether the cache served it (`cache="hit"`: no
-/// loader call; `"miss"`: the cache loaded from the database; `"write"`: a
-/// write, whose loader calls are the cascade refreshing cached entries).
+/// What a request cost, in its response's extensions (for tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// The SQL statements it ran ([`telemetry::counting`]).
+    pub statements: u64,
+    /// The cache's loader calls meanwhile.
+    pub loader_calls: u64,
+}
+
+/// Logs each request: status, time, the SQL statements it ran, the loader
+/// calls it made, and whether the cache served it (`cache="hit"`: no loader
+/// call; `"miss"`: the cache loaded from the database; `"write"`: a write,
+/// whose loader calls are the cache's reloads of what it changed).
 ///
-/// Statements and loader calls are counted per request ([`db::track`]);
-/// cache hits and misses are the difference of the cache's global counters,
-/// so concurrent requests can blur them.
+/// Statements are counted per request, from sqlx's own statement events
+/// ([`telemetry::counting`]); loader calls, hits and misses are the
+/// difference of the cache's counters ([`Cache::stats`]), which concurrent
+/// requests move too.
 pub async fn log_request(State(app): State<App>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
     let started = Instant::now();
     let before = app.cache.stats();
-    let (response, tally) = db::track(next.run(request)).await;
+    let (mut response, statements) = telemetry::counting(next.run(request)).await;
     let after = app.cache.stats();
     let hits = after.hits.saturating_sub(before.hits);
     let misses = after.misses.saturating_sub(before.misses);
+    let loader_calls = after.loader_calls.saturating_sub(before.loader_calls);
     let cache = if method != Method::GET && method != Method::HEAD {
         "write"
-    } else if tally.loader_calls > 0 || misses > 0 {
+    } else if loader_calls > 0 || misses > 0 {
         "miss"
     } else if hits > 0 {
         "hit"
@@ -200,12 +299,16 @@ pub async fn log_request(State(app): State<App>, request: Request, next: Next) -
         %uri,
         status = response.status().as_u16(),
         cache,
-        db_queries = tally.queries,
-        loader_calls = tally.loader_calls,
+        db_statements = statements,
+        loader_calls,
         cache_hits = hits,
         cache_misses = misses,
         elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
     );
+    response.extensions_mut().insert(Cost {
+        statements,
+        loader_calls,
+    });
     response
 }
 
@@ -288,26 +391,66 @@ fn representation<T: CachedInstance>(
     Ok(json_bytes(status, body))
 }
 
-fn created<T: CachedInstance>(instance: &T, location: String) -> Result<Response, ApiError> {
-    let mut response = representation(StatusCode::CREATED, instance)?;
+/// Runs `body`'s plain SQL in a transaction and commits it, then delivers
+/// that transaction's own changes to the cache ([`Feed::flush`]) before
+/// the handler responds: the next read sees the write. Should the delivery
+/// fail, the write still succeeded (it is committed) and the feed's worker
+/// delivers it.
+pub async fn write<R>(
+    app: &App,
+    body: impl AsyncFnOnce(&mut Q<'_>) -> Result<R, WriteError>,
+) -> Result<R, WriteError> {
+    let feed = &app.feed;
+    let (value, mark) = app
+        .db
+        .transaction(async |q| {
+            let value = body(q).await?;
+            Ok::<_, WriteError>((value, q.mark(feed).await?))
+        })
+        .await?;
+    if let Err(e) = feed.flush(mark).await {
+        tracing::warn!(
+            target: "polls",
+            error = %e,
+            "the write is committed; the feed's worker will deliver it",
+        );
+    }
+    Ok(value)
+}
+
+/// `id` as the cache has it now: `status` and its representation, or 404.
+async fn current<T: CachedInstance<Pk = i64>>(
+    app: &App,
+    status: StatusCode,
+    id: i64,
+) -> Result<Response, ApiError> {
+    match app.cache.get::<T>(&id).await {
+        Ok(Some(instance)) => representation(status, &instance),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{} {id} not found", T::MODEL),
+        )),
+        Err(e) => {
+            tracing::error!(target: "polls", error = %e, "read after write failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable",
+            ))
+        }
+    }
+}
+
+/// `201 Created` with `id`'s representation and its `Location`.
+async fn created<T: CachedInstance<Pk = i64>>(
+    app: &App,
+    id: i64,
+    location: String,
+) -> Result<Response, ApiError> {
+    let mut response = current::<T>(app, StatusCode::CREATED, id).await?;
     if let Ok(location) = HeaderValue::try_from(location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
-}
-
-/// Logs a failed cache notification. The write is committed by then, and a
-/// failed cascade leaves the entries it touched invalidated, so the next
-/// read loads fresh data: the request still succeeds.
-fn after_commit(model: &str, result: Result<(), cached_instances::Error>) {
-    if let Err(e) = result {
-        tracing::warn!(
-            target: "polls",
-            model,
-            error = %e,
-            "cache notification failed after commit",
-        );
-    }
 }
 
 /// Rejects empty and overlong texts.
@@ -379,12 +522,11 @@ async fn create_question(
     let Json(body) = body?;
     text("question_text", &body.question_text)?;
     let pub_date = body.pub_date.unwrap_or_else(Utc::now);
-    let question = app
-        .db
-        .create_question(&body.question_text, pub_date)
-        .await?;
-    after_commit("Question", app.cache.saved(&question).await);
-    created(&question, format!("/questions/{}", question.id))
+    let id = write(&app, async |q| {
+        q.create_question(&body.question_text, pub_date).await
+    })
+    .await?;
+    created::<Question>(&app, id, format!("/questions/{id}")).await
 }
 
 async fn update_question(
@@ -401,18 +543,13 @@ async fn update_question(
         question_text: body.question_text,
         pub_date: body.pub_date,
     };
-    let (previous, question) = app.db.update_question(id, changes).await?;
-    after_commit("Question", app.cache.saved_from(&previous, &question).await);
-    representation(StatusCode::OK, &question)
+    write(&app, async |q| q.update_question(id, &changes).await).await?;
+    current::<Question>(&app, StatusCode::OK, id).await
 }
 
 async fn delete_question(State(app): State<App>, pk: Pk) -> Result<StatusCode, ApiError> {
     let Path(id) = pk?;
-    let (question, choices) = app.db.delete_question(id).await?;
-    for choice in &choices {
-        after_commit("Choice", app.cache.deleted(choice).await);
-    }
-    after_commit("Question", app.cache.deleted(&question).await);
+    write(&app, async |q| q.delete_question(id).await).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -422,12 +559,11 @@ async fn create_choice(
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
     text("choice_text", &body.choice_text)?;
-    let choice = app
-        .db
-        .create_choice(body.question_id, &body.choice_text)
-        .await?;
-    after_commit("Choice", app.cache.saved(&choice).await);
-    created(&choice, format!("/choices/{}", choice.id))
+    let id = write(&app, async |q| {
+        q.create_choice(body.question_id, &body.choice_text).await
+    })
+    .await?;
+    created::<Choice>(&app, id, format!("/choices/{id}")).await
 }
 
 async fn update_choice(
@@ -444,27 +580,24 @@ async fn update_choice(
         question_id: body.question_id,
         choice_text: body.choice_text,
     };
-    let (previous, choice) = app.db.update_choice(id, changes).await?;
-    // The previous state names the old question, so a moved choice updates
-    // both questions even when the choice was not cached.
-    after_commit("Choice", app.cache.saved_from(&previous, &choice).await);
-    representation(StatusCode::OK, &choice)
+    // The trigger records the old and the new question_id: a moved choice
+    // updates both questions, cached or not.
+    write(&app, async |q| q.update_choice(id, &changes).await).await?;
+    current::<Choice>(&app, StatusCode::OK, id).await
 }
 
 async fn delete_choice(State(app): State<App>, pk: Pk) -> Result<StatusCode, ApiError> {
     let Path(id) = pk?;
-    let choice = app.db.delete_choice(id).await?;
-    after_commit("Choice", app.cache.deleted(&choice).await);
+    write(&app, async |q| q.delete_choice(id).await).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_vote(app: App, pk: Pk, body: Body<Vote>, voted: bool) -> Result<Response, ApiError> {
     let Path(id) = pk?;
     let Json(body) = body?;
-    let (previous, choice) = app.db.set_vote(id, body.user_id, voted).await?;
-    // Invalidates the choice and the user whose votes changed.
-    after_commit("Choice", app.cache.saved_from(&previous, &choice).await);
-    representation(StatusCode::OK, &choice)
+    // The votes row names both sides: the choice and the user are updated.
+    write(&app, async |q| q.set_vote(id, body.user_id, voted).await).await?;
+    current::<Choice>(&app, StatusCode::OK, id).await
 }
 
 async fn vote(State(app): State<App>, pk: Pk, body: Body<Vote>) -> Result<Response, ApiError> {

@@ -28,11 +28,11 @@ pub(crate) async fn detail_rows(env: &Env, rows: &mut Vec<Row>) {
         pool: env.pool.clone(),
         pks: hot.clone(),
     });
-    let before = (env.cache.stats(), env.db.queries());
+    let before = (env.cache.stats(), env.statements.total());
     let lats = latencies(&[&*ours, &*raw, &*pg], cfg.rounds, cfg.block).await;
     let ops: [Arc<dyn Op>; 3] = [ours.clone(), raw.clone(), pg.clone()];
     let rates = throughputs(&ops, cfg).await;
-    let after = (env.cache.stats(), env.db.queries());
+    let after = (env.cache.stats(), env.statements.total());
     let misses = after.0.misses - before.0.misses;
     let queries = after.1 - before.1;
     println!(

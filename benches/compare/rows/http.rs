@@ -12,10 +12,9 @@ use crate::table::{Row, ratio_row};
 
 pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
     let cfg = &env.cfg;
-    let app = App {
-        db: env.db.clone(),
-        cache: env.cache.clone(),
-    };
+    let app = App::with_cache(env.db.clone(), env.cache.clone())
+        .await
+        .expect("the polls app");
     let ours = serve(routes::router(app)).await;
     let base = serve(base_router(env.pool.clone())).await;
 
@@ -42,9 +41,9 @@ pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
             .map(|pk| format!("/questions/{pk}"))
             .collect(),
     );
-    let before = env.db.queries();
+    let before = env.statements.total();
     let [od, bd] = http_compare([(ours, details.clone()), (base, details)], cfg).await;
-    let detail_queries = env.db.queries() - before;
+    let detail_queries = env.statements.total() - before;
     let lists = Arc::new(vec!["/questions".to_owned()]);
     let [ol, bl] = http_compare([(ours, lists.clone()), (base, lists)], cfg).await;
     rows.push(ratio_row(

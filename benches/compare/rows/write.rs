@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use cached_instances::{Cache, RedisStore};
 use cached_instances_testkit::store::{Calls, Counting};
-use polls::db::{ChoiceChanges, Db};
+use polls::db::ChoiceChanges;
+use polls::telemetry::StatementCounter;
 use polls::{Choice, Question, User};
 
 use crate::setup::Env;
@@ -51,13 +52,14 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
         db_queries: u64,
         invalidations: u64,
     }
+    let sql = &env.statements;
     async fn measure(
         cache: &Cache,
-        db: &Db,
+        statements: &StatementCounter,
         calls: &Calls,
         write: impl Future<Output = Result<(), cached_instances::Error>>,
     ) -> Sample {
-        let (s0, c0, q0) = (cache.stats(), calls.calls(), db.queries());
+        let (s0, c0, q0) = (cache.stats(), calls.calls(), statements.total());
         let started = Instant::now();
         write.await.expect("write");
         let ns = started.elapsed().as_nanos() as u64;
@@ -66,7 +68,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
             ns,
             round_trips: calls.calls() - c0,
             loader_calls: s1.loader_calls - s0.loader_calls,
-            db_queries: db.queries() - q0,
+            db_queries: statements.total() - q0,
             invalidations: s1.invalidations - s0.invalidations,
         }
     }
@@ -102,7 +104,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
             .expect("update");
         let db_ns = started.elapsed().as_nanos() as u64;
         assert_eq!(previous.question_id, from);
-        let s = measure(&cache, &env.db, &calls, cache.saved_from(&previous, &new)).await;
+        let s = measure(&cache, sql, &calls, cache.saved_from(&previous, &new)).await;
         // Every entry involved is cached again before the next write.
         warm([a, b]).await;
         if it >= 2 {
@@ -140,7 +142,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
     for it in 0..cfg.iterations + 2 {
         let voted = it % 2 == 0;
         let (previous, new) = env.db.set_vote(choice_id, user, voted).await.expect("vote");
-        let s = measure(&cache, &env.db, &calls, cache.saved_from(&previous, &new)).await;
+        let s = measure(&cache, sql, &calls, cache.saved_from(&previous, &new)).await;
         warm([a, b]).await;
         cache.get::<User>(&user).await.expect("read");
         if it >= 2 {

@@ -2,7 +2,6 @@
 
 use std::any::TypeId;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::registry::{ModelEntry, Registry};
@@ -167,16 +166,16 @@ impl CacheBuilder {
         let degraded = super::degraded::Degraded::new(
             self.config.store_retry_interval,
             self.config.degraded_concurrency,
+            self.config.enabled,
         );
         Ok(Cache {
-            inner: Arc::new(Inner {
-                enabled: AtomicBool::new(self.config.enabled),
+            inner: Arc::new_cyclic(|cache| Inner {
                 store,
                 registry,
                 config: self.config,
                 counters: Default::default(),
                 degraded,
-                recovery: Default::default(),
+                recovery: super::recovery::Recovery::new(cache.clone()),
             }),
         })
     }

@@ -199,7 +199,8 @@ impl Cache {
         if changes.is_empty() {
             return Ok(true);
         }
-        if !self.store_usable() {
+        let writer = self.inner.invalidator();
+        if !writer.gate.usable() {
             return Ok(false);
         }
         let Changes {
@@ -215,13 +216,15 @@ impl Cache {
             .map(|(model, pk)| Target::Instance { model, pk })
             .chain(targets)
             .collect();
-        self.cascade(first, HashSet::new(), Caller::Write).await?;
-        if !self.inner.degraded.has_pending() && !reindex.is_empty() {
-            self.deliver_reindexes(reindex.into_iter().collect()).await;
+        writer.cascade(first, HashSet::new(), Caller::Write).await?;
+        let degraded = writer.gate.degraded;
+        if !degraded.has_pending() && !reindex.is_empty() {
+            let reindex = reindex.into_iter().collect();
+            writer.indexes.deliver_reindexes(reindex).await;
         }
         // Anything queued (a level or an index update the store dropped)
         // is delivered by the cache later, but only the store's answer
         // acknowledges the rows.
-        Ok(!self.inner.degraded.has_pending())
+        Ok(!degraded.has_pending())
     }
 }

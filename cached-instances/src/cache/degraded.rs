@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast};
@@ -71,31 +71,66 @@ pub(crate) enum PendingOp {
     },
 }
 
+/// Bits of [`Degraded::health`]: every read checks them with one load.
+const DOWN: u8 = 1;
+/// Set while invalidations are queued *or being delivered*: the keys a
+/// delivery is replacing still hold what they held before the writes, so
+/// the store is not read until the delivery is done.
+const PENDING: u8 = 2;
+/// Caching switched off ([`Cache::set_enabled`](crate::Cache::set_enabled)).
+const DISABLED: u8 = 4;
+
 pub(crate) struct Degraded {
     retry_interval: Duration,
     /// When the store may be tried again; `None` while it is healthy.
     down_until: Mutex<Option<Instant>>,
-    is_down: AtomicBool,
+    /// `DOWN | PENDING | DISABLED`: zero on the hit path, so that a read
+    /// decides with one load of a word that only changes on an outage or a
+    /// switch, never per request.
+    health: AtomicU8,
     pending: Mutex<BTreeSet<PendingOp>>,
-    /// Set while invalidations are queued *or being delivered*: the keys a
-    /// delivery is replacing still hold what they held before the writes,
-    /// so the store is not read until the delivery is done.
-    has_pending: AtomicBool,
     pub(crate) direct_loads: Semaphore,
     events: broadcast::Sender<Event>,
 }
 
 impl Degraded {
-    pub(crate) fn new(retry_interval: Duration, concurrency: usize) -> Self {
+    pub(crate) fn new(retry_interval: Duration, concurrency: usize, enabled: bool) -> Self {
         Degraded {
             retry_interval,
             down_until: Mutex::new(None),
-            is_down: AtomicBool::new(false),
+            health: AtomicU8::new(if enabled { 0 } else { DISABLED }),
             pending: Mutex::new(BTreeSet::new()),
-            has_pending: AtomicBool::new(false),
             direct_loads: Semaphore::new(concurrency.max(1)),
             events: broadcast::channel(64).0,
         }
+    }
+
+    fn is(&self, bit: u8) -> bool {
+        self.health.load(Ordering::Acquire) & bit != 0
+    }
+
+    fn set(&self, bit: u8, on: bool) {
+        if on {
+            self.health.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.health.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
+    /// The hit path's check: caching is on, the store has not failed and
+    /// nothing is queued. One load; `false` sends the caller to the slow
+    /// checks ([`is_enabled`](Self::is_enabled), `has_pending`,
+    /// [`skip_store`](Self::skip_store)).
+    pub(crate) fn all_clear(&self) -> bool {
+        self.health.load(Ordering::Acquire) == 0
+    }
+
+    pub(crate) fn is_enabled(&self) -> bool {
+        !self.is(DISABLED)
+    }
+
+    pub(crate) fn set_enabled(&self, enabled: bool) {
+        self.set(DISABLED, !enabled);
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -110,7 +145,7 @@ impl Degraded {
     /// Whether the store should be skipped now. Past the retry time, one
     /// caller at a time gets to probe it.
     pub(crate) fn skip_store(&self) -> bool {
-        if !self.is_down.load(Ordering::Relaxed) {
+        if !self.is(DOWN) {
             return false;
         }
         let mut until = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
@@ -127,7 +162,7 @@ impl Degraded {
 
     /// When the store may be tried again, while it is failing.
     pub(crate) fn retry_at(&self) -> Option<Instant> {
-        if !self.is_down.load(Ordering::Relaxed) {
+        if !self.is(DOWN) {
             return None;
         }
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner())
@@ -140,14 +175,14 @@ impl Degraded {
     pub(crate) fn failed(&self, model: Option<&'static str>, op: StoreOp, error: Arc<StoreError>) {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.retry_interval);
-        self.is_down.store(true, Ordering::Relaxed);
+        self.set(DOWN, true);
         self.emit(Event::StoreUnavailable { model, op, error });
     }
 
     pub(crate) fn succeeded(&self) {
         // Called on every store answer: a load first, so that a healthy
         // store costs no write to a cache line every thread shares.
-        if self.is_down.load(Ordering::Relaxed) && self.is_down.swap(false, Ordering::Relaxed) {
+        if self.is(DOWN) && self.health.fetch_and(!DOWN, Ordering::AcqRel) & DOWN != 0 {
             *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
             tracing::info!(target: "cached_instances", "store answers again");
             self.emit(Event::StoreRecovered);
@@ -160,14 +195,14 @@ impl Degraded {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.extend(ops);
         let n = pending.len();
-        self.has_pending.store(n > 0, Ordering::Release);
+        self.set(PENDING, n > 0);
         drop(pending);
         tracing::warn!(target: "cached_instances", pending = n, "invalidations queued for retry");
         self.emit(Event::InvalidationsQueued { pending: n });
     }
 
     pub(crate) fn has_pending(&self) -> bool {
-        self.has_pending.load(Ordering::Acquire)
+        self.is(PENDING)
     }
 
     /// Takes the queue for delivery. `has_pending` stays set until
@@ -184,7 +219,7 @@ impl Degraded {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let empty = pending.is_empty();
         if empty {
-            self.has_pending.store(false, Ordering::Release);
+            self.set(PENDING, false);
         }
         empty
     }

@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use super::Cache;
 use super::degraded::PendingOp;
-use super::registry::{ModelEntry, update_of};
-use crate::error::Error;
-use crate::error::StoreOp;
+use super::gate::Gate;
+use super::loading::Loading;
+use super::registry::{ModelEntry, Registry, update_of};
+use super::stats::{Counters, add};
+use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
@@ -26,14 +27,34 @@ pub(super) const MEMBERS_PER_SCRIPT: usize = 250;
 pub(super) const WARM_TTL: std::time::Duration =
     std::time::Duration::from_secs(10 * 365 * 24 * 3600);
 
-impl Cache {
+/// Keeps the query indexes: each write's update, the re-index of the
+/// updates the store missed, and the un-warm of a model whose re-index
+/// failed.
+#[derive(Clone, Copy)]
+pub(super) struct IndexMaintainer<'a> {
+    pub(super) gate: Gate<'a>,
+    pub(super) registry: &'a Registry,
+    pub(super) counters: &'a Counters,
+    pub(super) loading: Loading<'a>,
+}
+
+/// What failed when a queued re-index could not be redone.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Failed {
+    /// The store: the un-warm is queued behind the other undelivered work.
+    Store,
+    /// The loader: the store answers, so the warm mark is deleted now.
+    Loader,
+}
+
+impl<'a> IndexMaintainer<'a> {
     /// The store's indexes, when `T` has index fields and the store has
     /// indexes: whether `T`'s queries can use them at all.
-    pub(super) fn indexes_of<T: CachedInstance>(&self) -> Option<&dyn IndexStore> {
+    pub(super) fn of<T: CachedInstance>(&self) -> Option<&'a dyn IndexStore> {
         if T::SCHEMA.indexes.is_empty() {
             return None;
         }
-        self.inner.store.indexes()
+        self.gate.store.indexes()
     }
 
     /// After a write of `pk` (its commit and its invalidation): leases its
@@ -41,39 +62,43 @@ impl Cache {
     /// the row is gone). One loader call and two store round trips, for
     /// models with index fields only. When the store cannot take it, the
     /// update is queued and redone on delivery (see the module docs).
-    pub(super) async fn index_written<T: CachedInstance>(
+    pub(super) async fn written<T: CachedInstance>(
         &self,
         entry: &ModelEntry,
         pk: &T::Pk,
     ) -> Result<(), Error> {
-        let Some(store) = self.indexes_of::<T>() else {
+        let Some(store) = self.of::<T>() else {
             return Ok(());
         };
         let prefix = plan::prefix(&T::SCHEMA);
-        if !self.store_usable() {
-            self.index_missed::<T>(pk);
+        if !self.gate.usable() {
+            self.missed::<T>(pk);
             return Ok(());
         }
         let members = vec![pk.to_index_member()];
         let token = marker::new_lease();
         let leased = self
-            .store_call(
+            .gate
+            .call(
                 Some(T::MODEL),
                 StoreOp::IndexLease,
                 store.index_lease(&prefix, &members, &token),
             )
             .await;
         if leased.is_none() {
-            self.index_missed::<T>(pk);
+            self.missed::<T>(pk);
             return Ok(());
         }
         // A failed load leaves the lease, and the old values, in place:
         // the write itself fails, and the next write or warm replaces them.
-        let rows = self.load_rows::<T>(entry, std::slice::from_ref(pk)).await?;
+        let rows = entry
+            .load::<T>(self.loading, std::slice::from_ref(pk))
+            .await?;
         let row = rows.iter().find(|row| row.pk() == pk);
         let updates = [update_of(members[0].clone(), row)];
         let applied = self
-            .store_call(
+            .gate
+            .call(
                 Some(T::MODEL),
                 StoreOp::IndexApply,
                 store.index_apply(&prefix, &token, &updates),
@@ -83,7 +108,7 @@ impl Cache {
             Some(applied) => self.count_applied(&applied),
             // The apply may have run on the server after its reply was
             // lost; the re-index takes a new lease and reloads either way.
-            None => self.index_missed::<T>(pk),
+            None => self.missed::<T>(pk),
         }
         Ok(())
     }
@@ -91,21 +116,21 @@ impl Cache {
     /// Counts the index records an apply wrote (those whose lease held).
     pub(super) fn count_applied(&self, applied: &[bool]) {
         let n = applied.iter().filter(|&&ok| ok).count();
-        super::stats::add(&self.inner.counters.index_updates, n);
+        add(&self.counters.index_updates, n);
     }
 
     /// A write's index update could not reach the store: it is queued, with
     /// the undelivered invalidations, and redone when they are delivered.
     /// Until then no read uses the store, so no query is answered from an
     /// index that misses the write.
-    fn index_missed<T: CachedInstance>(&self, pk: &T::Pk) {
-        super::stats::add(&self.inner.counters.index_updates_missed, 1);
+    fn missed<T: CachedInstance>(&self, pk: &T::Pk) {
+        add(&self.counters.index_updates_missed, 1);
         tracing::warn!(
             target: "cached_instances",
             model = T::MODEL,
             "store unavailable: a write's query index update is queued; queries go to the loader until it is delivered"
         );
-        self.queue([PendingOp::Reindex {
+        self.gate.queue([PendingOp::Reindex {
             model: T::MODEL,
             version: T::SCHEMA.version,
             pk_key: pk.to_key(),
@@ -120,7 +145,7 @@ impl Cache {
     /// rest of its batches are not tried. Returns how many were re-indexed.
     ///
     /// Runs in the recovery task, so it goes to the store directly:
-    /// `store_usable` is what waits for it.
+    /// [`Gate::usable`] is what waits for it.
     pub(super) async fn deliver_reindexes(
         &self,
         ops: Vec<(&'static str, &'static str, String)>,
@@ -130,13 +155,12 @@ impl Cache {
             by_type.entry((model, version)).or_default().push(pk_key);
         }
         // Only stores with indexes queue index updates.
-        let Some(store) = self.inner.store.indexes() else {
+        let Some(store) = self.gate.store.indexes() else {
             return 0;
         };
         let mut delivered = 0;
         for ((model, version), pk_keys) in by_type {
             let entry = self
-                .inner
                 .registry
                 .versions(model)
                 .iter()
@@ -160,17 +184,18 @@ impl Cache {
             {
                 let token = marker::new_lease();
                 let leased = self
-                    .store_call(
+                    .gate
+                    .call(
                         Some(model),
                         StoreOp::IndexLease,
                         store.index_lease(&prefix, members, &token),
                     )
                     .await;
                 if leased.is_none() {
-                    self.unwarm(model, &prefix, true).await;
+                    self.unwarm(model, &prefix, Failed::Store).await;
                     break;
                 }
-                let updates = entry.ops.index_updates(self.loading(), keys).await;
+                let updates = entry.ops.index_updates(self.loading, keys).await;
                 let updates = match updates {
                     Ok(updates) => updates,
                     Err(error) => {
@@ -180,25 +205,26 @@ impl Cache {
                             error = %crate::error::Chain(&error),
                             "reload failed while re-indexing a queued index update"
                         );
-                        self.unwarm(model, &prefix, false).await;
+                        self.unwarm(model, &prefix, Failed::Loader).await;
                         break;
                     }
                 };
                 let applied = self
-                    .store_call(
+                    .gate
+                    .call(
                         Some(model),
                         StoreOp::IndexApply,
                         store.index_apply(&prefix, &token, &updates),
                     )
                     .await;
                 let Some(applied) = applied else {
-                    self.unwarm(model, &prefix, true).await;
+                    self.unwarm(model, &prefix, Failed::Store).await;
                     break;
                 };
                 // A member whose lease a later write took over counts as
                 // delivered: that write applies a later state.
                 self.count_applied(&applied);
-                super::stats::add(&self.inner.counters.reindexes, keys.len());
+                add(&self.counters.reindexes, keys.len());
                 delivered += keys.len();
             }
         }
@@ -207,29 +233,30 @@ impl Cache {
 
     /// A queued index update could not be redone: the index may miss a
     /// write for good, so the model is no longer answered from the cache
-    /// until the next [`warm`](Self::warm). Its warm mark is deleted now,
-    /// or, when the store is what failed (`store_failed`), queued for
+    /// until the next [`warm`](crate::Cache::warm). Its warm mark is deleted now,
+    /// or, when the store is what failed, queued for
     /// deletion with the undelivered invalidations: until it is delivered
     /// no read uses the store.
-    async fn unwarm(&self, model: &'static str, prefix: &str, store_failed: bool) {
-        super::stats::add(&self.inner.counters.unwarmed, 1);
+    async fn unwarm(&self, model: &'static str, prefix: &str, failed: Failed) {
+        add(&self.counters.unwarmed, 1);
         tracing::warn!(
             target: "cached_instances",
             model,
             "a queued query index update failed again; queries go to the loader until the next warm"
         );
         let mark = vec![format!("{prefix}{WARM_SUFFIX}")];
-        let deleted = !store_failed
+        let deleted = failed == Failed::Loader
             && self
-                .store_call(
+                .gate
+                .call(
                     Some(model),
                     StoreOp::IndexUnwarm,
-                    self.inner.store.delete_many(&mark),
+                    self.gate.store.delete_many(&mark),
                 )
                 .await
                 .is_some();
         if !deleted {
-            self.queue(mark.into_iter().map(PendingOp::Delete));
+            self.gate.queue(mark.into_iter().map(PendingOp::Delete));
         }
     }
 }

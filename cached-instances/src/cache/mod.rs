@@ -61,7 +61,6 @@
 //! first, the entries' TTL is the backstop.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,6 +71,7 @@ mod builder;
 #[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 mod changes;
 mod degraded;
+mod gate;
 // Query indexes: maintenance and warm (`index.rs`), running queries
 // (`query.rs`).
 mod index;
@@ -85,7 +85,6 @@ mod stats;
 mod warm;
 mod write;
 
-use crate::error::StoreOp;
 pub use builder::CacheBuilder;
 #[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 pub(crate) use changes::{Changes, RowChange, Unusable};
@@ -96,8 +95,13 @@ pub use warm::{Warm, WarmProgress, WarmReport};
 use crate::error::Error;
 use crate::instance::CachedInstance;
 use crate::store::Store;
+use gate::Gate;
+use index::IndexMaintainer;
+use loading::Loading;
+use read::Reader;
 use registry::Registry;
 use stats::Counters;
+use write::Invalidator;
 
 #[derive(Debug, Clone)]
 struct Config {
@@ -115,6 +119,12 @@ struct Config {
     /// Representations larger than this are served but not cached, and
     /// stored bytes larger than this are treated as corrupt.
     max_entry_bytes: usize,
+}
+
+impl Config {
+    fn ttl_of(&self, schema: &crate::instance::Schema) -> Duration {
+        schema.ttl.unwrap_or(self.default_ttl)
+    }
 }
 
 impl Default for Config {
@@ -135,14 +145,63 @@ impl Default for Config {
     }
 }
 
+/// The cache's state. Its behaviour is in the parts built over it on
+/// demand (cheap views: a few references each), each with the state its
+/// job needs: the [`Reader`] (hits, leases, fills), the [`Invalidator`]
+/// (writes, cascades), the [`IndexMaintainer`] (query indexes) and the
+/// recovery task (`recovery.rs`); the store's health and retry queue are
+/// reached through the [`Gate`].
 struct Inner {
     store: Arc<dyn Store>,
     registry: Registry,
     config: Config,
-    enabled: AtomicBool,
     counters: Counters,
     degraded: degraded::Degraded,
     recovery: recovery::Recovery,
+}
+
+impl Inner {
+    fn gate(&self) -> Gate<'_> {
+        Gate::new(&*self.store, &self.degraded, &self.recovery, &self.counters)
+    }
+
+    /// The loader calls' settings (see `loading.rs`).
+    fn loading(&self) -> Loading<'_> {
+        Loading {
+            counters: &self.counters,
+            timeout: self.config.loader_timeout,
+        }
+    }
+
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            gate: self.gate(),
+            registry: &self.registry,
+            counters: &self.counters,
+            config: &self.config,
+            loading: self.loading(),
+        }
+    }
+
+    fn indexes(&self) -> IndexMaintainer<'_> {
+        IndexMaintainer {
+            gate: self.gate(),
+            registry: &self.registry,
+            counters: &self.counters,
+            loading: self.loading(),
+        }
+    }
+
+    fn invalidator(&self) -> Invalidator<'_> {
+        Invalidator {
+            gate: self.gate(),
+            registry: &self.registry,
+            counters: &self.counters,
+            config: &self.config,
+            loading: self.loading(),
+            indexes: self.indexes(),
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -188,7 +247,12 @@ impl Cache {
     /// nothing behind: the leases it held are released, and the next read
     /// loads again.
     pub async fn get<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
-        self.read_one::<T>(pk).await
+        let found = self
+            .inner
+            .reader()
+            .one::<T>(pk, read::Want::Instances)
+            .await?;
+        Ok(found.into_instance())
     }
 
     /// The instances with primary keys `pks`, in `pks` order, rows that do not
@@ -198,7 +262,8 @@ impl Cache {
     ///
     /// As [`get`](Self::get).
     pub async fn get_many<T: CachedInstance>(&self, pks: &[T::Pk]) -> Result<Vec<T>, Error> {
-        let found = self.read_many::<T>(pks, read::Want::Instances).await?;
+        let reader = self.inner.reader();
+        let found = reader.many::<T>(pks, read::Want::Instances).await?;
         Ok(found
             .into_iter()
             .filter_map(read::Found::into_instance)
@@ -212,7 +277,8 @@ impl Cache {
     ///
     /// As [`get`](Self::get).
     pub async fn get_json<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<Bytes>, Error> {
-        self.read_one_json::<T>(pk).await
+        let found = self.inner.reader().one::<T>(pk, read::Want::Bytes).await?;
+        Ok(found.into_bytes())
     }
 
     /// The JSON representations of `pks`, in `pks` order, missing rows
@@ -225,7 +291,8 @@ impl Cache {
         &self,
         pks: &[T::Pk],
     ) -> Result<Vec<Bytes>, Error> {
-        let found = self.read_many::<T>(pks, read::Want::Bytes).await?;
+        let reader = self.inner.reader();
+        let found = reader.many::<T>(pks, read::Want::Bytes).await?;
         Ok(found
             .into_iter()
             .filter_map(read::Found::into_bytes)
@@ -250,7 +317,8 @@ impl Cache {
     /// [`Error::NotRegistered`] when `T` has no loader; [`Error::Load`] when a
     /// cascade's reload failed (the entries involved are left invalidated).
     pub async fn saved<T: CachedInstance>(&self, instance: &T) -> Result<(), Error> {
-        self.write::<T>(instance.pk(), None, Some(instance)).await
+        let writer = self.inner.invalidator();
+        writer.write::<T>(instance.pk(), None, Some(instance)).await
     }
 
     /// Like [`saved`](Self::saved), with the previous state known to the
@@ -265,7 +333,9 @@ impl Cache {
         previous: &T,
         instance: &T,
     ) -> Result<(), Error> {
-        self.write::<T>(instance.pk(), Some(previous), Some(instance))
+        let writer = self.inner.invalidator();
+        writer
+            .write::<T>(instance.pk(), Some(previous), Some(instance))
             .await
     }
 
@@ -276,7 +346,8 @@ impl Cache {
     ///
     /// As [`saved`](Self::saved).
     pub async fn deleted<T: CachedInstance>(&self, instance: &T) -> Result<(), Error> {
-        self.write::<T>(instance.pk(), Some(instance), None).await
+        let writer = self.inner.invalidator();
+        writer.write::<T>(instance.pk(), Some(instance), None).await
     }
 
     /// Reloads `pk` from the database and compares it with the cached
@@ -289,7 +360,7 @@ impl Cache {
     ///
     /// As [`saved`](Self::saved).
     pub async fn refresh<T: CachedInstance>(&self, pk: &T::Pk) -> Result<bool, Error> {
-        self.refresh_one::<T>(pk).await
+        self.inner.invalidator().refresh_one::<T>(pk).await
     }
 
     /// Removes `pk`'s entries of every registered version of `T`'s model,
@@ -299,20 +370,20 @@ impl Cache {
     ///
     /// [`Error::NotRegistered`] when `T` has no loader.
     pub async fn delete_all_versions<T: CachedInstance>(&self, pk: &T::Pk) -> Result<(), Error> {
-        self.remove_versions::<T>(pk).await
+        self.inner.invalidator().remove_versions::<T>(pk).await
     }
 
     /// Switches caching on or off. While off, reads go to the loaders and
     /// return correct data; writes still invalidate, so switching back on
     /// never serves data older than the writes made meanwhile.
     pub fn set_enabled(&self, enabled: bool) {
-        self.inner.enabled.store(enabled, Ordering::Relaxed);
+        self.inner.degraded.set_enabled(enabled);
     }
 
     /// Whether caching is on.
     #[must_use]
     pub fn is_enabled(&self) -> bool {
-        self.inner.enabled.load(Ordering::Relaxed)
+        self.inner.degraded.is_enabled()
     }
 
     /// The counters since the cache was built.
@@ -348,82 +419,36 @@ impl Cache {
     ///
     /// [`Error::NotRegistered`] when `T` has no loader.
     pub fn key_of<T: CachedInstance>(&self, pk: &T::Pk) -> Result<String, Error> {
-        use crate::pk::PrimaryKey;
-        Ok(self.inner.registry.entry::<T>()?.key(&pk.to_key()))
+        Ok(self.inner.registry.entry::<T>()?.key_of(pk))
     }
+}
 
-    fn ttl_of(&self, schema: &crate::instance::Schema) -> Duration {
-        schema.ttl.unwrap_or(self.inner.config.default_ttl)
-    }
+/// A representation of `bytes` bytes is over `max_entry_bytes`: it is
+/// served, not cached.
+fn too_large(counters: &Counters, config: &Config, model: &'static str, bytes: usize) {
+    stats::add(&counters.entries_too_large, 1);
+    tracing::warn!(
+        target: "cached_instances",
+        model,
+        bytes,
+        max_entry_bytes = config.max_entry_bytes,
+        "representation larger than max_entry_bytes: served, not cached"
+    );
+}
 
-    /// The loader calls' settings (see `loading.rs`).
-    fn loading(&self) -> loading::Loading<'_> {
-        loading::Loading {
-            counters: &self.inner.counters,
-            timeout: self.inner.config.loader_timeout,
+/// Counts a fill round trip's outcome: `filled[i]` says whether op `i`
+/// was a fill (not a release or a tombstone), `written[i]` whether the
+/// store took it. Returns the fills rejected (their lease was voided).
+fn count_fills(counters: &Counters, filled: &[bool], written: &[bool]) -> usize {
+    let (mut fills, mut rejected) = (0, 0);
+    for (was_fill, ok) in filled.iter().zip(written) {
+        match (*was_fill, *ok) {
+            (true, true) => fills += 1,
+            (true, false) => rejected += 1,
+            _ => {}
         }
     }
-
-    /// One loader call for `pks`.
-    async fn load_rows<T: CachedInstance>(
-        &self,
-        entry: &registry::ModelEntry,
-        pks: &[T::Pk],
-    ) -> Result<Vec<T>, Error> {
-        self.loading()
-            .call(T::MODEL, entry.loader::<T>().load(pks))
-            .await
-    }
-
-    /// A representation of `bytes` bytes is over `max_entry_bytes`: it is
-    /// served, not cached.
-    fn too_large(&self, model: &'static str, bytes: usize) {
-        stats::add(&self.inner.counters.entries_too_large, 1);
-        tracing::warn!(
-            target: "cached_instances",
-            model,
-            bytes,
-            max_entry_bytes = self.inner.config.max_entry_bytes,
-            "representation larger than max_entry_bytes: served, not cached"
-        );
-    }
-
-    /// Runs a store operation, recording failures (degraded mode) and
-    /// recoveries. `None` means the store failed.
-    async fn store_call<T>(
-        &self,
-        model: Option<&'static str>,
-        op: StoreOp,
-        call: crate::store::StoreFuture<'_, T>,
-    ) -> Option<T> {
-        self.store_result(model, op, call).await.ok()
-    }
-
-    /// [`store_call`](Self::store_call), keeping the error.
-    async fn store_result<T>(
-        &self,
-        model: Option<&'static str>,
-        op: StoreOp,
-        call: crate::store::StoreFuture<'_, T>,
-    ) -> Result<T, Arc<crate::error::StoreError>> {
-        match call.await {
-            Ok(value) => {
-                self.inner.degraded.succeeded();
-                Ok(value)
-            }
-            Err(error) => {
-                stats::add(&self.inner.counters.store_errors, 1);
-                tracing::warn!(
-                    target: "cached_instances",
-                    model = model.unwrap_or("-"),
-                    op = op.as_str(),
-                    error = %crate::error::Chain(&error),
-                    "store operation failed; serving from the database"
-                );
-                let error = Arc::new(error);
-                self.inner.degraded.failed(model, op, error.clone());
-                Err(error)
-            }
-        }
-    }
+    stats::add(&counters.fills, fills);
+    stats::add(&counters.fills_rejected, rejected);
+    rejected
 }

@@ -6,8 +6,7 @@ use bytes::Bytes;
 
 use super::Cache;
 use super::read::{Found, Want};
-use crate::error::Error;
-use crate::error::StoreOp;
+use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
 use crate::pk::PrimaryKey;
 use crate::query::{Query, QueryError, QueryResult, Source};
@@ -19,6 +18,21 @@ struct Answer<T: CachedInstance> {
     found: Vec<Found<T>>,
     count: u64,
     source: Source,
+}
+
+impl<T: CachedInstance> Answer<T> {
+    /// The page as cached JSON representations.
+    fn into_json(self) -> QueryResult<Bytes> {
+        QueryResult {
+            items: self
+                .found
+                .into_iter()
+                .filter_map(Found::into_bytes)
+                .collect(),
+            count: self.count,
+            source: self.source,
+        }
+    }
 }
 
 impl Cache {
@@ -63,15 +77,7 @@ impl Cache {
         query: &Query<T>,
     ) -> Result<QueryResult<Bytes>, Error> {
         let answer = self.answer(query, Some(Want::Bytes)).await?;
-        Ok(QueryResult {
-            items: answer
-                .found
-                .into_iter()
-                .filter_map(Found::into_bytes)
-                .collect(),
-            count: answer.count,
-            source: answer.source,
-        })
+        Ok(answer.into_json())
     }
 
     /// Like [`query`](Self::query), returning only the page's pks: one
@@ -108,6 +114,30 @@ impl Cache {
         Ok(answer)
     }
 
+    /// Like [`query_json`](Self::query_json), from the store's indexes
+    /// only: `None`, with no loader call, when they cannot answer (the
+    /// store has no index support, `T` is not [warmed](Self::warm), or the
+    /// store is unavailable). For callers with a cheaper answer of their
+    /// own in the database, such as [`Resource`](crate::axum::Resource)'s
+    /// list query.
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query), except that a model its loader cannot
+    /// query is not an error.
+    pub async fn query_json_indexed<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+    ) -> Result<Option<QueryResult<Bytes>>, Error> {
+        query.check()?;
+        self.inner.registry.entry::<T>()?;
+        let Some(answer) = self.index_answer(query, Some(Want::Bytes)).await? else {
+            return Ok(None);
+        };
+        super::stats::add(&self.inner.counters.queries_from_cache, 1);
+        Ok(Some(answer.into_json()))
+    }
+
     async fn find<T: CachedInstance>(
         &self,
         query: &Query<T>,
@@ -115,22 +145,53 @@ impl Cache {
     ) -> Result<Answer<T>, Error> {
         query.check()?;
         let entry = self.inner.registry.entry::<T>()?;
+        if let Some(answer) = self.index_answer(query, want).await? {
+            return Ok(answer);
+        }
+
+        // Not warmed (or no store to read it from): the database answers.
+        let reader = self.inner.reader();
+        let page = reader
+            .loading
+            .call(T::MODEL, entry.loader::<T>().query(query))
+            .await?
+            .ok_or(QueryError::NoFallback { model: T::MODEL })?;
+        let found = match want {
+            Some(want) => reader.many::<T>(&page.pks, want).await?,
+            None => Vec::new(),
+        };
+        Ok(Answer {
+            pks: page.pks,
+            found,
+            count: page.count,
+            source: Source::Database,
+        })
+    }
+
+    /// The answer from the store's indexes; `None` when they cannot give
+    /// it (no index support, not warmed, the store unavailable).
+    async fn index_answer<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+        want: Option<Want>,
+    ) -> Result<Option<Answer<T>>, Error> {
+        let reader = self.inner.reader();
         if query.matches_nothing() {
-            return Ok(Answer {
+            return Ok(Some(Answer {
                 pks: Vec::new(),
                 found: Vec::new(),
                 count: 0,
                 source: Source::Cache,
-            });
+            }));
         }
-        if let Some(indexes) = self.indexes_of::<T>()
-            && self.is_enabled()
-            && self.store_usable()
+        if let Some(indexes) = self.inner.indexes().of::<T>()
+            && reader.gate.readable()
         {
             let prefix = plan::prefix(&T::SCHEMA);
             let plan = plan::index_query(query);
-            let page = self
-                .store_call(
+            let page = reader
+                .gate
+                .call(
                     Some(T::MODEL),
                     StoreOp::Query,
                     indexes.index_query(&prefix, &plan),
@@ -144,14 +205,14 @@ impl Cache {
                     .filter_map(|m| T::Pk::from_index_member(m))
                     .collect();
                 let Some(want) = want else {
-                    return Ok(Answer {
+                    return Ok(Some(Answer {
                         pks,
                         found: Vec::new(),
                         count: page.total,
                         source: Source::Cache,
-                    });
+                    }));
                 };
-                let found = self.read_many::<T>(&pks, want).await?;
+                let found = reader.many::<T>(&pks, want).await?;
                 // Drop what changed since the index said it matched (a
                 // write between its commit and its index update).
                 let (pks, found): (Vec<T::Pk>, Vec<Found<T>>) = pks
@@ -163,30 +224,14 @@ impl Cache {
                         Found::Missing => false,
                     })
                     .unzip();
-                return Ok(Answer {
+                return Ok(Some(Answer {
                     pks,
                     found,
                     count: page.total,
                     source: Source::Cache,
-                });
+                }));
             }
         }
-
-        // Not warmed (or no store to read it from): the database answers.
-        let page = self
-            .loading()
-            .call(T::MODEL, entry.loader::<T>().query(query))
-            .await?
-            .ok_or(QueryError::NoFallback { model: T::MODEL })?;
-        let found = match want {
-            Some(want) => self.read_many::<T>(&page.pks, want).await?,
-            None => Vec::new(),
-        };
-        Ok(Answer {
-            pks: page.pks,
-            found,
-            count: page.count,
-            source: Source::Database,
-        })
+        Ok(None)
     }
 }

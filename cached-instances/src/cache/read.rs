@@ -7,14 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::Cache;
-use super::registry::ModelEntry;
-use super::stats::add;
-use crate::error::Error;
-use crate::error::StoreOp;
+use super::Config;
+use super::gate::Gate;
+use super::loading::Loading;
+use super::registry::{ModelEntry, Registry};
+use super::stats::{Counters, add};
+use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
 use crate::marker::{self, Slot, TOMBSTONE};
-use crate::pk::PrimaryKey;
 use crate::store::CompareAndSet;
 
 /// What a read returns for each pk.
@@ -114,84 +114,124 @@ fn share<T: CachedInstance>(bytes: Bytes, want: Want) -> Option<Found<T>> {
 const FIRST_POLL: Duration = Duration::from_millis(1);
 const MAX_POLL: Duration = Duration::from_millis(50);
 
-impl Cache {
+/// The read path: hits, leases, fills, lease waits and direct loads.
+#[derive(Clone, Copy)]
+pub(super) struct Reader<'a> {
+    pub(super) gate: Gate<'a>,
+    pub(super) registry: &'a Registry,
+    pub(super) counters: &'a Counters,
+    pub(super) config: &'a Config,
+    pub(super) loading: Loading<'a>,
+}
+
+/// The pks of one read, in the caller's order, and the form it wants.
+struct Rows<'r, T: CachedInstance> {
+    entry: &'r ModelEntry,
+    pks: &'r [T::Pk],
+    want: Want,
+}
+
+// Not derived: a derive would require `T: Clone`.
+impl<T: CachedInstance> Clone for Rows<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: CachedInstance> Copy for Rows<'_, T> {}
+
+/// A read that went to the store: its rows and their keys, index for index.
+struct Batch<'r, T: CachedInstance> {
+    rows: Rows<'r, T>,
+    keys: &'r [String],
+}
+
+/// What a multi-get found missing: the indexes to lease and load, and the
+/// keys among them holding bytes that are not an entry (to be replaced).
+struct Misses {
+    indexes: Vec<usize>,
+    corrupt: Vec<String>,
+}
+
+/// The keys a read leased, and its lease.
+struct Granted<'r> {
+    indexes: &'r [usize],
+    lease: &'r Bytes,
+}
+
+impl Reader<'_> {
     fn max_bytes(&self) -> usize {
-        self.inner.config.max_entry_bytes
-    }
-
-    pub(super) async fn read_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
-        Ok(self
-            .read_single::<T>(pk, Want::Instances)
-            .await?
-            .into_instance())
-    }
-
-    pub(super) async fn read_one_json<T: CachedInstance>(
-        &self,
-        pk: &T::Pk,
-    ) -> Result<Option<Bytes>, Error> {
-        Ok(self.read_single::<T>(pk, Want::Bytes).await?.into_bytes())
+        self.config.max_entry_bytes
     }
 
     /// One pk: a hit is one GET and nothing else; a miss goes on from the
     /// value that GET read, so a cold read is GET, lease, fill.
-    async fn read_single<T: CachedInstance>(
+    ///
+    /// The hit path is kept short: the registry lookup is one probe by
+    /// `TypeId`, the key is the model's prefix with the pk written in place,
+    /// the store's health one load, the hit counter a per-thread stripe;
+    /// the miss path is boxed, so that a hit does not carry its state.
+    pub(super) async fn one<T: CachedInstance>(
         &self,
         pk: &T::Pk,
         want: Want,
     ) -> Result<Found<T>, Error> {
-        let entry = self.inner.registry.entry::<T>()?;
-        if self.is_enabled() && self.store_usable() {
-            let key = entry.key(&pk.to_key());
+        let entry = self.registry.entry::<T>()?;
+        if self.gate.readable() {
+            let key = entry.key_of(pk);
             if let Some(value) = self
-                .store_call(Some(T::MODEL), StoreOp::Get, self.inner.store.get(&key))
+                .gate
+                .call(Some(T::MODEL), StoreOp::Get, self.gate.store.get(&key))
                 .await
             {
                 if let Some(bytes) = &value
                     && let Slot::Value(_) = marker::classify(bytes)
                     && let Some(found) = accept::<T>(entry, self.max_bytes(), bytes.clone(), want)
                 {
-                    add(&self.inner.counters.hits, 1);
+                    add(&self.counters.hits, 1);
                     return Ok(found);
                 }
-                let pks = std::slice::from_ref(pk);
-                let mut out = self
-                    .resolve(entry, pks, vec![key], vec![value], want)
-                    .await?;
+                let rows = Rows {
+                    entry,
+                    pks: std::slice::from_ref(pk),
+                    want,
+                };
+                let mut out = Box::pin(self.resolve(rows, vec![key], vec![value])).await?;
                 return Ok(out.pop().unwrap_or(Found::Missing));
             }
         }
-        // Caching is off or the store is failing: `read_many` loads directly.
-        let mut out = self.read_many::<T>(std::slice::from_ref(pk), want).await?;
+        // Caching is off or the store is failing: `many` loads directly.
+        let mut out = Box::pin(self.many::<T>(std::slice::from_ref(pk), want)).await?;
         Ok(out.pop().unwrap_or(Found::Missing))
     }
 
     /// Reads `pks` in order; rows that do not exist come back empty.
-    pub(super) async fn read_many<T: CachedInstance>(
+    pub(super) async fn many<T: CachedInstance>(
         &self,
         pks: &[T::Pk],
         want: Want,
     ) -> Result<Vec<Found<T>>, Error> {
-        let entry = self.inner.registry.entry::<T>()?;
+        let entry = self.registry.entry::<T>()?;
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        if self.is_enabled() && self.store_usable() {
-            let keys: Vec<String> = pks.iter().map(|pk| entry.key(&pk.to_key())).collect();
+        let rows = Rows { entry, pks, want };
+        if self.gate.readable() {
+            let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
             if let Some(values) = self
-                .store_call(
+                .gate
+                .call(
                     Some(T::MODEL),
                     StoreOp::Get,
-                    self.inner.store.get_many(&keys),
+                    self.gate.store.get_many(&keys),
                 )
                 .await
             {
-                return self.resolve(entry, pks, keys, values, want).await;
+                return self.resolve(rows, keys, values).await;
             }
         }
         let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
         let all: Vec<usize> = (0..pks.len()).collect();
-        self.load_direct(entry, pks, &all, &mut out, want).await?;
+        self.load_direct(rows, &all, &mut out).await?;
         Ok(out)
     }
 
@@ -199,51 +239,53 @@ impl Cache {
     /// fills the misses.
     async fn resolve<T: CachedInstance>(
         &self,
-        entry: &ModelEntry,
-        pks: &[T::Pk],
+        rows: Rows<'_, T>,
         keys: Vec<String>,
         values: Vec<Option<Bytes>>,
-        want: Want,
     ) -> Result<Vec<Found<T>>, Error> {
+        let Rows { entry, pks, want } = rows;
         let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
-        let mut misses = Vec::new();
-        let mut corrupt = Vec::new();
+        let mut misses = Misses {
+            indexes: Vec::new(),
+            corrupt: Vec::new(),
+        };
         for (i, value) in values.into_iter().enumerate() {
             let Some(bytes) = value else {
-                misses.push(i);
+                misses.indexes.push(i);
                 continue;
             };
             match marker::classify(&bytes) {
                 Slot::Value(_) => {}
                 Slot::Foreign => {
-                    corrupt.push(keys[i].clone());
-                    misses.push(i);
+                    misses.corrupt.push(keys[i].clone());
+                    misses.indexes.push(i);
                     continue;
                 }
                 Slot::Lease | Slot::Tombstone => {
-                    misses.push(i);
+                    misses.indexes.push(i);
                     continue;
                 }
             }
             if let Some(found) = accept::<T>(entry, self.max_bytes(), bytes, want) {
                 out[i] = found;
             } else {
-                corrupt.push(keys[i].clone());
-                misses.push(i);
+                misses.corrupt.push(keys[i].clone());
+                misses.indexes.push(i);
             }
         }
-        add(&self.inner.counters.hits, pks.len() - misses.len());
+        let missed = misses.indexes.len();
+        add(&self.counters.hits, pks.len() - missed);
         tracing::debug!(
             target: "cached_instances",
             model = T::MODEL,
             requested = pks.len(),
-            hits = pks.len() - misses.len(),
-            misses = misses.len(),
+            hits = pks.len() - missed,
+            misses = missed,
             "read"
         );
-        if !misses.is_empty() {
-            self.fill_misses(entry, pks, &keys, &misses, corrupt, &mut out, want)
-                .await?;
+        if missed > 0 {
+            let batch = Batch { rows, keys: &keys };
+            self.fill_misses(&batch, misses, &mut out).await?;
         }
         Ok(out)
     }
@@ -251,43 +293,40 @@ impl Cache {
     /// Leases the missing keys, loads the granted ones with one loader call,
     /// fills them if the lease still holds, and waits for the keys other
     /// readers are loading.
-    #[allow(clippy::too_many_arguments)]
     async fn fill_misses<T: CachedInstance>(
         &self,
-        entry: &ModelEntry,
-        pks: &[T::Pk],
-        keys: &[String],
-        misses: &[usize],
-        corrupt: Vec<String>,
+        batch: &Batch<'_, T>,
+        misses: Misses,
         out: &mut [Found<T>],
-        want: Want,
     ) -> Result<(), Error> {
-        let counters = &self.inner.counters;
-        let config = &self.inner.config;
-        let store = &self.inner.store;
-        add(&counters.misses, misses.len());
+        let Batch { rows, keys } = *batch;
+        let Misses { indexes, corrupt } = misses;
+        let config = self.config;
+        let store = self.gate.store;
+        add(&self.counters.misses, indexes.len());
 
         if !corrupt.is_empty() {
-            add(&counters.corrupt_entries, corrupt.len());
+            add(&self.counters.corrupt_entries, corrupt.len());
             tracing::warn!(
                 target: "cached_instances",
-                model = entry.schema.model,
+                model = rows.entry.schema.model,
                 count = corrupt.len(),
                 "undecodable cached entries replaced"
             );
             // Corrupt bytes are not leasable until replaced by a tombstone.
-            self.store_call(
-                Some(T::MODEL),
-                StoreOp::Replace,
-                store.swap_many(&corrupt, TOMBSTONE, config.tombstone_ttl),
-            )
-            .await;
+            self.gate
+                .call(
+                    Some(T::MODEL),
+                    StoreOp::Replace,
+                    store.swap_many(&corrupt, TOMBSTONE, config.tombstone_ttl),
+                )
+                .await;
         }
 
         // A pk asked for twice is leased and loaded once.
-        let mut unique: Vec<usize> = Vec::with_capacity(misses.len());
+        let mut unique: Vec<usize> = Vec::with_capacity(indexes.len());
         let mut copies: HashMap<&str, Vec<usize>> = HashMap::new();
-        for &i in misses {
+        for &i in &indexes {
             let slot = copies.entry(keys[i].as_str()).or_default();
             if slot.is_empty() {
                 unique.push(i);
@@ -297,14 +336,15 @@ impl Cache {
         let lease_keys: Vec<String> = unique.iter().map(|&i| keys[i].clone()).collect();
         let lease = marker::new_lease();
         let Some(outcomes) = self
-            .store_call(
+            .gate
+            .call(
                 Some(T::MODEL),
                 StoreOp::Lease,
                 store.set_if_absent_or(&lease_keys, &lease, TOMBSTONE, config.lease_ttl),
             )
             .await
         else {
-            self.load_direct(entry, pks, misses, out, want).await?;
+            self.load_direct(rows, &indexes, out).await?;
             return Ok(());
         };
 
@@ -317,24 +357,29 @@ impl Cache {
                 Some(bytes) => match marker::classify(&bytes) {
                     Slot::Lease => waiting.push(i),
                     // Filled since our multi-get.
-                    Slot::Value(_) => match accept::<T>(entry, self.max_bytes(), bytes, want) {
-                        Some(found) => out[i] = found,
-                        None => direct.push(i),
-                    },
+                    Slot::Value(_) => {
+                        match accept::<T>(rows.entry, self.max_bytes(), bytes, rows.want) {
+                            Some(found) => out[i] = found,
+                            None => direct.push(i),
+                        }
+                    }
                     Slot::Tombstone | Slot::Foreign => direct.push(i),
                 },
             }
         }
 
         if !granted.is_empty() {
-            self.load_and_fill(entry, pks, keys, &granted, &lease, out, want)
-                .await?;
+            let granted = Granted {
+                indexes: &granted,
+                lease: &lease,
+            };
+            self.load_and_fill(batch, granted, out).await?;
         }
         if !waiting.is_empty() {
-            direct.extend(self.wait_for_leases(entry, keys, &waiting, out, want).await);
+            direct.extend(self.wait_for_leases(batch, &waiting, out).await);
         }
         if !direct.is_empty() {
-            self.load_direct(entry, pks, &direct, out, want).await?;
+            self.load_direct(rows, &direct, out).await?;
         }
 
         // Copies of a duplicated pk share the first one's result.
@@ -346,7 +391,7 @@ impl Cache {
             let bytes = out[*first].to_bytes();
             for &i in rest {
                 if let Some(bytes) = &bytes {
-                    out[i] = share::<T>(bytes.clone(), want).unwrap_or(Found::Missing);
+                    out[i] = share::<T>(bytes.clone(), rows.want).unwrap_or(Found::Missing);
                 }
             }
         }
@@ -355,21 +400,20 @@ impl Cache {
 
     /// Loads the keys we hold a lease on, then fills each one whose lease
     /// still holds, and releases the ones whose row does not exist.
-    #[allow(clippy::too_many_arguments)]
     async fn load_and_fill<T: CachedInstance>(
         &self,
-        entry: &ModelEntry,
-        pks: &[T::Pk],
-        keys: &[String],
-        granted: &[usize],
-        lease: &Bytes,
+        batch: &Batch<'_, T>,
+        granted: Granted<'_>,
         out: &mut [Found<T>],
-        want: Want,
     ) -> Result<(), Error> {
-        let counters = &self.inner.counters;
-        let config = &self.inner.config;
-        let load_pks: Vec<T::Pk> = granted.iter().map(|&i| pks[i].clone()).collect();
-        let loaded = self.load_rows::<T>(entry, &load_pks).await;
+        let Batch {
+            rows: Rows { entry, pks, want },
+            keys,
+        } = *batch;
+        let Granted { indexes, lease } = granted;
+        let config = self.config;
+        let load_pks: Vec<T::Pk> = indexes.iter().map(|&i| pks[i].clone()).collect();
+        let loaded = entry.load::<T>(self.loading, &load_pks).await;
         let tombstone = Bytes::from_static(TOMBSTONE);
         let release = |i: usize| CompareAndSet {
             key: keys[i].clone(),
@@ -377,35 +421,37 @@ impl Cache {
             value: tombstone.clone(),
             ttl: config.tombstone_ttl,
         };
-        let rows = match loaded {
-            Ok(rows) => rows,
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
             Err(error) => {
                 // A failed or timed-out load: release the leases, so that
                 // waiting readers try the database themselves at once and
                 // the next read loads again.
-                let ops: Vec<CompareAndSet> = granted.iter().map(|&i| release(i)).collect();
-                self.store_call(
-                    Some(T::MODEL),
-                    StoreOp::Release,
-                    self.inner.store.compare_and_set(&ops),
-                )
-                .await;
+                let ops: Vec<CompareAndSet> = indexes.iter().map(|&i| release(i)).collect();
+                self.gate
+                    .call(
+                        Some(T::MODEL),
+                        StoreOp::Release,
+                        self.gate.store.compare_and_set(&ops),
+                    )
+                    .await;
                 return Err(error);
             }
         };
 
-        let mut by_pk: HashMap<T::Pk, T> = rows.into_iter().map(|r| (r.pk().clone(), r)).collect();
-        let ttl = self.ttl_of(&entry.schema);
-        let mut ops = Vec::with_capacity(granted.len());
-        let mut filled = Vec::with_capacity(granted.len());
-        for &i in granted {
+        let mut by_pk: HashMap<T::Pk, T> =
+            loaded.into_iter().map(|r| (r.pk().clone(), r)).collect();
+        let ttl = config.ttl_of(&entry.schema);
+        let mut ops = Vec::with_capacity(indexes.len());
+        let mut filled = Vec::with_capacity(indexes.len());
+        for &i in indexes {
             match by_pk.remove(&pks[i]) {
                 Some(row) => {
                     let bytes = Bytes::from(row.to_json()?);
                     entry.shape.learn_from(&bytes);
                     if bytes.len() > self.max_bytes() {
                         // Served, not cached: the lease is released.
-                        self.too_large(T::MODEL, bytes.len());
+                        super::too_large(self.counters, config, T::MODEL, bytes.len());
                         ops.push(release(i));
                         filled.push(false);
                     } else {
@@ -426,33 +472,22 @@ impl Cache {
             }
         }
         if let Some(written) = self
-            .store_call(
+            .gate
+            .call(
                 Some(T::MODEL),
                 StoreOp::Fill,
-                self.inner.store.compare_and_set(&ops),
+                self.gate.store.compare_and_set(&ops),
             )
             .await
         {
-            {
-                let mut fills = 0;
-                let mut rejected = 0;
-                for (was_fill, ok) in filled.iter().zip(written) {
-                    match (*was_fill, ok) {
-                        (true, true) => fills += 1,
-                        (true, false) => rejected += 1,
-                        _ => {}
-                    }
-                }
-                add(&counters.fills, fills);
-                add(&counters.fills_rejected, rejected);
-                if rejected > 0 {
-                    tracing::debug!(
-                        target: "cached_instances",
-                        model = T::MODEL,
-                        rejected,
-                        "fills rejected: a write invalidated the keys during the load"
-                    );
-                }
+            let rejected = super::count_fills(self.counters, &filled, &written);
+            if rejected > 0 {
+                tracing::debug!(
+                    target: "cached_instances",
+                    model = T::MODEL,
+                    rejected,
+                    "fills rejected: a write invalidated the keys during the load"
+                );
             }
         }
         Ok(())
@@ -462,14 +497,16 @@ impl Cache {
     /// wait runs out. Returns the indexes still unresolved.
     async fn wait_for_leases<T: CachedInstance>(
         &self,
-        entry: &ModelEntry,
-        keys: &[String],
+        batch: &Batch<'_, T>,
         waiting: &[usize],
         out: &mut [Found<T>],
-        want: Want,
     ) -> Vec<usize> {
-        add(&self.inner.counters.lease_waits, waiting.len());
-        let deadline = Instant::now() + self.inner.config.lease_wait;
+        let Batch {
+            rows: Rows { entry, want, .. },
+            keys,
+        } = *batch;
+        add(&self.counters.lease_waits, waiting.len());
+        let deadline = Instant::now() + self.config.lease_wait;
         let mut pending: Vec<usize> = waiting.to_vec();
         let mut unresolved = Vec::new();
         let mut pause = FIRST_POLL;
@@ -482,10 +519,11 @@ impl Cache {
             pause = (pause * 2).min(MAX_POLL);
             let poll_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
             let Some(values) = self
-                .store_call(
+                .gate
+                .call(
                     Some(T::MODEL),
                     StoreOp::Get,
-                    self.inner.store.get_many(&poll_keys),
+                    self.gate.store.get_many(&poll_keys),
                 )
                 .await
             else {
@@ -516,18 +554,18 @@ impl Cache {
     /// a store that failed, a wait that ran out, or caching switched off.
     async fn load_direct<T: CachedInstance>(
         &self,
-        entry: &ModelEntry,
-        pks: &[T::Pk],
+        rows: Rows<'_, T>,
         indexes: &[usize],
         out: &mut [Found<T>],
-        want: Want,
     ) -> Result<(), Error> {
+        let Rows { entry, pks, want } = rows;
         let load_pks: Vec<T::Pk> = indexes.iter().map(|&i| pks[i].clone()).collect();
         // Bounds what bypasses the store at once; the semaphore is never
         // closed, so acquiring cannot fail.
-        let _permit = self.inner.degraded.direct_loads.acquire().await.ok();
-        let rows = self.load_rows::<T>(entry, &load_pks).await?;
-        let mut by_pk: HashMap<T::Pk, T> = rows.into_iter().map(|r| (r.pk().clone(), r)).collect();
+        let _permit = self.gate.degraded.direct_loads.acquire().await.ok();
+        let loaded = entry.load::<T>(self.loading, &load_pks).await?;
+        let mut by_pk: HashMap<T::Pk, T> =
+            loaded.into_iter().map(|r| (r.pk().clone(), r)).collect();
         for &i in indexes {
             if out[i].is_found() {
                 continue;

@@ -15,14 +15,16 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::Notify;
 
+use super::Inner;
 use super::degraded::PendingOp;
-use super::{Cache, Inner};
+use super::gate::Gate;
+use super::write::Invalidator;
 use crate::error::StoreOp;
 
-/// What the cache and its recovery task share, outside the cache itself
-/// (which the task must not keep alive).
-#[derive(Default)]
+/// What the cache and its recovery task share: the task holds the cache
+/// only through `cache`, a [`Weak`], so that it never keeps it alive.
 pub(super) struct Recovery {
+    cache: Weak<Inner>,
     signal: Arc<Signal>,
     /// Held by whoever delivers the queue: the task, or `warm`.
     delivering: tokio::sync::Mutex<()>,
@@ -46,37 +48,29 @@ impl Drop for Running {
 }
 
 impl Recovery {
+    pub(super) fn new(cache: Weak<Inner>) -> Self {
+        Recovery {
+            cache,
+            signal: Arc::default(),
+            delivering: tokio::sync::Mutex::default(),
+        }
+    }
+
     /// The cache is gone: the task, if it waits, wakes up and ends.
     pub(super) fn cache_dropped(&self) {
         self.signal.wake.notify_one();
     }
-}
 
-impl Cache {
-    /// Queues invalidations the store could not take, and wakes the
-    /// recovery task (spawning it if need be).
-    pub(super) fn queue(&self, ops: impl IntoIterator<Item = PendingOp>) {
-        self.inner.degraded.queue(ops);
-        self.ensure_recovery();
-        self.inner.recovery.signal.wake.notify_one();
-    }
-
-    /// Whether reads and writes may use the store now: it has not failed
-    /// recently, and nothing is queued for delivery. Never delivers: that
-    /// is the recovery task's job.
-    pub(super) fn store_usable(&self) -> bool {
-        if self.inner.degraded.has_pending() {
-            // The task may have died with a previous runtime.
-            self.ensure_recovery();
-            return false;
-        }
-        !self.inner.degraded.skip_store()
+    /// Work was queued: wakes the task (spawning it if need be).
+    pub(super) fn wake(&self) {
+        self.ensure_running();
+        self.signal.wake.notify_one();
     }
 
     /// Spawns the recovery task unless it is running. Outside a Tokio
     /// runtime nothing is spawned: the next call from inside one does it.
-    fn ensure_recovery(&self) {
-        let signal = &self.inner.recovery.signal;
+    pub(super) fn ensure_running(&self) {
+        let signal = &self.signal;
         if signal.running.load(Ordering::Acquire) || signal.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -84,108 +78,108 @@ impl Cache {
             signal.running.store(false, Ordering::Release);
             return;
         };
-        runtime.spawn(run(Arc::downgrade(&self.inner), signal.clone()));
+        runtime.spawn(run(self.cache.clone(), signal.clone()));
     }
 
     /// Delivers what is queued now, in the caller's task. For `warm` only
     /// (never a read): an un-warm queued before it must not be delivered
     /// after it marked the index complete.
-    pub(super) async fn deliver_queued(&self) {
-        if self.inner.degraded.has_pending() {
-            let _one = self.inner.recovery.delivering.lock().await;
-            self.deliver_pending().await;
+    pub(super) async fn deliver_queued(&self, writer: Invalidator<'_>) {
+        if writer.gate.degraded.has_pending() {
+            let _one = self.delivering.lock().await;
+            deliver_pending(writer).await;
         }
     }
+}
 
-    /// Delivers queued invalidations: how many were delivered, and whether
-    /// the queue is now empty (not after a failed delivery, or writes
-    /// queued meanwhile).
-    async fn deliver_pending(&self) -> (usize, bool) {
-        let ops = self.inner.degraded.take_pending();
-        let delivered = if ops.is_empty() {
-            0
+/// Delivers queued invalidations: how many were delivered, and whether
+/// the queue is now empty (not after a failed delivery, or writes queued
+/// meanwhile).
+async fn deliver_pending(writer: Invalidator<'_>) -> (usize, bool) {
+    let degraded = writer.gate.degraded;
+    let ops = degraded.take_pending();
+    let delivered = if ops.is_empty() {
+        0
+    } else {
+        deliver(writer, ops).await
+    };
+    // Settled first: whoever sees the event finds the store usable.
+    let settled = degraded.settle();
+    degraded.delivered(delivered);
+    (delivered, settled)
+}
+
+/// Delivers `ops` (anything that fails is queued again, except a failed
+/// re-index, which un-warms its model instead: see `index.rs`) and returns
+/// how many were delivered.
+async fn deliver(writer: Invalidator<'_>, ops: Vec<PendingOp>) -> usize {
+    let gate = writer.gate;
+    let (mut instances, mut tombstones, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut reindexes = Vec::new();
+    for op in ops {
+        match op {
+            PendingOp::Instance { model, pk_key } => instances.push((model, pk_key)),
+            PendingOp::Tombstone(k) => tombstones.push(k),
+            PendingOp::Delete(k) => deletes.push(k),
+            PendingOp::Reindex {
+                model,
+                version,
+                pk_key,
+            } => reindexes.push((model, version, pk_key)),
+        }
+    }
+    let store = gate.store;
+    let mut delivered = 0;
+    // Whether the store took everything so far: index updates are
+    // only redone on a store that answers, since a re-index that
+    // fails un-warms its model.
+    let mut store_ok = true;
+    if !tombstones.is_empty() {
+        let ttl = writer.config.tombstone_ttl;
+        let call = store.swap_many(&tombstones, crate::marker::TOMBSTONE, ttl);
+        if gate.call(None, StoreOp::Invalidate, call).await.is_some() {
+            delivered += tombstones.len();
         } else {
-            self.deliver(ops).await
-        };
-        // Settled first: whoever sees the event finds the store usable.
-        let settled = self.inner.degraded.settle();
-        self.inner.degraded.delivered(delivered);
-        (delivered, settled)
+            store_ok = false;
+            gate.queue(tombstones.into_iter().map(PendingOp::Tombstone));
+        }
     }
-
-    /// Delivers `ops` (anything that fails is queued again, except a failed
-    /// re-index, which un-warms its model instead: see `index.rs`) and
-    /// returns how many were delivered.
-    async fn deliver(&self, ops: Vec<PendingOp>) -> usize {
-        let (mut instances, mut tombstones, mut deletes) = (Vec::new(), Vec::new(), Vec::new());
-        let mut reindexes = Vec::new();
-        for op in ops {
-            match op {
-                PendingOp::Instance { model, pk_key } => instances.push((model, pk_key)),
-                PendingOp::Tombstone(k) => tombstones.push(k),
-                PendingOp::Delete(k) => deletes.push(k),
-                PendingOp::Reindex {
-                    model,
-                    version,
-                    pk_key,
-                } => reindexes.push((model, version, pk_key)),
-            }
+    if !deletes.is_empty() {
+        let call = store.delete_many(&deletes);
+        if gate.call(None, StoreOp::Delete, call).await.is_some() {
+            delivered += deletes.len();
+        } else {
+            store_ok = false;
+            gate.queue(deletes.into_iter().map(PendingOp::Delete));
         }
-        let store = &self.inner.store;
-        let mut delivered = 0;
-        // Whether the store took everything so far: index updates are
-        // only redone on a store that answers, since a re-index that
-        // fails un-warms its model.
-        let mut store_ok = true;
-        if !tombstones.is_empty() {
-            let ttl = self.inner.config.tombstone_ttl;
-            let call = store.swap_many(&tombstones, crate::marker::TOMBSTONE, ttl);
-            if self
-                .store_call(None, StoreOp::Invalidate, call)
-                .await
-                .is_some()
-            {
-                delivered += tombstones.len();
-            } else {
-                store_ok = false;
-                self.queue(tombstones.into_iter().map(PendingOp::Tombstone));
-            }
+    }
+    if !instances.is_empty() {
+        let count = instances.len();
+        if writer.deliver_instances(instances).await {
+            delivered += count;
+        } else {
+            store_ok = false;
         }
-        if !deletes.is_empty() {
-            let call = store.delete_many(&deletes);
-            if self.store_call(None, StoreOp::Delete, call).await.is_some() {
-                delivered += deletes.len();
-            } else {
-                store_ok = false;
-                self.queue(deletes.into_iter().map(PendingOp::Delete));
-            }
-        }
-        if !instances.is_empty() {
-            let count = instances.len();
-            if self.deliver_instances(instances).await {
-                delivered += count;
-            } else {
-                store_ok = false;
-            }
-        }
-        // After the instances: a query answered from the index right
-        // after this delivery fetches entries already invalidated.
-        if !reindexes.is_empty() {
-            if store_ok {
-                delivered += self.deliver_reindexes(reindexes).await;
-            } else {
-                // Not tried: kept for the next delivery, as they were.
-                self.queue(reindexes.into_iter().map(|(model, version, pk_key)| {
-                    PendingOp::Reindex {
+    }
+    // After the instances: a query answered from the index right
+    // after this delivery fetches entries already invalidated.
+    if !reindexes.is_empty() {
+        if store_ok {
+            delivered += writer.indexes.deliver_reindexes(reindexes).await;
+        } else {
+            // Not tried: kept for the next delivery, as they were.
+            gate.queue(
+                reindexes
+                    .into_iter()
+                    .map(|(model, version, pk_key)| PendingOp::Reindex {
                         model,
                         version,
                         pk_key,
-                    }
-                }));
-            }
+                    }),
+            );
         }
-        delivered
     }
+    delivered
 }
 
 /// The recovery task: waits for queued work, then for the store's retry
@@ -211,12 +205,11 @@ async fn run(cache: Weak<Inner>, signal: Arc<Signal>) {
             tokio::time::sleep_until(at).await;
         }
         let Some(inner) = cache.upgrade() else { return };
-        let cache = Cache { inner };
         let (delivered, settled) = {
-            let _one = cache.inner.recovery.delivering.lock().await;
-            cache.deliver_pending().await
+            let _one = inner.recovery.delivering.lock().await;
+            deliver_pending(inner.invalidator()).await
         };
-        drop(cache);
+        drop(inner);
         if !settled && delivered == 0 && retry_at.is_none() {
             // Nothing went through, yet the store did not fail: do not
             // spin on it.
@@ -238,7 +231,7 @@ pub(super) enum Caller {
 }
 
 impl Caller {
-    pub(super) fn may_use_store(self, cache: &Cache) -> bool {
-        self == Caller::Recovery || cache.store_usable()
+    pub(super) fn may_use_store(self, gate: &Gate<'_>) -> bool {
+        self == Caller::Recovery || gate.usable()
     }
 }

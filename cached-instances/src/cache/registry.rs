@@ -4,6 +4,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use super::loading::Loading;
 use crate::error::{BuildError, Error};
 use crate::instance::{CachedInstance, RelationKind, Schema, Target};
-use crate::key::instance_key;
+use crate::key::KeyLayout;
 use crate::loader::{BoxFuture, DynLoader};
 use crate::pk::PrimaryKey;
 use crate::query::IndexValues;
@@ -198,6 +199,7 @@ pub(crate) struct ModelEntry {
     /// The field names of this type's representation, learned from the
     /// first one encoded: what `get_json` checks (see `shape.rs`).
     pub(crate) shape: super::shape::ShapeCell,
+    keys: KeyLayout,
 }
 
 impl ModelEntry {
@@ -212,6 +214,7 @@ impl ModelEntry {
             loader: Box::new(loader),
             edges: Vec::new(),
             shape: Default::default(),
+            keys: KeyLayout::of(&T::SCHEMA),
         }
     }
 
@@ -222,8 +225,23 @@ impl ModelEntry {
             .expect("registry entry holds the loader of its own type")
     }
 
+    /// One loader call for `pks` of `T` (this entry's type).
+    pub(crate) async fn load<T: CachedInstance>(
+        &self,
+        loading: Loading<'_>,
+        pks: &[T::Pk],
+    ) -> Result<Vec<T>, Error> {
+        loading.call(T::MODEL, self.loader::<T>().load(pks)).await
+    }
+
+    /// The key of the pk whose key form is `pk_key`.
     pub(crate) fn key(&self, pk_key: &str) -> String {
-        instance_key(&self.schema, pk_key)
+        self.keys.key(pk_key)
+    }
+
+    /// The key of `pk` (of this entry's type).
+    pub(crate) fn key_of<P: PrimaryKey>(&self, pk: &P) -> String {
+        self.keys.key_of(pk)
     }
 
     /// What a change from `old` to `new` (either absent for a create or a
@@ -265,10 +283,33 @@ impl ModelEntry {
     }
 }
 
+/// A `TypeId` is already a hash: it is used as it is. Anything else
+/// written (never, as `TypeId` writes one `u64`) is folded with FNV-1a.
+#[derive(Default)]
+pub(crate) struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Every registered model, by type and by model name.
 #[derive(Default)]
 pub(crate) struct Registry {
-    by_type: HashMap<TypeId, Arc<ModelEntry>>,
+    /// Looked up on every read: keyed by the `TypeId`'s own bits, not
+    /// hashed again (see [`TypeIdHasher`]).
+    by_type: HashMap<TypeId, Arc<ModelEntry>, BuildHasherDefault<TypeIdHasher>>,
     by_model: HashMap<&'static str, Vec<Arc<ModelEntry>>>,
 }
 

@@ -11,8 +11,7 @@ use super::loading;
 use super::read::{Found, Want};
 use super::registry::update_of;
 use crate::cache::Cache;
-use crate::error::Error;
-use crate::error::StoreOp;
+use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
@@ -181,7 +180,9 @@ impl Cache {
         op: StoreOp,
         call: crate::store::StoreFuture<'_, R>,
     ) -> Result<R, Error> {
-        self.store_result(Some(model), op, call)
+        self.inner
+            .gate()
+            .result(Some(model), op, call)
             .await
             .map_err(|source| Error::Store { model, op, source })
     }
@@ -196,15 +197,17 @@ impl Cache {
         if T::SCHEMA.indexes.is_empty() {
             return Err(QueryError::NothingToIndex { model: T::MODEL }.into());
         }
-        let Some(indexes) = self.inner.store.indexes() else {
+        let reader = self.inner.reader();
+        let Some(indexes) = reader.gate.store.indexes() else {
             return Err(QueryError::StoreUnsupported.into());
         };
         // An un-warm still queued is superseded by this warm: delivered
         // first, so that it cannot delete the mark this warm sets.
-        self.deliver_queued().await;
+        let recovery = &self.inner.recovery;
+        recovery.deliver_queued(self.inner.invalidator()).await;
         let prefix = plan::prefix(&T::SCHEMA);
-        let pks = self
-            .loading()
+        let pks = reader
+            .loading
             .call(T::MODEL, entry.loader::<T>().all_pks())
             .await?
             .ok_or(QueryError::NoPkList { model: T::MODEL })?;
@@ -239,7 +242,7 @@ impl Cache {
                 )
                 .await?;
             }
-            let found = self.read_many::<T>(chunk, Want::Instances).await?;
+            let found = reader.many::<T>(chunk, Want::Instances).await?;
             let updates: Vec<IndexUpdate> = members
                 .iter()
                 .zip(&found)
@@ -262,7 +265,7 @@ impl Cache {
                         indexes.index_apply(&prefix, &token, part),
                     )
                     .await?;
-                self.count_applied(&applied);
+                self.inner.indexes().count_applied(&applied);
             }
             seen.extend(members);
             done += chunk.len() as u64;
@@ -291,7 +294,7 @@ impl Cache {
                 .iter()
                 .filter_map(|m| T::Pk::from_index_member(m))
                 .collect();
-            let rows = self.load_rows::<T>(entry, &pks).await?;
+            let rows = entry.load::<T>(reader.loading, &pks).await?;
             let updates: Vec<IndexUpdate> = chunk
                 .iter()
                 .map(|member| {
@@ -309,14 +312,14 @@ impl Cache {
                     indexes.index_apply(&prefix, &token, &updates),
                 )
                 .await?;
-            self.count_applied(&applied);
+            self.inner.indexes().count_applied(&applied);
         }
 
         let marker_key = vec![format!("{prefix}{WARM_SUFFIX}")];
         self.warm_store_call(
             T::MODEL,
             StoreOp::IndexMark,
-            self.inner.store.swap_many(&marker_key, b"1", WARM_TTL),
+            reader.gate.store.swap_many(&marker_key, b"1", WARM_TTL),
         )
         .await?;
         tracing::info!(

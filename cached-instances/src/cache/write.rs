@@ -7,13 +7,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::Cache;
+use super::Config;
 use super::degraded::PendingOp;
+use super::gate::Gate;
+use super::index::IndexMaintainer;
+use super::loading::Loading;
 use super::recovery::Caller;
-use super::registry::{Links, ModelEntry};
-use super::stats::add;
-use crate::error::Error;
-use crate::error::StoreOp;
+use super::registry::{Links, ModelEntry, Registry, Reloaded};
+use super::stats::{Counters, add};
+use crate::error::{Error, StoreOp};
 use crate::instance::{CachedInstance, Target};
 use crate::marker::{self, Slot, TOMBSTONE};
 use crate::pk::PrimaryKey;
@@ -60,17 +62,32 @@ struct Seed<'a> {
     new: Option<(Links, Vec<u8>)>,
 }
 
+/// What a cascade level's reload found of one instance.
+#[derive(Clone, Copy)]
+enum Current<'r> {
+    /// Not reloaded (not cached, under `update_only`; or deleted).
+    Unknown,
+    /// Reloaded, and the row is gone.
+    Gone,
+    /// Reloaded: the row's state.
+    Row(&'r Reloaded),
+}
+
+impl<'r> Current<'r> {
+    fn of(row: Option<&'r Reloaded>, was_loaded: bool) -> Self {
+        match row {
+            Some(row) => Current::Row(row),
+            None if was_loaded => Current::Gone,
+            None => Current::Unknown,
+        }
+    }
+}
+
 /// The written instance's targets: always computed, since the caller says
 /// it changed. Its previous state is the caller's, else the cached one —
 /// unless the cache already holds exactly the new state (a reader refilled it
 /// after the commit), which says nothing of what it replaced.
-fn seed_targets(
-    seed: &Seed<'_>,
-    old: Option<&[u8]>,
-    reloaded: Option<&super::registry::Reloaded>,
-    was_loaded: bool,
-    next: &mut Vec<Target>,
-) {
+fn seed_targets(seed: &Seed<'_>, old: Option<&[u8]>, current: Current<'_>, next: &mut Vec<Target>) {
     let old_links = seed.previous.clone().or_else(|| {
         let old = old?;
         let same_as_new = seed
@@ -89,10 +106,10 @@ fn seed_targets(
     seed.entry.targets(old_links.as_ref(), caller_new, next);
     // And the change to the state the reload found, which is what the entry
     // is refilled with (the row may be gone).
-    let found = match reloaded {
-        Some(row) => Some(Some(&row.links)),
-        None if was_loaded => Some(None),
-        None => None,
+    let found = match current {
+        Current::Row(row) => Some(Some(&row.links)),
+        Current::Gone => Some(None),
+        Current::Unknown => None,
     };
     if let Some(found) = found
         && found != caller_new
@@ -108,7 +125,19 @@ fn value_of(bytes: Option<&Bytes>) -> Option<&[u8]> {
     }
 }
 
-impl Cache {
+/// The write path: invalidations, cascades, and (through its index
+/// maintainer) the query-index update of each write.
+#[derive(Clone, Copy)]
+pub(super) struct Invalidator<'a> {
+    pub(super) gate: Gate<'a>,
+    pub(super) registry: &'a Registry,
+    pub(super) counters: &'a Counters,
+    pub(super) config: &'a Config,
+    pub(super) loading: Loading<'a>,
+    pub(super) indexes: IndexMaintainer<'a>,
+}
+
+impl Invalidator<'_> {
     /// Invalidates `pk` of `T` (every version) and cascades. `previous` is the
     /// caller's known prior state; `new` is `None` for a delete.
     pub(super) async fn write<T: CachedInstance>(
@@ -117,7 +146,7 @@ impl Cache {
         previous: Option<&T>,
         new: Option<&T>,
     ) -> Result<(), Error> {
-        let entry = self.inner.registry.entry::<T>()?;
+        let entry = self.registry.entry::<T>()?;
         let pk_key = pk.to_key();
         let new = match new {
             Some(n) => {
@@ -157,23 +186,26 @@ impl Cache {
         let cascaded = self.cascade(targets, visited, Caller::Write).await;
         // Query indexes (`index.rs`): after the invalidation, as the
         // protocol there requires; a no-op for models without index fields.
-        let indexed = self.index_written::<T>(entry, pk).await;
+        let indexed = self.indexes.written::<T>(entry, pk).await;
         seeded.and(cascaded).and(indexed).map(|_| ())
     }
 
     /// Reloads `pk` and, if its representation changed, writes as `saved`.
     pub(super) async fn refresh_one<T: CachedInstance>(&self, pk: &T::Pk) -> Result<bool, Error> {
-        let entry = self.inner.registry.entry::<T>()?;
+        let entry = self.registry.entry::<T>()?;
         let key = entry.key(&pk.to_key());
-        let cached = if self.store_usable() {
-            self.store_call(Some(T::MODEL), StoreOp::Get, self.inner.store.get(&key))
+        let cached = if self.gate.usable() {
+            self.gate
+                .call(Some(T::MODEL), StoreOp::Get, self.gate.store.get(&key))
                 .await
                 .flatten()
         } else {
             None
         };
         let cached = value_of(cached.as_ref());
-        let rows = self.load_rows::<T>(entry, std::slice::from_ref(pk)).await?;
+        let rows = entry
+            .load::<T>(self.loading, std::slice::from_ref(pk))
+            .await?;
         let current = rows.into_iter().find(|row| row.pk() == pk);
         let current_bytes = current.as_ref().map(T::to_json).transpose()?;
         match (cached, current_bytes.as_deref()) {
@@ -189,17 +221,16 @@ impl Cache {
 
     /// Tombstones `pk`'s keys of every registered version of `T`'s model.
     pub(super) async fn remove_versions<T: CachedInstance>(&self, pk: &T::Pk) -> Result<(), Error> {
-        self.inner.registry.entry::<T>()?;
+        self.registry.entry::<T>()?;
         let pk_key = pk.to_key();
         let keys: Vec<String> = self
-            .inner
             .registry
             .versions(T::MODEL)
             .iter()
             .map(|v| v.key(&pk_key))
             .collect();
         let retry: Vec<PendingOp> = keys.iter().cloned().map(PendingOp::Tombstone).collect();
-        let ttl = self.inner.config.tombstone_ttl;
+        let ttl = self.config.tombstone_ttl;
         let swap = Swap {
             model: Some(T::MODEL),
             marker: TOMBSTONE,
@@ -207,7 +238,7 @@ impl Cache {
         };
         self.invalidate_keys(&keys, swap, retry, Caller::Write)
             .await;
-        add(&self.inner.counters.invalidations, 1);
+        add(&self.counters.invalidations, 1);
         Ok(())
     }
 
@@ -221,18 +252,19 @@ impl Cache {
         retry: Vec<PendingOp>,
         caller: Caller,
     ) -> Option<Vec<Option<Bytes>>> {
-        let olds = if caller.may_use_store(self) {
-            self.store_call(
-                swap.model,
-                StoreOp::Invalidate,
-                self.inner.store.swap_many(keys, swap.marker, swap.ttl),
-            )
-            .await
+        let olds = if caller.may_use_store(&self.gate) {
+            self.gate
+                .call(
+                    swap.model,
+                    StoreOp::Invalidate,
+                    self.gate.store.swap_many(keys, swap.marker, swap.ttl),
+                )
+                .await
         } else {
             None
         };
         if olds.is_none() {
-            self.queue(retry);
+            self.gate.queue(retry);
         }
         olds
     }
@@ -278,7 +310,7 @@ impl Cache {
         mut visited: HashSet<(&'static str, String)>,
         caller: Caller,
     ) -> Result<(), Error> {
-        let config = &self.inner.config;
+        let config = &self.config;
         let mut raw_keys = BTreeSet::new();
         let mut first_error = None;
         let mut depth = 0;
@@ -331,14 +363,15 @@ impl Cache {
         }
         if !raw_keys.is_empty() {
             let keys: Vec<String> = raw_keys.into_iter().collect();
-            add(&self.inner.counters.invalidations, keys.len());
-            let delivered = caller.may_use_store(self)
+            add(&self.counters.invalidations, keys.len());
+            let delivered = caller.may_use_store(&self.gate)
                 && self
-                    .store_call(None, StoreOp::Delete, self.inner.store.delete_many(&keys))
+                    .gate
+                    .call(None, StoreOp::Delete, self.gate.store.delete_many(&keys))
                     .await
                     .is_some();
             if !delivered {
-                self.queue(keys.into_iter().map(PendingOp::Delete));
+                self.gate.queue(keys.into_iter().map(PendingOp::Delete));
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -358,11 +391,11 @@ impl Cache {
         }: Level<'_>,
         next: &mut Vec<Target>,
     ) -> Result<bool, Error> {
-        let config = &self.inner.config;
-        let store = &self.inner.store;
+        let config = &self.config;
+        let store = self.gate.store;
         let mut touched = Vec::new();
         for (model, pk_key) in level {
-            for entry in self.inner.registry.versions(model) {
+            for entry in self.registry.versions(model) {
                 touched.push(Touched {
                     entry: entry.clone(),
                     key: entry.key(pk_key),
@@ -370,7 +403,7 @@ impl Cache {
                 });
             }
         }
-        add(&self.inner.counters.invalidations, level.len());
+        add(&self.counters.invalidations, level.len());
         let keys: Vec<String> = touched.iter().map(|t| t.key.clone()).collect();
         let lease = match reload {
             Reload::Yes => marker::new_lease(),
@@ -440,7 +473,7 @@ impl Cache {
                 .collect();
             let mut reloaded = HashMap::new();
             if !to_load.is_empty() {
-                match entry.ops.reload(self.loading(), &to_load).await {
+                match entry.ops.reload(self.loading, &to_load).await {
                     Ok(rows) => {
                         reloaded = rows.into_iter().map(|r| (r.pk_key.clone(), r)).collect();
                     }
@@ -455,13 +488,13 @@ impl Cache {
                     }
                 }
             }
-            let ttl = self.ttl_of(&entry.schema);
+            let ttl = self.config.ttl_of(&entry.schema);
             // A reloaded representation over `max_entry_bytes` is not
             // cached: its key keeps a tombstone.
             let fill = |bytes: Bytes| -> (Bytes, std::time::Duration, bool) {
                 entry.shape.learn_from(&bytes);
                 if bytes.len() > config.max_entry_bytes {
-                    self.too_large(entry.schema.model, bytes.len());
+                    super::too_large(self.counters, config, entry.schema.model, bytes.len());
                     (tombstone.clone(), config.tombstone_ttl, false)
                 } else {
                     (bytes, ttl, true)
@@ -473,7 +506,7 @@ impl Cache {
                 let was_loaded = to_load.contains(&t.pk_key);
                 let row = reloaded.remove(&t.pk_key);
                 if let Some(seed) = seed {
-                    seed_targets(seed, old, row.as_ref(), was_loaded, next);
+                    seed_targets(seed, old, Current::of(row.as_ref(), was_loaded), next);
                     // The row may be gone despite `saved`: leave a tombstone.
                     let (value, ttl, is_fill) = match row {
                         Some(row) => fill(row.bytes),
@@ -523,19 +556,11 @@ impl Cache {
         // A failed fill leaves this write's leases, which expire: readers
         // meanwhile wait briefly, then read the database.
         if let Some(written) = self
-            .store_call(None, StoreOp::Fill, store.compare_and_set(&ops))
+            .gate
+            .call(None, StoreOp::Fill, store.compare_and_set(&ops))
             .await
         {
-            let (mut filled, mut rejected) = (0, 0);
-            for (was_fill, ok) in fills.iter().zip(written) {
-                match (*was_fill, ok) {
-                    (true, true) => filled += 1,
-                    (true, false) => rejected += 1,
-                    _ => {}
-                }
-            }
-            add(&self.inner.counters.fills, filled);
-            add(&self.inner.counters.fills_rejected, rejected);
+            super::count_fills(self.counters, &fills, &written);
         }
         first_error.map_or(Ok(true), Err)
     }

@@ -18,7 +18,7 @@ fn to_i64(n: u64) -> i64 {
 impl Db {
     async fn page(&self, sql: &str, args: &[Arg<'_>]) -> Result<PageOfPks, sqlx::Error> {
         let mut conn = self.acquire().await?;
-        let rows: Vec<(i64, Option<i64>)> = conn.on(self).fetch(sql, args).await?;
+        let rows: Vec<(i64, Option<i64>)> = conn.on().fetch(sql, args).await?;
         let count = rows.first().map_or(0, |r| u64::try_from(r.0).unwrap_or(0));
         Ok((rows.into_iter().filter_map(|r| r.1).collect(), count))
     }

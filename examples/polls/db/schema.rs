@@ -80,7 +80,7 @@ impl Db {
     /// When a statement fails.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
         let mut conn = self.acquire().await?;
-        let mut q = conn.on(self);
+        let mut q = conn.on();
         match self.backend() {
             Backend::Sqlite => q.execute_script(SQLITE_SCHEMA).await,
             Backend::Postgres => {
@@ -101,7 +101,7 @@ impl Db {
     pub async fn drop_schema(&self) -> Result<(), sqlx::Error> {
         if let (Backend::Postgres, Some(schema)) = (self.backend(), &self.inner.schema) {
             let mut conn = self.acquire().await?;
-            conn.on(self)
+            conn.on()
                 .execute_script(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE;"))
                 .await?;
         }

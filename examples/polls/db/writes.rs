@@ -1,16 +1,17 @@
-//! The writes. Each runs in a transaction, reads the previous state of what
-//! it changes inside it, commits, and returns the previous and new states;
-//! the caller tells the cache, after the commit.
+//! The writes: plain SQL, run inside a transaction ([`Db::transaction`]).
+//! Nothing here reads the previous state or tells the cache: the change
+//! feed's triggers record what each statement changed (the old and the new
+//! question of a moved choice, both sides of a vote, the rows a delete
+//! cascades to).
+//!
+//! [`Db::transaction`]: super::Db::transaction
 
 use std::fmt;
-use std::future::Future;
 
+use cached_instances::feed::FeedError;
 use chrono::{DateTime, Utc};
 
-use super::Db;
-use super::loaders::{load_choices, load_questions};
 use super::sql::{Arg, Q};
-use crate::{Choice, Question};
 
 /// Why a write did not happen.
 #[derive(Debug)]
@@ -26,6 +27,15 @@ pub enum WriteError {
     Invalid(String),
     /// The database failed.
     Db(sqlx::Error),
+}
+
+impl From<FeedError> for WriteError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Database(e) => WriteError::Db(e),
+            other => WriteError::Invalid(other.to_string()),
+        }
+    }
 }
 
 impl fmt::Display for WriteError {
@@ -71,209 +81,181 @@ pub struct ChoiceChanges {
     pub choice_text: Option<String>,
 }
 
-async fn one<T>(
-    rows: impl Future<Output = Result<Vec<T>, sqlx::Error>>,
-    model: &'static str,
-    id: i64,
-) -> Result<T, WriteError> {
-    rows.await?.pop().ok_or(WriteError::NotFound { model, id })
-}
-
-async fn require(q: &mut Q<'_>, table: &str, model: &str, id: i64) -> Result<(), WriteError> {
+async fn require(q: &mut Q<'_>, table: &str, id: i64) -> Result<bool, WriteError> {
     let found: Option<(i64,)> = q
         .fetch_optional(
             &format!("SELECT id FROM {table} WHERE id = $1"),
             &[Arg::Int(id)],
         )
         .await?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(WriteError::Invalid(format!("{model} {id} does not exist"))),
+    Ok(found.is_some())
+}
+
+/// `Invalid` unless a row `id` of `table` exists.
+async fn refers(q: &mut Q<'_>, table: &str, model: &str, id: i64) -> Result<(), WriteError> {
+    if require(q, table, id).await? {
+        Ok(())
+    } else {
+        Err(WriteError::Invalid(format!("{model} {id} does not exist")))
     }
 }
 
-impl Db {
-    /// Inserts a question; returns it as stored.
+/// `NotFound` unless the statement changed a row.
+fn changed(rows: u64, model: &'static str, id: i64) -> Result<(), WriteError> {
+    if rows == 0 {
+        Err(WriteError::NotFound { model, id })
+    } else {
+        Ok(())
+    }
+}
+
+impl Q<'_> {
+    /// Inserts a question; returns its id.
     ///
     /// # Errors
     ///
     /// [`WriteError::Db`] when the database fails.
     pub async fn create_question(
-        &self,
+        &mut self,
         question_text: &str,
         pub_date: DateTime<Utc>,
-    ) -> Result<Question, WriteError> {
-        self.transaction(async |q| {
-            let (id,): (i64,) = q
-                .fetch_optional(
-                    "INSERT INTO questions (question_text, pub_date) VALUES ($1, $2) RETURNING id",
-                    &[Arg::Text(question_text), Arg::Time(pub_date)],
-                )
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            let new = one(load_questions(q, &[id]), "Question", id).await?;
-            Ok(new)
-        })
-        .await
+    ) -> Result<i64, WriteError> {
+        let (id,): (i64,) = self
+            .fetch_optional(
+                "INSERT INTO questions (question_text, pub_date) VALUES ($1, $2) RETURNING id",
+                &[Arg::Text(question_text), Arg::Time(pub_date)],
+            )
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Ok(id)
     }
 
-    /// Updates a question; returns (previous, new).
+    /// Updates a question.
     ///
     /// # Errors
     ///
     /// [`WriteError::NotFound`] when there is no such question.
     pub async fn update_question(
-        &self,
+        &mut self,
         id: i64,
-        changes: QuestionChanges,
-    ) -> Result<(Question, Question), WriteError> {
-        self.transaction(async |q| {
-            let previous = one(load_questions(q, &[id]), "Question", id).await?;
-            let text = changes
-                .question_text
-                .as_deref()
-                .unwrap_or(&previous.question_text);
-            let pub_date = changes.pub_date.unwrap_or(previous.pub_date);
-            q.execute(
-                "UPDATE questions SET question_text = $2, pub_date = $3 WHERE id = $1",
-                &[Arg::Int(id), Arg::Text(text), Arg::Time(pub_date)],
+        changes: &QuestionChanges,
+    ) -> Result<(), WriteError> {
+        let rows = self
+            .execute(
+                "UPDATE questions SET question_text = COALESCE($2, question_text), \
+                 pub_date = COALESCE($3, pub_date) WHERE id = $1",
+                &[
+                    Arg::Int(id),
+                    Arg::OptText(changes.question_text.as_deref()),
+                    Arg::OptTime(changes.pub_date),
+                ],
             )
             .await?;
-            let new = one(load_questions(q, &[id]), "Question", id).await?;
-            Ok((previous, new))
-        })
-        .await
+        changed(rows, "Question", id)
     }
 
-    /// Deletes a question with its choices and their votes; returns the
-    /// question and the choices as they were.
+    /// Deletes a question; its choices and their votes go with it
+    /// (`ON DELETE CASCADE`).
     ///
     /// # Errors
     ///
     /// [`WriteError::NotFound`] when there is no such question.
-    pub async fn delete_question(&self, id: i64) -> Result<(Question, Vec<Choice>), WriteError> {
-        self.transaction(async |q| {
-            let question = one(load_questions(q, &[id]), "Question", id).await?;
-            let choices = load_choices(q, &question.choices).await?;
-            q.execute(
-                "DELETE FROM votes WHERE choice_id IN (SELECT id FROM choices WHERE question_id = $1)",
-                &[Arg::Int(id)],
-            )
+    pub async fn delete_question(&mut self, id: i64) -> Result<(), WriteError> {
+        let rows = self
+            .execute("DELETE FROM questions WHERE id = $1", &[Arg::Int(id)])
             .await?;
-            q.execute(
-                "DELETE FROM choices WHERE question_id = $1",
-                &[Arg::Int(id)],
-            )
-            .await?;
-            q.execute("DELETE FROM questions WHERE id = $1", &[Arg::Int(id)])
-                .await?;
-            Ok((question, choices))
-        })
-        .await
+        changed(rows, "Question", id)
     }
 
-    /// Inserts a choice of question `question_id`; returns it as stored.
+    /// Inserts a choice of question `question_id`; returns its id.
     ///
     /// # Errors
     ///
     /// [`WriteError::Invalid`] when the question does not exist.
     pub async fn create_choice(
-        &self,
+        &mut self,
         question_id: i64,
         choice_text: &str,
-    ) -> Result<Choice, WriteError> {
-        self.transaction(async |q| {
-            require(q, "questions", "question", question_id).await?;
-            let (id,): (i64,) = q
-                .fetch_optional(
-                    "INSERT INTO choices (question_id, choice_text) VALUES ($1, $2) RETURNING id",
-                    &[Arg::Int(question_id), Arg::Text(choice_text)],
-                )
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            let new = one(load_choices(q, &[id]), "Choice", id).await?;
-            Ok(new)
-        })
-        .await
+    ) -> Result<i64, WriteError> {
+        refers(self, "questions", "question", question_id).await?;
+        let (id,): (i64,) = self
+            .fetch_optional(
+                "INSERT INTO choices (question_id, choice_text) VALUES ($1, $2) RETURNING id",
+                &[Arg::Int(question_id), Arg::Text(choice_text)],
+            )
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Ok(id)
     }
 
-    /// Updates a choice, possibly moving it to another question; returns
-    /// (previous, new).
+    /// Updates a choice, possibly moving it to another question.
     ///
     /// # Errors
     ///
     /// [`WriteError::NotFound`] when there is no such choice,
     /// [`WriteError::Invalid`] when the new question does not exist.
     pub async fn update_choice(
-        &self,
+        &mut self,
         id: i64,
-        changes: ChoiceChanges,
-    ) -> Result<(Choice, Choice), WriteError> {
-        self.transaction(async |q| {
-            let previous = one(load_choices(q, &[id]), "Choice", id).await?;
-            let question_id = changes.question_id.unwrap_or(previous.question_id);
-            if question_id != previous.question_id {
-                require(q, "questions", "question", question_id).await?;
-            }
-            let text = changes
-                .choice_text
-                .as_deref()
-                .unwrap_or(&previous.choice_text);
-            q.execute(
-                "UPDATE choices SET question_id = $2, choice_text = $3 WHERE id = $1",
-                &[Arg::Int(id), Arg::Int(question_id), Arg::Text(text)],
+        changes: &ChoiceChanges,
+    ) -> Result<(), WriteError> {
+        if let Some(question_id) = changes.question_id {
+            refers(self, "questions", "question", question_id).await?;
+        }
+        let rows = self
+            .execute(
+                "UPDATE choices SET question_id = COALESCE($2, question_id), \
+                 choice_text = COALESCE($3, choice_text) WHERE id = $1",
+                &[
+                    Arg::Int(id),
+                    Arg::OptInt(changes.question_id),
+                    Arg::OptText(changes.choice_text.as_deref()),
+                ],
             )
             .await?;
-            let new = one(load_choices(q, &[id]), "Choice", id).await?;
-            Ok((previous, new))
-        })
-        .await
+        changed(rows, "Choice", id)
     }
 
-    /// Deletes a choice and its votes; returns it as it was.
+    /// Deletes a choice; its votes go with it (`ON DELETE CASCADE`).
     ///
     /// # Errors
     ///
     /// [`WriteError::NotFound`] when there is no such choice.
-    pub async fn delete_choice(&self, id: i64) -> Result<Choice, WriteError> {
-        self.transaction(async |q| {
-            let choice = one(load_choices(q, &[id]), "Choice", id).await?;
-            q.execute("DELETE FROM votes WHERE choice_id = $1", &[Arg::Int(id)])
-                .await?;
-            q.execute("DELETE FROM choices WHERE id = $1", &[Arg::Int(id)])
-                .await?;
-            Ok(choice)
-        })
-        .await
+    pub async fn delete_choice(&mut self, id: i64) -> Result<(), WriteError> {
+        let rows = self
+            .execute("DELETE FROM choices WHERE id = $1", &[Arg::Int(id)])
+            .await?;
+        changed(rows, "Choice", id)
     }
 
     /// Records (`true`) or withdraws (`false`) `user_id`'s vote for choice
-    /// `choice_id`; returns the choice (previous, new). Voting twice or
-    /// withdrawing a vote never cast changes nothing.
+    /// `choice_id`. Voting twice or withdrawing a vote never cast changes
+    /// nothing.
     ///
     /// # Errors
     ///
     /// [`WriteError::NotFound`] when there is no such choice,
     /// [`WriteError::Invalid`] when the user does not exist.
     pub async fn set_vote(
-        &self,
+        &mut self,
         choice_id: i64,
         user_id: i64,
         voted: bool,
-    ) -> Result<(Choice, Choice), WriteError> {
-        self.transaction(async |q| {
-            let previous = one(load_choices(q, &[choice_id]), "Choice", choice_id).await?;
-            require(q, "users", "user", user_id).await?;
-            let sql = if voted {
-                "INSERT INTO votes (user_id, choice_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-            } else {
-                "DELETE FROM votes WHERE user_id = $1 AND choice_id = $2"
-            };
-            q.execute(sql, &[Arg::Int(user_id), Arg::Int(choice_id)])
-                .await?;
-            let new = one(load_choices(q, &[choice_id]), "Choice", choice_id).await?;
-            Ok((previous, new))
-        })
-        .await
+    ) -> Result<(), WriteError> {
+        if !require(self, "choices", choice_id).await? {
+            return Err(WriteError::NotFound {
+                model: "Choice",
+                id: choice_id,
+            });
+        }
+        refers(self, "users", "user", user_id).await?;
+        let sql = if voted {
+            "INSERT INTO votes (user_id, choice_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM votes WHERE user_id = $1 AND choice_id = $2"
+        };
+        self.execute(sql, &[Arg::Int(user_id), Arg::Int(choice_id)])
+            .await?;
+        Ok(())
     }
 }
