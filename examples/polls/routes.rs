@@ -359,8 +359,8 @@ impl From<WriteError> for ApiError {
             WriteError::Invalid(message) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
             }
-            WriteError::Db(e) => {
-                tracing::error!(target: "polls", error = %e, "write failed");
+            WriteError::Db(_) | WriteError::Feed(_) => {
+                tracing::error!(target: "polls", error = %error, "write failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
             }
         }

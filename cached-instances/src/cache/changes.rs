@@ -17,8 +17,8 @@ use std::collections::{BTreeSet, HashSet};
 use serde_json::{Map, Value};
 
 use super::Cache;
-use super::recovery::Caller;
 use super::registry::{Links, ModelEntry};
+use super::write::Caller;
 use crate::error::Error;
 use crate::instance::Capture;
 use crate::instance::{RelationKind, Target};

@@ -189,8 +189,7 @@ impl Degraded {
         }
     }
 
-    /// Queues `ops`; the caller wakes the recovery task
-    /// ([`Cache::queue`](super::Cache)).
+    /// Queues `ops`; the caller wakes the recovery task (`Gate::queue`).
     pub(crate) fn queue(&self, ops: impl IntoIterator<Item = PendingOp>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.extend(ops);

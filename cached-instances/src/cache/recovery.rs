@@ -17,7 +17,6 @@ use tokio::sync::Notify;
 
 use super::Inner;
 use super::degraded::PendingOp;
-use super::gate::Gate;
 use super::write::Invalidator;
 use crate::error::StoreOp;
 
@@ -215,23 +214,5 @@ async fn run(cache: Weak<Inner>, signal: Arc<Signal>) {
             // spin on it.
             tokio::time::sleep(interval).await;
         }
-    }
-}
-
-/// Whether a store call of the write path waits for the circuit and the
-/// retry queue, or is the delivery of that queue (which is what the others
-/// wait for).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Caller {
-    /// A caller's write: skips the store while it fails or anything is
-    /// queued, queueing its own invalidations behind the others.
-    Write,
-    /// The recovery task: goes to the store directly.
-    Recovery,
-}
-
-impl Caller {
-    pub(super) fn may_use_store(self, gate: &Gate<'_>) -> bool {
-        self == Caller::Recovery || gate.usable()
     }
 }

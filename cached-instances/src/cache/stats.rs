@@ -258,3 +258,34 @@ impl Counters {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts from many threads land on different stripes; the snapshot
+    /// sums them all.
+    #[test]
+    fn a_snapshot_sums_every_threads_stripe() {
+        let counters = Counters::default();
+        std::thread::scope(|scope| {
+            for _ in 0..(STRIPES * 2 + 1) {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        add(&counters.hits, 1);
+                    }
+                    add(&counters.misses, 3);
+                });
+            }
+        });
+        let used = counters
+            .hits
+            .stripes
+            .iter()
+            .filter(|s| s.0.load(Ordering::Relaxed) > 0);
+        assert!(used.count() > 1, "threads share one stripe");
+        let stats = counters.snapshot();
+        assert_eq!(stats.hits, 1000 * (STRIPES as u64 * 2 + 1));
+        assert_eq!(stats.misses, 3 * (STRIPES as u64 * 2 + 1));
+    }
+}

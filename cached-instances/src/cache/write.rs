@@ -12,7 +12,6 @@ use super::degraded::PendingOp;
 use super::gate::Gate;
 use super::index::IndexMaintainer;
 use super::loading::Loading;
-use super::recovery::Caller;
 use super::registry::{Links, ModelEntry, Registry, Reloaded};
 use super::stats::{Counters, add};
 use crate::error::{Error, StoreOp};
@@ -20,6 +19,24 @@ use crate::instance::{CachedInstance, Target};
 use crate::marker::{self, Slot, TOMBSTONE};
 use crate::pk::PrimaryKey;
 use crate::store::CompareAndSet;
+
+/// Whether a store call of the write path waits for the circuit and the
+/// retry queue, or is the delivery of that queue (which is what the others
+/// wait for).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Caller {
+    /// A caller's write: skips the store while it fails or anything is
+    /// queued, queueing its own invalidations behind the others.
+    Write,
+    /// The recovery task: goes to the store directly.
+    Recovery,
+}
+
+impl Caller {
+    pub(super) fn may_use_store(self, gate: &Gate<'_>) -> bool {
+        self == Caller::Recovery || gate.usable()
+    }
+}
 
 /// One key touched by a cascade level.
 struct Touched {

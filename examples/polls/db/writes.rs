@@ -27,13 +27,15 @@ pub enum WriteError {
     Invalid(String),
     /// The database failed.
     Db(sqlx::Error),
+    /// The change feed could not mark the transaction.
+    Feed(FeedError),
 }
 
 impl From<FeedError> for WriteError {
     fn from(e: FeedError) -> Self {
         match e {
             FeedError::Database(e) => WriteError::Db(e),
-            other => WriteError::Invalid(other.to_string()),
+            other => WriteError::Feed(other),
         }
     }
 }
@@ -44,6 +46,7 @@ impl fmt::Display for WriteError {
             WriteError::NotFound { model, id } => write!(f, "{model} {id} not found"),
             WriteError::Invalid(message) => f.write_str(message),
             WriteError::Db(e) => write!(f, "database error: {e}"),
+            WriteError::Feed(e) => write!(f, "{e}"),
         }
     }
 }
@@ -52,6 +55,7 @@ impl std::error::Error for WriteError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             WriteError::Db(e) => Some(e),
+            WriteError::Feed(e) => Some(e),
             _ => None,
         }
     }
