@@ -20,6 +20,7 @@ use cached_instances::store::StoreFuture;
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
 use cached_instances_testkit::process::KillOnDrop;
 use cached_instances_testkit::store::{Hook, Keys, Op, Wrapped};
+use polls::db::{POSTGRES_SCHEMA, SQLITE_SCHEMA};
 use polls::{Choice, Question, User};
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -28,48 +29,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 // ---------------------------------------------------------------------------
 // Databases
 
-const SQLITE_POLLS: &str = "
-CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL UNIQUE);
-CREATE TABLE questions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    question_text TEXT NOT NULL,
-    pub_date TEXT NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE choices (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    question_id INTEGER NOT NULL REFERENCES questions (id) ON DELETE CASCADE,
-    choice_text TEXT NOT NULL
-);
-CREATE TABLE votes (
-    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    choice_id INTEGER NOT NULL REFERENCES choices (id) ON DELETE CASCADE,
-    PRIMARY KEY (user_id, choice_id)
-);
-";
+/// `hits` is a column no model reads, added to the polls example's tables.
+const HITS: &str = "ALTER TABLE questions ADD COLUMN hits INTEGER NOT NULL DEFAULT 0";
 
-const POSTGRES_POLLS: &str = "
-CREATE TABLE users (id BIGSERIAL PRIMARY KEY, username TEXT NOT NULL UNIQUE);
-CREATE TABLE questions (
-    id BIGSERIAL PRIMARY KEY,
-    question_text TEXT NOT NULL,
-    pub_date TIMESTAMPTZ NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE choices (
-    id BIGSERIAL PRIMARY KEY,
-    question_id BIGINT NOT NULL REFERENCES questions (id) ON DELETE CASCADE,
-    choice_text TEXT NOT NULL
-);
-CREATE TABLE votes (
-    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    choice_id BIGINT NOT NULL REFERENCES choices (id) ON DELETE CASCADE,
-    PRIMARY KEY (user_id, choice_id)
-);
-";
-
-/// `hits` is a column no model reads. The explicit ids are followed by
-/// sequence-free inserts in the scenarios, so the sequences are set past them.
+/// The explicit ids are followed by sequence-free inserts in the scenarios,
+/// so the sequences are set past them.
 const ROWS: &str = "
 INSERT INTO users (id, username) VALUES (1, 'ann'), (2, 'bob'), (3, 'cy');
 INSERT INTO questions (id, question_text, pub_date) VALUES
@@ -136,7 +100,8 @@ impl PgSchema {
             .await
             .unwrap();
         let pool = self.pool(1).await;
-        sqlx::raw_sql(POSTGRES_POLLS).execute(&pool).await.unwrap();
+        sqlx::raw_sql(POSTGRES_SCHEMA).execute(&pool).await.unwrap();
+        sqlx::raw_sql(HITS).execute(&pool).await.unwrap();
         sqlx::raw_sql(ROWS).execute(&pool).await.unwrap();
         sqlx::raw_sql(PG_SEQUENCES).execute(&pool).await.unwrap();
         pool.close().await;
@@ -188,7 +153,8 @@ async fn sqlite() -> SqlitePool {
         )
         .await
         .unwrap();
-    sqlx::raw_sql(SQLITE_POLLS).execute(&pool).await.unwrap();
+    sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await.unwrap();
+    sqlx::raw_sql(HITS).execute(&pool).await.unwrap();
     sqlx::raw_sql(ROWS).execute(&pool).await.unwrap();
     pool
 }

@@ -22,6 +22,7 @@
 use cached_instances::sqlx::{SqlxDatabase, SqlxLoader, SqlxModel};
 use cached_instances::{Cache, CachedInstance};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use polls::db::{POSTGRES_SCHEMA, SQLITE_SCHEMA};
 use polls::{Choice, Question, User};
 use serde::{Deserialize, Serialize};
 use sqlx::Pool;
@@ -38,46 +39,9 @@ use cached_instances_testkit::databases;
 use databases::{Statements, counted, sqlite, with_mysql, with_postgres};
 
 // ---------------------------------------------------------------------------
-// The polls models (examples/polls/models.rs), on the tables of
-// examples/polls/db.rs
-
-const SQLITE_POLLS: &str = "
-CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL UNIQUE);
-CREATE TABLE questions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    question_text TEXT NOT NULL,
-    pub_date TEXT NOT NULL
-);
-CREATE TABLE choices (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    question_id INTEGER NOT NULL REFERENCES questions (id) ON DELETE CASCADE,
-    choice_text TEXT NOT NULL
-);
-CREATE TABLE votes (
-    user_id INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    choice_id INTEGER NOT NULL REFERENCES choices (id) ON DELETE CASCADE,
-    PRIMARY KEY (user_id, choice_id)
-);
-";
-
-const POSTGRES_POLLS: &str = "
-CREATE TABLE users (id BIGSERIAL PRIMARY KEY, username TEXT NOT NULL UNIQUE);
-CREATE TABLE questions (
-    id BIGSERIAL PRIMARY KEY,
-    question_text TEXT NOT NULL,
-    pub_date TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE choices (
-    id BIGSERIAL PRIMARY KEY,
-    question_id BIGINT NOT NULL REFERENCES questions (id) ON DELETE CASCADE,
-    choice_text TEXT NOT NULL
-);
-CREATE TABLE votes (
-    user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    choice_id BIGINT NOT NULL REFERENCES choices (id) ON DELETE CASCADE,
-    PRIMARY KEY (user_id, choice_id)
-);
-";
+// The polls models (examples/polls/models.rs), on the example's own tables
+// (`polls::db::SQLITE_SCHEMA`, `POSTGRES_SCHEMA`); the example has no MySQL
+// backend, so its tables are written here.
 
 const MYSQL_POLLS: &str = "
 CREATE TABLE users (id BIGINT AUTO_INCREMENT PRIMARY KEY, username VARCHAR(150) NOT NULL UNIQUE);
@@ -175,7 +139,7 @@ fn users() -> Vec<User> {
 
 async fn sqlite_polls() -> (SqlitePool, &'static Statements) {
     let (pool, statements) = sqlite().await;
-    sqlx::raw_sql(SQLITE_POLLS).execute(&pool).await.unwrap();
+    sqlx::raw_sql(SQLITE_SCHEMA).execute(&pool).await.unwrap();
     for q in questions() {
         sqlx::query(INSERT_QUESTION)
             .bind(q.id)
@@ -190,7 +154,7 @@ async fn sqlite_polls() -> (SqlitePool, &'static Statements) {
 }
 
 async fn postgres_polls(pool: &PgPool) {
-    sqlx::raw_sql(POSTGRES_POLLS).execute(pool).await.unwrap();
+    sqlx::raw_sql(POSTGRES_SCHEMA).execute(pool).await.unwrap();
     for q in questions() {
         sqlx::query(INSERT_QUESTION)
             .bind(q.id)

@@ -23,7 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub use lists::PageOfPks;
-pub use schema::seed;
+pub use schema::{POSTGRES_SCHEMA, SQLITE_SCHEMA, seed};
 pub use sql::Q;
 pub use writes::{ChoiceChanges, QuestionChanges, WriteError};
 

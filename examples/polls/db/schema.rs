@@ -5,7 +5,10 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use super::sql::Arg;
 use super::{Backend, Db};
 
-const SQLITE_SCHEMA: &str = "
+/// The tables on SQLite, with `ON DELETE CASCADE` foreign keys and the
+/// indexes the list queries use; idempotent. Tests that need the polls
+/// tables under their own data run it too.
+pub const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     username TEXT NOT NULL UNIQUE
@@ -30,7 +33,8 @@ CREATE TABLE IF NOT EXISTS votes (
 CREATE INDEX IF NOT EXISTS votes_choice_id ON votes (choice_id);
 ";
 
-const POSTGRES_SCHEMA: &str = "
+/// The tables on PostgreSQL, as [`SQLITE_SCHEMA`] on SQLite.
+pub const POSTGRES_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
     id BIGSERIAL PRIMARY KEY,
     username TEXT NOT NULL UNIQUE
