@@ -82,8 +82,8 @@ impl<T: CachedInstance> Found<T> {
     }
 }
 
-/// Bytes read from the store, as the caller wants them, or `None` if they
-/// must not be served (a miss, and the entry is replaced): larger than
+/// Bytes read from the store, as the caller wants them, or handed back if
+/// they must not be served (a miss, and the entry is replaced): larger than
 /// `max_entry_bytes`, or not `T`'s representation. Instances are decoded;
 /// bytes served as they are pass the cheap shape check of `shape.rs`.
 fn accept<T: CachedInstance>(
@@ -91,13 +91,17 @@ fn accept<T: CachedInstance>(
     max_bytes: usize,
     bytes: Bytes,
     want: Want,
-) -> Option<Found<T>> {
+) -> Result<Found<T>, Bytes> {
     if bytes.len() > max_bytes {
-        return None;
+        return Err(bytes);
     }
     match want {
-        Want::Bytes if !entry.shape.accepts::<T>(&bytes) => None,
-        _ => share(bytes, want),
+        Want::Bytes if entry.shape.accepts::<T>(&bytes) => Ok(Found::Bytes(bytes)),
+        Want::Bytes => Err(bytes),
+        Want::Instances => match T::decode(&bytes) {
+            Ok(instance) => Ok(Found::Instance(instance)),
+            Err(_) => Err(bytes),
+        },
     }
 }
 
@@ -183,13 +187,20 @@ impl Reader<'_> {
                 .call(Some(T::MODEL), StoreOp::Get, self.gate.store.get(&key))
                 .await
             {
-                if let Some(bytes) = &value
-                    && let Slot::Value(_) = marker::classify(bytes)
-                    && let Some(found) = accept::<T>(entry, self.max_bytes(), bytes.clone(), want)
-                {
-                    add(&self.counters.hits, 1);
-                    return Ok(found);
-                }
+                // Moved into `accept`, handed back when refused: a hit
+                // neither clones nor promotes the reply's buffer.
+                let value = match value {
+                    Some(bytes) if matches!(marker::classify(&bytes), Slot::Value(_)) => {
+                        match accept::<T>(entry, self.max_bytes(), bytes, want) {
+                            Ok(found) => {
+                                add(&self.counters.hits, 1);
+                                return Ok(found);
+                            }
+                            Err(bytes) => Some(bytes),
+                        }
+                    }
+                    other => other,
+                };
                 let rows = Rows {
                     entry,
                     pks: std::slice::from_ref(pk),
@@ -266,7 +277,7 @@ impl Reader<'_> {
                     continue;
                 }
             }
-            if let Some(found) = accept::<T>(entry, self.max_bytes(), bytes, want) {
+            if let Ok(found) = accept::<T>(entry, self.max_bytes(), bytes, want) {
                 out[i] = found;
             } else {
                 misses.corrupt.push(keys[i].clone());
@@ -359,8 +370,8 @@ impl Reader<'_> {
                     // Filled since our multi-get.
                     Slot::Value(_) => {
                         match accept::<T>(rows.entry, self.max_bytes(), bytes, rows.want) {
-                            Some(found) => out[i] = found,
-                            None => direct.push(i),
+                            Ok(found) => out[i] = found,
+                            Err(_) => direct.push(i),
                         }
                     }
                     Slot::Tombstone | Slot::Foreign => direct.push(i),
@@ -535,8 +546,8 @@ impl Reader<'_> {
                     Some(bytes) => match marker::classify(&bytes) {
                         Slot::Lease => still.push(i),
                         Slot::Value(_) => match accept::<T>(entry, self.max_bytes(), bytes, want) {
-                            Some(found) => out[i] = found,
-                            None => unresolved.push(i),
+                            Ok(found) => out[i] = found,
+                            Err(_) => unresolved.push(i),
                         },
                         // Released (no such row) or invalidated: read it directly.
                         Slot::Tombstone | Slot::Foreign => unresolved.push(i),
