@@ -375,14 +375,6 @@ async fn a_store_with_a_near_cache_conforms() {
 }
 
 #[tokio::test]
-async fn a_cluster_with_a_near_cache_is_refused() {
-    let result = RedisStore::cluster_builder(["redis://127.0.0.1:1/"])
-        .near_cache(near())
-        .connect_lazy();
-    assert!(result.is_err());
-}
-
-#[tokio::test]
 async fn a_key_prefix_applies_to_the_tier_and_its_pushes() {
     let server = RedisServer::start();
     let store = RedisStore::builder(server.url())

@@ -590,6 +590,156 @@ impl RedisCluster {
         total
     }
 
+    /// The store's commands summed over every master since the last reset:
+    /// every command but the test support's own and the topology queries
+    /// (`CLUSTER SLOTS` and the like, which cluster clients and the near
+    /// cache's topology check send on their own schedule).
+    pub fn data_commands(&self) -> BTreeMap<String, u64> {
+        let mut stats = self.command_stats();
+        stats.retain(|command, _| !is_bookkeeping(command) && !command.starts_with("cluster"));
+        stats
+    }
+
+    /// The master that owns `key`'s hash slot: the one that answers for
+    /// it instead of redirecting.
+    ///
+    /// # Panics
+    ///
+    /// When no master answers for it.
+    pub fn port_of(&self, key: &str) -> u16 {
+        self.ports()
+            .into_iter()
+            .find(|&port| {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query::<i64>(&mut self.node_connection(port))
+                    .is_ok()
+            })
+            .expect("no master owns the key's slot")
+    }
+
+    /// The ids of the clients connected to the master at `port` with
+    /// client-side caching tracking on (flag `t` in `CLIENT LIST`).
+    pub fn tracking_clients(&self, port: u16) -> Vec<i64> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.node_connection(port))
+            .expect("CLIENT LIST failed");
+        list.lines()
+            .filter_map(|line| {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                };
+                if field("flags")?.contains('t') {
+                    field("id")?.parse().ok()
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Moves one empty hash slot of the master at `from` to the master at
+    /// `to`, the way a resharding does (`IMPORTING`, `MIGRATING`, then
+    /// `NODE` on the target, the source and the rest), and waits until
+    /// every master sees the new owner. Returns the slot.
+    ///
+    /// # Panics
+    ///
+    /// When `from` has no empty slot or the masters do not agree in time.
+    pub fn move_an_empty_slot(&self, from: u16, to: u16) -> u16 {
+        let id = |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut self.node_connection(port))
+                .expect("CLUSTER MYID failed")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let mut source = self.node_connection(from);
+        let slot = self
+            .slots_seen_by(from)
+            .into_iter()
+            .filter(|&(_, _, owner)| owner == from)
+            .flat_map(|(start, end, _)| start..=end)
+            .find(|&slot| {
+                redis::cmd("CLUSTER")
+                    .arg("COUNTKEYSINSLOT")
+                    .arg(slot)
+                    .query::<i64>(&mut source)
+                    .expect("CLUSTER COUNTKEYSINSLOT failed")
+                    == 0
+            })
+            .expect("the source master has no empty slot");
+        let setslot = |port: u16, args: &[&str]| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(args)
+                .query(&mut self.node_connection(port))
+                .expect("CLUSTER SETSLOT failed");
+        };
+        setslot(to, &["IMPORTING", &from_id]);
+        setslot(from, &["MIGRATING", &to_id]);
+        setslot(to, &["NODE", &to_id]);
+        setslot(from, &["NODE", &to_id]);
+        for port in self.ports() {
+            if port != from && port != to {
+                setslot(port, &["NODE", &to_id]);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in self.ports() {
+            while self.owner_seen_by(port, slot) != Some(to) {
+                assert!(
+                    Instant::now() < deadline,
+                    "master {port} does not see slot {slot} on {to}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        slot
+    }
+
+    /// The port of `slot`'s owner according to the master at `port`.
+    fn owner_seen_by(&self, port: u16, slot: u16) -> Option<u16> {
+        self.slots_seen_by(port)
+            .into_iter()
+            .find(|&(start, end, _)| start <= slot && slot <= end)
+            .map(|(_, _, owner)| owner)
+    }
+
+    /// The slot ranges and their owners' ports according to the master at
+    /// `port` (empty when it does not answer).
+    fn slots_seen_by(&self, port: u16) -> Vec<(u16, u16, u16)> {
+        let Ok(redis::Value::Array(entries)) = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<redis::Value>(&mut self.node_connection(port))
+        else {
+            return Vec::new();
+        };
+        let number = |value: Option<&redis::Value>| match value {
+            Some(redis::Value::Int(n)) => u16::try_from(*n).ok(),
+            _ => None,
+        };
+        entries
+            .iter()
+            .filter_map(|entry| {
+                let redis::Value::Array(fields) = entry else {
+                    return None;
+                };
+                let Some(redis::Value::Array(primary)) = fields.get(2) else {
+                    return None;
+                };
+                Some((
+                    number(fields.first())?,
+                    number(fields.get(1))?,
+                    number(primary.get(1))?,
+                ))
+            })
+            .collect()
+    }
+
     /// Zeroes every master's command stats.
     pub fn reset_stats(&self) {
         for port in self.ports() {
