@@ -2,8 +2,10 @@
 //! the test): a hit sends no command to any node, a write on the owning
 //! node (or by another store) is evicted by that node's push, a killed
 //! tracking connection of one primary flushes the whole tier and is
-//! remade, a slot moving between primaries flushes and re-tracks, and a
-//! fill leased before a write is still rejected.
+//! remade, a dead primary keeps the tier empty and unused, a slot moving
+//! between primaries flushes and re-tracks, one push is sent per
+//! invalidation (not per write), and a fill leased before a write is still
+//! rejected.
 //!
 //! Nothing here asserts timing: what a push, a reconnection or the
 //! topology check does is polled for with a bounded number of attempts.
@@ -316,6 +318,36 @@ async fn a_killed_tracking_connection_of_one_master_flushes_the_tier_and_is_rema
         eventually_reads(&store, &keys[1], b"{\"v\":3}").await,
         "the new tracking connection gets pushes"
     );
+}
+
+/// A master that dies stops the whole tier: entries of the living masters
+/// are dropped too, and the tier stays empty and unused while that master
+/// cannot be tracked (here, for good: no replica takes over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_empties_the_whole_tier_and_keeps_it_unused() {
+    let mut cluster = RedisCluster::start();
+    let store = near_store(&cluster).await;
+    let keys = one_key_per_master(&cluster);
+    for key in &keys {
+        set(&cluster, key, b"{\"v\":1}");
+        store.get(key).await.unwrap();
+    }
+    let before = store.near_cache_stats().unwrap();
+    assert_eq!(before.entries, 3);
+
+    cluster.kill_master(cluster.ports()[2]);
+    assert!(
+        eventually(|| !store.near_cache_stats().unwrap().tracking).await,
+        "still tracking with a master gone"
+    );
+    // Reads of the living masters' keys go to Redis, uncached, meanwhile.
+    for _ in 0..3 {
+        let _ = store.get(&keys[0]).await;
+    }
+    let stats = store.near_cache_stats().unwrap();
+    assert_eq!(stats.entries, 0, "{stats:?}");
+    assert!(!stats.tracking);
+    assert!(stats.flushes > before.flushes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

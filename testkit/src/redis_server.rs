@@ -558,6 +558,17 @@ impl RedisCluster {
         self.nodes.iter().map(|(_, port)| *port).collect()
     }
 
+    /// Kills the master at `port` (SIGKILL), for fault tests. It leaves
+    /// [`ports`](Self::ports), [`urls`](Self::urls) and the stats, which
+    /// cover the living masters; the cluster has no replica to promote, so
+    /// its slots stay unserved.
+    pub fn kill_master(&mut self, port: u16) {
+        if let Some(i) = self.nodes.iter().position(|(_, p)| *p == port) {
+            let (mut child, _) = self.nodes.remove(i);
+            stop(&mut child);
+        }
+    }
+
     /// A synchronous connection to one node (not cluster-aware).
     pub fn node_connection(&self, port: u16) -> redis::Connection {
         connect(port).expect("cannot connect to a cluster node")
