@@ -48,7 +48,9 @@
 //! fill), plus index updates and expirations, so each process would handle
 //! the whole cluster's write rate, and each unrelated push also bumps an
 //! admission stripe, voiding reads in flight. Per-key tracking pushes at
-//! most once per key this process read, as on a single server. The price
+//! most once per key this process read, as on a single server: a
+//! tombstone, lease and fill after a read cost one push, not three
+//! (`tests/near_cluster.rs` counts them). The price
 //! is that reads must go to the owner, which this module routes itself;
 //! in return a reply from a node that no longer owns the slot (`MOVED`,
 //! `ASK`) is seen here, and treated as a lost connection.
