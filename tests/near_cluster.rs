@@ -3,7 +3,7 @@
 //! node (or by another store) is evicted by that node's push, a killed
 //! tracking connection of one primary flushes the whole tier and is
 //! remade, a dead primary keeps the tier empty and unused, a slot moving
-//! between primaries flushes and re-tracks, one push is sent per
+//! between primaries or a failover flushes and re-tracks, one push is sent per
 //! invalidation (not per write), and a fill leased before a write is still
 //! rejected.
 //!
@@ -35,18 +35,22 @@ async fn near_store(cluster: &RedisCluster) -> RedisStore {
         .unwrap()
 }
 
-/// One key owned by each master, in [`RedisCluster::ports`] order.
+/// One key owned by each of the three masters.
 fn one_key_per_master(cluster: &RedisCluster) -> Vec<String> {
-    cluster
-        .ports()
-        .into_iter()
-        .map(|port| {
-            (0..)
-                .map(|i| format!("k{i}"))
-                .find(|key| cluster.port_of(key) == port)
-                .unwrap()
-        })
-        .collect()
+    let mut masters = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0.. {
+        let key = format!("k{i}");
+        let port = cluster.port_of(&key);
+        if !masters.contains(&port) {
+            masters.push(port);
+            keys.push(key);
+            if keys.len() == 3 {
+                break;
+            }
+        }
+    }
+    keys
 }
 
 /// `SET key value` on the master that owns `key` (a plain client, not the
@@ -382,6 +386,58 @@ async fn a_slot_moving_to_another_master_flushes_the_tier_and_it_tracks_the_new_
         set(&cluster, key, b"{\"v\":2}");
         assert!(eventually_reads(&store, key, b"{\"v\":2}").await);
     }
+}
+
+/// A replica promoted by `CLUSTER FAILOVER`: the old master, now a
+/// replica, applies the new master's writes (pushing on what it tracked)
+/// and redirects reads; the topology check sees the new slot map. The tier
+/// is flushed, tracks the new master, and is coherent throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_flushes_the_tier_and_it_tracks_the_new_master() {
+    let cluster = RedisCluster::start_with_replicas(1);
+    let store = near_store(&cluster).await;
+    let keys = one_key_per_master(&cluster);
+    for key in &keys {
+        set(&cluster, key, b"{\"v\":1}");
+        assert_eq!(
+            reads_of_second_read(&cluster, &store, key, b"{\"v\":1}").await,
+            0,
+            "{key} is held"
+        );
+    }
+    let before = store.near_cache_stats().unwrap();
+
+    let old = cluster.port_of(&keys[0]);
+    let new = cluster.failover(old);
+    assert_eq!(cluster.port_of(&keys[0]), new);
+    // Written on the new master by a plain client.
+    set(&cluster, &keys[0], b"{\"v\":2}");
+    assert!(
+        eventually_reads(&store, &keys[0], b"{\"v\":2}").await,
+        "the new master's write was not seen"
+    );
+    assert!(
+        eventually(|| {
+            let stats = store.near_cache_stats().unwrap();
+            stats.flushes > before.flushes && stats.tracking
+        })
+        .await,
+        "the failover did not flush and re-track"
+    );
+    assert!(
+        eventually(|| cluster.tracking_clients(new).len() == 1).await,
+        "the new master is not tracked"
+    );
+    assert_eq!(
+        reads_of_second_read(&cluster, &store, &keys[0], b"{\"v\":2}").await,
+        0,
+        "near hits on the new master"
+    );
+    set(&cluster, &keys[0], b"{\"v\":3}");
+    assert!(
+        eventually_reads(&store, &keys[0], b"{\"v\":3}").await,
+        "the new master's pushes arrive"
+    );
 }
 
 /// The cache's stale-set scenario on a near-cached cluster store.

@@ -449,7 +449,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A local Redis Cluster of three masters (no replicas), torn down on drop.
+/// A local Redis Cluster of three masters (no replicas, unless started
+/// with [`start_with_replicas`](RedisCluster::start_with_replicas)), torn
+/// down on drop.
 pub struct RedisCluster {
     nodes: Vec<(Child, u16)>,
     dir: TempDir,
@@ -465,12 +467,23 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is not installed, or the cluster
     /// does not form.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// Starts three masters with `replicas` replicas each (for failover
+    /// tests), as [`start`](Self::start) does. [`ports`](Self::ports) and
+    /// the stats then cover the replicas too.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
         let dir = TempDir::new("ci-redis-cluster");
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             dir,
         };
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let conf_dir = cluster.dir.path().to_owned();
             let node = start_on_free_port(cluster.dir.path(), |port| {
                 vec![
@@ -504,7 +517,9 @@ impl RedisCluster {
                     .iter()
                     .map(|(_, port)| format!("127.0.0.1:{port}")),
             )
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes")
             .stdin(Stdio::null())
             .output();
         let output = match output {
@@ -556,6 +571,68 @@ impl RedisCluster {
     /// The masters' ports.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|(_, port)| *port).collect()
+    }
+
+    /// Promotes a replica of the master at `port` with `CLUSTER FAILOVER`
+    /// (the old master becomes its replica), and waits until every node
+    /// sees the new master owning the old one's slots. Returns the new
+    /// master's port.
+    ///
+    /// # Panics
+    ///
+    /// When the master has no replica in sync, or the failover does not
+    /// complete in time.
+    pub fn failover(&self, port: u16) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let replica = loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut self.node_connection(port))
+                .expect("INFO replication failed");
+            let online = info.lines().find_map(|line| {
+                let fields = line.strip_prefix("slave0:")?;
+                if !fields.contains("state=online") {
+                    return None;
+                }
+                fields
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("port="))?
+                    .parse::<u16>()
+                    .ok()
+            });
+            if let Some(replica) = online {
+                break replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master {port} has no replica online"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let slots: Vec<(u16, u16)> = self
+            .slots_seen_by(port)
+            .into_iter()
+            .filter(|&(_, _, owner)| owner == port)
+            .map(|(start, end, _)| (start, end))
+            .collect();
+        assert!(!slots.is_empty(), "{port} is not a master");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query(&mut self.node_connection(replica))
+            .expect("CLUSTER FAILOVER failed");
+        for node in self.ports() {
+            while !slots
+                .iter()
+                .all(|&(start, _)| self.owner_seen_by(node, start) == Some(replica))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {node} does not see {replica} as the new master"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        replica
     }
 
     /// Kills the master at `port` (SIGKILL), for fault tests. It leaves
