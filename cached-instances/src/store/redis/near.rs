@@ -36,13 +36,13 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use moka::sync::Cache as Moka;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo};
 use redis::{PushKind, Value};
 
 use crate::error::StoreError;
 use crate::marker::{self, Slot};
+use crate::store::tier::Tier;
 
 /// Default bound of the tier's size (keys and values).
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -127,9 +127,9 @@ impl NearCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NearCacheStats {
-    /// Entries held.
+    /// Entries held (past `max_age` but not yet removed included).
     pub entries: u64,
-    /// Bytes held (keys plus values).
+    /// Bytes held (keys plus values), as `entries`.
     pub bytes: u64,
     /// Keys evicted by an invalidation push or by this store's own writes.
     pub invalidations: u64,
@@ -142,7 +142,9 @@ pub struct NearCacheStats {
 
 /// The tier and its tracking connection, shared by the store's clones.
 pub(super) struct Near {
-    tier: Moka<String, Bytes>,
+    tier: Tier,
+    /// How long an admitted entry stays in the tier at most.
+    max_age: Duration,
     /// Bumped under the lock by every eviction of a key of the stripe (and
     /// by every flush); a reply is admitted only if its stripe did not move
     /// since its read was sent.
@@ -187,16 +189,9 @@ impl Near {
             .set_protocol(ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(settings))
             .map_err(|e| super::config_error(e.to_string()))?;
-        let weigher = |key: &String, value: &Bytes| {
-            u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
-        };
-        let tier = Moka::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(weigher)
-            .time_to_live(config.max_age)
-            .build();
         let near = Arc::new(Near {
-            tier,
+            tier: Tier::new(config.max_bytes),
+            max_age: config.max_age,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             connection: tokio::sync::watch::Sender::new(None),
@@ -360,7 +355,7 @@ impl Near {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *seen += 1;
-        self.tier.invalidate(key);
+        self.tier.remove(key);
         drop(seen);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
@@ -370,7 +365,7 @@ impl Near {
         for stripe in &self.stripes {
             *stripe.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         }
-        self.tier.invalidate_all();
+        self.tier.clear();
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -433,15 +428,14 @@ impl Near {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if *stripe == seen {
-            self.tier.insert(key.to_owned(), value.clone());
+            self.tier.insert(key, value.clone(), self.max_age);
         }
     }
 
     pub(super) fn stats(&self) -> NearCacheStats {
-        self.tier.run_pending_tasks();
         NearCacheStats {
-            entries: self.tier.entry_count(),
-            bytes: self.tier.weighted_size(),
+            entries: self.tier.entries(),
+            bytes: self.tier.bytes(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             tracking: self.current().is_some(),
