@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use cached_instances::sqlx::SqlxLoader;
-use cached_instances::{Cache, CachedInstance, Loader, RedisStore};
+use cached_instances::{Cache, CachedInstance, Loader, NearCache, RedisStore};
 use cached_instances_testkit::redis_server::RedisServer;
 use polls::db::{Db, Pool};
 use polls::telemetry::StatementCounter;
@@ -231,12 +231,19 @@ impl Env {
     /// `Question` warmed: its `pub_date` index holds every question, so
     /// lists in that order are one index query and one multi-get. Apart
     /// from [`cache`](Env::cache) so that no other row pays for the index.
-    pub(crate) async fn indexed_cache(&self) -> Cache {
-        let store = RedisStore::builder(self.redis_url.as_str())
-            .key_prefix("indexed:")
-            .connect()
-            .await
-            .expect("redis");
+    ///
+    /// `near`: with a near cache in front of Redis (and a key prefix of its
+    /// own), as a deployment that wants lists at in-process speed has it.
+    pub(crate) async fn indexed_cache(&self, near: bool) -> Cache {
+        let builder = RedisStore::builder(self.redis_url.as_str());
+        let builder = if near {
+            builder
+                .key_prefix("indexed-near:")
+                .near_cache(NearCache::new())
+        } else {
+            builder.key_prefix("indexed:")
+        };
+        let store = builder.connect().await.expect("redis");
         // The loaders the models derive, as the polls app has them: they
         // list every pk for `warm`.
         let Pool::Postgres(pool) = self.db.pool() else {

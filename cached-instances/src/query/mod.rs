@@ -672,6 +672,13 @@ impl<T: CachedInstance> Query<T> {
         self.nothing
     }
 
+    /// Whether the query filters at all (a filter, a search term, or a
+    /// filter nothing meets): without one every instance matches, and an
+    /// index answer need not decode its page to check it.
+    pub(crate) fn filters_anything(&self) -> bool {
+        self.nothing || !self.filters.is_empty() || !self.search.is_empty()
+    }
+
     /// Whether `instance` meets every filter and search term.
     #[must_use]
     pub fn matches(&self, instance: &T) -> bool {
