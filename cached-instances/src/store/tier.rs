@@ -171,7 +171,8 @@ impl Tier {
         self.map.remove(key);
     }
 
-    /// Removes every entry.
+    /// Removes every entry (the near tier's flush).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn clear(&self) {
         self.map.clear();
     }
