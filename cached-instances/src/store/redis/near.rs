@@ -113,9 +113,10 @@ impl NearCache {
         self
     }
 
-    /// The longest an entry stays in the tier, whatever the pushes say: a
-    /// bound on staleness should an invalidation ever be lost without the
-    /// connection dropping. Default: 60 s.
+    /// The longest an entry is served from the tier, whatever the pushes
+    /// say: a bound on staleness should an invalidation ever be lost without
+    /// the connection dropping. An older entry is read from Redis again (at
+    /// most about one kernel tick, 1-10 ms, past its age). Default: 60 s.
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
         self
