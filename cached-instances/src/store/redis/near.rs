@@ -81,13 +81,13 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use moka::sync::Cache as Moka;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 use redis::{PushInfo, PushKind, Value};
 
 use crate::error::StoreError;
 use crate::marker::{self, Slot};
+use crate::store::tier::Tier;
 
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -162,9 +162,10 @@ impl NearCache {
         self
     }
 
-    /// The longest an entry stays in the tier, whatever the pushes say: a
-    /// bound on staleness should an invalidation ever be lost without the
-    /// connection dropping. Default: 60 s.
+    /// The longest an entry is served from the tier, whatever the pushes
+    /// say: a bound on staleness should an invalidation ever be lost without
+    /// the connection dropping. An older entry is read from Redis again (at
+    /// most about one kernel tick, 1-10 ms, past its age). Default: 60 s.
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
         self
@@ -176,9 +177,9 @@ impl NearCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NearCacheStats {
-    /// Entries held.
+    /// Entries held (past `max_age` but not yet removed included).
     pub entries: u64,
-    /// Bytes held (keys plus values).
+    /// Bytes held (keys plus values), as `entries`.
     pub bytes: u64,
     /// Keys evicted by an invalidation push or by this store's own writes.
     pub invalidations: u64,
@@ -290,7 +291,9 @@ async fn tracking_connection(
 
 /// The tier and its tracking connections, shared by the store's clones.
 pub(super) struct Near {
-    tier: Moka<String, Bytes>,
+    tier: Tier,
+    /// How long an admitted entry stays in the tier at most.
+    max_age: Duration,
     /// Bumped under the lock by every eviction of a key of the stripe (and
     /// by every flush); a reply is admitted only if its stripe did not move
     /// since its read was sent.
@@ -331,14 +334,6 @@ impl Near {
                 "a RedisStore must be created within a Tokio runtime".to_owned(),
             ));
         }
-        let weigher = |key: &String, value: &Bytes| {
-            u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
-        };
-        let tier = Moka::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(weigher)
-            .time_to_live(config.max_age)
-            .build();
         // A cluster's topology is checked periodically; one server's
         // connection only needs remaking when it is lost.
         let check = match &backend {
@@ -347,7 +342,8 @@ impl Near {
             Backend::Cluster(_) => Some(cluster::CHECK_INTERVAL),
         };
         let near = Arc::new(Near {
-            tier,
+            tier: Tier::new(config.max_bytes),
+            max_age: config.max_age,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             links: tokio::sync::watch::Sender::new(None),
@@ -558,7 +554,7 @@ impl Near {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *seen += 1;
-        self.tier.invalidate(key);
+        self.tier.remove(key);
         drop(seen);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
@@ -568,7 +564,7 @@ impl Near {
         for stripe in &self.stripes {
             *stripe.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         }
-        self.tier.invalidate_all();
+        self.tier.clear();
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -621,15 +617,14 @@ impl Near {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if *stripe == seen {
-            self.tier.insert(key.to_owned(), value.clone());
+            self.tier.insert(key, value.clone(), self.max_age);
         }
     }
 
     pub(super) fn stats(&self) -> NearCacheStats {
-        self.tier.run_pending_tasks();
         NearCacheStats {
-            entries: self.tier.entry_count(),
-            bytes: self.tier.weighted_size(),
+            entries: self.tier.entries(),
+            bytes: self.tier.bytes(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             tracking: self.current().is_some(),
