@@ -29,8 +29,9 @@
 //! # Redis Cluster
 //!
 //! The tracking backend is either one connection (a single server) or one
-//! connection per primary (a cluster, the `cluster` submodule); the tier, the admission
-//! rule, the flushes and the reconnect task are the same code for both. In
+//! connection per primary (a cluster, the `cluster` submodule); the tier,
+//! the admission rule, the flushes and the reconnect task are the same code
+//! for both. In
 //! a cluster the primaries and their slot ranges are read with
 //! `CLUSTER SLOTS`, each primary gets its own tracking connection in the
 //! default (per-key) mode, and a read that misses the tier is sent, one
@@ -50,19 +51,21 @@
 //! admission stripe, voiding reads in flight. Per-key tracking pushes at
 //! most once per key this process read, as on a single server: a
 //! tombstone, lease and fill after a read cost one push, not three
-//! (`tests/near_cluster.rs` counts them). The price
-//! is that reads must go to the owner, which this module routes itself;
+//! (`tests/near_cluster.rs` counts them). The price is that reads must go
+//! to the owner, which this module routes itself;
 //! in return a reply from a node that no longer owns the slot (`MOVED`,
 //! `ASK`) is seen here, and treated as a lost connection.
 //!
 //! Topology changes: the background task asks every tracked primary for
-//! its `CLUSTER SLOTS` every `CHECK_INTERVAL`; a different
-//! answer, an error or no answer in time flushes the tier and re-tracks.
+//! its `CLUSTER SLOTS` every `CHECK_INTERVAL` (1 s); a different answer,
+//! an error or no answer in time flushes the tier and re-tracks.
 //! A slot migration needs nothing more: `MIGRATE` deletes each key on the
 //! source, which pushes its invalidation, and a read of a migrated key
 //! gets `ASK` or `MOVED`. A failover is covered when the old primary dies
-//! (its connection drops, or the check gets no answer, within a second,
-//! long before the cluster promotes a replica after its node timeout) or
+//! (its connection drops, or the check gets no answer within a second plus
+//! the response timeout, before the cluster promotes a replica after its
+//! node timeout, 15 s by default; a shorter node timeout reopens the window
+//! below) or
 //! is demoted (a replica applies the new primary's writes, which pushes
 //! on the tracked keys, and our next read on it gets `MOVED`). The window
 //! left: when the old primary stays reachable from this process but cut
