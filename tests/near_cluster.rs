@@ -5,7 +5,7 @@
 //! remade, a dead primary keeps the tier empty and unused, a slot moving
 //! between primaries or a failover flushes and re-tracks, one push is sent per
 //! invalidation (not per write), and a fill leased before a write is still
-//! rejected.
+//! rejected; dropping the store closes its tracking connections.
 //!
 //! Nothing here asserts timing: what a push, a reconnection or the
 //! topology check does is polled for with a bounded number of attempts.
@@ -508,4 +508,36 @@ async fn a_lazy_near_cached_cluster_store_is_accepted_before_the_cluster_answers
         .connect_lazy()
         .unwrap();
     assert!(!store.near_cache_stats().unwrap().tracking);
+}
+
+/// The tracking connections and the task that checks and remakes them
+/// belong to the store: dropping it (every clone) closes the connection on
+/// every master, as the masters see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_store_closes_its_tracking_connection_on_every_master() {
+    let cluster = RedisCluster::start();
+    let store = near_store(&cluster).await;
+    for port in cluster.ports() {
+        assert_eq!(cluster.tracking_clients(port).len(), 1, "master {port}");
+    }
+    let clone = store.clone();
+    drop(store);
+    // Past a topology check, so the task has held and released the store.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(
+        cluster
+            .ports()
+            .into_iter()
+            .all(|port| cluster.tracking_clients(port).len() == 1),
+        "a clone keeps them"
+    );
+    drop(clone);
+    assert!(
+        eventually(|| cluster
+            .ports()
+            .into_iter()
+            .all(|port| cluster.tracking_clients(port).is_empty()))
+        .await,
+        "tracking connections left after the store was dropped"
+    );
 }
