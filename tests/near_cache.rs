@@ -465,7 +465,10 @@ async fn an_entry_older_than_max_age_is_read_from_redis_again() {
     tokio::time::sleep(max_age + Duration::from_millis(100)).await;
     let before = store.near_cache_stats().unwrap();
     server.reset_stats();
-    assert_eq!(store.get("aged").await.unwrap().as_deref(), Some(&b"{}"[..]));
+    assert_eq!(
+        store.get("aged").await.unwrap().as_deref(),
+        Some(&b"{}"[..])
+    );
     assert_eq!(reads(&server), 1, "an expired entry is read from Redis");
     let after = store.near_cache_stats().unwrap();
     assert_eq!(
