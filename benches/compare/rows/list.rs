@@ -1,11 +1,16 @@
 //! The `list` rows (`--only list`).
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use cached_instances::Cache;
+use cached_instances::query::Query;
+use polls::Question;
 
 use crate::ops::{CachedList, IndexList, LIST_BY_DATE_SQL, LIST_SQL, Op, PgList};
 use crate::runners::{latencies, throughputs};
 use crate::setup::Env;
-use crate::stats::fmt_lat;
+use crate::stats::{fmt_lat, lat};
 use crate::table::{Row, ratio_row};
 
 pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
@@ -58,8 +63,10 @@ pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
             "… the same with a near cache (1 index query to Redis, the 100 entries from the near tier, 0 DB queries): latency",
         ),
     ] {
+        let cache = env.indexed_cache(near).await;
+        index_steps(&cache, &offsets, near).await;
         let ours = Arc::new(IndexList {
-            cache: env.indexed_cache(near).await,
+            cache,
             offsets: offsets.clone(),
         });
         let base = Arc::new(PgList {
@@ -87,4 +94,42 @@ pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
             (">=", 3.0),
         ));
     }
+}
+
+/// Prints each step of a listing from the index alone (p50 of sequential
+/// calls): the index query (page of pks and count, `query_pks`) and the
+/// multi-get of its 100 entries (`get_many_json`).
+async fn index_steps(cache: &Cache, offsets: &[i64], near: bool) {
+    const SAMPLES: usize = 400;
+    let queries: Vec<Query<Question>> = offsets
+        .iter()
+        .map(|&offset| {
+            Query::<Question>::new()
+                .order_by_desc("pub_date")
+                .offset(offset.unsigned_abs())
+                .limit(100)
+        })
+        .collect();
+    let mut pages = Vec::with_capacity(queries.len());
+    for query in &queries {
+        pages.push(cache.query_pks(query).await.expect("query").items);
+    }
+    let (mut index, mut multi_get) = (Vec::new(), Vec::new());
+    for i in 0..SAMPLES {
+        let query = &queries[i % queries.len()];
+        let started = Instant::now();
+        std::hint::black_box(cache.query_pks(query).await.expect("query"));
+        index.push(started.elapsed().as_nanos() as u64);
+        let pks = &pages[i % pages.len()];
+        let started = Instant::now();
+        let got = cache.get_many_json::<Question>(pks).await.expect("get");
+        multi_get.push(started.elapsed().as_nanos() as u64);
+        assert_eq!(got.len(), 100);
+    }
+    println!(
+        "list from the index{}: each step alone: index query (page of 100 pks + count) {}; multi-get of the 100 {}",
+        if near { ", near cache" } else { "" },
+        fmt_lat(lat(index)),
+        fmt_lat(lat(multi_get)),
+    );
 }
