@@ -380,14 +380,6 @@ async fn a_store_with_a_near_cache_conforms() {
 }
 
 #[tokio::test]
-async fn a_cluster_with_a_near_cache_is_refused() {
-    let result = RedisStore::cluster_builder(["redis://127.0.0.1:1/"])
-        .near_cache(near())
-        .connect_lazy();
-    assert!(result.is_err());
-}
-
-#[tokio::test]
 async fn a_key_prefix_applies_to_the_tier_and_its_pushes() {
     let server = RedisServer::start();
     let store = RedisStore::builder(server.url())
@@ -452,4 +444,34 @@ async fn dropping_the_store_ends_its_tracking_task_and_connection() {
         metrics.num_alive_tasks(),
         tracking_client(&server)
     );
+}
+
+#[tokio::test]
+async fn an_entry_older_than_max_age_is_read_from_redis_again() {
+    let server = RedisServer::start();
+    let max_age = Duration::from_millis(100);
+    let store = near_store(&server, NearCache::new().max_age(max_age)).await;
+    set(&server, "aged", b"{}");
+    assert_eq!(
+        reads_of_second_read(&server, &store, "aged", b"{}").await,
+        0,
+        "a near hit while young"
+    );
+    // Past the max age by more than any clock tick, with no push: the
+    // entry is expired, not evicted.
+    tokio::time::sleep(max_age + Duration::from_millis(100)).await;
+    let before = store.near_cache_stats().unwrap();
+    server.reset_stats();
+    assert_eq!(
+        store.get("aged").await.unwrap().as_deref(),
+        Some(&b"{}"[..])
+    );
+    assert_eq!(reads(&server), 1, "an expired entry is read from Redis");
+    let after = store.near_cache_stats().unwrap();
+    assert_eq!(
+        (after.invalidations, after.flushes),
+        (before.invalidations, before.flushes),
+        "nothing evicted it"
+    );
+    assert_eq!(after.entries, 1, "readmitted");
 }

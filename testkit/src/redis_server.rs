@@ -449,7 +449,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// A local Redis Cluster of three masters (no replicas), torn down on drop.
+/// A local Redis Cluster of three masters (no replicas, unless started
+/// with [`start_with_replicas`](RedisCluster::start_with_replicas)), torn
+/// down on drop.
 pub struct RedisCluster {
     nodes: Vec<(Child, u16)>,
     dir: TempDir,
@@ -465,12 +467,23 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is not installed, or the cluster
     /// does not form.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with_replicas(0)
+    }
+
+    /// Starts three masters with `replicas` replicas each (for failover
+    /// tests), as [`start`](Self::start) does. [`ports`](Self::ports) and
+    /// the stats then cover the replicas too.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with_replicas(replicas: usize) -> RedisCluster {
         let dir = TempDir::new("ci-redis-cluster");
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             dir,
         };
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let conf_dir = cluster.dir.path().to_owned();
             let node = start_on_free_port(cluster.dir.path(), |port| {
                 vec![
@@ -504,7 +517,9 @@ impl RedisCluster {
                     .iter()
                     .map(|(_, port)| format!("127.0.0.1:{port}")),
             )
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes")
             .stdin(Stdio::null())
             .output();
         let output = match output {
@@ -558,6 +573,79 @@ impl RedisCluster {
         self.nodes.iter().map(|(_, port)| *port).collect()
     }
 
+    /// Promotes a replica of the master at `port` with `CLUSTER FAILOVER`
+    /// (the old master becomes its replica), and waits until every node
+    /// sees the new master owning the old one's slots. Returns the new
+    /// master's port.
+    ///
+    /// # Panics
+    ///
+    /// When the master has no replica in sync, or the failover does not
+    /// complete in time.
+    pub fn failover(&self, port: u16) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let replica = loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut self.node_connection(port))
+                .expect("INFO replication failed");
+            let online = info.lines().find_map(|line| {
+                let fields = line.strip_prefix("slave0:")?;
+                if !fields.contains("state=online") {
+                    return None;
+                }
+                fields
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("port="))?
+                    .parse::<u16>()
+                    .ok()
+            });
+            if let Some(replica) = online {
+                break replica;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "master {port} has no replica online"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let slots: Vec<(u16, u16)> = self
+            .slots_seen_by(port)
+            .into_iter()
+            .filter(|&(_, _, owner)| owner == port)
+            .map(|(start, end, _)| (start, end))
+            .collect();
+        assert!(!slots.is_empty(), "{port} is not a master");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query(&mut self.node_connection(replica))
+            .expect("CLUSTER FAILOVER failed");
+        for node in self.ports() {
+            while !slots
+                .iter()
+                .all(|&(start, _)| self.owner_seen_by(node, start) == Some(replica))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {node} does not see {replica} as the new master"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        replica
+    }
+
+    /// Kills the master at `port` (SIGKILL), for fault tests. It leaves
+    /// [`ports`](Self::ports), [`urls`](Self::urls) and the stats, which
+    /// cover the living masters; the cluster has no replica to promote, so
+    /// its slots stay unserved.
+    pub fn kill_master(&mut self, port: u16) {
+        if let Some(i) = self.nodes.iter().position(|(_, p)| *p == port) {
+            let (mut child, _) = self.nodes.remove(i);
+            stop(&mut child);
+        }
+    }
+
     /// A synchronous connection to one node (not cluster-aware).
     pub fn node_connection(&self, port: u16) -> redis::Connection {
         connect(port).expect("cannot connect to a cluster node")
@@ -588,6 +676,156 @@ impl RedisCluster {
             }
         }
         total
+    }
+
+    /// The store's commands summed over every master since the last reset:
+    /// every command but the test support's own and the topology queries
+    /// (`CLUSTER SLOTS` and the like, which cluster clients and the near
+    /// cache's topology check send on their own schedule).
+    pub fn data_commands(&self) -> BTreeMap<String, u64> {
+        let mut stats = self.command_stats();
+        stats.retain(|command, _| !is_bookkeeping(command) && !command.starts_with("cluster"));
+        stats
+    }
+
+    /// The master that owns `key`'s hash slot: the one that answers for
+    /// it instead of redirecting.
+    ///
+    /// # Panics
+    ///
+    /// When no master answers for it.
+    pub fn port_of(&self, key: &str) -> u16 {
+        self.ports()
+            .into_iter()
+            .find(|&port| {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query::<i64>(&mut self.node_connection(port))
+                    .is_ok()
+            })
+            .expect("no master owns the key's slot")
+    }
+
+    /// The ids of the clients connected to the master at `port` with
+    /// client-side caching tracking on (flag `t` in `CLIENT LIST`).
+    pub fn tracking_clients(&self, port: u16) -> Vec<i64> {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.node_connection(port))
+            .expect("CLIENT LIST failed");
+        list.lines()
+            .filter_map(|line| {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                };
+                if field("flags")?.contains('t') {
+                    field("id")?.parse().ok()
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Moves one empty hash slot of the master at `from` to the master at
+    /// `to`, the way a resharding does (`IMPORTING`, `MIGRATING`, then
+    /// `NODE` on the target, the source and the rest), and waits until
+    /// every master sees the new owner. Returns the slot.
+    ///
+    /// # Panics
+    ///
+    /// When `from` has no empty slot or the masters do not agree in time.
+    pub fn move_an_empty_slot(&self, from: u16, to: u16) -> u16 {
+        let id = |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut self.node_connection(port))
+                .expect("CLUSTER MYID failed")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let mut source = self.node_connection(from);
+        let slot = self
+            .slots_seen_by(from)
+            .into_iter()
+            .filter(|&(_, _, owner)| owner == from)
+            .flat_map(|(start, end, _)| start..=end)
+            .find(|&slot| {
+                redis::cmd("CLUSTER")
+                    .arg("COUNTKEYSINSLOT")
+                    .arg(slot)
+                    .query::<i64>(&mut source)
+                    .expect("CLUSTER COUNTKEYSINSLOT failed")
+                    == 0
+            })
+            .expect("the source master has no empty slot");
+        let setslot = |port: u16, args: &[&str]| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(args)
+                .query(&mut self.node_connection(port))
+                .expect("CLUSTER SETSLOT failed");
+        };
+        setslot(to, &["IMPORTING", &from_id]);
+        setslot(from, &["MIGRATING", &to_id]);
+        setslot(to, &["NODE", &to_id]);
+        setslot(from, &["NODE", &to_id]);
+        for port in self.ports() {
+            if port != from && port != to {
+                setslot(port, &["NODE", &to_id]);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in self.ports() {
+            while self.owner_seen_by(port, slot) != Some(to) {
+                assert!(
+                    Instant::now() < deadline,
+                    "master {port} does not see slot {slot} on {to}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        slot
+    }
+
+    /// The port of `slot`'s owner according to the master at `port`.
+    fn owner_seen_by(&self, port: u16, slot: u16) -> Option<u16> {
+        self.slots_seen_by(port)
+            .into_iter()
+            .find(|&(start, end, _)| start <= slot && slot <= end)
+            .map(|(_, _, owner)| owner)
+    }
+
+    /// The slot ranges and their owners' ports according to the master at
+    /// `port` (empty when it does not answer).
+    fn slots_seen_by(&self, port: u16) -> Vec<(u16, u16, u16)> {
+        let Ok(redis::Value::Array(entries)) = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query::<redis::Value>(&mut self.node_connection(port))
+        else {
+            return Vec::new();
+        };
+        let number = |value: Option<&redis::Value>| match value {
+            Some(redis::Value::Int(n)) => u16::try_from(*n).ok(),
+            _ => None,
+        };
+        entries
+            .iter()
+            .filter_map(|entry| {
+                let redis::Value::Array(fields) = entry else {
+                    return None;
+                };
+                let Some(redis::Value::Array(primary)) = fields.get(2) else {
+                    return None;
+                };
+                Some((
+                    number(fields.first())?,
+                    number(fields.get(1))?,
+                    number(primary.get(1))?,
+                ))
+            })
+            .collect()
     }
 
     /// Zeroes every master's command stats.

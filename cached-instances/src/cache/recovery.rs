@@ -1,14 +1,14 @@
 //! Recovery: the background task that delivers queued invalidations (see
 //! "Store outages" in the protocol, `cache/mod.rs`).
 //!
-//! It runs as redis-rs's `ConnectionManager` reconnects and moka's
-//! housekeeper evicts: spawned on the Tokio runtime by the first call that
-//! queues work (a cache can be built outside a runtime), woken through a
-//! [`Notify`], it waits for the store's retry time, delivers, and sleeps
-//! again while anything is left. It holds the cache only through a
-//! [`Weak`] between deliveries, so it ends when the last [`Cache`] clone is
-//! dropped; a task dropped with its runtime is spawned again by the next
-//! call that finds work queued. A read only checks a flag.
+//! It runs as redis-rs's `ConnectionManager` reconnects: spawned on the
+//! Tokio runtime by the first call that queues work (a cache can be built
+//! outside a runtime), woken through a [`Notify`], it waits for the store's
+//! retry time, delivers, and sleeps again while anything is left. It holds
+//! the cache only through a [`Weak`] between deliveries, so it ends when the
+//! last [`Cache`] clone is dropped; a task dropped with its runtime is
+//! spawned again by the next call that finds work queued. A read only
+//! checks a flag.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

@@ -114,8 +114,8 @@ struct Stripe(AtomicU64);
 /// (feature `metrics`).
 ///
 /// Striped per thread: a hit adds to it on every read, and one shared
-/// atomic would bounce its cache line between the cores reading (moka's
-/// and the `metrics` crate's counters avoid that the same way). A snapshot
+/// atomic would bounce its cache line between the cores reading (the
+/// `metrics` crate's counters avoid that the same way). A snapshot
 /// sums the stripes.
 #[derive(Debug)]
 pub(crate) struct Counter {

@@ -19,6 +19,7 @@ mod memory;
 pub(crate) mod plan;
 #[cfg(feature = "redis")]
 mod redis;
+mod tier;
 
 pub use index::{IndexPage, IndexQuery, IndexRecord, IndexUpdate, ScoreRange, WARM_SUFFIX};
 

@@ -211,7 +211,7 @@ pub struct RedisStore {
     request_timeout: Duration,
     /// Put before every key (the builder's key prefix; empty: none).
     prefix: Arc<str>,
-    /// The near cache, when configured (single server only).
+    /// The near cache, when configured.
     near: Option<Arc<near::Near>>,
 }
 
@@ -273,8 +273,9 @@ impl RedisStoreBuilder {
 
     /// Puts an in-process [`NearCache`] in front of Redis: hits are served
     /// from memory with no round trip, kept coherent by Redis'
-    /// invalidation pushes. Single server only: connecting a cluster with a
-    /// near cache fails.
+    /// invalidation pushes. On a cluster, each primary gets its own
+    /// tracking connection, and the tier is in use only while every
+    /// primary is tracked and the slot map holds.
     pub fn near_cache(mut self, near: NearCache) -> Self {
         self.near = Some(near);
         self
@@ -474,14 +475,9 @@ impl RedisStoreBuilder {
         let connection = self.lazy_single()?;
         let near = match &self.near {
             None => None,
-            Some(_) if self.cluster => {
-                return Err(config_error(
-                    "the near cache needs a single Redis server, not a cluster".to_owned(),
-                ));
-            }
             Some(config) => Some(near::Near::start(
                 config,
-                self.urls.first().map(String::as_str).unwrap_or_default(),
+                near::Backend::new(&self.urls, self.cluster)?,
                 self.connect_timeout,
                 self.response_timeout,
             )?),

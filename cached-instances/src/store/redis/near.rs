@@ -22,10 +22,58 @@
 //!   undone by a late insert;
 //! - the store's own writes evict their keys before they return, so a
 //!   process reads its own acknowledged writes;
-//! - while the tracking connection is down, the tier is empty and unused:
-//!   a lost connection flushes it, reads go to Redis uncached, and a
-//!   background task remakes the connection (flushing again once tracking
-//!   is back on).
+//! - while tracking is down, the tier is empty and unused: a lost
+//!   connection flushes it, reads go to Redis uncached, and a background
+//!   task remakes the connection (flushing again once tracking is back on).
+//!
+//! # Redis Cluster
+//!
+//! The tracking backend is either one connection (a single server) or one
+//! connection per primary (a cluster, the `cluster` submodule); the tier,
+//! the admission rule, the flushes and the reconnect task are the same code
+//! for both. In
+//! a cluster the primaries and their slot ranges are read with
+//! `CLUSTER SLOTS`, each primary gets its own tracking connection in the
+//! default (per-key) mode, and a read that misses the tier is sent, one
+//! `MGET` per hash slot, on the tracking connection of the primary that
+//! owns the slot: the node that answers is the node that tracks the key.
+//! The tier is in use only while every primary that owns slots is tracked
+//! and every one of them agrees on who owns what; losing any of these
+//! connections flushes the whole tier, like losing the single one.
+//!
+//! Why per-key tracking on the owner rather than `BCAST` on every node
+//! (which would let any connection do the reads): with `BCAST` every write
+//! under the key prefix, by anyone, is pushed to every near-cached process,
+//! whether it ever read the key or not. An invalidation in this cache is
+//! about three writes per key (the tombstone, the next reader's lease, its
+//! fill), plus index updates and expirations, so each process would handle
+//! the whole cluster's write rate, and each unrelated push also bumps an
+//! admission stripe, voiding reads in flight. Per-key tracking pushes at
+//! most once per key this process read, as on a single server: a
+//! tombstone, lease and fill after a read cost one push, not three
+//! (`tests/near_cluster.rs` counts them). The price is that reads must go
+//! to the owner, which this module routes itself;
+//! in return a reply from a node that no longer owns the slot (`MOVED`,
+//! `ASK`) is seen here, and treated as a lost connection.
+//!
+//! Topology changes: the background task asks every tracked primary for
+//! its `CLUSTER SLOTS` every `CHECK_INTERVAL` (1 s); a different answer,
+//! an error or no answer in time flushes the tier and re-tracks.
+//! A slot migration needs nothing more: `MIGRATE` deletes each key on the
+//! source, which pushes its invalidation, and a read of a migrated key
+//! gets `ASK` or `MOVED`. A failover is covered when the old primary dies
+//! (its connection drops, or the check gets no answer within a second plus
+//! the response timeout, before the cluster promotes a replica after its
+//! node timeout, 15 s by default; a shorter node timeout reopens the window
+//! below) or
+//! is demoted (a replica applies the new primary's writes, which pushes
+//! on the tracked keys, and our next read on it gets `MOVED`). The window
+//! left: when the old primary stays reachable from this process but cut
+//! off from the cluster's majority, and a replica is promoted, writes
+//! acknowledged by the new primary can be read here from the tier until
+//! the next check hears of the promotion from another primary (at most
+//! `CHECK_INTERVAL` plus the cluster's gossip, about a second).
+//! Replicas are not tracked (their promotion is caught by that check).
 //!
 //! A write acknowledged in another process can still be read from this
 //! tier until its push arrives: CONSISTENCY.md gives the measured window.
@@ -36,13 +84,16 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use moka::sync::Cache as Moka;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, ProtocolVersion, PushInfo};
-use redis::{PushKind, Value};
+use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
+use redis::{PushInfo, PushKind, Value};
 
 use crate::error::StoreError;
 use crate::marker::{self, Slot};
+use crate::store::tier::Tier;
+
+#[cfg(feature = "cluster")]
+mod cluster;
 
 /// Default bound of the tier's size (keys and values).
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -64,7 +115,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// here once Redis' invalidation push arrives (see CONSISTENCY.md for the
 /// measured window); a lost tracking connection empties the tier.
 ///
-/// Single-server stores only (not the cluster).
+/// Works in front of a single server and (feature `cluster`) a Redis
+/// Cluster, where each primary has its own tracking connection.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -113,9 +165,10 @@ impl NearCache {
         self
     }
 
-    /// The longest an entry stays in the tier, whatever the pushes say: a
-    /// bound on staleness should an invalidation ever be lost without the
-    /// connection dropping. Default: 60 s.
+    /// The longest an entry is served from the tier, whatever the pushes
+    /// say: a bound on staleness should an invalidation ever be lost without
+    /// the connection dropping. An older entry is read from Redis again (at
+    /// most about one kernel tick, 1-10 ms, past its age). Default: 60 s.
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
         self
@@ -127,36 +180,137 @@ impl NearCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NearCacheStats {
-    /// Entries held.
+    /// Entries held (past `max_age` but not yet removed included).
     pub entries: u64,
-    /// Bytes held (keys plus values).
+    /// Bytes held (keys plus values), as `entries`.
     pub bytes: u64,
     /// Keys evicted by an invalidation push or by this store's own writes.
     pub invalidations: u64,
     /// Times the whole tier was emptied (tracking connection lost or remade,
     /// or the database flushed).
     pub flushes: u64,
-    /// Whether the tracking connection is up (the tier is in use).
+    /// Whether tracking is on: the tracking connection is up (in a
+    /// cluster, every primary's) and the tier is in use.
     pub tracking: bool,
 }
 
-/// The tier and its tracking connection, shared by the store's clones.
+/// Where the tier's tracking connections go.
+pub(super) enum Backend {
+    /// One server: one connection, which tracks the keys it reads.
+    Single(Client),
+    /// A cluster, discovered through these nodes (RESP3 settings): one
+    /// connection per primary.
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl Backend {
+    /// The backend for `urls` (one server, or the seeds of a cluster).
+    pub(super) fn new(urls: &[String], cluster: bool) -> Result<Backend, StoreError> {
+        let resp3 = |url: &str| -> Result<ConnectionInfo, StoreError> {
+            let info = url
+                .into_connection_info()
+                .map_err(|e| super::config_error(e.to_string()))?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            Ok(info.set_redis_settings(settings))
+        };
+        #[cfg(feature = "cluster")]
+        if cluster {
+            let seeds = urls
+                .iter()
+                .map(|url| resp3(url))
+                .collect::<Result<Vec<_>, _>>()?;
+            if seeds.is_empty() {
+                return Err(super::config_error("no cluster node given".to_owned()));
+            }
+            return Ok(Backend::Cluster(seeds));
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = cluster;
+        let info = resp3(urls.first().map(String::as_str).unwrap_or_default())?;
+        let client = Client::open(info).map_err(|e| super::config_error(e.to_string()))?;
+        Ok(Backend::Single(client))
+    }
+}
+
+/// The tracking connections of one generation: reads that miss the tier go
+/// through them, so that Redis tracks what they read.
+#[derive(Clone)]
+enum Links {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(Arc<cluster::Tracked>),
+}
+
+impl Links {
+    /// `GET` (one key) or `MGET`, on the connection that tracks the keys.
+    async fn read(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, redis::RedisError> {
+        match self {
+            Links::Single(connection) => read_on(&mut connection.clone(), keys).await,
+            #[cfg(feature = "cluster")]
+            Links::Cluster(tracked) => tracked.read(keys).await,
+        }
+    }
+}
+
+/// `GET` (one key) or `MGET` of `keys` on `connection`.
+async fn read_on(
+    connection: &mut MultiplexedConnection,
+    keys: &[&str],
+) -> Result<Vec<Option<Bytes>>, redis::RedisError> {
+    let mut cmd = redis::cmd(if keys.len() == 1 { "GET" } else { "MGET" });
+    for key in keys {
+        cmd.arg(*key);
+    }
+    if keys.len() == 1 {
+        cmd.query_async::<Option<Bytes>>(connection)
+            .await
+            .map(|value| vec![value])
+    } else {
+        cmd.query_async::<Vec<Option<Bytes>>>(connection).await
+    }
+}
+
+/// Opens a connection with `config` (which carries the push handler) and
+/// turns tracking on for it, in the default mode: Redis tracks the keys
+/// this connection reads.
+async fn tracking_connection(
+    client: &Client,
+    config: &AsyncConnectionConfig,
+) -> Result<MultiplexedConnection, redis::RedisError> {
+    let mut connection = client
+        .get_multiplexed_async_connection_with_config(config)
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .query_async::<()>(&mut connection)
+        .await?;
+    Ok(connection)
+}
+
+/// The tier and its tracking connections, shared by the store's clones.
 pub(super) struct Near {
-    tier: Moka<String, Bytes>,
+    tier: Tier,
+    /// How long an admitted entry stays in the tier at most.
+    max_age: Duration,
     /// Bumped under the lock by every eviction of a key of the stripe (and
     /// by every flush); a reply is admitted only if its stripe did not move
     /// since its read was sent.
     stripes: Box<[Mutex<u64>]>,
     hasher: std::collections::hash_map::RandomState,
-    /// The tracking connection, with the generation it was made in; `None`
-    /// while it is being (re)made.
-    connection: tokio::sync::watch::Sender<Option<(u64, MultiplexedConnection)>>,
+    /// The tracking connections, with the generation they were made in;
+    /// `None` while they are being (re)made.
+    links: tokio::sync::watch::Sender<Option<(u64, Links)>>,
     generation: AtomicU64,
-    /// Wakes the task that remakes the connection.
+    /// Wakes the task that remakes the connections.
     wake: Arc<tokio::sync::Notify>,
     invalidations: AtomicU64,
     flushes: AtomicU64,
-    client: Client,
+    backend: Backend,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -171,56 +325,55 @@ impl Drop for Near {
 
 impl Near {
     /// Builds the tier and starts the task that makes (and remakes) the
-    /// tracking connection in the background.
+    /// tracking connections in the background.
     pub(super) fn start(
         config: &NearCache,
-        url: &str,
+        backend: Backend,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<Arc<Near>, StoreError> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| super::config_error(e.to_string()))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))
-            .map_err(|e| super::config_error(e.to_string()))?;
-        let weigher = |key: &String, value: &Bytes| {
-            u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX)
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(super::config_error(
+                "a RedisStore must be created within a Tokio runtime".to_owned(),
+            ));
+        }
+        // A cluster's topology is checked periodically; one server's
+        // connection only needs remaking when it is lost.
+        let check = match &backend {
+            Backend::Single(_) => None,
+            #[cfg(feature = "cluster")]
+            Backend::Cluster(_) => Some(cluster::CHECK_INTERVAL),
         };
-        let tier = Moka::builder()
-            .max_capacity(config.max_bytes)
-            .weigher(weigher)
-            .time_to_live(config.max_age)
-            .build();
         let near = Arc::new(Near {
-            tier,
+            tier: Tier::new(config.max_bytes),
+            max_age: config.max_age,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
-            connection: tokio::sync::watch::Sender::new(None),
+            links: tokio::sync::watch::Sender::new(None),
             generation: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
-            client,
+            backend,
             connect_timeout,
             request_timeout,
         });
         tokio::spawn(Near::keep_tracking(
             Arc::downgrade(&near),
             Arc::clone(&near.wake),
+            check,
         ));
         Ok(near)
     }
 
-    /// Waits until the tracking connection is up (the first one is made by
-    /// the background task right after [`start`](Self::start)).
+    /// Waits until tracking is on (the first connections are made by the
+    /// background task right after [`start`](Self::start)).
     pub(super) async fn tracking(&self) -> Result<(), StoreError> {
-        let mut up = self.connection.subscribe();
+        let mut up = self.links.subscribe();
         let wait = up.wait_for(Option::is_some);
-        match tokio::time::timeout(self.connect_timeout + self.request_timeout, wait).await {
+        // A cluster makes one connection per primary, plus a discovery.
+        let bound = 2 * (self.connect_timeout + self.request_timeout);
+        match tokio::time::timeout(bound, wait).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(StoreError::Unavailable(
                 "near cache: no tracking connection in time".into(),
@@ -228,16 +381,21 @@ impl Near {
         }
     }
 
-    /// Remakes the tracking connection whenever it is lost, until the store
-    /// is dropped.
-    async fn keep_tracking(near: Weak<Near>, wake: Arc<tokio::sync::Notify>) {
+    /// Remakes the tracking connections whenever they are lost and, every
+    /// `check` (a cluster), checks that the topology they track still
+    /// holds; until the store is dropped.
+    async fn keep_tracking(
+        near: Weak<Near>,
+        wake: Arc<tokio::sync::Notify>,
+        check: Option<Duration>,
+    ) {
         let mut backoff = RECONNECT_MIN;
         loop {
             let notified = wake.notified();
             {
                 let Some(near) = near.upgrade() else { return };
-                if near.current().is_none() {
-                    match Near::track(&near).await {
+                match near.current() {
+                    None => match Near::track(&near).await {
                         Ok(()) => backoff = RECONNECT_MIN,
                         Err(error) => {
                             tracing::debug!(
@@ -250,14 +408,45 @@ impl Near {
                             backoff = (backoff * 2).min(RECONNECT_MAX);
                             continue;
                         }
+                    },
+                    Some((generation, links)) => {
+                        if !near.still_holds(&links).await {
+                            tracing::debug!(
+                                target: "cached_instances",
+                                "near cache: the slot map changed or a primary did not answer"
+                            );
+                            near.lost(generation);
+                            continue;
+                        }
                     }
                 }
             }
-            notified.await;
+            match check {
+                None => notified.await,
+                Some(every) => {
+                    let _ = tokio::time::timeout(every, notified).await;
+                }
+            }
         }
     }
 
-    /// Makes a tracking connection and puts the tier in use.
+    /// Whether `links` still track what they should: always for one
+    /// server (its loss is reported by its push channel); for a cluster,
+    /// whether every primary still answers, in time, with the topology the
+    /// links were made for.
+    async fn still_holds(&self, links: &Links) -> bool {
+        match links {
+            Links::Single(_) => true,
+            #[cfg(feature = "cluster")]
+            Links::Cluster(tracked) => {
+                tokio::time::timeout(self.request_timeout, tracked.unchanged())
+                    .await
+                    .unwrap_or(false)
+            }
+        }
+    }
+
+    /// Makes the tracking connections and puts the tier in use.
     async fn track(near: &Arc<Near>) -> Result<(), StoreError> {
         let generation = near.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let weak = Arc::downgrade(near);
@@ -267,24 +456,27 @@ impl Near {
             }
             Ok(())
         };
-        let config = AsyncConnectionConfig::new()
+        // Without the push handler: for the cluster's discovery, whose
+        // connection must not report its end as a lost tracking connection.
+        let plain = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(near.connect_timeout))
-            .set_response_timeout(Some(near.request_timeout))
-            .set_push_sender(on_push);
+            .set_response_timeout(Some(near.request_timeout));
+        let config = plain.clone().set_push_sender(on_push);
         let made = async {
-            let mut connection = near
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .query_async::<()>(&mut connection)
-                .await?;
-            Ok::<_, redis::RedisError>(connection)
+            match &near.backend {
+                Backend::Single(client) => tracking_connection(client, &config)
+                    .await
+                    .map(Links::Single),
+                #[cfg(feature = "cluster")]
+                Backend::Cluster(seeds) => cluster::Tracked::make(seeds, &plain, &config)
+                    .await
+                    .map(|tracked| Links::Cluster(Arc::new(tracked))),
+            }
         };
-        let connection =
-            match tokio::time::timeout(near.connect_timeout + near.request_timeout, made).await {
+        let links =
+            match tokio::time::timeout(2 * (near.connect_timeout + near.request_timeout), made)
+                .await
+            {
                 Ok(made) => made.map_err(super::store_error)?,
                 Err(_) => {
                     return Err(StoreError::Unavailable(
@@ -294,11 +486,11 @@ impl Near {
             };
         // Whatever changed while untracked is unknown: start empty.
         near.flush();
-        near.connection.send_replace(Some((generation, connection)));
+        near.links.send_replace(Some((generation, links)));
         Ok(())
     }
 
-    /// Handles a push from the tracking connection of `generation`.
+    /// Handles a push from a tracking connection of `generation`.
     fn on_push(&self, generation: u64, push: PushInfo) {
         match push.kind {
             PushKind::Invalidate => match push.data.first() {
@@ -322,22 +514,27 @@ impl Near {
         }
     }
 
-    /// The tracking connection of `generation` is gone: empty the tier and
-    /// have it remade.
+    /// A tracking connection of `generation` is gone (or its topology no
+    /// longer holds): if that generation is in use, empty the tier and have
+    /// the connections remade. An older generation's loss changes nothing:
+    /// the tier was flushed when it was retired, and the current one was
+    /// flushed when it went into use.
     fn lost(&self, generation: u64) {
-        self.connection.send_if_modified(|connection| {
-            let current = connection.as_ref().is_some_and(|(g, _)| *g == generation);
+        let current = self.links.send_if_modified(|links| {
+            let current = links.as_ref().is_some_and(|(g, _)| *g == generation);
             if current {
-                *connection = None;
+                *links = None;
             }
             current
         });
-        self.flush();
-        self.wake.notify_one();
+        if current {
+            self.flush();
+            self.wake.notify_one();
+        }
     }
 
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
-        self.connection.borrow().clone()
+    fn current(&self) -> Option<(u64, Links)> {
+        self.links.borrow().clone()
     }
 
     fn stripe(&self, key: &str) -> &Mutex<u64> {
@@ -360,7 +557,7 @@ impl Near {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *seen += 1;
-        self.tier.invalidate(key);
+        self.tier.remove(key);
         drop(seen);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
@@ -370,17 +567,18 @@ impl Near {
         for stripe in &self.stripes {
             *stripe.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         }
-        self.tier.invalidate_all();
+        self.tier.clear();
         self.flushes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Reads `keys` over the tracking connection (so Redis tracks them) and
-    /// admits the entries among the replies. `None` when the tracking
-    /// connection is down or failed: the caller reads from Redis uncached.
+    /// Reads `keys` over the tracking connections (so Redis tracks them)
+    /// and admits the entries among the replies. `None` when tracking is
+    /// down or the read failed: the caller reads from Redis uncached.
     pub(super) async fn read_through(&self, keys: &[&str]) -> Option<Vec<Option<Bytes>>> {
-        let (generation, mut connection) = self.current()?;
         // The stripe counters before sending: a reply is admitted only if
-        // its key's counter has not moved meanwhile.
+        // its key's counter has not moved meanwhile. Taken before the
+        // links, so that links retired (and the tier flushed) after this
+        // point void the reply too.
         let seen: Vec<u64> = keys
             .iter()
             .map(|key| {
@@ -390,24 +588,13 @@ impl Near {
                     .unwrap_or_else(PoisonError::into_inner)
             })
             .collect();
-        let mut cmd = redis::cmd(if keys.len() == 1 { "GET" } else { "MGET" });
-        for key in keys {
-            cmd.arg(*key);
-        }
-        let reply = tokio::time::timeout(self.request_timeout, async {
-            if keys.len() == 1 {
-                cmd.query_async::<Option<Bytes>>(&mut connection)
-                    .await
-                    .map(|value| vec![value])
-            } else {
-                cmd.query_async::<Vec<Option<Bytes>>>(&mut connection).await
-            }
-        })
-        .await;
+        let (generation, links) = self.current()?;
+        let reply = tokio::time::timeout(self.request_timeout, links.read(keys)).await;
         let values = match reply {
             Ok(Ok(values)) if values.len() == keys.len() => values,
             // A stalled or broken tracking connection may have lost pushes
-            // too: treat it as lost.
+            // too, and a redirection means the topology moved: either way
+            // the links no longer hold.
             _ => {
                 self.lost(generation);
                 return None;
@@ -433,15 +620,14 @@ impl Near {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if *stripe == seen {
-            self.tier.insert(key.to_owned(), value.clone());
+            self.tier.insert(key, value.clone(), self.max_age);
         }
     }
 
     pub(super) fn stats(&self) -> NearCacheStats {
-        self.tier.run_pending_tasks();
         NearCacheStats {
-            entries: self.tier.entry_count(),
-            bytes: self.tier.weighted_size(),
+            entries: self.tier.entries(),
+            bytes: self.tier.bytes(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             tracking: self.current().is_some(),
