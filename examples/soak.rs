@@ -1180,6 +1180,8 @@ async fn reader_process(args: Args) -> Result<bool, Box<dyn Error>> {
     refresh.await?;
     printer.join().map_err(|_| "the printer panicked")??;
     worker.stop().await;
+    // Every fill answered: the counts are final.
+    run.cache.settle().await;
     let report = ProcessReport::of(&run, &feed);
     println!("S\t{}", serde_json::to_string(&report)?);
     loaders.pool.close().await;
@@ -1450,6 +1452,7 @@ async fn soak(
     if let Some(worker) = worker {
         worker.stop().await;
     }
+    run.cache.settle().await;
     reports.insert(0, ProcessReport::of(&run, &feed));
     let (checked, stale, in_window, examples, (windows, acks)) = {
         let mut h = shared.history.lock().unwrap();

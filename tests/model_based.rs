@@ -508,7 +508,10 @@ async fn check<S: Store + Clone>(
     prop_assert!(violations.is_empty(), "{}", violations.join("\n"));
 
     // Quiescence: the store holds no entry the database does not, and
-    // every read returns the database.
+    // every read returns the database. Reads return before their fill's
+    // reply (the yielding store defers it): wait for every fill to land,
+    // so that what the store holds is checked after it.
+    cache.settle().await;
     for key in all_keys() {
         let (model, pk) = key;
         let expected = state_of(&db, key);

@@ -85,9 +85,13 @@ async fn a_near_hit_sends_no_command() {
         .unwrap();
     // A fill is written by the main connection, which ends Redis' tracking
     // of the key for us: the read after it goes to Redis (and is tracked),
-    // the ones after that are near hits.
+    // the ones after that are near hits. A read does not wait for its
+    // fill's reply, which evicts the key from the tier (an own write):
+    // `settle` lets it arrive first.
     let warm = cache.get::<Question>(&1).await.unwrap().unwrap();
+    cache.settle().await;
     let list = cache.get_many::<Question>(&[1, 2]).await.unwrap();
+    cache.settle().await;
     cache.get_many::<Question>(&[1, 2]).await.unwrap();
     db.clear_loads();
 
@@ -347,6 +351,7 @@ async fn a_fill_leased_before_another_process_writes_is_rejected() {
     held.release.send(()).unwrap();
     let seen = reader.await.unwrap().unwrap().unwrap();
     assert_eq!(seen.choice_text, "Not much", "it began before the write");
+    reader_cache.settle().await;
     assert_eq!(
         reader_cache.stats().fills_rejected,
         1,

@@ -140,10 +140,14 @@ async fn a_near_hit_sends_no_command_to_any_node() {
     let db = MemDb::seeded();
     let cache = cache(&store, &db);
     let pks: Vec<i64> = vec![1, 2];
+    // A read does not wait for its fill's reply, which evicts the keys
+    // from the tier (own writes): `settle` lets it arrive first.
     let list = cache.get_many::<Question>(&pks).await.unwrap();
+    cache.settle().await;
     for _ in 0..2 {
         cache.get_many::<Question>(&pks).await.unwrap();
     }
+    cache.settle().await;
     db.clear_loads();
 
     cluster.reset_stats();
@@ -472,6 +476,7 @@ async fn a_fill_leased_before_another_process_writes_is_rejected() {
     held.release.send(()).unwrap();
     let seen = reader.await.unwrap().unwrap().unwrap();
     assert_eq!(seen.choice_text, "Not much", "it began before the write");
+    reader_cache.settle().await;
     assert_eq!(
         reader_cache.stats().fills_rejected,
         1,

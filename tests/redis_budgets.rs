@@ -45,16 +45,20 @@ impl Setup {
         }
     }
 
-    /// Starts a measurement: zeroes the server's stats and the loader log.
-    fn reset(&self) {
+    /// Starts a measurement: zeroes the server's stats and the loader log,
+    /// once the fills sent before it were answered.
+    async fn reset(&self) {
+        self.cache.settle().await;
         self.server.reset_stats();
         self.monitor.reset();
         self.db.clear_loads();
     }
 
     /// The commands the cache sent since [`reset`](Self::reset), one per
-    /// round trip.
-    fn commands(&self) -> BTreeMap<String, u64> {
+    /// round trip, its fills' included (a read does not wait for its fill's
+    /// reply: `settle` does).
+    async fn commands(&self) -> BTreeMap<String, u64> {
+        self.cache.settle().await;
         let client = self.monitor.client_commands();
         let mut all = client.clone();
         for (command, n) in self.monitor.script_commands() {
@@ -93,23 +97,31 @@ async fn a_hit_is_one_get_and_no_loader_call() {
     let s = Setup::new().await;
     let warm = s.cache.get::<Question>(&1).await.unwrap().unwrap();
 
-    s.reset();
+    s.reset().await;
     let hit = s.cache.get::<Question>(&1).await.unwrap().unwrap();
     assert_eq!(hit, warm);
-    assert_eq!(s.commands(), counts(&[("get", 1)]), "a hit is one GET");
+    assert_eq!(
+        s.commands().await,
+        counts(&[("get", 1)]),
+        "a hit is one GET"
+    );
     assert!(s.db.loads().is_empty(), "a hit loads nothing");
 
-    s.reset();
+    s.reset().await;
     let json = s.cache.get_json::<Question>(&1).await.unwrap().unwrap();
     assert_eq!(json.first(), Some(&b'{'));
-    assert_eq!(s.commands(), counts(&[("get", 1)]), "a JSON hit is one GET");
+    assert_eq!(
+        s.commands().await,
+        counts(&[("get", 1)]),
+        "a JSON hit is one GET"
+    );
     assert!(s.db.loads().is_empty());
 
-    s.reset();
+    s.reset().await;
     let many = s.cache.get_many::<Question>(&[1, 1]).await.unwrap();
     assert_eq!(many, [warm.clone(), warm]);
     assert_eq!(
-        s.commands(),
+        s.commands().await,
         counts(&[("mget", 1)]),
         "a list hit is one MGET"
     );
@@ -128,9 +140,9 @@ async fn cold_get_many(s: &Setup, first_pk: i64, n: i64) {
     let mut asked: Vec<i64> = pks.iter().rev().copied().collect();
     asked.push(first_pk + n + 1_000_000);
 
-    s.reset();
+    s.reset().await;
     let users = s.cache.get_many::<User>(&asked).await.unwrap();
-    let commands = s.commands();
+    let commands = s.commands().await;
     // Three round trips: MGET; the lease, one `SET NX GET` per key in one
     // pipeline (no script); the fill, one script that reads every key with
     // one MGET and sets each. Every command the server ran, the scripts'
@@ -159,14 +171,14 @@ async fn cold_get_many(s: &Setup, first_pk: i64, n: i64) {
     assert_eq!(users, expected, "request order, the missing row omitted");
 
     // Warm now: the rows that exist are one MGET and no load.
-    s.reset();
+    s.reset().await;
     let again = s
         .cache
         .get_many::<User>(&asked[..asked.len() - 1])
         .await
         .unwrap();
     assert_eq!(again, expected);
-    assert_eq!(s.commands(), counts(&[("mget", 1)]));
+    assert_eq!(s.commands().await, counts(&[("mget", 1)]));
     assert!(s.db.loads().is_empty());
 }
 
@@ -182,10 +194,10 @@ async fn cold_misses_are_one_load_and_three_round_trips() {
 
 async fn a_cold_get_is_one_load_and_at_most_three_commands() {
     let s = Setup::new().await;
-    s.reset();
+    s.reset().await;
     let q = s.cache.get::<Question>(&2).await.unwrap();
     assert_eq!(q, s.db.question(2));
-    let commands = s.commands();
+    let commands = s.commands().await;
     assert!(
         commands.values().sum::<u64>() <= 3,
         "a cold get: {commands:?}"
@@ -230,9 +242,9 @@ async fn delete_choice_with_voters(k: i64) -> WriteCost {
         t.choices.remove(&500);
         t.votes.retain(|&(_, c)| c != 500);
     });
-    s.reset();
+    s.reset().await;
     s.cache.deleted::<Choice>(&choice).await.unwrap();
-    let commands = s.commands();
+    let commands = s.commands().await;
     let script_commands = s.script_commands();
     let loads =
         s.db.loads()
@@ -242,7 +254,7 @@ async fn delete_choice_with_voters(k: i64) -> WriteCost {
 
     // The cascade refreshed every voter and the question: all hits now,
     // showing the change.
-    s.reset();
+    s.reset().await;
     let users = s.cache.get_many::<User>(&voters).await.unwrap();
     assert!(users.iter().all(|u| u.votes == [501]), "{users:?}");
     let question = s.cache.get::<Question>(&50).await.unwrap().unwrap();
@@ -251,7 +263,7 @@ async fn delete_choice_with_voters(k: i64) -> WriteCost {
         s.db.loads().is_empty(),
         "the cascade refilled what it touched"
     );
-    assert_eq!(s.commands(), counts(&[("get", 1), ("mget", 1)]));
+    assert_eq!(s.commands().await, counts(&[("get", 1), ("mget", 1)]));
     assert_eq!(s.cache.get::<Choice>(&500).await.unwrap(), None);
 
     WriteCost {

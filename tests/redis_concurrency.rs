@@ -78,6 +78,7 @@ async fn fifty_concurrent_cold_gets_make_one_loader_call() {
         assert_eq!(reader.await.unwrap().unwrap(), db.question(1));
     }
     assert_eq!(loader.gauge().calls(), 1, "one load for 50 readers");
+    cache.settle().await;
     let stats = cache.stats();
     assert_eq!((stats.fills, stats.fills_rejected), (1, 0), "{stats:?}");
     assert_eq!(stats.store_errors, 0);
@@ -136,6 +137,7 @@ async fn with_a_short_lease_wait_waiters_read_the_database_without_filling() {
 
     release.send(()).unwrap();
     assert_eq!(holder.await.unwrap().unwrap(), db.question(1));
+    cache.settle().await;
     let stats = cache.stats();
     assert_eq!((stats.fills, stats.fills_rejected), (1, 0), "{stats:?}");
     assert_eq!(
@@ -245,6 +247,8 @@ async fn late_fill(meanwhile: Meanwhile) {
     held.release.send(()).unwrap();
     let seen = reader.await.unwrap().unwrap().unwrap();
     assert_eq!(seen.choice_text, "Not much", "it began before the write");
+    // The read sent its fill without waiting for the reply.
+    cache.settle().await;
     assert_eq!(cache.stats().fills_rejected, 1, "its fill was rejected");
 
     let now = raw(&store, &key).await;

@@ -1,8 +1,9 @@
 //! Fault injection and instrumentation for the reliability tests:
 //!
 //! - [`Faulty`]: a store wrapper that fails writes or index updates on
-//!   demand, or holds the next `swap_many` until released (to script an
-//!   interleaving with the delivery of queued invalidations);
+//!   demand, or holds the next call of a primitive (before it reaches the
+//!   store, or its reply) until released, to script an interleaving (with
+//!   the delivery of queued invalidations, with a fill's reply);
 //! - [`Instrumented`]: a loader wrapper that counts calls, delays them and
 //!   measures how many run at once;
 //! - [`Flaky`]: a loader wrapper that fails or hangs on demand.
@@ -28,6 +29,15 @@ struct Hold {
     release: oneshot::Receiver<()>,
 }
 
+/// A hold set up for the next call of `op`.
+struct NextHold {
+    op: Op,
+    /// `None`: held before it reaches the inner store. `Some(fail)`: it
+    /// runs, then its reply is held, and replaced by a failure if `fail`.
+    reply: Option<bool>,
+    hold: Hold,
+}
+
 /// The switches of a [`Faulty`] store. Clones share them.
 #[derive(Clone, Default)]
 pub struct Faults(Arc<FaultState>);
@@ -39,7 +49,7 @@ struct FaultState {
     fail_index_lease: AtomicBool,
     fail_index_apply: AtomicBool,
     failed_writes: AtomicUsize,
-    hold_swap: Mutex<Option<Hold>>,
+    holds: Mutex<Vec<NextHold>>,
 }
 
 /// A store whose writes (`set_if_absent_or`, `compare_and_set`,
@@ -86,16 +96,48 @@ impl Faults {
 
     /// Holds the next `swap_many` before it reaches the inner store.
     pub fn hold_next_swap(&self) -> HeldCall {
+        self.hold_next(Op::SwapMany)
+    }
+
+    /// Holds the next call of `op` before it reaches the inner store: it
+    /// is made (`reached`), and goes on when released.
+    pub fn hold_next(&self, op: Op) -> HeldCall {
+        self.set_hold(op, None)
+    }
+
+    /// Holds the reply of the next call of `op`: the call reaches the inner
+    /// store and is applied, then its reply waits until released
+    /// (`reached` tells it is applied); with `fail`, the reply is then a
+    /// failure, as if it had been lost after the server applied it.
+    pub fn hold_next_reply(&self, op: Op, fail: bool) -> HeldCall {
+        self.set_hold(op, Some(fail))
+    }
+
+    fn set_hold(&self, op: Op, reply: Option<bool>) -> HeldCall {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel();
-        *self.0.hold_swap.lock().unwrap() = Some(Hold {
-            reached: reached_tx,
-            release: release_rx,
+        let mut holds = self.0.holds.lock().unwrap();
+        holds.retain(|h| h.op != op);
+        holds.push(NextHold {
+            op,
+            reply,
+            hold: Hold {
+                reached: reached_tx,
+                release: release_rx,
+            },
         });
         HeldCall {
             reached: reached_rx,
             release: release_tx,
         }
+    }
+
+    /// The hold set up for this call of `op`, taken.
+    fn take_hold(&self, op: Op) -> Option<(Option<bool>, Hold)> {
+        let mut holds = self.0.holds.lock().unwrap();
+        let at = holds.iter().position(|h| h.op == op)?;
+        let NextHold { reply, hold, .. } = holds.swap_remove(at);
+        Some((reply, hold))
     }
 
     fn fault(&self, op: Op) -> Option<StoreError> {
@@ -124,19 +166,28 @@ impl Hook for Faults {
         if let Some(e) = self.fault(op) {
             return Box::pin(std::future::ready(Err(e)));
         }
-        let hold = if op == Op::SwapMany {
-            self.0.hold_swap.lock().unwrap().take()
-        } else {
-            None
-        };
+        let hold = self.take_hold(op);
         let lose_reply = move || op.is_write() && self.0.lose_replies.load(Ordering::SeqCst);
         if hold.is_none() && !lose_reply() {
             return call();
         }
         Box::pin(async move {
-            if let Some(hold) = hold {
-                let _ = hold.reached.send(());
-                let _ = hold.release.await;
+            match hold {
+                Some((None, hold)) => {
+                    let _ = hold.reached.send(());
+                    let _ = hold.release.await;
+                }
+                Some((Some(fail), hold)) => {
+                    let reply = call().await;
+                    let _ = hold.reached.send(());
+                    let _ = hold.release.await;
+                    if !fail {
+                        return reply;
+                    }
+                    self.0.failed_writes.fetch_add(1, Ordering::SeqCst);
+                    return Err(StoreError::Unavailable("injected lost reply".into()));
+                }
+                None => {}
             }
             if !lose_reply() {
                 return call().await;

@@ -170,6 +170,7 @@ impl CacheBuilder {
         );
         Ok(Cache {
             inner: Arc::new_cyclic(|cache| Inner {
+                fills: super::fills::Fills::new(Arc::clone(&store), cache.clone()),
                 store,
                 registry,
                 config: self.config,

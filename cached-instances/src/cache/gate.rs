@@ -79,7 +79,18 @@ impl<'a> Gate<'a> {
         op: StoreOp,
         call: StoreFuture<'_, T>,
     ) -> Result<T, Arc<StoreError>> {
-        match call.await {
+        self.record(model, op, call.await)
+    }
+
+    /// Records a store operation's outcome, as [`result`](Self::result)
+    /// does, for a reply awaited elsewhere (a fill's, in `fills.rs`).
+    pub(super) fn record<T>(
+        &self,
+        model: Option<&'static str>,
+        op: StoreOp,
+        outcome: Result<T, StoreError>,
+    ) -> Result<T, Arc<StoreError>> {
+        match outcome {
             Ok(value) => {
                 self.degraded.succeeded();
                 Ok(value)

@@ -12,7 +12,14 @@
 //! 1. A read multi-gets its keys. Misses take a lease (a unique token written
 //!    to the key) where the key is absent or a tombstone.
 //! 2. The lease holder loads all its misses with one loader call per model and
-//!    fills each key only if it still holds its lease.
+//!    fills each key only if it still holds its lease. The read hands the
+//!    fill (one compare-and-set round trip) to the store and returns
+//!    without waiting for its reply, which a task the cache owns records
+//!    (`fills.rs`; [`Cache::settle`] waits for it). The read's answer is
+//!    what it loaded, and the lease alone decides whether the fill lands,
+//!    so when the reply arrives changes nothing a reader can see; on one
+//!    Redis connection, commands sent after the read are ordered after
+//!    its fill.
 //! 3. A write, after its database commit, replaces the instance's keys (every
 //!    version) with a tombstone and cascades to the instances whose
 //!    representation the write changed. Any overwrite voids outstanding
@@ -71,6 +78,7 @@ mod builder;
 #[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 mod changes;
 mod degraded;
+mod fills;
 mod gate;
 // Query indexes: maintenance and warm (`index.rs`), running queries
 // (`query.rs`).
@@ -158,6 +166,8 @@ struct Inner {
     counters: Counters,
     degraded: degraded::Degraded,
     recovery: recovery::Recovery,
+    /// The readers' fills waiting for their reply (`fills.rs`).
+    fills: fills::Fills,
 }
 
 impl Inner {
@@ -180,6 +190,7 @@ impl Inner {
             counters: &self.counters,
             config: &self.config,
             loading: self.loading(),
+            fills: &self.fills,
         }
     }
 
@@ -390,6 +401,33 @@ impl Cache {
     #[must_use]
     pub fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
+    }
+
+    /// Waits until every fill this cache (any of its clones) sent has been
+    /// answered and recorded.
+    ///
+    /// A read that missed returns once it has handed its fill (the write of
+    /// what it loaded, made only if no write came in between) to the store,
+    /// without waiting for the reply, which saves it a round trip; the
+    /// reply is counted in [`stats`](Self::stats) (`fills`,
+    /// `fills_rejected`, `store_errors`) when it arrives. A store that
+    /// answers at once (the [`MemoryStore`](crate::MemoryStore)) is
+    /// answered before the read returns. Call this before
+    /// shutting down, so that no fill is left unanswered, and in tests
+    /// before counting what the store did. Fills sent while it waits are
+    /// waited for too: call it once the reads you care about returned.
+    ///
+    /// ```
+    /// use cached_instances::Cache;
+    ///
+    /// async fn shut_down(cache: Cache, server: impl std::future::Future<Output = ()>) {
+    ///     server.await; // serves requests until asked to stop
+    ///     cache.settle().await; // every fill answered: `stats` is final
+    ///     println!("{:?}", cache.stats());
+    /// }
+    /// ```
+    pub async fn settle(&self) {
+        self.inner.fills.settle().await;
     }
 
     /// Subscribes to the cache's events: store outages and recoveries,

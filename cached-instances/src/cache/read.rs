@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Config;
+use super::fills::{Fill, Fills};
 use super::gate::Gate;
 use super::loading::Loading;
 use super::registry::{ModelEntry, Registry};
@@ -126,6 +127,7 @@ pub(super) struct Reader<'a> {
     pub(super) counters: &'a Counters,
     pub(super) config: &'a Config,
     pub(super) loading: Loading<'a>,
+    pub(super) fills: &'a Fills,
 }
 
 /// The pks of one read, in the caller's order, and the form it wants.
@@ -410,7 +412,9 @@ impl Reader<'_> {
     }
 
     /// Loads the keys we hold a lease on, then fills each one whose lease
-    /// still holds, and releases the ones whose row does not exist.
+    /// still holds, and releases the ones whose row does not exist. The
+    /// fill is handed to the store, and its reply recorded off the read
+    /// (`fills.rs`); a failed load's release is waited for.
     async fn load_and_fill<T: CachedInstance>(
         &self,
         batch: &Batch<'_, T>,
@@ -482,25 +486,12 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Some(written) = self
-            .gate
-            .call(
-                Some(T::MODEL),
-                StoreOp::Fill,
-                self.gate.store.compare_and_set(&ops),
-            )
-            .await
-        {
-            let rejected = super::count_fills(self.counters, &filled, &written);
-            if rejected > 0 {
-                tracing::debug!(
-                    target: "cached_instances",
-                    model = T::MODEL,
-                    rejected,
-                    "fills rejected: a write invalidated the keys during the load"
-                );
-            }
-        }
+        let fill = Fill {
+            model: T::MODEL,
+            ops,
+            filled,
+        };
+        self.fills.send(self.gate, self.counters, fill).await;
         Ok(())
     }
 

@@ -48,7 +48,10 @@ pub struct Stats {
     pub misses: u64,
     /// Calls made to loaders (each call loads a batch).
     pub loader_calls: u64,
-    /// Entries written after a load.
+    /// Entries written after a load. A read's fill is counted when the
+    /// store answers it, which may be after the read returned
+    /// ([`Cache::settle`](crate::Cache::settle) waits for it); so are its
+    /// rejections and failures.
     pub fills: u64,
     /// Fills rejected because a write voided the lease in between (the
     /// stale-set race, caught).

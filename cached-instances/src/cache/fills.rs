@@ -1,0 +1,204 @@
+//! Fills the reader does not wait for (see "Entries" in the protocol,
+//! `cache/mod.rs`): a read hands its fill, the compare-and-set on its
+//! lease, to the store and returns; the reply is recorded by a task the
+//! cache owns, as the reader would have recorded it (fills and rejections
+//! counted, a store failure opening degraded mode).
+//!
+//! Safety does not depend on when the fill lands: it is written only where
+//! the key still holds the reader's lease, and a write overwrites that
+//! lease first, so a fill that a write overtakes is rejected wherever it
+//! is on its way. What handing it over before the read returns adds is
+//! order: a later command on the same connection (the next read of this
+//! process, a write) reaches the server after the fill, so it finds the
+//! entry filled rather than a lease to wait on.
+//!
+//! # The first poll enqueues the request (redis-rs 1.8.2, read in its source)
+//!
+//! `RedisStore::compare_and_set` builds the script call and awaits
+//! `ScriptInvocation::invoke_async`, which is `EVALSHA` through
+//! `Cmd::query_async` → `ConnectionManager::req_packed_command` →
+//! `send_packed_command`: it awaits the manager's shared connection future
+//! (ready once connected), then `MultiplexedConnection::send_packed_command`,
+//! which (with no concurrency limit configured, and no client-side cache)
+//! goes to `Pipeline::send_recv`: `self.sender.send(message).await` on a
+//! bounded Tokio mpsc channel (50 messages by default) to the connection's
+//! writer task, then awaits the reply's oneshot. So the first poll puts the
+//! command in the connection's queue, ahead of anything sent later on it,
+//! unless
+//! - the connection is not made yet (first use, or reconnecting): the fill
+//!   is sent when it is, by the task below;
+//! - the channel is full (50 requests queued and not yet written): it is
+//!   sent when there is room;
+//! - the reader's task has used up its Tokio coop budget: the channel's
+//!   semaphore returns `Pending` even with room. The first poll therefore
+//!   runs [`tokio::task::unconstrained`].
+//!
+//! A `NOSCRIPT` reply (the server lost its scripts) makes `invoke_async`
+//! load the script and send `EVALSHA` again, from the task: that retry is
+//! not ordered, and the lease keeps it safe. On a Redis Cluster the request
+//! goes to the cluster connection's own task through a channel too.
+//!
+//! # One task per fill
+//!
+//! A fill still waiting after its first poll gets a task of its own
+//! (`tokio::spawn` costs about a microsecond; the round trip it takes off
+//! the read costs hundreds). Rather than one task draining a queue:
+//! - replies are awaited independently, so a slow reply (a cluster node
+//!   far away) holds up no other;
+//! - the task runs on the runtime of the read that sent it, which is alive
+//!   by definition: nothing to respawn when a runtime shuts down, as the
+//!   recovery task must;
+//! - the store bounds each request (`RedisStore`'s response timeout), so a
+//!   task lives one round trip, and the number alive is bounded by the
+//!   cold reads in flight.
+//!
+//! The task holds the cache only through a [`Weak`]: it never keeps it
+//! alive, and a reply that arrives after the last [`Cache`](crate::Cache)
+//! is dropped is not recorded. Outside a Tokio runtime (nothing to spawn
+//! on) the reader waits for the reply itself, as before.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+
+use tokio::sync::Notify;
+
+use super::Inner;
+use super::gate::Gate;
+use super::stats::Counters;
+use crate::error::{StoreError, StoreOp};
+use crate::store::{CompareAndSet, Store};
+
+/// A fill's reply, owning what it needs ('static: it may move to a task).
+type Reply = Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send>>;
+
+/// The cache's fills in flight, and what sending one needs.
+pub(super) struct Fills {
+    store: Arc<dyn Store>,
+    cache: Weak<Inner>,
+    in_flight: Arc<InFlight>,
+}
+
+/// How many fills wait for their reply in a task, and the signal that the
+/// count fell to zero.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+/// One fill waiting in a task: counted until its reply is recorded, or
+/// until the task is dropped unrun (its runtime shutting down), since it
+/// is dropped with the task either way.
+struct Pending(Arc<InFlight>);
+
+impl Pending {
+    fn new(in_flight: &Arc<InFlight>) -> Self {
+        in_flight.count.fetch_add(1, Ordering::AcqRel);
+        Pending(Arc::clone(in_flight))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
+    }
+}
+
+/// One read's fill: the conditional writes, whether each is a fill (not a
+/// release), and the model they belong to.
+pub(super) struct Fill {
+    pub(super) model: &'static str,
+    pub(super) ops: Vec<CompareAndSet>,
+    pub(super) filled: Vec<bool>,
+}
+
+impl Fills {
+    pub(super) fn new(store: Arc<dyn Store>, cache: Weak<Inner>) -> Self {
+        Fills {
+            store,
+            cache,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Hands `fill` to the store and returns without its reply, unless the
+    /// store answered at once (the `MemoryStore`) or there is no runtime
+    /// to record it on; the reply is recorded either way.
+    pub(super) async fn send(&self, gate: Gate<'_>, counters: &Counters, fill: Fill) {
+        let Fill { model, ops, filled } = fill;
+        let store = Arc::clone(&self.store);
+        let mut reply: Reply = Box::pin(async move { store.compare_and_set(&ops).await });
+        // One poll in place: the store sends (or applies) the request now,
+        // before the read returns. Unconstrained: a coop budget used up by
+        // the reader must not keep the request from its queue.
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(Pin::new(&mut tokio::task::unconstrained(reply.as_mut())).poll(cx))
+        })
+        .await;
+        if let Poll::Ready(result) = first {
+            record(gate, counters, model, &filled, result);
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            record(gate, counters, model, &filled, reply.await);
+            return;
+        };
+        let pending = Pending::new(&self.in_flight);
+        let cache = Weak::clone(&self.cache);
+        // Detached: it ends with its reply (see the module docs).
+        drop(runtime.spawn(async move {
+            // Declared first, dropped last: `settle` returns only after
+            // the reply is recorded.
+            let _pending = pending;
+            let result = reply.await;
+            if let Some(inner) = cache.upgrade() {
+                record(inner.gate(), &inner.counters, model, &filled, result);
+            }
+        }));
+    }
+
+    /// Waits until no fill waits for its reply.
+    pub(super) async fn settle(&self) {
+        let in_flight = &*self.in_flight;
+        loop {
+            let none = in_flight.none.notified();
+            let mut none = std::pin::pin!(none);
+            // Registered before the count is read: a count that falls to
+            // zero after the read wakes it.
+            none.as_mut().enable();
+            if in_flight.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            none.await;
+        }
+    }
+}
+
+/// Records a fill's reply as the reader did when it waited for it: a
+/// failure through the gate (counted, degraded mode), fills and rejections
+/// counted.
+fn record(
+    gate: Gate<'_>,
+    counters: &Counters,
+    model: &'static str,
+    filled: &[bool],
+    result: Result<Vec<bool>, StoreError>,
+) {
+    let Ok(written) = gate.record(Some(model), StoreOp::Fill, result) else {
+        return;
+    };
+    let rejected = super::count_fills(counters, filled, &written);
+    if rejected > 0 {
+        tracing::debug!(
+            target: "cached_instances",
+            model,
+            rejected,
+            "fills rejected: a write invalidated the keys during the load"
+        );
+    }
+}
