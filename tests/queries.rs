@@ -491,6 +491,64 @@ fn redis_store_answers_like_the_database() {
         .unwrap();
 }
 
+/// Every order, offset and limit of a page with no filter, the form the
+/// Redis store answers with plain commands instead of the query script
+/// (limit 0, no limit, an offset past the end, members without a value).
+fn order_only_steps() -> Vec<Step> {
+    let orders = [
+        None,
+        Some((0, false)),
+        Some((0, true)),
+        Some((1, false)),
+        Some((1, true)),
+        Some((2, false)),
+        Some((2, true)),
+    ];
+    let mut steps = Vec::new();
+    for order in orders {
+        for offset in [0, 1, 3, 50] {
+            for limit in [None, Some(0), Some(1), Some(2), Some(50)] {
+                steps.push(Step::Query(Q {
+                    country: None,
+                    active: None,
+                    role: None,
+                    team: None,
+                    name: None,
+                    age: (None, None),
+                    score_gt: None,
+                    joined_lt: None,
+                    search: Vec::new(),
+                    order,
+                    offset,
+                    limit,
+                }));
+            }
+        }
+    }
+    steps
+}
+
+#[test]
+fn order_only_pages_answer_like_the_database_on_redis_and_in_memory() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let store = rt.block_on(RedisStore::connect(&server.url())).unwrap();
+    let people = proptest::collection::btree_set(0..60i64, 20..40)
+        .prop_flat_map(|ids| ids.into_iter().map(person_strategy).collect::<Vec<_>>());
+    runner(4)
+        .run(&people, |people| {
+            flush(&server);
+            rt.block_on(differential(
+                store.clone(),
+                people.clone(),
+                order_only_steps(),
+            ));
+            rt.block_on(differential(MemoryStore::new(), people, order_only_steps()));
+            Ok(())
+        })
+        .unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Concurrent writes.
 

@@ -469,6 +469,12 @@ impl RedisStore {
         prefix: &str,
         query: &IndexQuery,
     ) -> Result<Option<IndexPage>, StoreError> {
+        if query.groups.is_empty()
+            && query.ranges.is_empty()
+            && matches!(self.connection, super::Connection::Single(_))
+        {
+            return self.order_only_page(prefix, query).await;
+        }
         let mut invocation = QUERY.prepare_invoke();
         invocation
             .key(format!("{prefix}all"))
@@ -504,5 +510,52 @@ impl RedisStore {
             .invoke::<Option<(u64, Vec<String>)>>(&invocation)
             .await?;
         Ok(reply.map(|(total, members)| IndexPage::new(members, total)))
+    }
+}
+
+impl RedisStore {
+    /// A page with no filter and no range, in one order (a plain listing):
+    /// what the query script's first branch does, as one transaction of
+    /// plain commands instead (`EXISTS` of the warm mark, `ZCARD`, `ZRANGE`
+    /// by rank). Same page, same count, same atomicity; the script spends
+    /// about 30 us of server CPU on a page of 100 (mostly turning its
+    /// members into a Lua table and back), the transaction a few.
+    /// Single server only: the cluster keeps the script.
+    async fn order_only_page(
+        &self,
+        prefix: &str,
+        query: &IndexQuery,
+    ) -> Result<Option<IndexPage>, StoreError> {
+        let order = format!("{prefix}{}", query.order.as_deref().unwrap_or("all"));
+        let start = i64::try_from(query.offset).unwrap_or(i64::MAX);
+        // Ranks are inclusive; a limit of 0 asks for an empty range (a
+        // start past the stop), never for `stop = start - 1`, which is -1
+        // (the last member) when the offset is 0.
+        let (start, stop) = match query.limit {
+            None => (start, -1),
+            Some(0) => (1, 0),
+            Some(limit) => {
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                (start, start.saturating_add(limit - 1))
+            }
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("EXISTS")
+            .arg(format!("{prefix}warm"))
+            .cmd("ZCARD")
+            .arg(&order)
+            .cmd("ZRANGE")
+            .arg(&order)
+            .arg(start)
+            .arg(stop);
+        if query.descending {
+            pipe.arg("REV");
+        }
+        let (warm, total, members): (bool, u64, Vec<String>) = self.pipeline(&pipe).await?;
+        if !warm && !query.ignore_warm {
+            return Ok(None);
+        }
+        Ok(Some(IndexPage::new(members, total)))
     }
 }
