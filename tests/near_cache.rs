@@ -12,6 +12,7 @@ use std::time::Duration;
 use cached_instances::{Cache, NearCache, RedisStore, Store};
 use cached_instances_testkit::memdb::MemDb;
 use cached_instances_testkit::redis_server::RedisServer;
+use cached_instances_testkit::scenarios;
 use polls::{Choice, Question, User};
 
 /// Attempts, 5 ms apart, before a poll gives up (20 s in all).
@@ -155,21 +156,7 @@ async fn a_write_from_another_client_is_evicted_by_its_push() {
 /// The id of the store's tracking connection (the only client with the
 /// tracking flag `t`).
 fn tracking_client(server: &RedisServer) -> Option<i64> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut server.connection())
-        .unwrap();
-    list.lines().find_map(|line| {
-        let field = |name: &str| {
-            line.split(' ')
-                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-        };
-        if field("flags")?.contains('t') {
-            field("id")?.parse().ok()
-        } else {
-            None
-        }
-    })
+    server.tracking_clients().first().copied()
 }
 
 #[tokio::test]
@@ -324,52 +311,11 @@ async fn own_writes_are_read_back_at_once() {
 #[tokio::test]
 async fn a_fill_leased_before_another_process_writes_is_rejected() {
     let server = RedisServer::start();
-    let db = MemDb::seeded();
-    let reader_cache = Cache::builder()
-        .store(near_store(&server, near()).await)
-        .loader::<User>(db.clone())
-        .loader::<Question>(db.clone())
-        .loader::<Choice>(db.clone())
-        .build()
-        .unwrap();
-    let writer_cache = Cache::builder()
-        .store(RedisStore::connect(&server.url()).await.unwrap())
-        .loader::<User>(db.clone())
-        .loader::<Question>(db.clone())
-        .loader::<Choice>(db.clone())
-        .build()
-        .unwrap();
-
-    let held = db.hold_next_load::<Choice>();
-    let reader = tokio::spawn({
-        let cache = reader_cache.clone();
-        async move { cache.get::<Choice>(&1).await }
-    });
-    held.read.await.unwrap();
-    db.write(|t| t.choices.get_mut(&1).unwrap().1 = "After the write".into());
-    writer_cache.saved(&db.choice(1).unwrap()).await.unwrap();
-    held.release.send(()).unwrap();
-    let seen = reader.await.unwrap().unwrap().unwrap();
-    assert_eq!(seen.choice_text, "Not much", "it began before the write");
-    reader_cache.settle().await;
-    assert_eq!(
-        reader_cache.stats().fills_rejected,
-        1,
-        "its fill was rejected"
-    );
-
-    // Read twice: the second may be a near hit, and must be fresh too.
-    for _ in 0..2 {
-        assert_eq!(
-            reader_cache
-                .get::<Choice>(&1)
-                .await
-                .unwrap()
-                .unwrap()
-                .choice_text,
-            "After the write"
-        );
-    }
+    scenarios::a_fill_from_before_another_process_writes_is_rejected(
+        near_store(&server, near()).await,
+        RedisStore::connect(&server.url()).await.unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -458,42 +458,11 @@ async fn a_fill_from_before_a_write_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_leased_before_another_process_writes_is_rejected() {
     let cluster = RedisCluster::start();
-    let db = MemDb::seeded();
-    let reader_cache = cache(&near_store(&cluster).await, &db);
-    let writer_cache = cache(
-        &RedisStore::connect_cluster(cluster.urls()).await.unwrap(),
-        &db,
-    );
-
-    let held = db.hold_next_load::<Choice>();
-    let reader = tokio::spawn({
-        let cache = reader_cache.clone();
-        async move { cache.get::<Choice>(&1).await }
-    });
-    held.read.await.unwrap();
-    db.write(|t| t.choices.get_mut(&1).unwrap().1 = "After the write".into());
-    writer_cache.saved(&db.choice(1).unwrap()).await.unwrap();
-    held.release.send(()).unwrap();
-    let seen = reader.await.unwrap().unwrap().unwrap();
-    assert_eq!(seen.choice_text, "Not much", "it began before the write");
-    reader_cache.settle().await;
-    assert_eq!(
-        reader_cache.stats().fills_rejected,
-        1,
-        "its fill was rejected"
-    );
-    // Read twice: the second may be a near hit, and must be fresh too.
-    for _ in 0..2 {
-        assert_eq!(
-            reader_cache
-                .get::<Choice>(&1)
-                .await
-                .unwrap()
-                .unwrap()
-                .choice_text,
-            "After the write"
-        );
-    }
+    scenarios::a_fill_from_before_another_process_writes_is_rejected(
+        near_store(&cluster).await,
+        RedisStore::connect_cluster(cluster.urls()).await.unwrap(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -192,6 +192,26 @@ struct Q {
     limit: Option<u64>,
 }
 
+impl Q {
+    /// A page with no filter and no search: only an order, offset, limit.
+    fn unfiltered(order: Option<(usize, bool)>, offset: u64, limit: Option<u64>) -> Q {
+        Q {
+            country: None,
+            active: None,
+            role: None,
+            team: None,
+            name: None,
+            age: (None, None),
+            score_gt: None,
+            joined_lt: None,
+            search: Vec::new(),
+            order,
+            offset,
+            limit,
+        }
+    }
+}
+
 fn query_strategy() -> impl Strategy<Value = Q> {
     (
         (
@@ -384,20 +404,7 @@ async fn differential(store: impl Store + Clone, people: Vec<Person>, steps: Vec
     let cache = cache_over(store, &db);
 
     // Not warmed: the loader answers.
-    let everything = Q {
-        country: None,
-        active: None,
-        role: None,
-        team: None,
-        name: None,
-        age: (None, None),
-        score_gt: None,
-        joined_lt: None,
-        search: Vec::new(),
-        order: Some((1, true)),
-        offset: 0,
-        limit: None,
-    };
+    let everything = Q::unfiltered(Some((1, true)), 0, None);
     let cold = cache.query(&build(&everything)).await.unwrap();
     assert_eq!(cold.source, Source::Database);
     assert_eq!(
@@ -508,20 +515,7 @@ fn order_only_steps() -> Vec<Step> {
     for order in orders {
         for offset in [0, 1, 3, 50] {
             for limit in [None, Some(0), Some(1), Some(2), Some(50)] {
-                steps.push(Step::Query(Q {
-                    country: None,
-                    active: None,
-                    role: None,
-                    team: None,
-                    name: None,
-                    age: (None, None),
-                    score_gt: None,
-                    joined_lt: None,
-                    search: Vec::new(),
-                    order,
-                    offset,
-                    limit,
-                }));
+                steps.push(Step::Query(Q::unfiltered(order, offset, limit)));
             }
         }
     }

@@ -382,6 +382,12 @@ impl RedisServer {
         stats
     }
 
+    /// The ids of this server's clients that have client-side caching
+    /// tracking on (flag `t` in `CLIENT LIST`).
+    pub fn tracking_clients(&self) -> Vec<i64> {
+        tracking_clients(&mut self.connection())
+    }
+
     /// The total of [`data_commands`](Self::data_commands).
     pub fn data_command_count(&self) -> u64 {
         self.data_commands().values().sum()
@@ -709,23 +715,7 @@ impl RedisCluster {
     /// The ids of the clients connected to the master at `port` with
     /// client-side caching tracking on (flag `t` in `CLIENT LIST`).
     pub fn tracking_clients(&self, port: u16) -> Vec<i64> {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query(&mut self.node_connection(port))
-            .expect("CLIENT LIST failed");
-        list.lines()
-            .filter_map(|line| {
-                let field = |name: &str| {
-                    line.split(' ')
-                        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-                };
-                if field("flags")?.contains('t') {
-                    field("id")?.parse().ok()
-                } else {
-                    None
-                }
-            })
-            .collect()
+        tracking_clients(&mut self.node_connection(port))
     }
 
     /// Moves one empty hash slot of the master at `from` to the master at
@@ -846,4 +836,26 @@ impl Drop for RedisCluster {
         }
         // `dir` is removed after this, with the node configs and logs.
     }
+}
+
+/// The ids of the clients of the server behind `connection` that have
+/// client-side caching tracking on (flag `t` in `CLIENT LIST`).
+fn tracking_clients(connection: &mut redis::Connection) -> Vec<i64> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(connection)
+        .expect("CLIENT LIST failed");
+    list.lines()
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            };
+            if field("flags")?.contains('t') {
+                field("id")?.parse().ok()
+            } else {
+                None
+            }
+        })
+        .collect()
 }
