@@ -6,7 +6,8 @@
 //!
 //! - a hit is exactly one command (GET) and no loader call;
 //! - N cold misses of one model are one loader call and three round trips:
-//!   MGET, a pipeline of N `SET NX GET` to lease, EVALSHA to fill;
+//!   MGET, a pipeline of N `SET NX GET` to lease, EVALSHA to fill; two
+//!   (no MGET) while the model's batch reads keep missing;
 //! - a write whose cascade has k targets at one depth costs the same number
 //!   of commands for k = 2 and k = 50.
 
@@ -170,28 +171,102 @@ async fn cold_get_many(s: &Setup, first_pk: i64, n: i64) {
     let expected: Vec<User> = pks.iter().rev().map(|&id| s.db.user(id).unwrap()).collect();
     assert_eq!(users, expected, "request order, the missing row omitted");
 
-    // Warm now: the rows that exist are one MGET and no load.
+    // Warm now, but the model's last batch read mostly missed, so the next
+    // one leases first (`cold.rs`): one pipeline of `SET NX GET`, which
+    // finds every entry and writes nothing, and no load.
+    let warm = &asked[..asked.len() - 1];
     s.reset().await;
-    let again = s
-        .cache
-        .get_many::<User>(&asked[..asked.len() - 1])
-        .await
-        .unwrap();
-    assert_eq!(again, expected);
+    assert_eq!(s.cache.get_many::<User>(warm).await.unwrap(), expected);
+    let lease_first = if warm.len() > 1 {
+        counts(&[("set", warm.len() as u64)])
+    } else {
+        // A single pk is not a batch: it never leases first.
+        counts(&[("mget", 1)])
+    };
+    assert_eq!(
+        s.commands().await,
+        lease_first,
+        "a lease-first read of entries: one pipeline, no fill"
+    );
+    assert!(s.db.loads().is_empty());
+    // That read hit: the next is one MGET and no load.
+    s.reset().await;
+    assert_eq!(s.cache.get_many::<User>(warm).await.unwrap(), expected);
     assert_eq!(s.commands().await, counts(&[("mget", 1)]));
     assert!(s.db.loads().is_empty());
 }
 
 #[tokio::test]
 async fn cold_misses_are_one_load_and_three_round_trips() {
+    // A cache each: a model whose batch reads were all hits so far.
+    for (first_pk, n) in [(1_000, 1), (2_000, 10), (3_000, 100)] {
+        cold_get_many(&Setup::new().await, first_pk, n).await;
+    }
+}
+
+/// While a model's batch reads miss, a batch read takes its leases without
+/// the multi-get first: cold misses are two round trips, the lease
+/// pipeline and the fill. Whatever the lease finds (an entry, another
+/// reader's lease, a tombstone) is served as after a multi-get.
+#[tokio::test]
+async fn cold_misses_after_cold_misses_are_two_round_trips() {
     let s = Setup::new().await;
-    cold_get_many(&s, 1_000, 1).await;
-    cold_get_many(&s, 2_000, 10).await;
-    cold_get_many(&s, 3_000, 100).await;
+    s.db.write(|t| {
+        for id in 5_000..5_020 {
+            t.users.insert(id, format!("user{id}"));
+        }
+    });
+    let first: Vec<i64> = (5_000..5_010).collect();
+    s.cache.get_many::<User>(&first).await.unwrap();
+
+    // Ten keys: four entries, four absent, two tombstones (an entry
+    // removed, its row still there: read again from the database).
+    let asked: Vec<i64> = (5_000..5_004).chain(5_010..5_016).collect();
+    for id in [5_014, 5_015] {
+        s.cache.get::<User>(&id).await.unwrap();
+        s.cache
+            .deleted::<User>(&s.db.user(id).unwrap())
+            .await
+            .unwrap();
+    }
+    // Still cold: the last batch read was all misses.
+    s.reset().await;
+    let stats = s.cache.stats();
+    let found = s.cache.get_many::<User>(&asked).await.unwrap();
+    let expected: Vec<User> = asked.iter().map(|&id| s.db.user(id).unwrap()).collect();
+    assert_eq!(found, expected, "entries, loaded rows and rewritten rows");
+    let m = asked.len() as u64;
+    assert_eq!(
+        s.commands().await,
+        counts(&[("set", m), ("evalsha", 2)]),
+        "lease first (one pipeline), replace the tombstones (a script), \
+         fill (a script): no MGET"
+    );
+    assert_eq!(
+        s.script_commands(),
+        // The lease script: a GET and a SET per tombstone; the fill: one
+        // MGET and a SET per loaded key.
+        counts(&[("get", 2), ("set", 2 + 6), ("mget", 1)])
+    );
+    let loads = s.db.loads();
+    assert_eq!(loads.len(), 1, "one loader call: {loads:?}");
+    assert_eq!(loads[0].1, asked[4..].to_vec());
+    let after = s.cache.stats();
+    assert_eq!(after.hits - stats.hits, 4, "the entries the lease found");
+    assert_eq!(after.misses - stats.misses, 6);
+
+    // That read mostly missed (6 of 10): the next one leases first too, and
+    // hits everything, so the one after is a multi-get.
+    s.reset().await;
+    assert_eq!(s.cache.get_many::<User>(&asked).await.unwrap(), expected);
+    assert_eq!(s.commands().await, counts(&[("set", m)]), "lease first");
+    s.reset().await;
+    assert_eq!(s.cache.get_many::<User>(&asked).await.unwrap(), expected);
+    assert_eq!(s.commands().await, counts(&[("mget", 1)]), "warm again");
+    assert!(s.db.loads().is_empty());
 }
 
 #[tokio::test]
-
 async fn a_cold_get_is_one_load_and_at_most_three_commands() {
     let s = Setup::new().await;
     s.reset().await;
@@ -235,6 +310,9 @@ async fn delete_choice_with_voters(k: i64) -> WriteCost {
     s.cache.get_many::<Choice>(&[500, 501]).await.unwrap();
     let users = s.cache.get_many::<User>(&voters).await.unwrap();
     assert!(users.iter().all(|u| u.votes == [500, 501]));
+    // That read missed: read again (all hits), so that the next batch
+    // read is a multi-get again (`cold.rs`).
+    assert_eq!(s.cache.get_many::<User>(&voters).await.unwrap(), users);
 
     let choice = s.db.choice(500).unwrap();
     assert_eq!(choice.voters, voters);

@@ -25,6 +25,7 @@ macro_rules! with_scenarios {
         $callback! {
             a_hit_makes_no_loader_call_and_one_round_trip,
             cold_misses_make_one_loader_call_per_model_in_three_round_trips,
+            a_batch_read_after_cold_ones_leases_first,
             duplicate_pks_are_loaded_once_and_returned_each_time,
             refresh_of_an_unchanged_instance_writes_nothing_and_cascades_nothing,
             a_new_choice_invalidates_its_question,
@@ -197,6 +198,92 @@ pub async fn cold_misses_make_one_loader_call_per_model_in_three_round_trips<S: 
     cache.get_many::<User>(&expected).await.unwrap();
     assert!(db.loads().is_empty());
     assert!(cache.get::<User>(&999).await.unwrap().is_none());
+}
+
+/// While a model's batch reads miss, the next one takes its leases without
+/// a multi-get first (`cache/cold.rs`): two round trips for cold misses,
+/// and whatever the lease finds is served, replaced or loaded exactly as
+/// after a multi-get: entries are hits, corrupt bytes are overwritten,
+/// tombstones are leased, a fill overtaken by a write is rejected.
+pub async fn a_batch_read_after_cold_ones_leases_first<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    db.write(|t| {
+        for id in 10..30 {
+            t.users.insert(id, format!("user{id}"));
+        }
+    });
+    let cache = cache(&db, &store);
+    let ids = |users: &[User]| users.iter().map(|u| u.id).collect::<Vec<_>>();
+
+    // Cold: multi-get, lease, fill; the next batch of cold keys is two.
+    let first: Vec<i64> = (10..15).collect();
+    assert_eq!(ids(&cache.get_many::<User>(&first).await.unwrap()), first);
+    cache.settle().await;
+    let trips = store.round_trips();
+    let second: Vec<i64> = (15..20).collect();
+    assert_eq!(ids(&cache.get_many::<User>(&second).await.unwrap()), second);
+    cache.settle().await;
+    assert_eq!(store.round_trips() - trips, 2, "lease, fill: no multi-get");
+
+    // Two entries, two absent keys, corrupt bytes, a tombstone (a removed
+    // entry whose row is still there), and a duplicate pk.
+    let corrupt = cache.key_of::<User>(&22).unwrap();
+    store
+        .put_raw(&corrupt, b"{\"id\":", Duration::from_secs(60))
+        .await;
+    cache.get::<User>(&23).await.unwrap();
+    cache.deleted::<User>(&db.user(23).unwrap()).await.unwrap();
+    let asked = [10, 11, 20, 21, 22, 23, 20];
+    db.clear_loads();
+    let before = cache.stats();
+    let users = cache.get_many::<User>(&asked).await.unwrap();
+    assert_eq!(ids(&users), asked);
+    for user in &users {
+        assert_eq!(Some(user), db.user(user.id).as_ref());
+    }
+    let after = cache.stats();
+    assert_eq!(after.hits - before.hits, 2, "the entries the lease found");
+    assert_eq!(after.misses - before.misses, 5);
+    assert_eq!(after.corrupt_entries - before.corrupt_entries, 1);
+    for id in [20, 21, 22, 23] {
+        assert!(is_warm::<User, S>(&cache, &store, &id).await, "{id} filled");
+    }
+    let loaded: Vec<i64> = db.loads().into_iter().flat_map(|(_, pks)| pks).collect();
+    assert_eq!(loaded.len(), 4, "each miss loaded once: {loaded:?}");
+
+    // Still cold (5 of 7 missed): a lease-first read overtaken by a write
+    // does not fill.
+    let stale: Vec<i64> = (24..28).collect();
+    let held = db.hold_next_load::<User>();
+    let read = tokio::spawn({
+        let cache = cache.clone();
+        let stale = stale.clone();
+        async move { cache.get_many::<User>(&stale).await }
+    });
+    held.read.await.unwrap();
+    db.write(|t| *t.users.get_mut(&25).unwrap() = "renamed".into());
+    cache.saved(&db.user(25).unwrap()).await.unwrap();
+    held.release.send(()).unwrap();
+    let seen = read.await.unwrap().unwrap();
+    assert_eq!(
+        seen[1].username, "user25",
+        "the read began before the write"
+    );
+    cache.settle().await;
+    assert_eq!(cache.stats().fills_rejected, 1, "its fill was rejected");
+    assert_eq!(
+        cache.get::<User>(&25).await.unwrap().unwrap().username,
+        "renamed"
+    );
+
+    // A batch that hits turns it off: the next read is a multi-get.
+    let warm: Vec<i64> = (10..20).collect();
+    cache.get_many::<User>(&warm).await.unwrap();
+    let trips = store.round_trips();
+    db.clear_loads();
+    assert_eq!(ids(&cache.get_many::<User>(&warm).await.unwrap()), warm);
+    assert_eq!(store.round_trips() - trips, 1, "one multi-get");
+    assert!(db.loads().is_empty());
 }
 
 pub async fn duplicate_pks_are_loaded_once_and_returned_each_time<S: Backend>(store: S) {

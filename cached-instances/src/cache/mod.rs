@@ -10,7 +10,10 @@
 //! ## Entries: a look-aside cache with leases and tombstones
 //!
 //! 1. A read multi-gets its keys. Misses take a lease (a unique token written
-//!    to the key) where the key is absent or a tombstone.
+//!    to the key) where the key is absent or a tombstone. While a model's
+//!    batch reads mostly miss, a batch read takes its leases straight away:
+//!    the lease yields what a key holds when it holds an entry, so it is
+//!    the multi-get and the lease in one step (`cold.rs`).
 //! 2. The lease holder loads all its misses with one loader call per model and
 //!    fills each key only if it still holds its lease. The read hands the
 //!    fill (one compare-and-set round trip) to the store and returns
@@ -77,6 +80,7 @@ mod builder;
 // Row changes to invalidations: the feed's worker is their only user.
 #[cfg(any(feature = "sqlx-postgres", feature = "sqlx-sqlite"))]
 mod changes;
+mod cold;
 mod degraded;
 mod fills;
 mod gate;

@@ -1,5 +1,7 @@
 //! The read path: multi-get, lease the misses, one batched load, fill if the
 //! lease still holds; wait for other readers' leases instead of stampeding.
+//! A batch read of a model whose reads lately missed leases first
+//! (`cold.rs`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -153,9 +155,12 @@ struct Batch<'r, T: CachedInstance> {
 
 /// What a multi-get found missing: the indexes to lease and load, and the
 /// keys among them holding bytes that are not an entry (to be replaced).
+/// Without a multi-get (`read: false`, a lease-first read, `cold.rs`),
+/// every index, hits included: the lease yields what they hold.
 struct Misses {
     indexes: Vec<usize>,
     corrupt: Vec<String>,
+    read: bool,
 }
 
 /// The keys a read leased, and its lease.
@@ -230,6 +235,17 @@ impl Reader<'_> {
         let rows = Rows { entry, pks, want };
         if self.gate.readable() {
             let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
+            if pks.len() > 1 && entry.cold.lease_first() {
+                let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
+                let misses = Misses {
+                    indexes: (0..pks.len()).collect(),
+                    corrupt: Vec::new(),
+                    read: false,
+                };
+                let batch = Batch { rows, keys: &keys };
+                self.fill_misses(&batch, misses, &mut out).await?;
+                return Ok(out);
+            }
             if let Some(values) = self
                 .gate
                 .call(
@@ -261,6 +277,7 @@ impl Reader<'_> {
         let mut misses = Misses {
             indexes: Vec::new(),
             corrupt: Vec::new(),
+            read: true,
         };
         for (i, value) in values.into_iter().enumerate() {
             let Some(bytes) = value else {
@@ -288,6 +305,9 @@ impl Reader<'_> {
         }
         let missed = misses.indexes.len();
         add(&self.counters.hits, pks.len() - missed);
+        if pks.len() > 1 {
+            entry.cold.record(pks.len(), missed);
+        }
         tracing::debug!(
             target: "cached_instances",
             model = T::MODEL,
@@ -313,27 +333,19 @@ impl Reader<'_> {
         out: &mut [Found<T>],
     ) -> Result<(), Error> {
         let Batch { rows, keys } = *batch;
-        let Misses { indexes, corrupt } = misses;
+        let Misses {
+            indexes,
+            corrupt,
+            read,
+        } = misses;
         let config = self.config;
         let store = self.gate.store;
-        add(&self.counters.misses, indexes.len());
+        if read {
+            add(&self.counters.misses, indexes.len());
+        }
 
         if !corrupt.is_empty() {
-            add(&self.counters.corrupt_entries, corrupt.len());
-            tracing::warn!(
-                target: "cached_instances",
-                model = rows.entry.schema.model,
-                count = corrupt.len(),
-                "undecodable cached entries replaced"
-            );
-            // Corrupt bytes are not leasable until replaced by a tombstone.
-            self.gate
-                .call(
-                    Some(T::MODEL),
-                    StoreOp::Replace,
-                    store.swap_many(&corrupt, TOMBSTONE, config.tombstone_ttl),
-                )
-                .await;
+            self.replace_corrupt::<T>(&corrupt).await;
         }
 
         // A pk asked for twice is leased and loaded once.
@@ -357,6 +369,9 @@ impl Reader<'_> {
             )
             .await
         else {
+            if !read {
+                self.count_lease_first(rows.entry, indexes.len(), 0, 0);
+            }
             self.load_direct(rows, &indexes, out).await?;
             return Ok(());
         };
@@ -364,20 +379,45 @@ impl Reader<'_> {
         let mut granted = Vec::new();
         let mut waiting = Vec::new();
         let mut direct = Vec::new();
+        // Bytes that are not a servable entry: after a multi-get, filled
+        // since (read directly); without one, what the multi-get would
+        // have found (replaced, leased and loaded as after a multi-get).
+        let mut refused = Vec::new();
         for (&i, outcome) in unique.iter().zip(outcomes) {
             match outcome {
                 None => granted.push(i),
                 Some(bytes) => match marker::classify(&bytes) {
                     Slot::Lease => waiting.push(i),
-                    // Filled since our multi-get.
+                    // A hit (lease-first), or filled since our multi-get.
                     Slot::Value(_) => {
                         match accept::<T>(rows.entry, self.max_bytes(), bytes, rows.want) {
                             Ok(found) => out[i] = found,
-                            Err(_) => direct.push(i),
+                            Err(_) if read => direct.push(i),
+                            Err(_) => refused.push(i),
                         }
                     }
-                    Slot::Tombstone | Slot::Foreign => direct.push(i),
+                    Slot::Foreign if read => direct.push(i),
+                    Slot::Foreign => refused.push(i),
+                    Slot::Tombstone => direct.push(i),
                 },
+            }
+        }
+        if !read {
+            // Copies of a duplicated pk count like their first.
+            let weight = |i: usize| copies.get(keys[i].as_str()).map_or(1, Vec::len);
+            let hits = unique
+                .iter()
+                .filter(|&&i| out[i].is_found())
+                .map(|&i| weight(i))
+                .sum();
+            self.count_lease_first(rows.entry, indexes.len(), hits, refused.len());
+            if !refused.is_empty() {
+                let misses = Misses {
+                    corrupt: refused.iter().map(|&i| keys[i].clone()).collect(),
+                    indexes: refused,
+                    read: true,
+                };
+                Box::pin(self.fill_misses(batch, misses, out)).await?;
             }
         }
 
@@ -409,6 +449,46 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A lease-first read's accounting, once its lease replied: the `hits`
+    /// of its `requested` keys found holding an entry, the rest missed
+    /// (which decides the next batch's mode, `cold.rs`). The `refused`
+    /// keys, holding bytes it cannot serve, are counted as misses by the
+    /// multi-get path they take next.
+    fn count_lease_first(&self, entry: &ModelEntry, requested: usize, hits: usize, refused: usize) {
+        add(&self.counters.hits, hits);
+        add(&self.counters.misses, requested - hits - refused);
+        entry.cold.record(requested, requested - hits);
+        tracing::debug!(
+            target: "cached_instances",
+            model = entry.schema.model,
+            requested,
+            hits,
+            misses = requested - hits,
+            "read (lease first)"
+        );
+    }
+
+    /// Replaces bytes found under `keys` that are not a servable entry
+    /// with a tombstone: they are not leasable until then.
+    async fn replace_corrupt<T: CachedInstance>(&self, keys: &[String]) {
+        add(&self.counters.corrupt_entries, keys.len());
+        tracing::warn!(
+            target: "cached_instances",
+            model = T::MODEL,
+            count = keys.len(),
+            "undecodable cached entries replaced"
+        );
+        self.gate
+            .call(
+                Some(T::MODEL),
+                StoreOp::Replace,
+                self.gate
+                    .store
+                    .swap_many(keys, TOMBSTONE, self.config.tombstone_ttl),
+            )
+            .await;
     }
 
     /// Loads the keys we hold a lease on, then fills each one whose lease

@@ -199,6 +199,8 @@ pub(crate) struct ModelEntry {
     /// The field names of this type's representation, learned from the
     /// first one encoded: what `get_json` checks (see `shape.rs`).
     pub(crate) shape: super::shape::ShapeCell,
+    /// Whether this type's batch reads have lately been missing (`cold.rs`).
+    pub(crate) cold: super::cold::ColdReads,
     keys: KeyLayout,
 }
 
@@ -214,6 +216,7 @@ impl ModelEntry {
             loader: Box::new(loader),
             edges: Vec::new(),
             shape: Default::default(),
+            cold: Default::default(),
             keys: KeyLayout::of(&T::SCHEMA),
         }
     }
