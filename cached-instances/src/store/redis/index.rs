@@ -535,6 +535,19 @@ impl RedisStore {
     ) -> Result<Option<IndexPage>, StoreError> {
         let warm = format!("{prefix}{WARM_SUFFIX}");
         let order = format!("{prefix}{}", query.order.as_deref().unwrap_or("all"));
+        let keys = [warm.as_str(), order.as_str()];
+        // A near hit first, before anything is built for the read.
+        let cached = self.near.as_ref().filter(|_| !query.ignore_warm);
+        let slot = cached.map(|tier| {
+            let (descending, offset) = (query.descending, query.offset);
+            let slot = near::page_slot(&warm, &order, descending, offset, query.limit);
+            (tier, slot)
+        });
+        if let Some((tier, slot)) = &slot
+            && let Some(page) = tier.page(slot, keys)
+        {
+            return Ok(Some(page));
+        }
         let start = i64::try_from(query.offset).unwrap_or(i64::MAX);
         // Ranks are inclusive; a limit of 0 asks for an empty range (a
         // start past the stop), never for `stop = start - 1`, which is -1
@@ -560,17 +573,10 @@ impl RedisStore {
         if query.descending {
             pipe.arg("REV");
         }
-        if let Some(near) = &self.near
-            && !query.ignore_warm
+        if let Some((tier, slot)) = &slot
+            && let Some(page) = tier.read_page_through(slot, keys, &pipe).await
         {
-            let slot = near::page_slot(&warm, &order, query.descending, query.offset, query.limit);
-            let keys = [warm.as_str(), order.as_str()];
-            if let Some(page) = near.page(&slot, keys) {
-                return Ok(Some(page));
-            }
-            if let Some(page) = near.read_page_through(&slot, keys, &pipe).await {
-                return Ok(page);
-            }
+            return Ok(page);
         }
         let (warm, total, members): (bool, u64, Vec<String>) = self.pipeline(&pipe).await?;
         if !warm && !query.ignore_warm {
