@@ -50,7 +50,7 @@ fn key(suffix: &str) -> String {
 async fn write(store: &RedisStore, member: u32, rank: f64) {
     let members = [member.to_string()];
     store.index_lease(PREFIX, &members, TOKEN).await.unwrap();
-    let parity = if member % 2 == 0 { "even" } else { "odd" };
+    let parity = if member.is_multiple_of(2) { "even" } else { "odd" };
     let record = IndexRecord::new(
         vec![format!("e:parity:{parity}")],
         vec![(ORDER.to_owned(), rank)],
@@ -175,15 +175,18 @@ async fn an_order_only_page_is_not_kept_before_warm_nor_when_ignoring_it() {
             5
         );
     }
-    // Marked warm (an own write): the page is read, then kept.
+    // Marked warm (an own write): the page is read, then kept. The mark
+    // was read (and tracked) above, so its push is on its way: it reaches
+    // the store by the end of the next read at the latest (it precedes
+    // that read's reply on the tracking connection), and may void that
+    // read's page; the one after is kept.
     store
         .swap_many(&[key("warm")], b"1", Duration::from_secs(3600))
         .await
         .unwrap();
-    assert_eq!(
-        commands_of(&server, &store, &top(2), &page(&[3, 2], 3)).await,
-        5
-    );
+    for _ in 0..2 {
+        assert_eq!(query(&store, &top(2)).await, page(&[3, 2], 3));
+    }
     assert_eq!(
         commands_of(&server, &store, &top(2), &page(&[3, 2], 3)).await,
         0
