@@ -50,7 +50,11 @@ fn key(suffix: &str) -> String {
 async fn write(store: &RedisStore, member: u32, rank: f64) {
     let members = [member.to_string()];
     store.index_lease(PREFIX, &members, TOKEN).await.unwrap();
-    let parity = if member.is_multiple_of(2) { "even" } else { "odd" };
+    let parity = if member.is_multiple_of(2) {
+        "even"
+    } else {
+        "odd"
+    };
     let record = IndexRecord::new(
         vec![format!("e:parity:{parity}")],
         vec![(ORDER.to_owned(), rank)],
