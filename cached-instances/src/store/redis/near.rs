@@ -152,9 +152,10 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// or tombstone), conditional writes always go to Redis, and the store's own
 /// writes evict before they return. On a single server, the index pages of
 /// lists in one order (no filter) are kept too, under the same rules, so a
-/// repeated list is served from memory whole. A write made by another process is seen
-/// here once Redis' invalidation push arrives (see CONSISTENCY.md for the
-/// measured window); a lost tracking connection empties the tier.
+/// repeated list is served from memory whole. A write made by another
+/// process is seen here once Redis' invalidation push arrives (see
+/// CONSISTENCY.md for the measured window); a lost tracking connection
+/// empties the tier.
 ///
 /// Works in front of a single server and (feature `cluster`) a Redis
 /// Cluster, where each primary has its own tracking connection.
