@@ -2,7 +2,8 @@
 //! no command, another client's write is evicted by Redis' invalidation
 //! push, a killed tracking connection empties the tier, markers never enter
 //! it, its size stays within its bound, the store's own writes are read
-//! back at once, and a fill leased before a write is still rejected.
+//! back at once, a reply that a push overtook is not kept, and a fill
+//! leased before a write is still rejected.
 //!
 //! Nothing here asserts timing: what a push or a reconnection does is
 //! polled for with a bounded number of attempts.
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use cached_instances::{Cache, NearCache, RedisStore, Store};
 use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::proxy::HoldingProxy;
 use cached_instances_testkit::redis_server::RedisServer;
 use cached_instances_testkit::scenarios;
 use polls::{Choice, Question, User};
@@ -24,7 +26,11 @@ fn near() -> NearCache {
 }
 
 async fn near_store(server: &RedisServer, config: NearCache) -> RedisStore {
-    RedisStore::builder(server.url())
+    near_store_at(&server.url(), config).await
+}
+
+async fn near_store_at(url: &str, config: NearCache) -> RedisStore {
+    RedisStore::builder(url)
         .near_cache(config)
         .connect()
         .await
@@ -420,4 +426,59 @@ async fn an_entry_older_than_max_age_is_read_from_redis_again() {
         "nothing evicted it"
     );
     assert_eq!(after.entries, 1, "readmitted");
+}
+
+/// A read sent before another client's write, whose reply reaches the store
+/// together with the write's push (both held back by a proxy, then
+/// delivered in one go): the reply is the value from before the write, and
+/// must not be kept. On a current-thread runtime, the store's push reader
+/// handles both before the read's task resumes to admit the reply.
+#[tokio::test(flavor = "current_thread")]
+async fn a_read_overtaken_by_a_push_is_not_kept() {
+    let server = RedisServer::start();
+    let proxy = HoldingProxy::start(server.port());
+    let store = near_store_at(&proxy.url(), near()).await;
+    set(&server, "k", b"{\"v\":1}");
+
+    assert_eq!(proxy.hold(b"TRACKING"), 1, "the tracking connection");
+    server.reset_stats();
+    let reader = tokio::spawn({
+        let store = store.clone();
+        async move { store.get("k").await.unwrap() }
+    });
+    // The read has run on the server (its reply is held) ...
+    let mut ran = false;
+    for _ in 0..ATTEMPTS {
+        if reads(&server) == 1 {
+            ran = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(ran, "the read never reached the server");
+    // ... when another client writes: the push queues behind the reply.
+    set(&server, "k", b"{\"v\":2}");
+    let mut pushed = false;
+    for _ in 0..ATTEMPTS {
+        if proxy.holds(b"invalidate") {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(pushed, "no invalidation push for the key");
+    proxy.release();
+    assert_eq!(
+        reader.await.unwrap().as_deref(),
+        Some(&b"{\"v\":1}"[..]),
+        "the read ran before the write"
+    );
+
+    // Not kept: the next read goes to Redis and sees the write.
+    server.reset_stats();
+    assert_eq!(
+        store.get("k").await.unwrap().as_deref(),
+        Some(&b"{\"v\":2}"[..])
+    );
+    assert_eq!(reads(&server), 1, "the overtaken reply was kept");
 }

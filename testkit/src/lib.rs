@@ -7,6 +7,7 @@ pub mod databases;
 pub mod faults;
 pub mod memdb;
 pub mod process;
+pub mod proxy;
 pub mod query_model;
 pub mod redis_server;
 pub mod rng;

@@ -21,7 +21,9 @@ use bytes::Bytes;
 use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
-use super::{CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture};
+use super::{
+    CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture, WARM_SUFFIX,
+};
 use crate::error::{ConnectError, StoreError};
 
 mod index;
@@ -1123,7 +1125,20 @@ impl IndexStore for RedisStore {
         token: &'a [u8],
         updates: &'a [IndexUpdate],
     ) -> StoreFuture<'a, Vec<bool>> {
-        Box::pin(async move { self.apply_index(&self.key(prefix), token, updates).await })
+        Box::pin(async move {
+            let prefix = self.key(prefix);
+            let applied = self.apply_index(&prefix, token, updates).await;
+            // The index's near-cached pages are void before this returns,
+            // as an own write's entries are (whether or not the script
+            // ran: a failed call may have been applied). Every page of the
+            // index was read from its warm mark, so evicting that key voids
+            // them all. (`index_lease` writes only the lease hash, which no
+            // page reads.)
+            if self.near.is_some() {
+                self.evict_own(std::iter::once(&*format!("{prefix}{WARM_SUFFIX}")));
+            }
+            applied
+        })
     }
 
     fn index_query<'a>(

@@ -12,10 +12,10 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::RedisStore;
+use super::{RedisStore, near};
 use crate::error::StoreError;
 use crate::store::index::{COUNTS_MAX, score_arg};
-use crate::store::{IndexPage, IndexQuery, IndexUpdate};
+use crate::store::{IndexPage, IndexQuery, IndexUpdate, WARM_SUFFIX};
 
 /// `ARGV`: prefix, token, then per update: member, record (JSON
 /// `[[sets],[zsets]]`, empty to remove), the number of scores, the scores
@@ -521,12 +521,33 @@ impl RedisStore {
     /// about 30 us of server CPU on a page of 100 (mostly turning its
     /// members into a Lua table and back), the transaction a few.
     /// Single server only: the cluster keeps the script.
+    ///
+    /// With a near cache, the page is kept in its tier like an entry: read
+    /// over the tracking connection (so Redis tracks the warm mark and the
+    /// sorted set, and pushes when either changes), admitted only if
+    /// neither key was evicted meanwhile, and served while neither is.
+    /// A query that ignores the warm mark (the cache's warming) is never
+    /// kept.
     async fn order_only_page(
         &self,
         prefix: &str,
         query: &IndexQuery,
     ) -> Result<Option<IndexPage>, StoreError> {
+        let warm = format!("{prefix}{WARM_SUFFIX}");
         let order = format!("{prefix}{}", query.order.as_deref().unwrap_or("all"));
+        let keys = [warm.as_str(), order.as_str()];
+        // A near hit first, before anything is built for the read.
+        let cached = self.near.as_ref().filter(|_| !query.ignore_warm);
+        let slot = cached.map(|tier| {
+            let (descending, offset) = (query.descending, query.offset);
+            let slot = near::page_slot(&warm, &order, descending, offset, query.limit);
+            (tier, slot)
+        });
+        if let Some((tier, slot)) = &slot
+            && let Some(page) = tier.page(slot, keys)
+        {
+            return Ok(Some(page));
+        }
         let start = i64::try_from(query.offset).unwrap_or(i64::MAX);
         // Ranks are inclusive; a limit of 0 asks for an empty range (a
         // start past the stop), never for `stop = start - 1`, which is -1
@@ -542,7 +563,7 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("EXISTS")
-            .arg(format!("{prefix}warm"))
+            .arg(&warm)
             .cmd("ZCARD")
             .arg(&order)
             .cmd("ZRANGE")
@@ -551,6 +572,11 @@ impl RedisStore {
             .arg(stop);
         if query.descending {
             pipe.arg("REV");
+        }
+        if let Some((tier, slot)) = &slot
+            && let Some(page) = tier.read_page_through(slot, keys, &pipe).await
+        {
+            return Ok(page);
         }
         let (warm, total, members): (bool, u64, Vec<String>) = self.pipeline(&pipe).await?;
         if !warm && !query.ignore_warm {

@@ -26,6 +26,34 @@
 //!   connection flushes it, reads go to Redis uncached, and a background
 //!   task remakes the connection (flushing again once tracking is back on).
 //!
+//! # Index pages
+//!
+//! On a single server the tier also keeps the pages of a model's index
+//! that a list in one order reads (no filter, no range: the warm mark's
+//! `EXISTS`, the order's `ZCARD` and `ZRANGE` in one `MULTI`/`EXEC`), so
+//! that a repeated list costs no round trip for its page either. A page
+//! read that misses the tier is sent on the tracking connection, so Redis
+//! tracks both keys it read (commands inside `MULTI`/`EXEC` are tracked as
+//! any read), and the same rules hold as for entries, per key:
+//!
+//! - a page is admitted only if neither of its keys' stripes moved
+//!   between sending the read and admitting the reply (both stripes
+//!   locked, in order);
+//! - each of the two keys has a generation, bumped by every eviction of
+//!   the key (a push, this store's own write); a page carries its keys'
+//!   generations from before its read was sent and is served only while
+//!   both are unchanged, so a push for the sorted set or the warm mark
+//!   voids every page read from it at once (the stale pages age out of
+//!   the tier, or are replaced by the next read);
+//! - the store's own index updates (`index_apply`) evict the index's warm
+//!   mark before they return, which voids every page of that index; its
+//!   own writes of the mark itself are entry writes, evicted as such;
+//! - a flush (a lost connection) empties the tier, pages included.
+//!
+//! Pages share the tier's byte bound and max age with the entries, under
+//! tier keys no Redis key can take (`pages`). A Redis Cluster keeps
+//! reading pages from Redis with the query script.
+//!
 //! # Redis Cluster
 //!
 //! The tracking backend is either one connection (a single server) or one
@@ -78,9 +106,10 @@
 //! A write acknowledged in another process can still be read from this
 //! tier until its push arrives: CONSISTENCY.md gives the measured window.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -90,10 +119,15 @@ use redis::{PushInfo, PushKind, Value};
 
 use crate::error::StoreError;
 use crate::marker::{self, Slot};
+use crate::store::IndexPage;
 use crate::store::tier::Tier;
 
 #[cfg(feature = "cluster")]
 mod cluster;
+mod pages;
+
+use pages::entry_slot;
+pub(super) use pages::page_slot;
 
 /// Default bound of the tier's size (keys and values).
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -101,6 +135,11 @@ const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
 /// Admission counters: keys hash onto this many stripes.
 const STRIPES: usize = 256;
+/// The most index keys (warm marks, order sorted sets) whose generations
+/// the tier keeps: a page over a key beyond them is not cached. A process
+/// reads the pages of its own models, a handful of keys each, so this only
+/// bounds a caller naming ever new index prefixes.
+const MAX_INDEX_KEYS: usize = 4096;
 /// Backoff between attempts to remake the tracking connection.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
@@ -111,9 +150,12 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 ///
 /// A near hit costs no round trip. Only entry bytes are kept (never a lease
 /// or tombstone), conditional writes always go to Redis, and the store's own
-/// writes evict before they return. A write made by another process is seen
-/// here once Redis' invalidation push arrives (see CONSISTENCY.md for the
-/// measured window); a lost tracking connection empties the tier.
+/// writes evict before they return. On a single server, the index pages of
+/// lists in one order (no filter) are kept too, under the same rules, so a
+/// repeated list is served from memory whole. A write made by another
+/// process is seen here once Redis' invalidation push arrives (see
+/// CONSISTENCY.md for the measured window); a lost tracking connection
+/// empties the tier.
 ///
 /// Works in front of a single server and (feature `cluster`) a Redis
 /// Cluster, where each primary has its own tracking connection.
@@ -180,11 +222,13 @@ impl NearCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NearCacheStats {
-    /// Entries held (past `max_age` but not yet removed included).
+    /// Entries held (past `max_age` but not yet removed included), and
+    /// index pages (single server), which the tier holds like entries.
     pub entries: u64,
-    /// Bytes held (keys plus values), as `entries`.
+    /// Bytes held (keys plus values, pages included), as `entries`.
     pub bytes: u64,
-    /// Keys evicted by an invalidation push or by this store's own writes.
+    /// Keys evicted by an invalidation push or by this store's own writes
+    /// (an own index update counts one, for the index's warm mark).
     pub invalidations: u64,
     /// Times the whole tier was emptied (tracking connection lost or remade,
     /// or the database flushed).
@@ -302,6 +346,13 @@ pub(super) struct Near {
     /// since its read was sent.
     stripes: Box<[Mutex<u64>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// The generation of each index key a page was read from (the warm
+    /// mark, the order's sorted set), bumped by every eviction of the key
+    /// (its push, or this store's own write). A page carries its keys'
+    /// generations from before its read was sent, and is served only while
+    /// both are unchanged. Keys are never removed (see [`MAX_INDEX_KEYS`]),
+    /// so a generation never goes back to a value a page was stamped with.
+    index_keys: RwLock<HashMap<Box<str>, AtomicU64>>,
     /// The tracking connections, with the generation they were made in;
     /// `None` while they are being (re)made.
     links: tokio::sync::watch::Sender<Option<(u64, Links)>>,
@@ -349,6 +400,7 @@ impl Near {
             max_age: config.max_age,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            index_keys: RwLock::new(HashMap::new()),
             links: tokio::sync::watch::Sender::new(None),
             generation: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -537,27 +589,40 @@ impl Near {
         self.links.borrow().clone()
     }
 
-    fn stripe(&self, key: &str) -> &Mutex<u64> {
+    fn stripe_of(&self, key: &str) -> usize {
         let hash = self.hasher.hash_one(key);
         // The modulo keeps the index in range; the cast cannot truncate.
         #[allow(clippy::cast_possible_truncation)]
-        &self.stripes[(hash % STRIPES as u64) as usize]
+        let stripe = (hash % STRIPES as u64) as usize;
+        stripe
+    }
+
+    fn stripe(&self, key: &str) -> &Mutex<u64> {
+        &self.stripes[self.stripe_of(key)]
     }
 
     /// The tier's copy of `key`.
     pub(super) fn get(&self, key: &str) -> Option<Bytes> {
-        self.tier.get(key)
+        self.tier.get(&entry_slot(key))
     }
 
-    /// Removes `key` from the tier, and voids replies to reads of it still
-    /// in flight.
+    /// Removes `key` from the tier, voids replies to reads of it still in
+    /// flight and, if it is an index key, every page read from it.
     pub(super) fn evict(&self, key: &str) {
+        if let Some(generation) = self
+            .index_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            generation.fetch_add(1, Ordering::SeqCst);
+        }
         let mut seen = self
             .stripe(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *seen += 1;
-        self.tier.remove(key);
+        self.tier.remove(&entry_slot(key));
         drop(seen);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
     }
@@ -620,7 +685,151 @@ impl Near {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if *stripe == seen {
-            self.tier.insert(key, value.clone(), self.max_age);
+            self.tier
+                .insert(&entry_slot(key), value.clone(), self.max_age);
+        }
+    }
+
+    /// The page held under `slot` (see [`page_slot`]), read from the index
+    /// keys `keys` (its warm mark and its order's sorted set), if neither
+    /// key was evicted since that read was sent.
+    pub(super) fn page(&self, slot: &str, keys: [&str; 2]) -> Option<IndexPage> {
+        let bytes = self.tier.get(slot)?;
+        let stamps = pages::stamps(&bytes)?;
+        {
+            let generations = self
+                .index_keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (key, stamp) in keys.into_iter().zip(stamps) {
+                if generations.get(key)?.load(Ordering::SeqCst) != stamp {
+                    // Stale: left to be replaced by the next read of the
+                    // page, or to age out.
+                    return None;
+                }
+            }
+        }
+        pages::decode(&bytes)
+    }
+
+    /// The generations of the index keys `keys`, registered if new; `None`
+    /// when the tier already tracks [`MAX_INDEX_KEYS`] others.
+    fn generations(&self, keys: [&str; 2]) -> Option<[u64; 2]> {
+        let read = |generations: &HashMap<Box<str>, AtomicU64>| -> Option<[u64; 2]> {
+            Some([
+                generations.get(keys[0])?.load(Ordering::SeqCst),
+                generations.get(keys[1])?.load(Ordering::SeqCst),
+            ])
+        };
+        if let Some(stamps) = read(
+            &self
+                .index_keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        ) {
+            return Some(stamps);
+        }
+        let mut generations = self
+            .index_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            if !generations.contains_key(key) {
+                if generations.len() >= MAX_INDEX_KEYS {
+                    return None;
+                }
+                generations.insert(key.into(), AtomicU64::new(0));
+            }
+        }
+        read(&generations)
+    }
+
+    /// Runs `pipe`, an order-only page read of the index keys `keys` (its
+    /// warm mark and its order's sorted set: `EXISTS`, `ZCARD`, `ZRANGE` in
+    /// one transaction), over the tracking connection, so that Redis tracks
+    /// both keys, and admits the page under `slot` by the entries' rule.
+    /// `None` when tracking is down (or, on a cluster, not used for pages),
+    /// the keys cannot be tracked here, or the read failed: the caller
+    /// reads from Redis uncached.
+    pub(super) async fn read_page_through(
+        &self,
+        slot: &str,
+        keys: [&str; 2],
+        pipe: &redis::Pipeline,
+    ) -> Option<Option<IndexPage>> {
+        // Before sending, as for entries: a push for either key that
+        // arrives from here on moves a stripe (so the reply is not
+        // admitted) and a generation (so the page is never served).
+        let stamps = self.generations(keys)?;
+        let seen = keys.map(|key| {
+            *self
+                .stripe(key)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        });
+        let (generation, links) = self.current()?;
+        let Links::Single(connection) = links else {
+            return None;
+        };
+        let reply = tokio::time::timeout(
+            self.request_timeout,
+            pipe.query_async::<(bool, u64, Vec<String>)>(&mut connection.clone()),
+        )
+        .await;
+        let (warm, total, members) = match reply {
+            Ok(Ok(reply)) => reply,
+            // An error reply (a key of the wrong type): the connection is
+            // fine, and the plain read reports the error.
+            Ok(Err(error))
+                if !(error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_unrecoverable_error()) =>
+            {
+                return None;
+            }
+            // Stalled or broken: pushes may have been lost too.
+            _ => {
+                self.lost(generation);
+                return None;
+            }
+        };
+        if !warm {
+            return Some(None);
+        }
+        let page = IndexPage::new(members, total);
+        self.admit_page(slot, keys, seen, stamps, &page);
+        Some(Some(page))
+    }
+
+    /// Puts `page` in the tier under `slot` if neither of its keys' stripes
+    /// moved since its read was sent (no eviction of either key, no flush).
+    fn admit_page(
+        &self,
+        slot: &str,
+        keys: [&str; 2],
+        seen: [u64; 2],
+        stamps: [u64; 2],
+        page: &IndexPage,
+    ) {
+        let [a, b] = keys.map(|key| self.stripe_of(key));
+        // Both stripes locked, in index order (once when they are the same
+        // stripe), so that no eviction of either key comes between the
+        // check and the insert.
+        let lock = |stripe: usize| {
+            self.stripes[stripe]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        let low = lock(a.min(b));
+        let high = (a != b).then(|| lock(a.max(b)));
+        let now = |stripe: usize| match &high {
+            Some(high) if stripe != a.min(b) => **high,
+            _ => *low,
+        };
+        if now(a) == seen[0] && now(b) == seen[1] {
+            self.tier
+                .insert(slot, pages::encode(stamps, page), self.max_age);
         }
     }
 
