@@ -83,7 +83,7 @@ pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
         (
             true,
             "http_list_index_near",
-            "`Question` warmed, near cache: page and count from the index, the entries in process",
+            "`Question` warmed, near cache: page, count and entries from the near tier (0 round trips on a repeat)",
         ),
     ] {
         let app = App::with_cache(env.db.clone(), env.indexed_cache(near).await)
