@@ -200,7 +200,7 @@ impl Hook for Yields {
     /// production) one time in four, as often as `some` yields zero times,
     /// and otherwise sent through `get` and its yields.
     fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
-        if self.0.next_u64() % 4 == 0 {
+        if self.0.next_u64().is_multiple_of(4) {
             read()
         } else {
             InProcess::Unknown

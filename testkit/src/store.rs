@@ -254,7 +254,7 @@ impl<S: Store, H: Hook> IndexStore for Wrapped<S, H> {
 pub struct Calls(Arc<CallCounts>);
 
 #[derive(Debug, Default)]
-pub struct CallCounts {
+struct CallCounts {
     calls: AtomicU64,
     in_process: AtomicU64,
 }
