@@ -6,8 +6,11 @@
 //! `redis_cluster_cache.rs`); this file runs each of them as a test on the
 //! in-process store, plus the checks that need no store.
 
-use cached_instances::{BuildError, Cache, MemoryStore, Store};
+use std::time::Duration;
+
+use cached_instances::{BuildError, Cache, CachedInstance, MemoryStore, Store};
 use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::store::Counting;
 use cached_instances_testkit::{scenarios, with_scenarios};
 use polls::{Choice, Question, User};
 
@@ -88,4 +91,91 @@ async fn build_rejects_an_inconsistent_registry() {
         Err(cached_instances::Error::NotRegistered { model: "User", .. })
     ));
     let _ = store.get("x").await;
+}
+
+/// A single-key read on the `MemoryStore` is its in-process read
+/// (`Store::get_in_process`), never a `get`: a hit is that one call, and a
+/// cold read goes on from what it found (absent) to the lease and the fill,
+/// three calls in all, with no second read of the key.
+#[tokio::test]
+async fn a_memory_store_read_is_one_in_process_read_and_no_get() {
+    let db = MemDb::seeded();
+    let store = Counting::new(MemoryStore::new());
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+
+    let (calls, reads) = (store.calls(), store.in_process_reads());
+    assert_eq!(cache.get::<User>(&1).await.unwrap(), db.user(1));
+    cache.settle().await;
+    assert_eq!(
+        (store.calls() - calls, store.in_process_reads() - reads),
+        (3, 1),
+        "a cold read: the in-process read (absent), the lease, the fill"
+    );
+    assert_eq!(db.load_count("User"), 1);
+
+    let (calls, reads) = (store.calls(), store.in_process_reads());
+    assert_eq!(cache.get::<User>(&1).await.unwrap(), db.user(1));
+    let json = cache.get_json::<User>(&1).await.unwrap().unwrap();
+    assert_eq!(&json[..], &db.user(1).unwrap().to_json().unwrap()[..]);
+    assert_eq!(
+        (store.calls() - calls, store.in_process_reads() - reads),
+        (2, 2),
+        "each hit is one in-process read, no get"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses), (2, 1));
+    assert_eq!(db.load_count("User"), 1, "hits load nothing");
+}
+
+/// An in-process read that finds a marker is a miss that takes the lease
+/// path from what it found: a tombstone is leased, loaded and filled (no
+/// second read, nothing taken for a corrupt entry), and another reader's
+/// lease is waited for, then read around.
+#[tokio::test]
+async fn a_marker_read_in_process_takes_the_lease_path() {
+    let db = MemDb::seeded();
+    let memory = MemoryStore::new();
+    let store = Counting::new(memory.clone());
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .lease_wait(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let key = cache.key_of::<User>(&1).unwrap();
+    let long = Duration::from_secs(60);
+
+    memory.put_raw(&key, &b"\0T"[..], long);
+    let (calls, reads) = (store.calls(), store.in_process_reads());
+    assert_eq!(cache.get::<User>(&1).await.unwrap(), db.user(1));
+    cache.settle().await;
+    assert_eq!(
+        (store.calls() - calls, store.in_process_reads() - reads),
+        (3, 1),
+        "the in-process read (a tombstone), the lease, the fill"
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.corrupt_entries), (0, 1, 0));
+    assert_eq!(db.load_count("User"), 1);
+    let filled = memory.raw(&key).unwrap();
+    assert_eq!(&filled[..], &db.user(1).unwrap().to_json().unwrap()[..]);
+
+    // Another reader's lease: waited for (polled with `get_many`), then
+    // read around without touching the lease.
+    let lease = b"\0L0123456789abcdef";
+    memory.put_raw(&key, &lease[..], long);
+    db.clear_loads();
+    assert!(cache.get_json::<User>(&1).await.unwrap().is_some());
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.lease_waits), (0, 2, 1));
+    assert_eq!(db.load_count("User"), 1, "read around the lease");
+    assert_eq!(memory.raw(&key).as_deref(), Some(&lease[..]));
 }

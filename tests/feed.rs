@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cached_instances::feed::{DEAD_LETTER_TABLE, Feed, FeedPool, OUTBOX_TABLE};
 use cached_instances::sqlx::SqlxLoader;
-use cached_instances::store::StoreFuture;
+use cached_instances::store::{InProcess, StoreFuture};
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
 use cached_instances_testkit::process::KillOnDrop;
 use cached_instances_testkit::store::{Hook, Keys, Op, Wrapped};
@@ -694,6 +694,10 @@ impl Hook for Hang {
             Op::DeleteMany => Box::pin(std::future::pending()),
             _ => call(),
         }
+    }
+    /// Only invalidations hang: reads are forwarded.
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        read()
     }
 }
 

@@ -10,11 +10,14 @@
 
 use std::time::Duration;
 
-use cached_instances::{Cache, NearCache, RedisStore, Store};
+use cached_instances::store::InProcess;
+use cached_instances::{Cache, CachedInstance, NearCache, RedisStore, Store};
+use cached_instances_testkit::faults::Faulty;
 use cached_instances_testkit::memdb::MemDb;
 use cached_instances_testkit::proxy::HoldingProxy;
 use cached_instances_testkit::redis_server::RedisServer;
 use cached_instances_testkit::scenarios;
+use cached_instances_testkit::store::Counting;
 use polls::{Choice, Question, User};
 
 /// Attempts, 5 ms apart, before a poll gives up (20 s in all).
@@ -346,6 +349,11 @@ async fn a_key_prefix_applies_to_the_tier_and_its_pushes() {
         0,
         "a near hit"
     );
+    assert_eq!(
+        store.get_in_process("k"),
+        InProcess::Holds(bytes::Bytes::from_static(b"{\"v\":1}")),
+        "the in-process read names the prefixed key"
+    );
     set(&server, "app:k", b"{\"v\":2}");
     assert!(
         eventually_reads(&store, "k", b"{\"v\":2}").await,
@@ -481,4 +489,101 @@ async fn a_read_overtaken_by_a_push_is_not_kept() {
         Some(&b"{\"v\":2}"[..])
     );
     assert_eq!(reads(&server), 1, "the overtaken reply was kept");
+}
+
+/// A near hit is the store's in-process read (`Store::get_in_process`):
+/// the cache makes no `get` for it, and Redis sees no command. A key the
+/// tier does not hold is `Unknown` in process and read with `get`; a store
+/// without a near tier never answers in process.
+#[tokio::test]
+async fn a_near_hit_is_read_in_process_with_no_get() {
+    let server = RedisServer::start();
+    let near_store = near_store(&server, near()).await;
+    let store = Counting::new(near_store.clone());
+    let db = MemDb::seeded();
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+    let key = cache.key_of::<Question>(&1).unwrap();
+    // The fill's own write evicts the key; the read after it is tracked
+    // and admitted to the tier.
+    let warm = cache.get::<Question>(&1).await.unwrap().unwrap();
+    cache.settle().await;
+    assert_eq!(store.get_in_process(&key), InProcess::Unknown, "evicted");
+    let (calls, reads) = (store.calls(), store.in_process_reads());
+    assert_eq!(cache.get::<Question>(&1).await.unwrap().unwrap(), warm);
+    assert_eq!(
+        (store.calls() - calls, store.in_process_reads() - reads),
+        (1, 0),
+        "not in the tier: one get"
+    );
+
+    server.reset_stats();
+    let (calls, reads) = (store.calls(), store.in_process_reads());
+    assert_eq!(cache.get::<Question>(&1).await.unwrap().unwrap(), warm);
+    let json = cache.get_json::<Question>(&1).await.unwrap().unwrap();
+    assert_eq!(&json[..], &warm.to_json().unwrap()[..]);
+    assert_eq!(
+        (store.calls() - calls, store.in_process_reads() - reads),
+        (2, 2),
+        "near hits: in-process reads, no get"
+    );
+    assert_eq!(
+        server.data_command_count(),
+        0,
+        "{:?}",
+        server.data_commands()
+    );
+    assert_eq!(cache.stats().hits, 3);
+    assert!(matches!(near_store.get_in_process(&key), InProcess::Holds(b) if b == json));
+
+    // Without a near tier, nothing is known in process.
+    let plain = RedisStore::connect(&server.url()).await.unwrap();
+    assert_eq!(plain.get(&key).await.unwrap(), Some(json));
+    assert_eq!(plain.get_in_process(&key), InProcess::Unknown);
+}
+
+/// A write whose invalidation could not reach Redis leaves the old entry in
+/// the tier (its own-write eviction never ran): until the queued
+/// invalidation is delivered, reads go to the database, never to the tier.
+#[tokio::test]
+async fn a_failed_invalidation_is_not_read_past_in_the_tier() {
+    let server = RedisServer::start();
+    let near_store = near_store(&server, near()).await;
+    let store = Faulty::new(near_store.clone());
+    let db = MemDb::seeded();
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .store_retry_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let key = cache.key_of::<Choice>(&1).unwrap();
+    cache.get::<Choice>(&1).await.unwrap();
+    cache.settle().await;
+    cache.get::<Choice>(&1).await.unwrap();
+    assert!(matches!(
+        near_store.get_in_process(&key),
+        InProcess::Holds(_)
+    ));
+
+    store.fail_writes(true);
+    db.write(|t| t.choices.get_mut(&1).unwrap().1 = "Changed".into());
+    cache.saved(&db.choice(1).unwrap()).await.unwrap();
+    assert!(store.failed_writes() > 0);
+    assert!(
+        matches!(near_store.get_in_process(&key), InProcess::Holds(_)),
+        "the old entry is still in the tier"
+    );
+    for _ in 0..3 {
+        assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+        let json = cache.get_json::<Choice>(&1).await.unwrap().unwrap();
+        assert_eq!(&json[..], &db.choice(1).unwrap().to_json().unwrap()[..]);
+    }
 }

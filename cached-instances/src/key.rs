@@ -6,8 +6,14 @@
 //! derive (ASCII alphanumerics, `_`, `-`, `.`), and pk key forms escape `:`,
 //! `{` and `}`, so the tag and the separators are unambiguous.
 
+use std::cell::RefCell;
+
 use crate::instance::Schema;
 use crate::pk::PrimaryKey;
+
+/// The largest key buffer a thread keeps between reads
+/// ([`KeyLayout::with_key_of`]).
+const MAX_KEPT_BUFFER: usize = 1024;
 
 /// The key of one version of an instance, from the pk's key form.
 #[cfg(test)]
@@ -50,6 +56,33 @@ impl KeyLayout {
         key
     }
 
+    /// Calls `f` with the key of `pk`, written into a buffer this thread
+    /// reuses: the key of an in-process read costs no allocation. Falls
+    /// back to a fresh key if the buffer is in use (`f` reading another
+    /// key through it) or gone (a thread being torn down). `f` runs once.
+    pub(crate) fn with_key_of<P: PrimaryKey, R>(&self, pk: &P, mut f: impl FnMut(&str) -> R) -> R {
+        thread_local! {
+            static BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        let on_buffer = BUFFER.try_with(|buffer| {
+            let mut key = buffer.try_borrow_mut().ok()?;
+            key.clear();
+            key.push_str(&self.head);
+            pk.write_key(&mut key);
+            key.push_str(&self.tail);
+            let result = f(&key);
+            // A huge pk's key is not kept for the thread's lifetime.
+            if key.capacity() > MAX_KEPT_BUFFER {
+                *key = String::new();
+            }
+            Some(result)
+        });
+        match on_buffer {
+            Ok(Some(result)) => result,
+            _ => f(&self.key_of(pk)),
+        }
+    }
+
     fn with_room(&self, pk_len: usize) -> String {
         let mut key = String::with_capacity(self.head.len() + pk_len + self.tail.len());
         key.push_str(&self.head);
@@ -82,6 +115,22 @@ mod tests {
         assert_eq!(layout.key_of(&42_i64), layout.key("42"));
         let long = "x".repeat(100);
         assert_eq!(layout.key_of(&long), layout.key(&long.to_key()));
+    }
+
+    #[test]
+    fn with_key_of_lends_the_same_key_and_survives_reentry() {
+        let schema = Schema::new("Question", "v2", 0xab, None, &[], &[]);
+        let layout = KeyLayout::of(&schema);
+        let long = "y".repeat(5_000);
+        for pk in ["42".to_owned(), long, String::new(), "7".to_owned()] {
+            let outer = layout.with_key_of(&pk, |key| {
+                // Reentered: the buffer is in use, a fresh key is made.
+                let inner = layout.with_key_of(&pk, str::to_owned);
+                assert_eq!(inner, key);
+                key.to_owned()
+            });
+            assert_eq!(outer, layout.key_of(&pk));
+        }
     }
 
     #[test]

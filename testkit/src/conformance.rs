@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cached_instances::Store;
-use cached_instances::store::CompareAndSet;
+use cached_instances::store::{CompareAndSet, InProcess};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The TTL of the expiry checks: short, but well above a round trip.
@@ -93,6 +93,68 @@ pub async fn run_all<S: Store>(store: &S) {
     duplicate_keys_apply_in_order(store).await;
     compare_and_set_of_many_distinct_values(store).await;
     ttls_expire(store).await;
+    in_process_reads_agree_with_get(store).await;
+}
+
+/// Asserts that what `store` can tell of `key` in process, if anything, is
+/// what `get` reads, checked before and after the `get` (a read can bring
+/// the key into process memory, as a near cache's does).
+async fn assert_in_process_agrees<S: Store>(store: &S, key: &str, what: &str) {
+    let before = store.get_in_process(key);
+    let got = store.get(key).await.unwrap();
+    let after = store.get_in_process(key);
+    for probed in [before, after] {
+        match probed {
+            InProcess::Unknown => {}
+            InProcess::Absent => assert_eq!(got, None, "{what}: in process, absent"),
+            InProcess::Holds(bytes) => {
+                assert_eq!(got, Some(bytes), "{what}: in process, other bytes");
+            }
+        }
+    }
+}
+
+/// `get_in_process` never contradicts `get`: not for an absent key, an
+/// entry, a marker, nor right after each kind of write (a store's own
+/// writes are seen in process at once), nor after a read of many keys.
+pub async fn in_process_reads_agree_with_get<S: Store>(store: &S) {
+    let keys = Keys::new("in-process");
+    let [key, other] = [0, 1].map(|n| keys.own(n));
+    let one = std::slice::from_ref(&key);
+    assert_in_process_agrees(store, &key, "never written").await;
+    store.swap_many(one, b"{\"v\":1}", LONG).await.unwrap();
+    assert_in_process_agrees(store, &key, "an entry").await;
+    assert_in_process_agrees(store, &key, "an entry, read again").await;
+    store.swap_many(one, b"{\"v\":2}", LONG).await.unwrap();
+    assert_in_process_agrees(store, &key, "swapped").await;
+    store
+        .compare_and_set(&[cas(&key, b"{\"v\":2}", b"{\"v\":3}", LONG)])
+        .await
+        .unwrap();
+    assert_in_process_agrees(store, &key, "compare-and-set").await;
+    store.swap_many(one, b"\0T", LONG).await.unwrap();
+    assert_in_process_agrees(store, &key, "a tombstone").await;
+    store
+        .set_if_absent_or(one, b"\0Lmine", b"\0T", LONG)
+        .await
+        .unwrap();
+    assert_in_process_agrees(store, &key, "a lease").await;
+    store
+        .compare_and_set(&[cas(&key, b"\0Lmine", b"{\"v\":4}", LONG)])
+        .await
+        .unwrap();
+    assert_in_process_agrees(store, &key, "filled").await;
+    store.delete_many(one).await.unwrap();
+    assert_in_process_agrees(store, &key, "deleted").await;
+    store
+        .swap_many(&[key.clone(), other.clone()], b"{\"v\":5}", LONG)
+        .await
+        .unwrap();
+    store.get_many(&[key.clone(), other.clone()]).await.unwrap();
+    assert_in_process_agrees(store, &key, "read by get_many").await;
+    assert_in_process_agrees(store, &other, "read by get_many").await;
+    // Leaves nothing behind (a cluster test counts the keys after the suite).
+    store.delete_many(&[key, other]).await.unwrap();
 }
 
 /// `get` and `get_many` of keys never written.

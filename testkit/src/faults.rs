@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cached_instances::store::StoreFuture;
+use cached_instances::store::{InProcess, StoreFuture};
 use cached_instances::{CachedInstance, LoadError, Loader, Store, StoreError};
 use tokio::sync::oneshot;
 
@@ -58,6 +58,8 @@ struct FaultState {
 /// a server refuses writes (out of memory, a read-only replica after a
 /// failover) or a network path drops them. Its query-index updates fail on
 /// their own switches. A failed call never reaches the inner store.
+/// In-process reads are forwarded (reads never fail), except that a
+/// read with a hold set up on `get` goes through `get` to reach it.
 pub type Faulty<S> = Wrapped<S, Faults>;
 
 impl<S: Store> Wrapped<S, Faults> {
@@ -197,6 +199,18 @@ impl Hook for Faults {
             self.0.failed_writes.fetch_add(1, Ordering::SeqCst);
             Err(StoreError::Unavailable("injected lost reply".into()))
         })
+    }
+
+    /// Reads are never failed, so in-process reads are forwarded, the
+    /// path a production read takes; except while a hold is set up for
+    /// the next `get`: that read goes through `around` (answered
+    /// [`InProcess::Unknown`]), so the hold is reached.
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        let get_held = self.0.holds.lock().unwrap().iter().any(|h| h.op == Op::Get);
+        if get_held {
+            return InProcess::Unknown;
+        }
+        read()
     }
 }
 

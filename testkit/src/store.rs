@@ -4,6 +4,13 @@
 //! through a [`Hook`], so a wrapper never turns a capability of the store it
 //! wraps off by forgetting to forward it.
 //!
+//! A hook also decides what happens to the inner store's in-process reads
+//! ([`Store::get_in_process`]), which are synchronous and so cannot go
+//! through [`Hook::around`]: it forwards them ([`Hook::around_in_process`]
+//! calls the inner store) or answers [`InProcess::Unknown`], which sends the
+//! read through `around` as an [`Op::Get`], where the hook's faults, holds
+//! and yields apply. The method is required, so a new hook decides.
+//!
 //! [`Counting`] (store calls counted) is defined here;
 //! [`Faulty`](crate::faults::Faulty) (writes and index updates failed or
 //! held on demand) in [`faults`](crate::faults).
@@ -17,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cached_instances::Store;
 use cached_instances::store::{
-    CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, StoreFuture,
+    CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, StoreFuture,
 };
 
 /// A store primitive, as a [`Hook`] sees it.
@@ -93,6 +100,13 @@ pub trait Hook: Send + Sync + 'static {
         keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T>;
+
+    /// Runs one in-process read of `key`: `read` makes the inner store's
+    /// [`get_in_process`](Store::get_in_process). A hook that must see
+    /// every read (to hold it, fail it, yield before it) answers
+    /// [`InProcess::Unknown`] instead of calling `read`: the cache then
+    /// reads the key with `get`, through [`around`](Self::around).
+    fn around_in_process(&self, key: &str, read: impl FnOnce() -> InProcess) -> InProcess;
 }
 
 /// A store that forwards every primitive to `inner` through the hook `H`.
@@ -129,6 +143,11 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         self.hook
             .around(Op::Get, Keys::One(key), move || self.inner.get(key))
+    }
+
+    fn get_in_process(&self, key: &str) -> InProcess {
+        self.hook
+            .around_in_process(key, || self.inner.get_in_process(key))
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
@@ -226,15 +245,31 @@ impl<S: Store, H: Hook> IndexStore for Wrapped<S, H> {
 }
 
 /// A [`Hook`] that counts the calls: on a single Redis server each is one
-/// round trip (on a cluster, one per hash slot involved).
+/// round trip (on a cluster, one per hash slot involved). An in-process
+/// read that answers counts as a call (it stands for a `get`: a hit is one
+/// call either way) and as an in-process read; one answered
+/// [`InProcess::Unknown`] counts as neither (the `get` that follows is the
+/// call).
 #[derive(Debug, Clone, Default)]
-pub struct Calls(Arc<AtomicU64>);
+pub struct Calls(Arc<CallCounts>);
+
+#[derive(Debug, Default)]
+struct CallCounts {
+    calls: AtomicU64,
+    in_process: AtomicU64,
+}
 
 impl Calls {
     /// Store calls so far.
     #[must_use]
     pub fn calls(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.calls.load(Ordering::Relaxed)
+    }
+
+    /// Of [`calls`](Self::calls), the in-process reads that answered.
+    #[must_use]
+    pub fn in_process_reads(&self) -> u64 {
+        self.0.in_process.load(Ordering::Relaxed)
     }
 }
 
@@ -245,8 +280,17 @@ impl Hook for Calls {
         _keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.0.calls.fetch_add(1, Ordering::Relaxed);
         call()
+    }
+
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        let answer = read();
+        if answer != InProcess::Unknown {
+            self.0.calls.fetch_add(1, Ordering::Relaxed);
+            self.0.in_process.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
     }
 }
 
@@ -285,6 +329,11 @@ impl Hook for Replaced {
                 .extend(keys.iter().map(str::to_owned));
         }
         call()
+    }
+
+    /// Reads replace nothing: forwarded.
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        read()
     }
 }
 

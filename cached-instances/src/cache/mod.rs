@@ -10,10 +10,15 @@
 //! ## Entries: a look-aside cache with leases and tombstones
 //!
 //! 1. A read multi-gets its keys. Misses take a lease (a unique token written
-//!    to the key) where the key is absent or a tombstone. While a model's
-//!    batch reads mostly miss, a batch read takes its leases straight away:
-//!    the lease yields what a key holds when it holds an entry, so it is
-//!    the multi-get and the lease in one step (`cold.rs`).
+//!    to the key) where the key is absent or a tombstone. A single-key read
+//!    first asks what the store holds in process
+//!    ([`Store::get_in_process`](crate::Store::get_in_process): the
+//!    `MemoryStore`'s map, a near tier), while the store is healthy, and
+//!    goes on from that answer exactly as from a GET's; it GETs only when
+//!    the store cannot tell without I/O. While a model's batch reads mostly
+//!    miss, a batch read takes its leases straight away: the lease yields
+//!    what a key holds when it holds an entry, so it is the multi-get and
+//!    the lease in one step (`cold.rs`).
 //! 2. The lease holder loads all its misses with one loader call per model and
 //!    fills each key only if it still holds its lease. The read hands the
 //!    fill (one compare-and-set round trip) to the store and returns

@@ -18,7 +18,7 @@ use super::stats::{Counters, add};
 use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
 use crate::marker::{self, Slot, TOMBSTONE};
-use crate::store::CompareAndSet;
+use crate::store::{CompareAndSet, InProcess};
 
 /// What a read returns for each pk.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -174,50 +174,94 @@ impl Reader<'_> {
         self.config.max_entry_bytes
     }
 
-    /// One pk: a hit is one GET and nothing else; a miss goes on from the
-    /// value that GET read, so a cold read is GET, lease, fill.
+    /// One pk: a hit is one read and nothing else; a miss goes on from the
+    /// value that read found, so a cold read is read, lease, fill.
+    ///
+    /// The read is the store's in-process one
+    /// ([`Store::get_in_process`](crate::store::Store::get_in_process): the
+    /// `MemoryStore`'s map, a `RedisStore`'s near tier) when it answers,
+    /// else a GET. It is tried only while all is well (one load of the
+    /// health word): in degraded mode, or with caching off, reads take the
+    /// GET path below exactly as before, so that a store that failed is
+    /// probed by a real call and a queued invalidation is never read past.
     ///
     /// The hit path is kept short: the registry lookup is one probe by
-    /// `TypeId`, the key is the model's prefix with the pk written in place,
-    /// the store's health one load, the hit counter a per-thread stripe;
-    /// the miss path is boxed, so that a hit does not carry its state.
+    /// `TypeId`, the key is written into a per-thread buffer (an in-process
+    /// read allocates nothing), the hit counter is a per-thread stripe; the
+    /// miss path is boxed, so that a hit does not carry its state.
     pub(super) async fn one<T: CachedInstance>(
         &self,
         pk: &T::Pk,
         want: Want,
     ) -> Result<Found<T>, Error> {
         let entry = self.registry.entry::<T>()?;
-        if self.gate.readable() {
-            let key = entry.key_of(pk);
-            if let Some(value) = self
-                .gate
-                .call(Some(T::MODEL), StoreOp::Get, self.gate.store.get(&key))
-                .await
-            {
-                // Moved into `accept`, handed back when refused: a hit
-                // neither clones nor promotes the reply's buffer.
-                let value = match value {
-                    Some(bytes) if matches!(marker::classify(&bytes), Slot::Value(_)) => {
-                        match accept::<T>(entry, self.max_bytes(), bytes, want) {
-                            Ok(found) => {
-                                add(&self.counters.hits, 1);
-                                return Ok(found);
-                            }
-                            Err(bytes) => Some(bytes),
-                        }
-                    }
-                    other => other,
+        let probed = if self.gate.degraded.all_clear() {
+            entry.with_key_of(pk, |key| self.gate.store.get_in_process(key))
+        } else {
+            InProcess::Unknown
+        };
+        // What the key holds, as a GET would have read it, when the hit
+        // test refused it: the miss path goes on from it (and from the key,
+        // if the GET path made it).
+        let (value, key) = match probed {
+            InProcess::Holds(bytes) => match self.hit::<T>(entry, bytes, want) {
+                Ok(found) => return Ok(found),
+                Err(bytes) => (Some(bytes), None),
+            },
+            InProcess::Absent => (None, None),
+            InProcess::Unknown => {
+                if !self.gate.readable() {
+                    // Caching is off or the store is failing: `many` loads
+                    // directly.
+                    return self.direct::<T>(pk, want).await;
+                }
+                let key = entry.key_of(pk);
+                let Some(value) = self
+                    .gate
+                    .call(Some(T::MODEL), StoreOp::Get, self.gate.store.get(&key))
+                    .await
+                else {
+                    return self.direct::<T>(pk, want).await;
                 };
-                let rows = Rows {
-                    entry,
-                    pks: std::slice::from_ref(pk),
-                    want,
-                };
-                let mut out = Box::pin(self.resolve(rows, vec![key], vec![value])).await?;
-                return Ok(out.pop().unwrap_or(Found::Missing));
+                match value {
+                    Some(bytes) => match self.hit::<T>(entry, bytes, want) {
+                        Ok(found) => return Ok(found),
+                        Err(bytes) => (Some(bytes), Some(key)),
+                    },
+                    None => (None, Some(key)),
+                }
             }
+        };
+        let rows = Rows {
+            entry,
+            pks: std::slice::from_ref(pk),
+            want,
+        };
+        let key = key.unwrap_or_else(|| entry.key_of(pk));
+        let mut out = Box::pin(self.resolve(rows, vec![key], vec![value])).await?;
+        Ok(out.pop().unwrap_or(Found::Missing))
+    }
+
+    /// A hit: `bytes` are an entry the caller may be served (counted), or
+    /// handed back for the miss path. Moved in and handed back, so that a
+    /// hit neither clones nor promotes the reply's buffer.
+    fn hit<T: CachedInstance>(
+        &self,
+        entry: &ModelEntry,
+        bytes: Bytes,
+        want: Want,
+    ) -> Result<Found<T>, Bytes> {
+        if !matches!(marker::classify(&bytes), Slot::Value(_)) {
+            return Err(bytes);
         }
-        // Caching is off or the store is failing: `many` loads directly.
+        let found = accept::<T>(entry, self.max_bytes(), bytes, want)?;
+        add(&self.counters.hits, 1);
+        Ok(found)
+    }
+
+    /// One pk when the store is not to be read (or just failed): `many`
+    /// decides again and loads directly.
+    async fn direct<T: CachedInstance>(&self, pk: &T::Pk, want: Want) -> Result<Found<T>, Error> {
         let mut out = Box::pin(self.many::<T>(std::slice::from_ref(pk), want)).await?;
         Ok(out.pop().unwrap_or(Found::Missing))
     }

@@ -247,6 +247,12 @@ impl ModelEntry {
         self.keys.key_of(pk)
     }
 
+    /// Calls `f` with the key of `pk`, without allocating it
+    /// ([`KeyLayout::with_key_of`](crate::key::KeyLayout::with_key_of)).
+    pub(crate) fn with_key_of<P: PrimaryKey, R>(&self, pk: &P, f: impl FnMut(&str) -> R) -> R {
+        self.keys.with_key_of(pk, f)
+    }
+
     /// What a change from `old` to `new` (either absent for a create or a
     /// delete, or an unknown prior state) invalidates, besides the instance.
     pub(crate) fn targets(&self, old: Option<&Links>, new: Option<&Links>, out: &mut Vec<Target>) {

@@ -31,6 +31,19 @@ pub use memory::{MemoryStore, MemoryStoreBuilder};
 /// The future a store primitive returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// What a store can tell of a key from its own process memory, without
+/// waiting: the answer of [`Store::get_in_process`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InProcess {
+    /// The key holds these bytes: exactly what [`Store::get`] would read now.
+    Holds(Bytes),
+    /// The key holds nothing: [`Store::get`] would read `None` now.
+    Absent,
+    /// Not answerable without I/O (or not at all from this process): the
+    /// caller reads the key with [`Store::get`].
+    Unknown,
+}
+
 /// A conditional write: set `key` to `value` only if it holds `expected`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompareAndSet {
@@ -52,6 +65,25 @@ pub struct CompareAndSet {
 pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>>;
+
+    /// Reads one key from what the store holds in this process's memory,
+    /// synchronously: the cache tries it on every single-key read before
+    /// [`get`](Self::get), so that an in-process hit costs no future, no
+    /// allocation and no wait.
+    ///
+    /// The contract: [`InProcess::Holds`] and [`InProcess::Absent`] must be
+    /// exactly what `get` would return at this moment (the cache serves
+    /// them, or goes on to lease the key, without calling `get`), and the
+    /// call must not block on I/O or on another task;
+    /// [`InProcess::Unknown`] sends the caller to `get`. A store with
+    /// nothing in process answers `Unknown`, always. A call that answers is
+    /// one read of the store, as `get` is (a store that counts its
+    /// primitive calls counts it).
+    ///
+    /// The cache only asks while the store is healthy (no failed call, no
+    /// queued invalidation, caching on): in degraded mode reads go through
+    /// `get` as they always did.
+    fn get_in_process(&self, key: &str) -> InProcess;
 
     /// Reads many keys; the result is in `keys` order.
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>>;
@@ -87,8 +119,11 @@ pub trait Store: Send + Sync + 'static {
     /// Required, with no default, so that a store (or a wrapper around
     /// one) says what it does: a wrapper forwards its inner store's
     /// indexes, or implements [`IndexStore`] itself, or states `None`.
-    /// A wrapper that forgets it does not compile, rather than turning the
-    /// indexes off:
+    /// The same holds for [`get_in_process`](Self::get_in_process): a
+    /// wrapper forwards it, or answers [`InProcess::Unknown`] to see every
+    /// read go through its `get`. A wrapper that forgets either does not
+    /// compile, rather than turning the indexes or the in-process reads
+    /// off (this one forgets both):
     ///
     /// ```compile_fail,E0046
     /// use std::time::Duration;
@@ -102,6 +137,7 @@ pub trait Store: Send + Sync + 'static {
     ///     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
     ///         self.0.get(key)
     ///     }
+    ///     // Missing: `fn get_in_process(&self, key: &str) -> InProcess`.
     ///     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
     ///         self.0.get_many(keys)
     ///     }
@@ -135,9 +171,12 @@ pub trait Store: Send + Sync + 'static {
     /// The forwarding a wrapper writes instead:
     ///
     /// ```
-    /// # use cached_instances::store::{IndexStore, Store};
+    /// # use cached_instances::store::{InProcess, IndexStore, Store};
     /// # fn forward<S: Store>(inner: &S) -> Option<&dyn IndexStore> {
     /// inner.indexes()
+    /// # }
+    /// # fn forward_read<S: Store>(inner: &S, key: &str) -> InProcess {
+    /// inner.get_in_process(key)
     /// # }
     /// ```
     fn indexes(&self) -> Option<&dyn IndexStore>;
@@ -180,6 +219,9 @@ pub trait IndexStore: Send + Sync {
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Bytes>> {
         (**self).get(key)
+    }
+    fn get_in_process(&self, key: &str) -> InProcess {
+        (**self).get_in_process(key)
     }
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         (**self).get_many(keys)

@@ -22,7 +22,8 @@ use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
 use super::{
-    CompareAndSet, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture, WARM_SUFFIX,
+    CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture,
+    WARM_SUFFIX,
 };
 use crate::error::{ConnectError, StoreError};
 
@@ -1017,6 +1018,21 @@ impl Store for RedisStore {
             }
             self.query(redis::cmd("GET").arg(&*key)).await
         })
+    }
+
+    /// The near tier's copy of the key, when it has one: what
+    /// [`get`](Store::get) serves first. Anything else (no near cache, a key
+    /// not in the tier, tracking down and the tier empty) is
+    /// [`InProcess::Unknown`]: the tier holds entries only, never absence
+    /// or a marker, so only Redis can say those.
+    fn get_in_process(&self, key: &str) -> InProcess {
+        let Some(near) = &self.near else {
+            return InProcess::Unknown;
+        };
+        match near.get(&self.key(key)) {
+            Some(bytes) => InProcess::Holds(bytes),
+            None => InProcess::Unknown,
+        }
     }
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
