@@ -768,8 +768,11 @@ impl Near {
                 .unwrap_or_else(PoisonError::into_inner)
         });
         let (generation, links) = self.current()?;
-        let Links::Single(connection) = links else {
-            return None;
+        let connection = match links {
+            Links::Single(connection) => connection,
+            // A cluster reads its pages with the query script.
+            #[cfg(feature = "cluster")]
+            Links::Cluster(_) => return None,
         };
         let reply = tokio::time::timeout(
             self.request_timeout,
