@@ -14,14 +14,12 @@ use cached_instances::store::InProcess;
 use cached_instances::{Cache, CachedInstance, NearCache, RedisStore, Store};
 use cached_instances_testkit::faults::Faulty;
 use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::poll::eventually;
 use cached_instances_testkit::proxy::HoldingProxy;
 use cached_instances_testkit::redis_server::RedisServer;
 use cached_instances_testkit::scenarios;
 use cached_instances_testkit::store::Counting;
 use polls::{Choice, Question, User};
-
-/// Attempts, 5 ms apart, before a poll gives up (20 s in all).
-const ATTEMPTS: usize = 4_000;
 
 /// A max age far beyond any test, so only pushes and flushes evict.
 fn near() -> NearCache {
@@ -48,16 +46,10 @@ fn set(server: &RedisServer, key: &str, value: &[u8]) {
         .unwrap();
 }
 
-/// Reads `key` through `store` until it yields `want`, at most [`ATTEMPTS`]
-/// times; returns whether it did.
+/// Reads `key` through `store` until it yields `want` (see
+/// [`eventually`]); returns whether it did.
 async fn eventually_reads(store: &RedisStore, key: &str, want: &[u8]) -> bool {
-    for _ in 0..ATTEMPTS {
-        if store.get(key).await.unwrap().as_deref() == Some(want) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
+    eventually(async || store.get(key).await.unwrap().as_deref() == Some(want)).await
 }
 
 /// The `GET`/`MGET` calls the server ran since the last reset.
@@ -151,14 +143,7 @@ async fn a_write_from_another_client_is_evicted_by_its_push() {
         .arg("a")
         .query(&mut server.connection())
         .unwrap();
-    let mut evicted = false;
-    for _ in 0..ATTEMPTS {
-        if store.get_many(&keys).await.unwrap()[0].is_none() {
-            evicted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let evicted = eventually(async || store.get_many(&keys).await.unwrap()[0].is_none()).await;
     assert!(evicted, "the deleted key stayed in the tier");
 }
 
@@ -194,16 +179,11 @@ async fn a_killed_tracking_connection_flushes_the_tier_and_is_remade() {
     assert!(store.near_cache_stats().unwrap().flushes > before.flushes);
 
     // Tracking comes back (a new connection), and with it near hits.
-    let mut remade = false;
-    for _ in 0..ATTEMPTS {
-        if tracking_client(&server).is_some_and(|new| new != id)
+    let remade = eventually(async || {
+        tracking_client(&server).is_some_and(|new| new != id)
             && store.near_cache_stats().unwrap().tracking
-        {
-            remade = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     assert!(remade, "the tracking connection was not remade");
     assert_eq!(
         reads_of_second_read(&server, &store, "k", b"{\"v\":2}").await,
@@ -390,14 +370,10 @@ async fn dropping_the_store_ends_its_tracking_task_and_connection() {
     assert!(tracking_client(&server).is_some(), "a clone keeps it");
     drop(clone);
 
-    let mut ended = false;
-    for _ in 0..ATTEMPTS {
-        if metrics.num_alive_tasks() == tasks && tracking_client(&server).is_none() {
-            ended = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ended = eventually(async || {
+        metrics.num_alive_tasks() == tasks && tracking_client(&server).is_none()
+    })
+    .await;
     assert!(
         ended,
         "after the store was dropped: {} tasks alive (was {tasks}), tracking client {:?}",
@@ -455,25 +431,11 @@ async fn a_read_overtaken_by_a_push_is_not_kept() {
         async move { store.get("k").await.unwrap() }
     });
     // The read has run on the server (its reply is held) ...
-    let mut ran = false;
-    for _ in 0..ATTEMPTS {
-        if reads(&server) == 1 {
-            ran = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ran = eventually(async || reads(&server) == 1).await;
     assert!(ran, "the read never reached the server");
     // ... when another client writes: the push queues behind the reply.
     set(&server, "k", b"{\"v\":2}");
-    let mut pushed = false;
-    for _ in 0..ATTEMPTS {
-        if proxy.holds(b"invalidate") {
-            pushed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let pushed = eventually(async || proxy.holds(b"invalidate")).await;
     assert!(pushed, "no invalidation push for the key");
     proxy.release();
     assert_eq!(

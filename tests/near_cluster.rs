@@ -14,13 +14,11 @@ use std::time::Duration;
 
 use cached_instances::{Cache, NearCache, RedisStore, Store};
 use cached_instances_testkit::memdb::MemDb;
+use cached_instances_testkit::poll::eventually;
 use cached_instances_testkit::redis_server::RedisCluster;
 use cached_instances_testkit::scenarios;
 use cached_instances_testkit::store::Counting;
 use polls::{Choice, Question, User};
-
-/// Attempts, 5 ms apart, before a poll gives up (20 s in all).
-const ATTEMPTS: usize = 4_000;
 
 /// A max age far beyond any test, so only pushes and flushes evict.
 fn near() -> NearCache {
@@ -63,27 +61,10 @@ fn set(cluster: &RedisCluster, key: &str, value: &[u8]) {
         .unwrap();
 }
 
-/// Reads `key` through `store` until it yields `want`, at most [`ATTEMPTS`]
-/// times; returns whether it did.
+/// Reads `key` through `store` until it yields `want` (see
+/// [`eventually`]); returns whether it did.
 async fn eventually_reads(store: &RedisStore, key: &str, want: &[u8]) -> bool {
-    for _ in 0..ATTEMPTS {
-        if store.get(key).await.unwrap().as_deref() == Some(want) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
-}
-
-/// Polls `condition` at most [`ATTEMPTS`] times; returns whether it held.
-async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..ATTEMPTS {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
+    eventually(async || store.get(key).await.unwrap().as_deref() == Some(want)).await
 }
 
 /// The `GET`/`MGET` calls every master ran since the last reset.
@@ -220,14 +201,7 @@ async fn a_write_by_another_store_is_evicted_by_its_push() {
         );
     }
     other.delete_many(&keys[..1]).await.unwrap();
-    let mut deleted = false;
-    for _ in 0..ATTEMPTS {
-        if store.get_many(&keys).await.unwrap()[0].is_none() {
-            deleted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let deleted = eventually(async || store.get_many(&keys).await.unwrap()[0].is_none()).await;
     assert!(deleted, "the deleted key stayed in the tier");
 }
 
@@ -306,7 +280,7 @@ async fn a_killed_tracking_connection_of_one_master_flushes_the_tier_and_is_rema
     // Tracking comes back (a new connection on that master), and with it
     // near hits, and pushes from that master.
     assert!(
-        eventually(|| {
+        eventually(async || {
             cluster
                 .tracking_clients(port)
                 .first()
@@ -347,7 +321,7 @@ async fn a_dead_master_empties_the_whole_tier_and_keeps_it_unused() {
     // Tracking is marked off, then the tier flushed (and counted): wait for
     // both, or a read could land between the two.
     assert!(
-        eventually(|| {
+        eventually(async || {
             let stats = store.near_cache_stats().unwrap();
             !stats.tracking && stats.flushes > before.flushes
         })
@@ -379,7 +353,7 @@ async fn a_slot_moving_to_another_master_flushes_the_tier_and_it_tracks_the_new_
     let ports = cluster.ports();
     cluster.move_an_empty_slot(ports[0], ports[1]);
     assert!(
-        eventually(|| {
+        eventually(async || {
             let stats = store.near_cache_stats().unwrap();
             stats.flushes > before.flushes && stats.tracking
         })
@@ -427,7 +401,7 @@ async fn a_failover_flushes_the_tier_and_it_tracks_the_new_master() {
         "the new master's write was not seen"
     );
     assert!(
-        eventually(|| {
+        eventually(async || {
             let stats = store.near_cache_stats().unwrap();
             stats.flushes > before.flushes && stats.tracking
         })
@@ -435,7 +409,7 @@ async fn a_failover_flushes_the_tier_and_it_tracks_the_new_master() {
         "the failover did not flush and re-track"
     );
     assert!(
-        eventually(|| cluster.tracking_clients(new).len() == 1).await,
+        eventually(async || cluster.tracking_clients(new).len() == 1).await,
         "the new master is not tracked"
     );
     assert_eq!(
@@ -513,7 +487,7 @@ async fn dropping_the_store_closes_its_tracking_connection_on_every_master() {
     );
     drop(clone);
     assert!(
-        eventually(|| cluster
+        eventually(async || cluster
             .ports()
             .into_iter()
             .all(|port| cluster.tracking_clients(port).is_empty()))

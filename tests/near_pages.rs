@@ -17,11 +17,9 @@ use std::time::Duration;
 
 use cached_instances::store::{IndexPage, IndexQuery, IndexRecord, IndexStore, IndexUpdate};
 use cached_instances::{NearCache, RedisStore, Store};
+use cached_instances_testkit::poll::eventually;
 use cached_instances_testkit::proxy::HoldingProxy;
 use cached_instances_testkit::redis_server::RedisServer;
-
-/// Attempts, 5 ms apart, before a poll gives up (20 s in all).
-const ATTEMPTS: usize = 4_000;
 
 /// One model's index prefix, as the cache lays it out.
 const PREFIX: &str = "ci:{idx:Item}:1:h:";
@@ -97,16 +95,14 @@ async fn query(store: &RedisStore, query: &IndexQuery) -> Option<IndexPage> {
     store.index_query(PREFIX, query).await.unwrap()
 }
 
-/// Runs `query` until it yields `want`, at most [`ATTEMPTS`] times;
-/// returns whether it did.
-async fn eventually(store: &RedisStore, query: &IndexQuery, want: &Option<IndexPage>) -> bool {
-    for _ in 0..ATTEMPTS {
-        if &self::query(store, query).await == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
+/// Runs `query` until it yields `want` (see [`eventually`]); returns
+/// whether it did.
+async fn eventually_pages(
+    store: &RedisStore,
+    query: &IndexQuery,
+    want: &Option<IndexPage>,
+) -> bool {
+    eventually(async || &self::query(store, query).await == want).await
 }
 
 /// Runs `query` with the server's counters reset; asserts it yields
@@ -244,7 +240,7 @@ async fn a_write_from_another_client_evicts_the_page_by_its_push() {
     // key read inside MULTI/EXEC) can tell the store.
     redis_cmd(&server, &["ZADD", &key(ORDER), "9", "9"]);
     assert!(
-        eventually(&store, &top(3), &page(&[9, 5, 4], 6)).await,
+        eventually_pages(&store, &top(3), &page(&[9, 5, 4], 6)).await,
         "the push for the sorted set did not evict the page"
     );
     assert!(store.near_cache_stats().unwrap().invalidations > before.invalidations);
@@ -258,14 +254,14 @@ async fn a_write_from_another_client_evicts_the_page_by_its_push() {
     let other = RedisStore::connect(&server.url()).await.unwrap();
     write(&other, 1, 100.0).await;
     assert!(
-        eventually(&store, &top(3), &page(&[1, 9, 5], 6)).await,
+        eventually_pages(&store, &top(3), &page(&[1, 9, 5], 6)).await,
         "another store's index write did not evict the page"
     );
 
     // The warm mark goes: the index is no longer known complete.
     redis_cmd(&server, &["DEL", &key("warm")]);
     assert!(
-        eventually(&store, &top(3), &None).await,
+        eventually_pages(&store, &top(3), &None).await,
         "the push for the warm mark did not evict the page"
     );
 }
@@ -322,25 +318,11 @@ async fn a_page_read_overtaken_by_a_push_is_not_kept() {
         async move { query(&store, &top(3)).await }
     });
     // The read has run on the server (its reply is held) ...
-    let mut ran = false;
-    for _ in 0..ATTEMPTS {
-        if server.data_commands().get("exec") == Some(&1) {
-            ran = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let ran = eventually(async || server.data_commands().get("exec") == Some(&1)).await;
     assert!(ran, "the page read never reached the server");
     // ... when another client writes: the push queues behind the reply.
     redis_cmd(&server, &["ZADD", &key(ORDER), "9", "9"]);
-    let mut pushed = false;
-    for _ in 0..ATTEMPTS {
-        if proxy.holds(b"invalidate") {
-            pushed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let pushed = eventually(async || proxy.holds(b"invalidate")).await;
     assert!(pushed, "no invalidation push for the page's sorted set");
     proxy.release();
     assert_eq!(
@@ -376,27 +358,22 @@ async fn a_killed_tracking_connection_flushes_the_pages() {
     // Written after the kill: no push can carry this one.
     redis_cmd(&server, &["ZADD", &key(ORDER), "9", "9"]);
     assert!(
-        eventually(&store, &top(3), &page(&[9, 5, 4], 6)).await,
+        eventually_pages(&store, &top(3), &page(&[9, 5, 4], 6)).await,
         "the tier kept its page after its tracking connection was lost"
     );
     assert!(store.near_cache_stats().unwrap().flushes > before.flushes);
 
     // Tracking comes back, and with it kept pages that pushes evict.
-    let mut held = false;
-    for _ in 0..ATTEMPTS {
-        if store.near_cache_stats().unwrap().tracking
+    let held = eventually(async || {
+        store.near_cache_stats().unwrap().tracking
             && query(&store, &top(3)).await == page(&[9, 5, 4], 6)
             && commands_of(&server, &store, &top(3), &page(&[9, 5, 4], 6)).await == 0
-        {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await;
     assert!(held, "pages were not kept again once tracking was back");
     redis_cmd(&server, &["ZREM", &key(ORDER), "9"]);
     assert!(
-        eventually(&store, &top(3), &page(&[5, 4, 3], 5)).await,
+        eventually_pages(&store, &top(3), &page(&[5, 4, 3], 5)).await,
         "the new tracking connection's pushes evict pages"
     );
 }

@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod databases;
 pub mod faults;
 pub mod memdb;
+pub mod poll;
 pub mod process;
 pub mod proxy;
 pub mod query_model;
