@@ -13,7 +13,9 @@ use cached_instances::{
     Cache, CachedInstance, Error, LoadError, Loader, MemoryStore, RedisStore, Store,
 };
 use cached_instances_testkit::faults::Faulty;
+use cached_instances_testkit::poll;
 use cached_instances_testkit::redis_server::RedisServer;
+use cached_instances_testkit::store::{Journaled, Op};
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -872,6 +874,182 @@ async fn queries_work_on_a_redis_cluster_in_one_slot_per_model() {
         1,
         "{index_keys:?} of {per_node:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// A list's last page read with its index query (`cache/prefetch.rs`).
+
+/// The reads among `calls`, in order: the index queries and the multi-gets
+/// with their keys (the lease and the fill of a miss left out).
+fn reads(calls: Vec<(Op, Vec<String>)>) -> Vec<(Op, Vec<String>)> {
+    calls
+        .into_iter()
+        .filter(|(op, _)| matches!(op, Op::IndexQuery | Op::GetMany | Op::Get))
+        .collect()
+}
+
+/// Runs `query` with its index query held until the calls the cache made
+/// meanwhile are taken: those calls, and the page's ids.
+async fn list_holding_the_index_query(
+    cache: &Cache,
+    store: &Faulty<Journaled<MemoryStore>>,
+    query: &Query<Person>,
+) -> (Vec<(Op, Vec<String>)>, Vec<i64>) {
+    let held = store.hold_next(Op::IndexQuery);
+    let (cache, query) = (cache.clone(), query.clone());
+    let list = tokio::spawn(async move { cache.query(&query).await.unwrap() });
+    held.reached.await.unwrap();
+    // On this (current-thread) runtime the list's task ran until every
+    // future it polls was pending: what it sent alongside is sent.
+    let meanwhile = reads(store.inner().take());
+    held.release.send(()).unwrap();
+    let page = list.await.unwrap();
+    assert_eq!(page.source, Source::Cache);
+    (meanwhile, page.items.iter().map(|p| p.id).collect())
+}
+
+#[tokio::test]
+async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
+    let db = Db::default();
+    for id in 0..20 {
+        db.rows
+            .lock()
+            .unwrap()
+            .insert(id, person(id, "FR", 20 + id as i32));
+    }
+    let store = Faulty::new(Journaled::new(MemoryStore::new()));
+    let cache = cache_over(store.clone(), &db);
+    cache.warm::<Person>().await.unwrap();
+    let newest = Query::<Person>::new().order_by_desc("years").limit(5);
+    let journal = || reads(store.inner().take());
+    journal();
+
+    // The first time: the index query, then the page's entries (leased
+    // straight away: warm's reads all missed, `cache/cold.rs`).
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(ids, [19, 18, 17, 16, 15]);
+    assert!(meanwhile.is_empty(), "nothing to guess yet: {meanwhile:?}");
+    assert_eq!(journal().first(), Some(&(Op::IndexQuery, vec![])));
+
+    // Again: the page's entries are read while its index query is out, and
+    // nothing after it.
+    let loads = cache.stats().loader_calls;
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(ids, [19, 18, 17, 16, 15]);
+    assert_eq!(meanwhile.len(), 1, "{meanwhile:?}");
+    let (op, page_keys) = meanwhile[0].clone();
+    assert_eq!((op, page_keys.len()), (Op::GetMany, 5));
+    assert_eq!(journal(), [(Op::IndexQuery, vec![])]);
+    assert_eq!(cache.stats().loader_calls, loads, "every entry was a hit");
+    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(meanwhile, [(Op::GetMany, page_keys.clone())]);
+    journal();
+
+    // A new row at the top: the guessed entries still on the page are
+    // used, the one that joined it is read after the index query, and the
+    // one that left it is not served.
+    let top = person(20, "FR", 99);
+    db.rows.lock().unwrap().insert(20, top.clone());
+    cache.saved(&top).await.unwrap();
+    journal();
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(ids, [20, 19, 18, 17, 16]);
+    assert_eq!(meanwhile, [(Op::GetMany, page_keys.clone())]);
+    let after = journal();
+    assert_eq!(after[0], (Op::IndexQuery, vec![]));
+    assert_eq!(after[1].0, Op::GetMany);
+    assert_eq!(after[1].1.len(), 1, "only the new pk's entry: {after:?}");
+    assert!(!page_keys.contains(&after[1].1[0]));
+    let page_keys: Vec<String> = std::iter::once(after[1].1[0].clone())
+        .chain(page_keys[..4].iter().cloned())
+        .collect();
+    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(
+        meanwhile,
+        [(Op::GetMany, page_keys.clone())],
+        "the new page guessed"
+    );
+    journal();
+
+    // Every row of the page deleted: the guess held none of the new page,
+    // so the next list sends none, and the one after guesses again.
+    for id in 16..=20 {
+        let gone = db.rows.lock().unwrap().remove(&id).unwrap();
+        cache.deleted(&gone).await.unwrap();
+    }
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(ids, [15, 14, 13, 12, 11]);
+    assert_eq!(meanwhile, [(Op::GetMany, page_keys)]);
+    let after = journal();
+    assert_eq!(after.len(), 2, "{after:?}");
+    let (op, page_keys) = after[1].clone();
+    assert_eq!((op, page_keys.len()), (Op::GetMany, 5));
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(ids, [15, 14, 13, 12, 11]);
+    assert!(meanwhile.is_empty(), "a guess that missed is skipped once");
+    assert_eq!(
+        journal(),
+        [(Op::IndexQuery, vec![]), (Op::GetMany, page_keys.clone())]
+    );
+    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &newest).await;
+    assert_eq!(meanwhile, [(Op::GetMany, page_keys)]);
+
+    // Another page, or only the pks, guesses nothing of this one.
+    journal();
+    let (meanwhile, ids) =
+        list_holding_the_index_query(&cache, &store, &newest.clone().offset(5)).await;
+    assert_eq!(ids, [10, 9, 8, 7, 6]);
+    assert!(meanwhile.is_empty(), "{meanwhile:?}");
+    journal();
+    let pks = cache.query_pks(&newest).await.unwrap();
+    assert_eq!(pks.items, [15, 14, 13, 12, 11]);
+    assert_eq!(journal(), [(Op::IndexQuery, vec![])]);
+}
+
+/// On Redis the guessed multi-get goes out before the index query's reply
+/// is back (pipelined on the one connection): Redis runs the `MGET` while
+/// the query is held before it reaches the store, which a list that waited
+/// for its page could never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_a_repeated_lists_multi_get_does_not_wait_for_its_index_query() {
+    let server = RedisServer::start();
+    let db = Db::default();
+    for id in 0..20 {
+        db.rows
+            .lock()
+            .unwrap()
+            .insert(id, person(id, "FR", 20 + id as i32));
+    }
+    let store = Faulty::new(RedisStore::connect(&server.url()).await.unwrap());
+    let cache = cache_over(store.clone(), &db);
+    cache.warm::<Person>().await.unwrap();
+    let newest = Query::<Person>::new().order_by_desc("years").limit(5);
+    cache.query_json(&newest).await.unwrap();
+    let monitor = server.monitor();
+    let loads = cache.stats().loader_calls;
+
+    let held = store.hold_next(Op::IndexQuery);
+    let list = tokio::spawn({
+        let (cache, newest) = (cache.clone(), newest.clone());
+        async move { cache.query(&newest).await.unwrap() }
+    });
+    held.reached.await.unwrap();
+    let sent = poll::eventually(async || monitor.client_commands().contains_key("mget")).await;
+    assert!(sent, "the entries are read while the index query is out");
+    assert!(!monitor.client_commands().contains_key("zrange"));
+    held.release.send(()).unwrap();
+    let page = list.await.unwrap();
+    assert_eq!(
+        page.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [19, 18, 17, 16, 15]
+    );
+    let sent = monitor.client_commands();
+    assert_eq!(
+        (sent.get("mget"), sent.get("zrange")),
+        (Some(&1), Some(&1)),
+        "{sent:?}"
+    );
+    assert_eq!(cache.stats().loader_calls, loads, "every entry was a hit");
 }
 
 /// A `MemoryStore` whose index leases fail while switched on.

@@ -11,7 +11,9 @@
 //! read through `around` as an [`Op::Get`], where the hook's faults, holds
 //! and yields apply. The method is required, so a new hook decides.
 //!
-//! [`Counting`] (store calls counted) is defined here;
+//! [`Counting`] (store calls counted), [`Recording`] (the keys
+//! invalidations replace) and [`Journaled`] (every call, in order) are
+//! defined here;
 //! [`Faulty`](crate::faults::Faulty) (writes and index updates failed or
 //! held on demand) in [`faults`](crate::faults).
 
@@ -343,6 +345,48 @@ pub type Recording<S> = Wrapped<S, Replaced>;
 impl<S: Store> Wrapped<S, Replaced> {
     pub fn new(inner: S) -> Self {
         Wrapped::with_hook(inner, Replaced::default())
+    }
+}
+
+/// One call a [`Journal`] recorded: its primitive and the entry keys it
+/// names (none for the query-index primitives).
+pub type Entry = (Op, Vec<String>);
+
+/// A [`Hook`] that records each call, in the order the calls were made.
+/// In-process reads are forwarded and not recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Journal(Arc<std::sync::Mutex<Vec<Entry>>>);
+
+impl Journal {
+    /// The calls made since the last call, and forgets them.
+    pub fn take(&self) -> Vec<Entry> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl Hook for Journal {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        keys: Keys<'a>,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        let keys = keys.iter().map(str::to_owned).collect();
+        self.0.lock().unwrap().push((op, keys));
+        call()
+    }
+
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        read()
+    }
+}
+
+/// Any store, recording each call ([`Journal::take`]).
+pub type Journaled<S> = Wrapped<S, Journal>;
+
+impl<S: Store> Wrapped<S, Journal> {
+    pub fn new(inner: S) -> Self {
+        Wrapped::with_hook(inner, Journal::default())
     }
 }
 

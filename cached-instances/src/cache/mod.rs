@@ -58,7 +58,11 @@
 //! after its commit and its invalidation, so the holder of the last lease
 //! read the database after every write that leased before it: the index
 //! ends with the values of the last committed state. A model is answered
-//! from its index only once [`Cache::warm`] marked it complete.
+//! from its index only once [`Cache::warm`] marked it complete. A list
+//! reads the page's pks from the index, then their entries as any batch
+//! read does; the entries of the query's last page are read alongside the
+//! index query (`prefetch.rs`), so a page that did not change costs one
+//! round trip.
 //!
 //! ## Store outages (`degraded.rs`, `recovery.rs`)
 //!
@@ -90,9 +94,10 @@ mod degraded;
 mod fills;
 mod gate;
 // Query indexes: maintenance and warm (`index.rs`), running queries
-// (`query.rs`).
+// (`query.rs`) with the guess of their page (`prefetch.rs`).
 mod index;
 mod loading;
+mod prefetch;
 mod query;
 mod read;
 mod recovery;

@@ -1,10 +1,15 @@
 //! Running [`Query`]s: from the store's indexes for a warmed model (one
 //! round trip for the page's pks and the count, one multi-get for the
-//! instances), else from the loader's `query`.
+//! instances; when the query's last page is known, the multi-get of its
+//! entries goes with the index query: `prefetch.rs`), else from the
+//! loader's `query`.
+
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use super::Cache;
+use super::prefetch::Slot;
 use super::read::{Found, Want};
 use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
@@ -39,7 +44,10 @@ impl Cache {
     /// Runs `query` and returns its page of instances and the count of all
     /// matches. From the cache when `T` is [warmed](Self::warm) (one store
     /// round trip for the page's pks and the count, one multi-get for the
-    /// instances, misses loaded with one loader call), else from the
+    /// instances, misses loaded with one loader call; when the same query
+    /// ran before, the multi-get of its last page's entries is sent with
+    /// the page's query, so a page that did not change is one round trip),
+    /// else from the
     /// loader's [`Loader::query`](crate::Loader::query); the result's
     /// `source` says which. Instances read from the cache that no longer
     /// match are dropped (see the [`query`](crate::query) module).
@@ -187,18 +195,33 @@ impl Cache {
         if let Some(indexes) = self.inner.indexes().of::<T>()
             && reader.gate.readable()
         {
+            let entry = self.inner.registry.entry::<T>()?;
             let prefix = plan::prefix(&T::SCHEMA);
             let plan = plan::index_query(query);
-            let page = reader
-                .gate
-                .call(
+            let run = || {
+                reader.gate.call(
                     Some(T::MODEL),
                     StoreOp::Query,
                     indexes.index_query(&prefix, &plan),
                 )
-                .await
-                .flatten();
-            if let Some(page) = page {
+            };
+            // With the entries of the query's last page, read alongside
+            // (one round trip on one connection: `prefetch.rs`).
+            let slot = Slot::of(&plan);
+            let guess = want.and_then(|_| entry.pages.guess(slot));
+            let (page, guessed) = match &guess {
+                Some(keys) => {
+                    let read = reader.gate.call(
+                        Some(T::MODEL),
+                        StoreOp::Get,
+                        reader.gate.store.get_many(keys),
+                    );
+                    let (page, values) = tokio::join!(run(), read);
+                    (page, values.map(|values| (&**keys, values)))
+                }
+                None => (run().await, None),
+            };
+            if let Some(page) = page.flatten() {
                 let pks: Vec<T::Pk> = page
                     .members
                     .iter()
@@ -212,7 +235,19 @@ impl Cache {
                         source: Source::Cache,
                     }));
                 };
-                let found = reader.many::<T>(&pks, want).await?;
+                let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
+                let found = match guessed {
+                    Some((guessed, values)) => {
+                        let read = read_of(&keys, guessed, values);
+                        let held = read.iter().filter(|v| v.is_some()).count();
+                        entry.pages.record(slot, &keys, Some(held));
+                        reader.many_read::<T>(&pks, &keys, read, want).await?
+                    }
+                    None => {
+                        entry.pages.record(slot, &keys, None);
+                        reader.many_read::<T>(&pks, &keys, Vec::new(), want).await?
+                    }
+                };
                 // Drop what changed since the index said it matched (a
                 // write between its commit and its index update). A query
                 // without filters matches every instance: its page is not
@@ -239,4 +274,22 @@ impl Cache {
         }
         Ok(None)
     }
+}
+
+/// What a guessed multi-get read for each of `keys`: `values[j]` is what
+/// `guessed[j]` held; `None` for a key the guess left out.
+fn read_of(
+    keys: &[String],
+    guessed: &[String],
+    values: Vec<Option<Bytes>>,
+) -> Vec<Option<Option<Bytes>>> {
+    if keys == guessed && values.len() == keys.len() {
+        // The page did not change: each key was read, in order.
+        return values.into_iter().map(Some).collect();
+    }
+    let by_key: HashMap<&str, Option<Bytes>> =
+        guessed.iter().map(String::as_str).zip(values).collect();
+    keys.iter()
+        .map(|key| by_key.get(key.as_str()).cloned())
+        .collect()
 }

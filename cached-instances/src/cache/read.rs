@@ -238,7 +238,8 @@ impl Reader<'_> {
             want,
         };
         let key = key.unwrap_or_else(|| entry.key_of(pk));
-        let mut out = Box::pin(self.resolve(rows, vec![key], vec![value])).await?;
+        let keys = [key];
+        let mut out = Box::pin(self.resolve(rows, &keys, vec![value])).await?;
         Ok(out.pop().unwrap_or(Found::Missing))
     }
 
@@ -276,34 +277,81 @@ impl Reader<'_> {
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = Rows { entry, pks, want };
         if self.gate.readable() {
             let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
-            if pks.len() > 1 && entry.cold.lease_first() {
-                let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
-                let misses = Misses {
-                    indexes: (0..pks.len()).collect(),
-                    corrupt: Vec::new(),
-                    read: false,
-                };
-                let batch = Batch { rows, keys: &keys };
-                self.fill_misses(&batch, misses, &mut out).await?;
-                return Ok(out);
-            }
-            if let Some(values) = self
+            return self.many_read(pks, &keys, Vec::new(), want).await;
+        }
+        self.load_all(Rows { entry, pks, want }).await
+    }
+
+    /// [`many`](Self::many) once the store is known readable, with the
+    /// keys of `pks` made, and what the store returned for some of them
+    /// already read: `read[i]` for `keys[i]`, if it was read (a list's
+    /// guessed page, `prefetch.rs`); `read` is empty when none was. The
+    /// others are read with one multi-get (or, when none was read and the
+    /// model's batch reads are cold, leased straight away: `cold.rs`); then
+    /// everything goes on as after a multi-get of them all.
+    pub(super) async fn many_read<T: CachedInstance>(
+        &self,
+        pks: &[T::Pk],
+        keys: &[String],
+        read: Vec<Option<Option<Bytes>>>,
+        want: Want,
+    ) -> Result<Vec<Found<T>>, Error> {
+        let entry = self.registry.entry::<T>()?;
+        if pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = Rows { entry, pks, want };
+        if read.is_empty() && pks.len() > 1 && entry.cold.lease_first() {
+            let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
+            let misses = Misses {
+                indexes: (0..pks.len()).collect(),
+                corrupt: Vec::new(),
+                read: false,
+            };
+            let batch = Batch { rows, keys };
+            self.fill_misses(&batch, misses, &mut out).await?;
+            return Ok(out);
+        }
+        let mut values = if read.is_empty() {
+            vec![None; keys.len()]
+        } else {
+            read
+        };
+        let unread: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
+        if !unread.is_empty() {
+            let unread_keys: Vec<String>;
+            let to_read = if unread.len() == keys.len() {
+                keys
+            } else {
+                unread_keys = unread.iter().map(|&i| keys[i].clone()).collect();
+                &unread_keys
+            };
+            let Some(found) = self
                 .gate
                 .call(
                     Some(T::MODEL),
                     StoreOp::Get,
-                    self.gate.store.get_many(&keys),
+                    self.gate.store.get_many(to_read),
                 )
                 .await
-            {
-                return self.resolve(rows, keys, values).await;
+            else {
+                return self.load_all(rows).await;
+            };
+            for (i, value) in unread.into_iter().zip(found) {
+                values[i] = Some(value);
             }
         }
-        let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
-        let all: Vec<usize> = (0..pks.len()).collect();
+        let values = values.into_iter().map(Option::flatten).collect();
+        self.resolve(rows, keys, values).await
+    }
+
+    /// Every row of `rows` from the loader, the store left alone (it is not
+    /// to be read, or just failed).
+    async fn load_all<T: CachedInstance>(&self, rows: Rows<'_, T>) -> Result<Vec<Found<T>>, Error> {
+        let mut out: Vec<Found<T>> = rows.pks.iter().map(|_| Found::Missing).collect();
+        let all: Vec<usize> = (0..rows.pks.len()).collect();
         self.load_direct(rows, &all, &mut out).await?;
         Ok(out)
     }
@@ -313,7 +361,7 @@ impl Reader<'_> {
     async fn resolve<T: CachedInstance>(
         &self,
         rows: Rows<'_, T>,
-        keys: Vec<String>,
+        keys: &[String],
         values: Vec<Option<Bytes>>,
     ) -> Result<Vec<Found<T>>, Error> {
         let Rows { entry, pks, want } = rows;
@@ -361,7 +409,7 @@ impl Reader<'_> {
             "read"
         );
         if missed > 0 {
-            let batch = Batch { rows, keys: &keys };
+            let batch = Batch { rows, keys };
             self.fill_misses(&batch, misses, &mut out).await?;
         }
         Ok(out)

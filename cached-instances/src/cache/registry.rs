@@ -201,6 +201,9 @@ pub(crate) struct ModelEntry {
     pub(crate) shape: super::shape::ShapeCell,
     /// Whether this type's batch reads have lately been missing (`cold.rs`).
     pub(crate) cold: super::cold::ColdReads,
+    /// The keys of this type's recent list pages, to read alongside the
+    /// next index query of the same list (`prefetch.rs`).
+    pub(crate) pages: super::prefetch::PageGuesses,
     keys: KeyLayout,
 }
 
@@ -217,6 +220,7 @@ impl ModelEntry {
             edges: Vec::new(),
             shape: Default::default(),
             cold: Default::default(),
+            pages: Default::default(),
             keys: KeyLayout::of(&T::SCHEMA),
         }
     }
