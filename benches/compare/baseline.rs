@@ -129,7 +129,7 @@ pub(crate) fn base_router(pool: PgPool) -> Router {
         .with_state(pool)
 }
 
-pub(crate) async fn serve(router: Router) -> SocketAddr {
+pub(crate) async fn serve(router: Router) -> Served {
     use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -138,6 +138,21 @@ pub(crate) async fn serve(router: Router) -> SocketAddr {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
+    let task = tokio::spawn(async move { axum::serve(listener, router).await });
+    Served { addr, task }
+}
+
+/// A router being served on a loopback port, until [`stop`](Self::stop).
+pub(crate) struct Served {
+    pub(crate) addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    /// Stops serving and drops the router: an app's change feed worker
+    /// stops with it, before the run drops its schema.
+    pub(crate) async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
 }

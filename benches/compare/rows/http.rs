@@ -19,8 +19,8 @@ pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
     let base = serve(base_router(env.pool.clone())).await;
 
     // Same bodies on both sides.
-    let mut o = http_connect(ours).await;
-    let mut b = http_connect(base).await;
+    let mut o = http_connect(ours.addr).await;
+    let mut b = http_connect(base.addr).await;
     for path in ["/questions/5", "/questions"] {
         let (so, bo) = http_get(&mut o, path).await;
         let (sb, bb) = http_get(&mut b, path).await;
@@ -44,10 +44,14 @@ pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
     // Statements in the polls API's requests only (the baseline's are not
     // in a counting span).
     let before = env.statements.in_requests();
-    let [od, bd] = http_compare([(ours, details.clone()), (base, details)], cfg).await;
+    let [od, bd] = http_compare([(ours.addr, details.clone()), (base.addr, details)], cfg).await;
     let detail_queries = env.statements.in_requests() - before;
     let lists = Arc::new(vec!["/questions".to_owned()]);
-    let [ol, bl] = http_compare([(ours, lists.clone()), (base, lists.clone())], cfg).await;
+    let [ol, bl] = http_compare(
+        [(ours.addr, lists.clone()), (base.addr, lists.clone())],
+        cfg,
+    )
+    .await;
     rows.push(ratio_row(
         "http_detail",
         format!(
@@ -90,15 +94,19 @@ pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
             .await
             .expect("the polls app");
         let indexed = serve(routes::router(app)).await;
-        let mut o = http_connect(indexed).await;
-        let mut b = http_connect(base).await;
+        let mut o = http_connect(indexed.addr).await;
+        let mut b = http_connect(base.addr).await;
         let (so, bo) = http_get(&mut o, "/questions").await;
         let (sb, bb) = http_get(&mut b, "/questions").await;
         assert_eq!((so, sb), (StatusCode::OK, StatusCode::OK));
         assert_eq!(bo, bb, "/questions from the index: different JSON");
         drop((o, b));
         let before = env.statements.in_requests();
-        let [oi, bi] = http_compare([(indexed, lists.clone()), (base, lists.clone())], cfg).await;
+        let [oi, bi] = http_compare(
+            [(indexed.addr, lists.clone()), (base.addr, lists.clone())],
+            cfg,
+        )
+        .await;
         let statements = env.statements.in_requests() - before;
         rows.push(ratio_row(
             key,
@@ -111,5 +119,8 @@ pub(crate) async fn http_rows(env: &Env, rows: &mut Vec<Row>) {
             ("ours/base req/s", oi.median() / bi.median()),
             (">=", 3.0),
         ));
+        indexed.stop().await;
     }
+    ours.stop().await;
+    base.stop().await;
 }
