@@ -1006,6 +1006,53 @@ async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
     assert_eq!(journal(), [(Op::IndexQuery, vec![])]);
 }
 
+/// A guessed read that fails fails nothing: the list is answered from the
+/// index and the loader, and the store, which just failed, is not read
+/// again for the page's entries.
+#[tokio::test]
+async fn a_list_whose_guessed_read_fails_loads_its_page_without_reading_the_store_again() {
+    let db = Db::default();
+    for id in 0..20 {
+        db.rows
+            .lock()
+            .unwrap()
+            .insert(id, person(id, "FR", 20 + id as i32));
+    }
+    let store = Faulty::new(Journaled::new(MemoryStore::new()));
+    let cache = cache_over(store.clone(), &db);
+    cache.warm::<Person>().await.unwrap();
+    let newest = Query::<Person>::new().order_by_desc("years").limit(5);
+    cache.query_json(&newest).await.unwrap();
+    store.inner().take();
+
+    let failed = store.hold_next_reply(Op::GetMany, true);
+    let list = tokio::spawn({
+        let (cache, newest) = (cache.clone(), newest.clone());
+        async move { cache.query(&newest).await }
+    });
+    failed.reached.await.unwrap();
+    failed.release.send(()).unwrap();
+    let loads = cache.stats().loader_calls;
+    let page = list.await.unwrap().unwrap();
+    assert_eq!(
+        page.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [19, 18, 17, 16, 15]
+    );
+    assert_eq!(page.source, Source::Cache, "the page is the index's");
+    let mut calls: Vec<Op> = reads(store.inner().take())
+        .into_iter()
+        .map(|(op, _)| op)
+        .collect();
+    calls.sort_by_key(|op| format!("{op:?}"));
+    assert_eq!(
+        calls,
+        [Op::GetMany, Op::IndexQuery],
+        "the guess and the index query only"
+    );
+    assert_eq!(cache.stats().loader_calls, loads + 1, "the page loaded");
+    assert_eq!(cache.stats().store_errors, 1);
+}
+
 /// On Redis the guessed multi-get goes out before the index query's reply
 /// is back (pipelined on the one connection): Redis runs the `MGET` while
 /// the query is held before it reaches the store, which a list that waited

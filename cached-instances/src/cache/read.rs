@@ -284,13 +284,14 @@ impl Reader<'_> {
         self.load_all(Rows { entry, pks, want }).await
     }
 
-    /// [`many`](Self::many) once the store is known readable, with the
-    /// keys of `pks` made, and what the store returned for some of them
-    /// already read: `read[i]` for `keys[i]`, if it was read (a list's
-    /// guessed page, `prefetch.rs`); `read` is empty when none was. The
-    /// others are read with one multi-get (or, when none was read and the
-    /// model's batch reads are cold, leased straight away: `cold.rs`); then
-    /// everything goes on as after a multi-get of them all.
+    /// [`many`](Self::many) with the keys of `pks` made, and what the
+    /// store returned for some of them already read: `read[i]` for
+    /// `keys[i]`, if it was read (a list's guessed page, `prefetch.rs`);
+    /// `read` is empty when none was. The others are read with one
+    /// multi-get (or, when none was read and the model's batch reads are
+    /// cold, leased straight away: `cold.rs`); then everything goes on as
+    /// after a multi-get of them all. When the store is not to be read (a
+    /// call beside this read just failed), every row is loaded.
     pub(super) async fn many_read<T: CachedInstance>(
         &self,
         pks: &[T::Pk],
@@ -303,6 +304,9 @@ impl Reader<'_> {
             return Ok(Vec::new());
         }
         let rows = Rows { entry, pks, want };
+        if !self.gate.readable() {
+            return self.load_all(rows).await;
+        }
         if read.is_empty() && pks.len() > 1 && entry.cold.lease_first() {
             let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
             let misses = Misses {
