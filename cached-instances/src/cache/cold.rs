@@ -12,7 +12,8 @@
 //! consulted), so it is only worth it when most keys miss: while the
 //! model's last batch read missed more than half of its keys (a cold start,
 //! a sweep over rarely read rows, a page after a wave of writes). A batch
-//! that mostly hits turns it back off.
+//! that mostly hits turns it back off, and so does the end of a
+//! [`Cache::warm`](crate::Cache::warm), which filled what its reads missed.
 //!
 //! The guess never changes what a read returns, only how many round trips
 //! it takes; single-key reads keep their one `GET`, and never change it.
@@ -38,6 +39,14 @@ impl ColdReads {
             self.0.store(cold, Ordering::Relaxed);
         }
     }
+
+    /// Records that the model's entries were just filled, whatever its
+    /// reads found on the way ([`Cache::warm`](crate::Cache::warm), whose
+    /// reads all miss on a cold store): its next batch read should hit,
+    /// so it reads first.
+    pub(crate) fn filled(&self) {
+        self.record(1, 0);
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +67,7 @@ mod tests {
         assert!(!cold.lease_first());
         cold.record(1, 1);
         assert!(cold.lease_first());
+        cold.filled();
+        assert!(!cold.lease_first(), "a warm fills the entries");
     }
 }

@@ -278,6 +278,10 @@ impl Cache {
             }
         }
 
+        // Its reads missed (on a cold store, all of them), and filled what
+        // they missed: the next batch read multi-gets first (`cold.rs`).
+        entry.cold.filled();
+
         // Members of rows that are gone: leased and reloaded like the rest,
         // so one created meanwhile (and indexed by its write) stays.
         let stale: Vec<String> = before.into_iter().filter(|m| !seen.contains(m)).collect();
