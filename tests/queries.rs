@@ -902,6 +902,23 @@ fn reads(calls: Vec<(Op, Vec<String>)>) -> Vec<(Op, Vec<String>)> {
         .collect()
 }
 
+/// People 0 to 19, aged 20 to 39, in a warmed cache over `store`, and
+/// their list of 5 oldest first (`years` descending).
+async fn twenty_people_oldest_first(store: impl Store) -> (Db, Cache, Query<Person>) {
+    let db = Db::default();
+    for id in 0..20 {
+        let p = person(id, "FR", 20 + id as i32);
+        db.rows.lock().unwrap().insert(id, p);
+    }
+    let cache = cache_over(store, &db);
+    cache.warm::<Person>().await.unwrap();
+    (
+        db,
+        cache,
+        Query::<Person>::new().order_by_desc("years").limit(5),
+    )
+}
+
 /// Runs `query` with its index query held until the calls the cache made
 /// meanwhile are taken: those calls, and the page's ids.
 async fn list_holding_the_index_query(
@@ -924,23 +941,14 @@ async fn list_holding_the_index_query(
 
 #[tokio::test]
 async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
-    let db = Db::default();
-    for id in 0..20 {
-        db.rows
-            .lock()
-            .unwrap()
-            .insert(id, person(id, "FR", 20 + id as i32));
-    }
     let store = Faulty::new(Journaled::new(MemoryStore::new()));
-    let cache = cache_over(store.clone(), &db);
-    cache.warm::<Person>().await.unwrap();
-    let newest = Query::<Person>::new().order_by_desc("years").limit(5);
+    let (db, cache, oldest) = twenty_people_oldest_first(store.clone()).await;
     let journal = || reads(store.inner().take());
     journal();
 
     // The first time: the index query, then the multi-get of its page (a
     // multi-get, not a lease: warm filled the entries its reads missed).
-    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(ids, [19, 18, 17, 16, 15]);
     assert!(meanwhile.is_empty(), "nothing to guess yet: {meanwhile:?}");
     let first = journal();
@@ -951,14 +959,14 @@ async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
     // Again: the page's entries are read while its index query is out, and
     // nothing after it.
     let loads = cache.stats().loader_calls;
-    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(ids, [19, 18, 17, 16, 15]);
     assert_eq!(meanwhile.len(), 1, "{meanwhile:?}");
     let (op, page_keys) = meanwhile[0].clone();
     assert_eq!((op, page_keys.len()), (Op::GetMany, 5));
     assert_eq!(journal(), [(Op::IndexQuery, vec![])]);
     assert_eq!(cache.stats().loader_calls, loads, "every entry was a hit");
-    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(meanwhile, [(Op::GetMany, page_keys.clone())]);
     journal();
 
@@ -969,7 +977,7 @@ async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
     db.rows.lock().unwrap().insert(20, top.clone());
     cache.saved(&top).await.unwrap();
     journal();
-    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(ids, [20, 19, 18, 17, 16]);
     assert_eq!(meanwhile, [(Op::GetMany, page_keys.clone())]);
     let after = journal();
@@ -980,7 +988,7 @@ async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
     let page_keys: Vec<String> = std::iter::once(after[1].1[0].clone())
         .chain(page_keys[..4].iter().cloned())
         .collect();
-    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(
         meanwhile,
         [(Op::GetMany, page_keys.clone())],
@@ -994,31 +1002,31 @@ async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
         let gone = db.rows.lock().unwrap().remove(&id).unwrap();
         cache.deleted(&gone).await.unwrap();
     }
-    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(ids, [15, 14, 13, 12, 11]);
     assert_eq!(meanwhile, [(Op::GetMany, page_keys)]);
     let after = journal();
     assert_eq!(after.len(), 2, "{after:?}");
     let (op, page_keys) = after[1].clone();
     assert_eq!((op, page_keys.len()), (Op::GetMany, 5));
-    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(ids, [15, 14, 13, 12, 11]);
     assert!(meanwhile.is_empty(), "a guess that missed is skipped once");
     assert_eq!(
         journal(),
         [(Op::IndexQuery, vec![]), (Op::GetMany, page_keys.clone())]
     );
-    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &newest).await;
+    let (meanwhile, _) = list_holding_the_index_query(&cache, &store, &oldest).await;
     assert_eq!(meanwhile, [(Op::GetMany, page_keys)]);
 
     // Another page, or only the pks, guesses nothing of this one.
     journal();
     let (meanwhile, ids) =
-        list_holding_the_index_query(&cache, &store, &newest.clone().offset(5)).await;
+        list_holding_the_index_query(&cache, &store, &oldest.clone().offset(5)).await;
     assert_eq!(ids, [10, 9, 8, 7, 6]);
     assert!(meanwhile.is_empty(), "{meanwhile:?}");
     journal();
-    let pks = cache.query_pks(&newest).await.unwrap();
+    let pks = cache.query_pks(&oldest).await.unwrap();
     assert_eq!(pks.items, [15, 14, 13, 12, 11]);
     assert_eq!(journal(), [(Op::IndexQuery, vec![])]);
 }
@@ -1028,24 +1036,15 @@ async fn a_repeated_list_reads_its_last_pages_entries_with_its_index_query() {
 /// again for the page's entries.
 #[tokio::test]
 async fn a_list_whose_guessed_read_fails_loads_its_page_without_reading_the_store_again() {
-    let db = Db::default();
-    for id in 0..20 {
-        db.rows
-            .lock()
-            .unwrap()
-            .insert(id, person(id, "FR", 20 + id as i32));
-    }
     let store = Faulty::new(Journaled::new(MemoryStore::new()));
-    let cache = cache_over(store.clone(), &db);
-    cache.warm::<Person>().await.unwrap();
-    let newest = Query::<Person>::new().order_by_desc("years").limit(5);
-    cache.query_json(&newest).await.unwrap();
+    let (_db, cache, oldest) = twenty_people_oldest_first(store.clone()).await;
+    cache.query_json(&oldest).await.unwrap();
     store.inner().take();
 
     let failed = store.hold_next_reply(Op::GetMany, true);
     let list = tokio::spawn({
-        let (cache, newest) = (cache.clone(), newest.clone());
-        async move { cache.query(&newest).await }
+        let (cache, oldest) = (cache.clone(), oldest.clone());
+        async move { cache.query(&oldest).await }
     });
     failed.reached.await.unwrap();
     failed.release.send(()).unwrap();
@@ -1077,25 +1076,16 @@ async fn a_list_whose_guessed_read_fails_loads_its_page_without_reading_the_stor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_redis_a_repeated_lists_multi_get_does_not_wait_for_its_index_query() {
     let server = RedisServer::start();
-    let db = Db::default();
-    for id in 0..20 {
-        db.rows
-            .lock()
-            .unwrap()
-            .insert(id, person(id, "FR", 20 + id as i32));
-    }
     let store = Faulty::new(RedisStore::connect(&server.url()).await.unwrap());
-    let cache = cache_over(store.clone(), &db);
-    cache.warm::<Person>().await.unwrap();
-    let newest = Query::<Person>::new().order_by_desc("years").limit(5);
-    cache.query_json(&newest).await.unwrap();
+    let (_db, cache, oldest) = twenty_people_oldest_first(store.clone()).await;
+    cache.query_json(&oldest).await.unwrap();
     let monitor = server.monitor();
     let loads = cache.stats().loader_calls;
 
     let held = store.hold_next(Op::IndexQuery);
     let list = tokio::spawn({
-        let (cache, newest) = (cache.clone(), newest.clone());
-        async move { cache.query(&newest).await.unwrap() }
+        let (cache, oldest) = (cache.clone(), oldest.clone());
+        async move { cache.query(&oldest).await.unwrap() }
     });
     held.reached.await.unwrap();
     let sent = poll::eventually(async || monitor.client_commands().contains_key("mget")).await;

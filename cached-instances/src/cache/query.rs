@@ -237,6 +237,12 @@ impl Cache {
                 };
                 let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
                 let found = match guessed {
+                    // The page did not change: each key was read, in order,
+                    // and the guess stands.
+                    Some((guessed, values)) if keys == guessed && values.len() == keys.len() => {
+                        let read = values.into_iter().map(Some).collect();
+                        reader.many_read::<T>(&pks, &keys, read, want).await?
+                    }
                     Some((guessed, values)) => {
                         let read = read_of(&keys, guessed, values);
                         let held = read.iter().filter(|v| v.is_some()).count();
@@ -283,10 +289,6 @@ fn read_of(
     guessed: &[String],
     values: Vec<Option<Bytes>>,
 ) -> Vec<Option<Option<Bytes>>> {
-    if keys == guessed && values.len() == keys.len() {
-        // The page did not change: each key was read, in order.
-        return values.into_iter().map(Some).collect();
-    }
     let by_key: HashMap<&str, Option<Bytes>> =
         guessed.iter().map(String::as_str).zip(values).collect();
     keys.iter()

@@ -274,14 +274,8 @@ impl Reader<'_> {
         want: Want,
     ) -> Result<Vec<Found<T>>, Error> {
         let entry = self.registry.entry::<T>()?;
-        if pks.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.gate.readable() {
-            let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
-            return self.many_read(pks, &keys, Vec::new(), want).await;
-        }
-        self.load_all(Rows { entry, pks, want }).await
+        let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
+        self.many_read(pks, &keys, Vec::new(), want).await
     }
 
     /// [`many`](Self::many) with the keys of `pks` made, and what the
