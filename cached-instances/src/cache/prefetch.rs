@@ -23,6 +23,10 @@
 //! A guess that mostly missed is not sent the next time, so a query whose
 //! pages keep changing (a feed under heavy writes) pays for a wasted read
 //! at most every other time.
+//!
+//! A guess keeps the page's index members beside its keys: when the index
+//! returns the same members, the page's keys are the guess's, and a list
+//! builds none (a hundred key strings were a tenth of a listing's CPU).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -45,9 +49,17 @@ pub(crate) struct PageGuesses(Mutex<HashMap<u64, Guess>>);
 
 #[derive(Debug)]
 struct Guess {
-    keys: Arc<[String]>,
+    page: Arc<Page>,
     /// The last guess sent was mostly wrong: the next one is skipped.
     skip: bool,
+}
+
+/// A page an index query returned: its members, in order, and the keys of
+/// their entries.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Page {
+    pub(crate) members: Vec<String>,
+    pub(crate) keys: Vec<String>,
 }
 
 /// A query, as [`PageGuesses`] knows it: a hash of everything that decides
@@ -85,8 +97,9 @@ impl Slot {
 }
 
 impl PageGuesses {
-    /// The keys to read alongside the index query of `slot`, if any.
-    pub(crate) fn guess(&self, slot: Slot) -> Option<Arc<[String]>> {
+    /// The page whose keys to read alongside the index query of `slot`, if
+    /// any.
+    pub(crate) fn guess(&self, slot: Slot) -> Option<Arc<Page>> {
         let mut guesses = self.lock();
         let guess = guesses.get_mut(&slot.0)?;
         if guess.skip {
@@ -94,35 +107,31 @@ impl PageGuesses {
             guess.skip = false;
             return None;
         }
-        Some(guess.keys.clone())
+        Some(guess.page.clone())
     }
 
-    /// Records the keys of the page `slot` returned; `guessed` is how many
-    /// of them the guess sent with it held, when one was sent.
-    pub(crate) fn record(&self, slot: Slot, keys: &[String], guessed: Option<usize>) {
-        if keys.is_empty() || keys.len() > MAX_KEYS {
+    /// Records the page `slot` returned, and hands it back; `guessed` is
+    /// how many of its keys the guess sent with it held, when one was sent.
+    pub(crate) fn record(&self, slot: Slot, page: Page, guessed: Option<usize>) -> Arc<Page> {
+        let page = Arc::new(page);
+        let len = page.keys.len();
+        if len == 0 || len > MAX_KEYS {
             self.lock().remove(&slot.0);
-            return;
+            return page;
         }
-        let skip = guessed.is_some_and(|held| held.saturating_mul(2) < keys.len());
+        let skip = guessed.is_some_and(|held| held.saturating_mul(2) < len);
         let mut guesses = self.lock();
-        if let Some(guess) = guesses.get_mut(&slot.0) {
-            guess.skip = skip;
-            if *guess.keys != *keys {
-                guess.keys = keys.into();
-            }
-            return;
-        }
-        if guesses.len() >= MAX_QUERIES {
+        if guesses.len() >= MAX_QUERIES && !guesses.contains_key(&slot.0) {
             guesses.clear();
         }
         guesses.insert(
             slot.0,
             Guess {
-                keys: keys.into(),
+                page: page.clone(),
                 skip,
             },
         );
+        page
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Guess>> {
@@ -141,6 +150,13 @@ mod tests {
         ids.map(|i| format!("k{i}")).collect()
     }
 
+    fn page(ids: std::ops::Range<u32>) -> Page {
+        Page {
+            members: ids.clone().map(|i| format!("{i:04x}")).collect(),
+            keys: keys(ids),
+        }
+    }
+
     fn query(offset: u64) -> IndexQuery {
         IndexQuery {
             order: Some("s:views".into()),
@@ -156,22 +172,22 @@ mod tests {
         let (first, second) = (Slot::of(&query(0)), Slot::of(&query(10)));
         assert_ne!(first, second);
         assert!(guesses.guess(first).is_none(), "nothing read yet");
-        guesses.record(first, &keys(0..10), None);
-        assert_eq!(&*guesses.guess(first).unwrap(), &keys(0..10)[..]);
+        guesses.record(first, page(0..10), None);
+        assert_eq!(*guesses.guess(first).unwrap(), page(0..10));
         assert!(guesses.guess(second).is_none());
-        guesses.record(first, &keys(1..11), Some(9));
-        assert_eq!(&*guesses.guess(first).unwrap(), &keys(1..11)[..]);
+        guesses.record(first, page(1..11), Some(9));
+        assert_eq!(*guesses.guess(first).unwrap(), page(1..11));
     }
 
     #[test]
     fn a_guess_that_mostly_missed_is_skipped_once() {
         let guesses = PageGuesses::default();
         let slot = Slot::of(&query(0));
-        guesses.record(slot, &keys(0..10), None);
-        guesses.record(slot, &keys(20..30), Some(4));
+        guesses.record(slot, page(0..10), None);
+        guesses.record(slot, page(20..30), Some(4));
         assert!(guesses.guess(slot).is_none(), "skipped after a bad guess");
-        assert_eq!(&*guesses.guess(slot).unwrap(), &keys(20..30)[..]);
-        guesses.record(slot, &keys(20..30), Some(5));
+        assert_eq!(*guesses.guess(slot).unwrap(), page(20..30));
+        guesses.record(slot, page(20..30), Some(5));
         assert!(guesses.guess(slot).is_some(), "half held is not a miss");
     }
 
@@ -179,11 +195,12 @@ mod tests {
     fn big_pages_are_not_kept_and_many_queries_are_bounded() {
         let guesses = PageGuesses::default();
         let slot = Slot::of(&query(0));
-        guesses.record(slot, &keys(0..10), None);
-        guesses.record(slot, &keys(0..(MAX_KEYS as u32 + 1)), None);
+        guesses.record(slot, page(0..10), None);
+        let big = guesses.record(slot, page(0..(MAX_KEYS as u32 + 1)), None);
+        assert_eq!(big.keys.len(), MAX_KEYS + 1, "handed back, not kept");
         assert!(guesses.guess(slot).is_none());
         for offset in 0..(MAX_QUERIES as u64 + 1) {
-            guesses.record(Slot::of(&query(offset)), &keys(0..1), None);
+            guesses.record(Slot::of(&query(offset)), page(0..1), None);
         }
         assert!(guesses.lock().len() <= MAX_QUERIES);
     }

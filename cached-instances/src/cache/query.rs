@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::Cache;
-use super::prefetch::Slot;
+use super::prefetch::{Page, Slot};
 use super::read::{Found, Want};
 use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
@@ -210,48 +210,51 @@ impl Cache {
             let slot = Slot::of(&plan);
             let guess = want.and_then(|_| entry.pages.guess(slot));
             let (page, guessed) = match &guess {
-                Some(keys) => {
+                Some(guess) => {
                     let read = reader.gate.call(
                         Some(T::MODEL),
                         StoreOp::Get,
-                        reader.gate.store.get_many(keys),
+                        reader.gate.store.get_many(&guess.keys),
                     );
                     let (page, values) = tokio::join!(run(), read);
-                    (page, values.map(|values| (&**keys, values)))
+                    (page, values.map(|values| (guess, values)))
                 }
                 None => (run().await, None),
             };
             if let Some(page) = page.flatten() {
-                let pks: Vec<T::Pk> = page
-                    .members
-                    .iter()
-                    .filter_map(|m| T::Pk::from_index_member(m))
-                    .collect();
+                let total = page.total;
+                let members = page.members;
+                let mut pks: Vec<T::Pk> = Vec::with_capacity(members.len());
+                pks.extend(members.iter().filter_map(|m| T::Pk::from_index_member(m)));
                 let Some(want) = want else {
                     return Ok(Some(Answer {
                         pks,
                         found: Vec::new(),
-                        count: page.total,
+                        count: total,
                         source: Source::Cache,
                     }));
                 };
-                let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
                 let found = match guessed {
-                    // The page did not change: each key was read, in order,
-                    // and the guess stands.
-                    Some((guessed, values)) if keys == guessed && values.len() == keys.len() => {
+                    // The page did not change: its keys are the guess's,
+                    // each was read, in order, and the guess stands.
+                    Some((guess, values))
+                        if guess.members == members && values.len() == guess.keys.len() =>
+                    {
                         let read = values.into_iter().map(Some).collect();
-                        reader.many_read::<T>(&pks, &keys, read, want).await?
+                        reader.many_read::<T>(&pks, &guess.keys, read, want).await?
                     }
-                    Some((guessed, values)) => {
-                        let read = read_of(&keys, guessed, values);
-                        let held = read.iter().filter(|v| v.is_some()).count();
-                        entry.pages.record(slot, &keys, Some(held));
-                        reader.many_read::<T>(&pks, &keys, read, want).await?
-                    }
-                    None => {
-                        entry.pages.record(slot, &keys, None);
-                        reader.many_read::<T>(&pks, &keys, Vec::new(), want).await?
+                    guessed => {
+                        let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
+                        let (read, held) = match guessed {
+                            Some((guess, values)) => {
+                                let read = read_of(&keys, &guess.keys, values);
+                                let held = read.iter().filter(|v| v.is_some()).count();
+                                (read, Some(held))
+                            }
+                            None => (Vec::new(), None),
+                        };
+                        let page = entry.pages.record(slot, Page { members, keys }, held);
+                        reader.many_read::<T>(&pks, &page.keys, read, want).await?
                     }
                 };
                 // Drop what changed since the index said it matched (a
@@ -260,20 +263,25 @@ impl Cache {
                 // decoded (a hundred representations' decoding was most of
                 // a listing's CPU).
                 let filters = query.filters_anything();
-                let (pks, found): (Vec<T::Pk>, Vec<Found<T>>) = pks
-                    .into_iter()
-                    .zip(found)
-                    .filter(|(_, f)| match f {
-                        Found::Missing => false,
-                        _ if !filters => true,
-                        Found::Instance(instance) => query.matches(instance),
-                        Found::Bytes(bytes) => T::decode(bytes).is_ok_and(|t| query.matches(&t)),
-                    })
-                    .unzip();
+                let (pks, found) = if !filters && found.iter().all(Found::is_found) {
+                    (pks, found)
+                } else {
+                    pks.into_iter()
+                        .zip(found)
+                        .filter(|(_, f)| match f {
+                            Found::Missing => false,
+                            _ if !filters => true,
+                            Found::Instance(instance) => query.matches(instance),
+                            Found::Bytes(bytes) => {
+                                T::decode(bytes).is_ok_and(|t| query.matches(&t))
+                            }
+                        })
+                        .unzip()
+                };
                 return Ok(Some(Answer {
                     pks,
                     found,
-                    count: page.total,
+                    count: total,
                     source: Source::Cache,
                 }));
             }

@@ -36,7 +36,7 @@ pub(super) enum Found<T> {
 }
 
 impl<T: CachedInstance> Found<T> {
-    fn is_found(&self) -> bool {
+    pub(super) fn is_found(&self) -> bool {
         !matches!(self, Found::Missing)
     }
 

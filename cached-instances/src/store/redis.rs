@@ -26,8 +26,10 @@ use super::{
     WARM_SUFFIX,
 };
 use crate::error::{ConnectError, StoreError};
+use keys::Keys;
 
 mod index;
+mod keys;
 mod near;
 
 pub use near::{NearCache, NearCacheStats};
@@ -591,11 +593,7 @@ impl RedisStore {
 
     /// `key` under the store's key prefix.
     fn key<'k>(&self, key: &'k str) -> Cow<'k, str> {
-        if self.prefix.is_empty() {
-            Cow::Borrowed(key)
-        } else {
-            Cow::Owned(format!("{}{key}", self.prefix))
-        }
+        keys::prefixed(&self.prefix, key)
     }
 
     /// `keys` under the store's key prefix (borrowed when there is none).
@@ -613,13 +611,28 @@ impl RedisStore {
         self.near.as_ref().map(|near| near.stats())
     }
 
-    /// Reads `keys` (prefixed) from Redis, one MGET per group.
-    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let groups = self.groups(keys.iter().map(String::as_str));
+    /// The groups of [`groups`](Self::groups) for `keys`, spelled out only
+    /// where the slot needs it (a cluster).
+    fn groups_of(&self, keys: Keys<'_>) -> Vec<Vec<usize>> {
+        match self.connection {
+            // One server: every key goes to it, whatever it is spelled.
+            Connection::Single(_) => self.groups((0..keys.len()).map(|_| "")),
+            #[cfg(feature = "cluster")]
+            Connection::Cluster(_) => {
+                let full: Vec<Cow<'_, str>> = (0..keys.len()).map(|i| keys.full(i)).collect();
+                self.groups(full.iter().map(|key| &**key))
+            }
+        }
+    }
+
+    /// Reads `keys` from Redis, one MGET per group.
+    async fn mget(&self, keys: Keys<'_>) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let groups = self.groups_of(keys);
         self.per_group(keys.len(), &groups, |group| async move {
-            let mut cmd = redis::cmd("MGET");
+            let mut cmd = Cmd::with_capacity(group.len() + 1, keys.size_of(group) + 4);
+            cmd.arg("MGET");
             for &i in group {
-                cmd.arg(&keys[i]);
+                cmd.arg(keys.arg(i));
             }
             self.query::<Vec<Option<Bytes>>>(&cmd).await
         })
@@ -649,7 +662,7 @@ impl RedisStore {
                 Some(values) => values,
                 None => {
                     let owned: Vec<String> = chunk_keys.iter().map(|&k| k.to_owned()).collect();
-                    self.mget(&owned).await?
+                    self.mget(Keys::new("", &owned)).await?
                 }
             };
             for (&i, value) in chunk.iter().zip(values) {
@@ -668,19 +681,19 @@ impl RedisStore {
     /// the script alone could give.
     async fn lease(
         &self,
-        keys: &[String],
+        keys: Keys<'_>,
         value: &[u8],
         replaceable: &[u8],
         ttl: Duration,
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
         let ttl = ttl_ms(ttl);
-        let groups = self.groups(keys.iter().map(String::as_str));
+        let groups = self.groups_of(keys);
         let mut held = self
             .per_group(keys.len(), &groups, |group| async move {
                 let mut pipe = redis::pipe();
                 for &i in group {
                     pipe.cmd("SET")
-                        .arg(&keys[i])
+                        .arg(keys.arg(i))
                         .arg(value)
                         .arg("NX")
                         .arg("PX")
@@ -696,13 +709,16 @@ impl RedisStore {
         if replace.is_empty() {
             return Ok(held);
         }
-        let groups = self.groups(replace.iter().map(|&i| keys[i].as_str()));
-        let replace = &replace;
+        // After a write: rare, so these keys are spelled out.
+        let replace_keys: Vec<String> =
+            replace.iter().map(|&i| keys.full(i).into_owned()).collect();
+        let groups = self.groups(replace_keys.iter().map(String::as_str));
+        let replace_keys = &replace_keys;
         let replaced = self
             .per_group(replace.len(), &groups, |group| async move {
                 let mut invocation = SET_IF_ABSENT_OR.prepare_invoke();
                 for &j in group {
-                    invocation.key(&keys[replace[j]]);
+                    invocation.key(&replace_keys[j]);
                 }
                 invocation.arg(value).arg(replaceable).arg(ttl);
                 self.invoke::<Vec<Option<Bytes>>>(&invocation).await
@@ -1037,10 +1053,9 @@ impl Store for RedisStore {
 
     fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
-            let keys = &*self.keys(keys);
             match &self.near {
-                Some(near) => self.get_many_near(near, keys).await,
-                None => self.mget(keys).await,
+                Some(near) => self.get_many_near(near, &self.keys(keys)).await,
+                None => self.mget(Keys::new(&self.prefix, keys)).await,
             }
         })
     }
@@ -1053,9 +1068,12 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         Box::pin(async move {
-            let keys = &*self.keys(keys);
+            let keys = Keys::new(&self.prefix, keys);
             let held = self.lease(keys, value, replaceable, ttl).await;
-            self.evict_own(keys.iter().map(String::as_str));
+            if self.near.is_some() {
+                let full: Vec<Cow<'_, str>> = (0..keys.len()).map(|i| keys.full(i)).collect();
+                self.evict_own(full.iter().map(|key| &**key));
+            }
             held
         })
     }
