@@ -171,7 +171,7 @@ impl<'a> IndexMaintainer<'a> {
             if entry.schema.indexes.is_empty() {
                 continue;
             }
-            let prefix = plan::prefix(&entry.schema);
+            let prefix = &entry.index_prefix;
             // The key forms that name a row (all of them, as queued by
             // `index_missed`), with their members, in the same order.
             let (pk_keys, members): (Vec<String>, Vec<String>) = pk_keys
@@ -188,11 +188,11 @@ impl<'a> IndexMaintainer<'a> {
                     .call(
                         Some(model),
                         StoreOp::IndexLease,
-                        store.index_lease(&prefix, members, &token),
+                        store.index_lease(prefix, members, &token),
                     )
                     .await;
                 if leased.is_none() {
-                    self.unwarm(model, &prefix, Failed::Store).await;
+                    self.unwarm(model, prefix, Failed::Store).await;
                     break;
                 }
                 let updates = entry.ops.index_updates(self.loading, keys).await;
@@ -205,7 +205,7 @@ impl<'a> IndexMaintainer<'a> {
                             error = %crate::error::Chain(&error),
                             "reload failed while re-indexing a queued index update"
                         );
-                        self.unwarm(model, &prefix, Failed::Loader).await;
+                        self.unwarm(model, prefix, Failed::Loader).await;
                         break;
                     }
                 };
@@ -214,11 +214,11 @@ impl<'a> IndexMaintainer<'a> {
                     .call(
                         Some(model),
                         StoreOp::IndexApply,
-                        store.index_apply(&prefix, &token, &updates),
+                        store.index_apply(prefix, &token, &updates),
                     )
                     .await;
                 let Some(applied) = applied else {
-                    self.unwarm(model, &prefix, Failed::Store).await;
+                    self.unwarm(model, prefix, Failed::Store).await;
                     break;
                 };
                 // A member whose lease a later write took over counts as

@@ -196,13 +196,12 @@ impl Cache {
             && reader.gate.readable()
         {
             let entry = self.inner.registry.entry::<T>()?;
-            let prefix = plan::prefix(&T::SCHEMA);
             let plan = plan::index_query(query);
             let run = || {
                 reader.gate.call(
                     Some(T::MODEL),
                     StoreOp::Query,
-                    indexes.index_query(&prefix, &plan),
+                    indexes.index_query(&entry.index_prefix, &plan),
                 )
             };
             // With the entries of the query's last page, read alongside

@@ -204,6 +204,9 @@ pub(crate) struct ModelEntry {
     /// The keys of this type's recent list pages, to read alongside the
     /// next index query of the same list (`prefetch.rs`).
     pub(crate) pages: super::prefetch::PageGuesses,
+    /// The key prefix of this type's indexes (`plan::prefix`), computed
+    /// once rather than on every list.
+    pub(crate) index_prefix: String,
     keys: KeyLayout,
 }
 
@@ -221,6 +224,7 @@ impl ModelEntry {
             shape: Default::default(),
             cold: Default::default(),
             pages: Default::default(),
+            index_prefix: crate::store::plan::prefix(&T::SCHEMA),
             keys: KeyLayout::of(&T::SCHEMA),
         }
     }
