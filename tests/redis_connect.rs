@@ -157,16 +157,33 @@ async fn key_prefixes_keep_two_applications_apart() {
         "no query reached a loader"
     );
 
-    // Every key the two stores wrote is under one of the prefixes.
+    // Batch reads: a cold batch leases and fills under its prefix, and
+    // the next one reads it back with one multi-get, no load.
+    let db_c = Db::seeded(3, "it");
+    let c = cache_over(
+        prefixed(&server, "c:").await,
+        &db_c,
+        Duration::from_millis(50),
+    );
+    let pks = [0, 1, 2];
+    for _ in 0..2 {
+        let got = c.get_many::<Member>(&pks).await.unwrap();
+        assert_eq!(got, (0..3).map(|i| member(i, "it")).collect::<Vec<_>>());
+    }
+    assert_eq!(db_c.loads(), 1, "the second batch is all hits");
+    assert_eq!(c.stats().hits, 3);
+
+    // Every key the stores wrote is under one of the prefixes.
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query(&mut server.connection())
         .unwrap();
-    assert!(keys.iter().any(|k| k.starts_with("a:")), "{keys:?}");
-    assert!(keys.iter().any(|k| k.starts_with("b:")), "{keys:?}");
+    for prefix in ["a:", "b:", "c:"] {
+        assert!(keys.iter().any(|k| k.starts_with(prefix)), "{keys:?}");
+    }
     assert!(
         keys.iter()
-            .all(|k| k.starts_with("a:") || k.starts_with("b:")),
+            .all(|k| ["a:", "b:", "c:"].iter().any(|p| k.starts_with(p))),
         "{keys:?}"
     );
 }
