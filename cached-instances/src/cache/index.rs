@@ -14,7 +14,6 @@ use crate::error::{Error, StoreOp};
 use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
-use crate::store::plan;
 use crate::store::{IndexStore, WARM_SUFFIX};
 
 /// The most members one index script handles: a bigger batch is split, so
@@ -70,7 +69,7 @@ impl<'a> IndexMaintainer<'a> {
         let Some(store) = self.of::<T>() else {
             return Ok(());
         };
-        let prefix = plan::prefix(&T::SCHEMA);
+        let prefix = entry.index_prefix.as_str();
         if !self.gate.usable() {
             self.missed::<T>(pk);
             return Ok(());
@@ -82,7 +81,7 @@ impl<'a> IndexMaintainer<'a> {
             .call(
                 Some(T::MODEL),
                 StoreOp::IndexLease,
-                store.index_lease(&prefix, &members, &token),
+                store.index_lease(prefix, &members, &token),
             )
             .await;
         if leased.is_none() {
@@ -101,7 +100,7 @@ impl<'a> IndexMaintainer<'a> {
             .call(
                 Some(T::MODEL),
                 StoreOp::IndexApply,
-                store.index_apply(&prefix, &token, &updates),
+                store.index_apply(prefix, &token, &updates),
             )
             .await;
         match applied {

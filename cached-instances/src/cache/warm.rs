@@ -16,7 +16,6 @@ use crate::instance::CachedInstance;
 use crate::marker;
 use crate::pk::PrimaryKey;
 use crate::query::QueryError;
-use crate::store::plan;
 use crate::store::{IndexQuery, IndexUpdate, WARM_SUFFIX};
 
 /// How far a [`Warm`] has got, reported after each batch.
@@ -205,7 +204,7 @@ impl Cache {
         // first, so that it cannot delete the mark this warm sets.
         let recovery = &self.inner.recovery;
         recovery.deliver_queued(self.inner.invalidator()).await;
-        let prefix = plan::prefix(&T::SCHEMA);
+        let prefix = entry.index_prefix.as_str();
         let pks = reader
             .loading
             .call(T::MODEL, entry.loader::<T>().all_pks())
@@ -222,7 +221,7 @@ impl Cache {
             .warm_store_call(
                 T::MODEL,
                 StoreOp::IndexMembers,
-                indexes.index_query(&prefix, &all),
+                indexes.index_query(prefix, &all),
             )
             .await?
             .map(|page| page.members)
@@ -238,7 +237,7 @@ impl Cache {
                 self.warm_store_call(
                     T::MODEL,
                     StoreOp::IndexLease,
-                    indexes.index_lease(&prefix, part, &token),
+                    indexes.index_lease(prefix, part, &token),
                 )
                 .await?;
             }
@@ -262,7 +261,7 @@ impl Cache {
                     .warm_store_call(
                         T::MODEL,
                         StoreOp::IndexApply,
-                        indexes.index_apply(&prefix, &token, part),
+                        indexes.index_apply(prefix, &token, part),
                     )
                     .await?;
                 self.inner.indexes().count_applied(&applied);
@@ -291,7 +290,7 @@ impl Cache {
             self.warm_store_call(
                 T::MODEL,
                 StoreOp::IndexLease,
-                indexes.index_lease(&prefix, chunk, &token),
+                indexes.index_lease(prefix, chunk, &token),
             )
             .await?;
             let pks: Vec<T::Pk> = chunk
@@ -313,7 +312,7 @@ impl Cache {
                 .warm_store_call(
                     T::MODEL,
                     StoreOp::IndexApply,
-                    indexes.index_apply(&prefix, &token, &updates),
+                    indexes.index_apply(prefix, &token, &updates),
                 )
                 .await?;
             self.inner.indexes().count_applied(&applied);
