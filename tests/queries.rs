@@ -514,9 +514,11 @@ fn redis_store_answers_like_the_database() {
         .unwrap();
 }
 
-/// Every order, offset and limit of a page with no filter, the form the
-/// Redis store answers with plain commands instead of the query script
-/// (limit 0, no limit, an offset past the end, members without a value).
+/// Every order, offset and limit of a page with no filter but a range of
+/// its own order, the forms the Redis store answers with plain commands
+/// instead of the query script (limit 0, no limit, an offset past the
+/// end, members without a value; bounds included and excluded, on one
+/// side and on both).
 fn order_only_steps() -> Vec<Step> {
     let orders = [
         None,
@@ -532,6 +534,24 @@ fn order_only_steps() -> Vec<Step> {
         for offset in [0, 1, 3, 50] {
             for limit in [None, Some(0), Some(1), Some(2), Some(50)] {
                 steps.push(Step::Query(Q::unfiltered(order, offset, limit)));
+                let Some((field, _)) = order else { continue };
+                let ranged = |set: &dyn Fn(&mut Q)| {
+                    let mut q = Q::unfiltered(order, offset, limit);
+                    set(&mut q);
+                    Step::Query(q)
+                };
+                match field {
+                    0 => {
+                        steps.push(ranged(&|q| q.age = (Some(20), None)));
+                        steps.push(ranged(&|q| q.age = (None, Some(22))));
+                        steps.push(ranged(&|q| q.age = (Some(19), Some(23))));
+                    }
+                    1 => {
+                        steps.push(ranged(&|q| q.score_gt = Some(0.25)));
+                        steps.push(ranged(&|q| q.score_gt = Some(-0.25)));
+                    }
+                    _ => steps.push(ranged(&|q| q.joined_lt = Some(2))),
+                }
             }
         }
     }
@@ -1067,6 +1087,99 @@ async fn a_list_whose_guessed_read_fails_loads_its_page_without_reading_the_stor
     );
     assert_eq!(cache.stats().loader_calls, loads + 1, "the page loaded");
     assert_eq!(cache.stats().store_errors, 1);
+}
+
+/// The people who joined by `day` (a bound that moves, like "published
+/// by now"), latest first.
+fn joined_by(day: i64) -> Query<Person> {
+    Query::<Person>::new()
+        .lte("joined", Utc.timestamp_opt(1_700_000_000 + day, 0).unwrap())
+        .order_by_desc("joined")
+        .limit(5)
+}
+
+/// Twenty people who joined a second apart, in a warmed cache over `store`.
+async fn twenty_people_joined_a_second_apart(store: impl Store) -> Cache {
+    let db = Db::default();
+    for id in 0..20 {
+        let mut p = person(id, "FR", 30);
+        p.joined = Utc.timestamp_opt(1_700_000_000 + id, 0).unwrap();
+        db.rows.lock().unwrap().insert(id, p);
+    }
+    let cache = cache_over(store, &db);
+    cache.warm::<Person>().await.unwrap();
+    cache
+}
+
+/// A list whose range bound moves on every request ("joined by now") is
+/// never the same query twice, yet its page is the last one's: the
+/// entries are read with the index query all the same.
+#[tokio::test]
+async fn a_list_by_a_moving_bound_reads_its_last_pages_entries_with_its_index_query() {
+    let store = Faulty::new(Journaled::new(MemoryStore::new()));
+    let cache = twenty_people_joined_a_second_apart(store.clone()).await;
+    store.inner().take();
+    let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &joined_by(100)).await;
+    assert_eq!(ids, [19, 18, 17, 16, 15]);
+    assert!(meanwhile.is_empty(), "nothing to guess yet: {meanwhile:?}");
+    store.inner().take();
+    let loads = cache.stats().loader_calls;
+    for day in 101..110 {
+        let (meanwhile, ids) = list_holding_the_index_query(&cache, &store, &joined_by(day)).await;
+        assert_eq!(ids, [19, 18, 17, 16, 15]);
+        assert_eq!(meanwhile.len(), 1, "day {day}: {meanwhile:?}");
+        assert_eq!((meanwhile[0].0, meanwhile[0].1.len()), (Op::GetMany, 5));
+        let after = reads(store.inner().take());
+        assert_eq!(
+            after,
+            [(Op::IndexQuery, vec![])],
+            "nothing read after the page"
+        );
+    }
+    assert_eq!(cache.stats().loader_calls, loads, "every entry was a hit");
+    // A bound that leaves people out: their entries are not served, and
+    // the page the guess read for them is not trusted.
+    let (_, ids) = list_holding_the_index_query(&cache, &store, &joined_by(17)).await;
+    assert_eq!(ids, [17, 16, 15, 14, 13]);
+    let (_, ids) = list_holding_the_index_query(&cache, &store, &joined_by(100)).await;
+    assert_eq!(ids, [19, 18, 17, 16, 15]);
+}
+
+/// On Redis, a page whose only filter is a range of its own order is read
+/// with plain commands (`ZCOUNT`, `ZRANGE ... BYSCORE`) in one transaction,
+/// not the query script, and its entries go in the same round trip.
+#[tokio::test]
+async fn on_redis_a_range_of_the_order_is_read_without_the_query_script() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let cache = twenty_people_joined_a_second_apart(store).await;
+    cache.query_json(&joined_by(100)).await.unwrap();
+    cache.settle().await;
+    // The guess (the last page's entries) is read with the index query;
+    // the entries of a new page the guess did not hold, after it.
+    let lists: [(i64, &[i64], u64, u64); 2] = [
+        (101, &[19, 18, 17, 16, 15], 20, 1),
+        (3, &[3, 2, 1, 0], 4, 2),
+    ];
+    for (day, expected, total, mgets) in lists {
+        server.reset_stats();
+        let page = cache.query(&joined_by(day)).await.unwrap();
+        let ids: Vec<i64> = page.items.iter().map(|p| p.id).collect();
+        assert_eq!((ids.as_slice(), page.count), (expected, total), "day {day}");
+        let commands = server.data_commands();
+        let count = |c: &str| commands.get(c).copied().unwrap_or(0);
+        assert_eq!(
+            (
+                count("evalsha"),
+                count("exec"),
+                count("zcount"),
+                count("zrange")
+            ),
+            (0, 1, 1, 1),
+            "day {day}: {commands:?}"
+        );
+        assert_eq!(count("mget"), mgets, "day {day}: {commands:?}");
+    }
 }
 
 /// On Redis the guessed multi-get goes out before the index query's reply

@@ -63,14 +63,24 @@ pub(crate) struct Page {
 }
 
 /// A query, as [`PageGuesses`] knows it: a hash of everything that decides
-/// its page. Two queries with the same hash share a guess, which costs a
+/// its page, and a hash of the same without its ranges' bounds (its
+/// *shape*). Two queries with the same hash share a guess, which costs a
 /// wasted read, never a wrong answer.
+///
+/// A query is guessed by its exact hash first, else by its shape. The
+/// shape is for ranges whose bounds move on every request, such as
+/// "published by now" (`pub_date <= now`): no two of those queries are
+/// equal, yet each returns the page the last one did until something is
+/// published. A query with fixed bounds that the shape guessed wrong is
+/// recorded under its exact hash, and guessed by it from then on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Slot(u64);
+pub(crate) struct Slot {
+    exact: u64,
+    shape: u64,
+}
 
 impl Slot {
     pub(crate) fn of(query: &IndexQuery) -> Slot {
-        let mut h = DefaultHasher::new();
         let IndexQuery {
             groups,
             ranges,
@@ -80,19 +90,35 @@ impl Slot {
             limit,
             ignore_warm,
         } = query;
-        groups.hash(&mut h);
+        let mut shape = DefaultHasher::new();
+        groups.hash(&mut shape);
         for range in ranges {
-            range.zset.hash(&mut h);
+            range.zset.hash(&mut shape);
             for bound in [range.min, range.max] {
-                match bound {
-                    Bound::Unbounded => 0u8.hash(&mut h),
-                    Bound::Included(v) => (1u8, v.to_bits()).hash(&mut h),
-                    Bound::Excluded(v) => (2u8, v.to_bits()).hash(&mut h),
+                std::mem::discriminant(&bound).hash(&mut shape);
+            }
+        }
+        (order, descending, offset, limit, ignore_warm).hash(&mut shape);
+        let shape = shape.finish();
+        if ranges.is_empty() {
+            return Slot {
+                exact: shape,
+                shape,
+            };
+        }
+        let mut exact = DefaultHasher::new();
+        shape.hash(&mut exact);
+        for range in ranges {
+            for bound in [range.min, range.max] {
+                if let Bound::Included(v) | Bound::Excluded(v) = bound {
+                    v.to_bits().hash(&mut exact);
                 }
             }
         }
-        (order, descending, offset, limit, ignore_warm).hash(&mut h);
-        Slot(h.finish())
+        Slot {
+            exact: exact.finish(),
+            shape,
+        }
     }
 }
 
@@ -101,7 +127,12 @@ impl PageGuesses {
     /// any.
     pub(crate) fn guess(&self, slot: Slot) -> Option<Arc<Page>> {
         let mut guesses = self.lock();
-        let guess = guesses.get_mut(&slot.0)?;
+        let key = if guesses.contains_key(&slot.exact) {
+            slot.exact
+        } else {
+            slot.shape
+        };
+        let guess = guesses.get_mut(&key)?;
         if guess.skip {
             // Skipped once: the next one is sent again.
             guess.skip = false;
@@ -116,21 +147,32 @@ impl PageGuesses {
         let page = Arc::new(page);
         let len = page.keys.len();
         if len == 0 || len > MAX_KEYS {
-            self.lock().remove(&slot.0);
+            let mut guesses = self.lock();
+            guesses.remove(&slot.exact);
+            guesses.remove(&slot.shape);
             return page;
         }
         let skip = guessed.is_some_and(|held| held.saturating_mul(2) < len);
         let mut guesses = self.lock();
-        if guesses.len() >= MAX_QUERIES && !guesses.contains_key(&slot.0) {
+        // Under its shape, the page of the latest query of that shape; under
+        // its exact hash only once the shape guessed it wrong (or nothing
+        // guessed it), so that a moving bound, guessed right by its shape,
+        // adds no entry per request.
+        let exact = slot.exact != slot.shape
+            && (guesses.contains_key(&slot.exact) || guessed.is_none_or(|held| held < len));
+        let adding = usize::from(!guesses.contains_key(&slot.shape))
+            + usize::from(exact && !guesses.contains_key(&slot.exact));
+        if guesses.len() + adding > MAX_QUERIES {
             guesses.clear();
         }
-        guesses.insert(
-            slot.0,
-            Guess {
-                page: page.clone(),
-                skip,
-            },
-        );
+        let guess = || Guess {
+            page: page.clone(),
+            skip,
+        };
+        if exact {
+            guesses.insert(slot.exact, guess());
+        }
+        guesses.insert(slot.shape, guess());
         page
     }
 
@@ -177,6 +219,63 @@ mod tests {
         assert!(guesses.guess(second).is_none());
         guesses.record(first, page(1..11), Some(9));
         assert_eq!(*guesses.guess(first).unwrap(), page(1..11));
+    }
+
+    fn published_by(now: f64, offset: u64) -> IndexQuery {
+        IndexQuery {
+            ranges: vec![crate::store::ScoreRange::new(
+                "s:pub_date".into(),
+                Bound::Unbounded,
+                Bound::Included(now),
+            )],
+            descending: true,
+            ..query(offset)
+        }
+    }
+
+    #[test]
+    fn a_moving_bound_is_guessed_by_its_shape_and_adds_no_entry() {
+        let guesses = PageGuesses::default();
+        let first = Slot::of(&published_by(1.0, 0));
+        guesses.record(first, page(0..10), None);
+        // Every request's "now" differs: the same shape is guessed.
+        for now in 2..50 {
+            let slot = Slot::of(&published_by(f64::from(now), 0));
+            assert_ne!(slot, first);
+            assert_eq!(*guesses.guess(slot).unwrap(), page(0..10));
+        }
+        assert!(
+            guesses.guess(Slot::of(&published_by(9.0, 10))).is_none(),
+            "another offset"
+        );
+        assert!(guesses.guess(Slot::of(&query(0))).is_none(), "no range");
+        // Right guesses record nothing; a page that changed is recorded
+        // under the shape, so the next query of that shape guesses it.
+        let moved = Slot::of(&published_by(60.0, 0));
+        guesses.record(moved, page(1..11), Some(9));
+        assert_eq!(
+            *guesses.guess(Slot::of(&published_by(61.0, 0))).unwrap(),
+            page(1..11)
+        );
+        assert!(guesses.lock().len() <= 3);
+    }
+
+    #[test]
+    fn fixed_bounds_the_shape_guessed_wrong_keep_their_own_guess() {
+        let guesses = PageGuesses::default();
+        let (low, high) = (
+            Slot::of(&published_by(10.0, 0)),
+            Slot::of(&published_by(20.0, 0)),
+        );
+        guesses.record(low, page(0..10), None);
+        // `high` is guessed `low`'s page by shape, wrongly: recorded exactly.
+        assert_eq!(*guesses.guess(high).unwrap(), page(0..10));
+        guesses.record(high, page(10..20), Some(0));
+        // The skip after a bad guess goes to both of `high`'s entries.
+        assert!(guesses.guess(high).is_none(), "skipped once");
+        assert_eq!(*guesses.guess(high).unwrap(), page(10..20));
+        // `low` keeps its exact guess although the shape moved on.
+        assert_eq!(*guesses.guess(low).unwrap(), page(0..10));
     }
 
     #[test]

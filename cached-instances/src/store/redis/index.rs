@@ -15,7 +15,7 @@ use redis::Script;
 use super::{RedisStore, near};
 use crate::error::StoreError;
 use crate::store::index::{COUNTS_MAX, score_arg};
-use crate::store::{IndexPage, IndexQuery, IndexUpdate, WARM_SUFFIX};
+use crate::store::{IndexPage, IndexQuery, IndexUpdate, ScoreRange, WARM_SUFFIX};
 
 /// `ARGV`: prefix, token, then per update: member, record (JSON
 /// `[[sets],[zsets]]`, empty to remove), the number of scores, the scores
@@ -396,6 +396,27 @@ return {total, slice(C, offset)}
 
 /// A bound as the query script reads it: the number and whether it is
 /// exclusive.
+/// `Some` when `query`'s only filter is at most one range, of the sorted
+/// set it orders by: `Some(None)` for none, `Some(Some(range))` for one.
+/// The query script reads such a page from that sorted set alone.
+fn order_range(query: &IndexQuery) -> Option<Option<&ScoreRange>> {
+    match query.ranges.as_slice() {
+        [] => Some(None),
+        [range] if query.order.as_deref() == Some(range.zset.as_str()) => Some(Some(range)),
+        _ => None,
+    }
+}
+
+/// A score bound as `ZRANGE ... BYSCORE` and `ZCOUNT` take it: `(` before
+/// an excluded one.
+fn score_bound(bound: std::ops::Bound<f64>, unbounded: &str) -> String {
+    match bound {
+        std::ops::Bound::Unbounded => unbounded.to_owned(),
+        std::ops::Bound::Included(v) => score_arg(v),
+        std::ops::Bound::Excluded(v) => format!("({}", score_arg(v)),
+    }
+}
+
 fn bound_args(bound: std::ops::Bound<f64>, unbounded: &str) -> (String, &'static str) {
     match bound {
         std::ops::Bound::Unbounded => (unbounded.to_owned(), "0"),
@@ -470,7 +491,7 @@ impl RedisStore {
         query: &IndexQuery,
     ) -> Result<Option<IndexPage>, StoreError> {
         if query.groups.is_empty()
-            && query.ranges.is_empty()
+            && order_range(query).is_some()
             && matches!(self.connection, super::Connection::Single(_))
         {
             return self.order_only_page(prefix, query).await;
@@ -514,30 +535,36 @@ impl RedisStore {
 }
 
 impl RedisStore {
-    /// A page with no filter and no range, in one order (a plain listing):
-    /// what the query script's first branch does, as one transaction of
-    /// plain commands instead (`EXISTS` of the warm mark, `ZCARD`, `ZRANGE`
-    /// by rank). Same page, same count, same atomicity; the script spends
-    /// about 30 us of server CPU on a page of 100 (mostly turning its
-    /// members into a Lua table and back), the transaction a few.
-    /// Single server only: the cluster keeps the script.
+    /// A page with no filter but a range of its own order, in that order
+    /// (a plain listing, or "published by now, newest first"): what the
+    /// query script's first branch does, as one transaction of plain
+    /// commands instead (`EXISTS` of the warm mark, `ZCARD` or `ZCOUNT`,
+    /// `ZRANGE` by rank or by score). Same page, same count, same
+    /// atomicity; the script spends about 30 us of server CPU on a page of
+    /// 100 (mostly turning its members into a Lua table and back), the
+    /// transaction a few. Single server only: the cluster keeps the script.
     ///
-    /// With a near cache, the page is kept in its tier like an entry: read
-    /// over the tracking connection (so Redis tracks the warm mark and the
-    /// sorted set, and pushes when either changes), admitted only if
-    /// neither key was evicted meanwhile, and served while neither is.
-    /// A query that ignores the warm mark (the cache's warming) is never
-    /// kept.
+    /// With a near cache, a page without a range is kept in its tier like
+    /// an entry: read over the tracking connection (so Redis tracks the
+    /// warm mark and the sorted set, and pushes when either changes),
+    /// admitted only if neither key was evicted meanwhile, and served while
+    /// neither is. A query that ignores the warm mark (the cache's warming)
+    /// is never kept, nor one with a range: its bound is often "now", new
+    /// on every request, and each would be a page of its own.
     async fn order_only_page(
         &self,
         prefix: &str,
         query: &IndexQuery,
     ) -> Result<Option<IndexPage>, StoreError> {
+        let range = order_range(query).flatten();
         let warm = format!("{prefix}{WARM_SUFFIX}");
         let order = format!("{prefix}{}", query.order.as_deref().unwrap_or("all"));
         let keys = [warm.as_str(), order.as_str()];
         // A near hit first, before anything is built for the read.
-        let cached = self.near.as_ref().filter(|_| !query.ignore_warm);
+        let cached = self
+            .near
+            .as_ref()
+            .filter(|_| !query.ignore_warm && range.is_none());
         let slot = cached.map(|tier| {
             let (descending, offset) = (query.descending, query.offset);
             let slot = near::page_slot(&warm, &order, descending, offset, query.limit);
@@ -548,29 +575,60 @@ impl RedisStore {
         {
             return Ok(Some(page));
         }
-        let start = i64::try_from(query.offset).unwrap_or(i64::MAX);
-        // Ranks are inclusive; a limit of 0 asks for an empty range (a
-        // start past the stop), never for `stop = start - 1`, which is -1
-        // (the last member) when the offset is 0.
-        let (start, stop) = match query.limit {
-            None => (start, -1),
-            Some(0) => (1, 0),
-            Some(limit) => {
-                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-                (start, start.saturating_add(limit - 1))
-            }
-        };
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("EXISTS")
-            .arg(&warm)
-            .cmd("ZCARD")
-            .arg(&order)
-            .cmd("ZRANGE")
-            .arg(&order)
-            .arg(start)
-            .arg(stop);
-        if query.descending {
+        pipe.atomic().cmd("EXISTS").arg(&warm);
+        match range {
+            None => {
+                let start = i64::try_from(query.offset).unwrap_or(i64::MAX);
+                // Ranks are inclusive; a limit of 0 asks for an empty range
+                // (a start past the stop), never for `stop = start - 1`,
+                // which is -1 (the last member) when the offset is 0.
+                let (start, stop) = match query.limit {
+                    None => (start, -1),
+                    Some(0) => (1, 0),
+                    Some(limit) => {
+                        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                        (start, start.saturating_add(limit - 1))
+                    }
+                };
+                pipe.cmd("ZCARD")
+                    .arg(&order)
+                    .cmd("ZRANGE")
+                    .arg(&order)
+                    .arg(start)
+                    .arg(stop);
+            }
+            Some(range) => {
+                let (lo, hi) = (
+                    score_bound(range.min, "-inf"),
+                    score_bound(range.max, "+inf"),
+                );
+                // `REV` takes the bounds high first. A negative count is
+                // every member past the offset; a count of 0, none.
+                let (first, second) = if query.descending {
+                    (&hi, &lo)
+                } else {
+                    (&lo, &hi)
+                };
+                let count = query
+                    .limit
+                    .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+                pipe.cmd("ZCOUNT")
+                    .arg(&order)
+                    .arg(&lo)
+                    .arg(&hi)
+                    .cmd("ZRANGE")
+                    .arg(&order)
+                    .arg(first)
+                    .arg(second)
+                    .arg("BYSCORE");
+                if query.descending {
+                    pipe.arg("REV");
+                }
+                pipe.arg("LIMIT").arg(query.offset).arg(count);
+            }
+        }
+        if range.is_none() && query.descending {
             pipe.arg("REV");
         }
         if let Some((tier, slot)) = &slot
