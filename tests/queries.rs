@@ -553,6 +553,16 @@ fn order_only_steps() -> Vec<Step> {
                     _ => steps.push(ranged(&|q| q.joined_lt = Some(2))),
                 }
             }
+            // A write now and then, after which the last query runs again
+            // (`differential`): a page read again at a version of the index
+            // that a write replaced.
+            let n = steps.len() as i64;
+            let mut moved = person(n % 60, "FR", 18 + (n % 7) as i32);
+            moved.score = Some((n % 4) as f64 * 0.5 - 0.25);
+            moved.joined = Utc
+                .timestamp_opt(1_700_000_000 + (n % 5) * 86_400, 0)
+                .unwrap();
+            steps.push(Step::Save(moved));
         }
     }
     steps
@@ -1182,6 +1192,66 @@ async fn on_redis_a_range_of_the_order_is_read_without_the_query_script() {
     }
 }
 
+/// On Redis, a list read again while the index is at the version its last
+/// page was read at gets the count alone, not the page's members (no
+/// `ZRANGE`); any change to the index, from this process or another, is a
+/// new version, and the page is read again.
+#[tokio::test]
+async fn on_redis_a_page_read_again_at_the_same_index_version_is_not_sent_again() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let (db, cache, oldest) = twenty_people_oldest_first(store).await;
+    // Another process writing the same database and Redis.
+    let other = cache_over(RedisStore::connect(&server.url()).await.unwrap(), &db);
+    other.warm::<Person>().await.unwrap();
+    let list = async |expected: &[i64]| {
+        server.reset_stats();
+        let page = cache.query(&oldest).await.unwrap();
+        let ids: Vec<i64> = page.items.iter().map(|p| p.id).collect();
+        assert_eq!((ids.as_slice(), page.count), (expected, 20));
+        let commands = server.data_commands();
+        let count = |c: &str| commands.get(c).copied().unwrap_or(0);
+        // (the members were read, by the script or by the transaction)
+        (count("zrange") == 1, count("evalsha") > 0, count("mget"))
+    };
+    let top = [19, 18, 17, 16, 15];
+    // First: a plain transaction, which reads the version too; then that
+    // version sent, and nothing but the count comes back.
+    assert_eq!(
+        list(&top).await,
+        (true, false, 1),
+        "the entries after the page"
+    );
+    for _ in 0..3 {
+        assert_eq!(list(&top).await, (false, true, 1), "unchanged");
+    }
+    // A save that changes nothing the index holds leaves the version alone
+    // (every field of `Person` is indexed: a save of the same state).
+    let same = db.rows.lock().unwrap()[&17].clone();
+    other.saved(&same).await.unwrap();
+    assert_eq!(list(&top).await, (false, true, 1), "no index change");
+    // Another process moves someone to the top: a new version, the page is
+    // read again (by the script that found the version changed), then once
+    // plainly, then the new version holds.
+    let mut older = db.rows.lock().unwrap()[&3].clone();
+    older.age = 99;
+    db.rows.lock().unwrap().insert(3, older.clone());
+    other.saved(&older).await.unwrap();
+    let moved = [3, 19, 18, 17, 16];
+    assert!(list(&moved).await.0, "read again after a write");
+    assert_eq!(list(&moved).await, (true, false, 1), "plain, once");
+    assert_eq!(list(&moved).await, (false, true, 1), "unchanged again");
+    // A version the server lost is never equal to one read before.
+    let _: () = redis::cmd("EVAL")
+        .arg(
+            "for _, k in ipairs(redis.call('KEYS', '*idx:Person*ver')) do redis.call('DEL', k) end",
+        )
+        .arg(0)
+        .query(&mut server.connection())
+        .unwrap();
+    assert!(list(&moved).await.0, "no version: the page is read");
+}
+
 /// On Redis the guessed multi-get goes out before the index query's reply
 /// is back (pipelined on the one connection): Redis runs the `MGET` while
 /// the query is held before it reaches the store, which a list that waited
@@ -1203,17 +1273,26 @@ async fn on_redis_a_repeated_lists_multi_get_does_not_wait_for_its_index_query()
     held.reached.await.unwrap();
     let sent = poll::eventually(async || monitor.client_commands().contains_key("mget")).await;
     assert!(sent, "the entries are read while the index query is out");
-    assert!(!monitor.client_commands().contains_key("zrange"));
+    let sent = monitor.client_commands();
+    assert!(
+        !sent.contains_key("evalsha") && !sent.contains_key("exec"),
+        "{sent:?}"
+    );
     held.release.send(()).unwrap();
     let page = list.await.unwrap();
     assert_eq!(
         page.items.iter().map(|p| p.id).collect::<Vec<_>>(),
         [19, 18, 17, 16, 15]
     );
+    // The index query: the page's version sent, the count alone back.
     let sent = monitor.client_commands();
     assert_eq!(
-        (sent.get("mget"), sent.get("zrange")),
-        (Some(&1), Some(&1)),
+        (
+            sent.get("mget"),
+            sent.contains_key("evalsha"),
+            sent.get("zrange")
+        ),
+        (Some(&1), true, None),
         "{sent:?}"
     );
     assert_eq!(cache.stats().loader_calls, loads, "every entry was a hit");

@@ -41,9 +41,17 @@ pub(crate) fn classify(bytes: &[u8]) -> Slot<'_> {
     }
 }
 
-/// A unique lease: a NUL, `L`, and 16 bytes no other lease in any process
-/// shares (a per-process random seed and a counter).
+/// A unique lease: a NUL, `L`, and 16 [`unique`] bytes.
 pub(crate) fn new_lease() -> Bytes {
+    let mut lease = Vec::with_capacity(18);
+    lease.extend_from_slice(&[MARK, LEASE_TAG]);
+    lease.extend_from_slice(&unique());
+    Bytes::from(lease)
+}
+
+/// 16 bytes no other call in any process returns (a per-process random
+/// seed and a counter).
+pub(crate) fn unique() -> [u8; 16] {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let seed = *SEED.get_or_init(|| {
@@ -53,11 +61,10 @@ pub(crate) fn new_lease() -> Bytes {
         h.finish()
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut lease = Vec::with_capacity(18);
-    lease.extend_from_slice(&[MARK, LEASE_TAG]);
-    lease.extend_from_slice(&seed.to_be_bytes());
-    lease.extend_from_slice(&n.to_be_bytes());
-    Bytes::from(lease)
+    let mut unique = [0; 16];
+    unique[..8].copy_from_slice(&seed.to_be_bytes());
+    unique[8..].copy_from_slice(&n.to_be_bytes());
+    unique
 }
 
 #[cfg(test)]

@@ -27,11 +27,23 @@
 //! A guess keeps the page's index members beside its keys: when the index
 //! returns the same members, the page's keys are the guess's, and a list
 //! builds none (a hundred key strings were a tenth of a listing's CPU).
+//!
+//! It also keeps the index version the page was read at, when the store
+//! keeps one ([`IndexPage::version`](crate::store::IndexPage::version)):
+//! the same query sends it with its index query, and while the index is
+//! still at that version the store answers with the count alone
+//! ([`IndexPage::unchanged`](crate::store::IndexPage::unchanged)): the
+//! members are not sent, parsed or compared (on Redis, reading them was
+//! about a third of a list's client CPU). Only the query that read the
+//! page uses its version: one of the same shape with other bounds may have
+//! another page at the same version.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use crate::store::IndexQuery;
 
@@ -52,6 +64,20 @@ struct Guess {
     page: Arc<Page>,
     /// The last guess sent was mostly wrong: the next one is skipped.
     skip: bool,
+    /// The exact hash of the query that read `page`.
+    read_by: u64,
+    /// The index's version `page` was read at, if the store keeps one and
+    /// the last read did not find it changed.
+    version: Option<Bytes>,
+}
+
+/// A guess for a query: the page to read alongside its index query, and
+/// the index version at which this very query read it (never one a query
+/// of the same shape but other bounds read, whose page may differ).
+#[derive(Debug)]
+pub(crate) struct Guessed {
+    pub(crate) page: Arc<Page>,
+    pub(crate) version: Option<Bytes>,
 }
 
 /// A page an index query returned: its members, in order, and the keys of
@@ -89,6 +115,7 @@ impl Slot {
             offset,
             limit,
             ignore_warm,
+            known: _,
         } = query;
         let mut shape = DefaultHasher::new();
         groups.hash(&mut shape);
@@ -125,7 +152,7 @@ impl Slot {
 impl PageGuesses {
     /// The page whose keys to read alongside the index query of `slot`, if
     /// any.
-    pub(crate) fn guess(&self, slot: Slot) -> Option<Arc<Page>> {
+    pub(crate) fn guess(&self, slot: Slot) -> Option<Guessed> {
         let mut guesses = self.lock();
         let key = if guesses.contains_key(&slot.exact) {
             slot.exact
@@ -138,12 +165,41 @@ impl PageGuesses {
             guess.skip = false;
             return None;
         }
-        Some(guess.page.clone())
+        let version = (guess.read_by == slot.exact)
+            .then(|| guess.version.clone())
+            .flatten();
+        Some(Guessed {
+            page: guess.page.clone(),
+            version,
+        })
     }
 
-    /// Records the page `slot` returned, and hands it back; `guessed` is
-    /// how many of its keys the guess sent with it held, when one was sent.
-    pub(crate) fn record(&self, slot: Slot, page: Page, guessed: Option<usize>) -> Arc<Page> {
+    /// Sets the index version of the page `slot` read, which the guess
+    /// holds: the version it was just read at, or `None` when a read that
+    /// sent the old version found the index changed (so that the next read
+    /// is a plain one: under a stream of writes, at most every other read
+    /// pays for sending a version that no longer holds).
+    pub(crate) fn versioned(&self, slot: Slot, version: Option<Bytes>) {
+        let mut guesses = self.lock();
+        for key in [slot.exact, slot.shape] {
+            if let Some(guess) = guesses.get_mut(&key)
+                && guess.read_by == slot.exact
+            {
+                guess.version.clone_from(&version);
+            }
+        }
+    }
+
+    /// Records the page `slot` returned at `version` of the index, and
+    /// hands it back; `guessed` is how many of its keys the guess sent with
+    /// it held, when one was sent.
+    pub(crate) fn record(
+        &self,
+        slot: Slot,
+        page: Page,
+        guessed: Option<usize>,
+        version: Option<Bytes>,
+    ) -> Arc<Page> {
         let page = Arc::new(page);
         let len = page.keys.len();
         if len == 0 || len > MAX_KEYS {
@@ -168,6 +224,8 @@ impl PageGuesses {
         let guess = || Guess {
             page: page.clone(),
             skip,
+            read_by: slot.exact,
+            version: version.clone(),
         };
         if exact {
             guesses.insert(slot.exact, guess());
@@ -214,11 +272,11 @@ mod tests {
         let (first, second) = (Slot::of(&query(0)), Slot::of(&query(10)));
         assert_ne!(first, second);
         assert!(guesses.guess(first).is_none(), "nothing read yet");
-        guesses.record(first, page(0..10), None);
-        assert_eq!(*guesses.guess(first).unwrap(), page(0..10));
+        guesses.record(first, page(0..10), None, None);
+        assert_eq!(guesses.guess(first).unwrap().page, Arc::new(page(0..10)));
         assert!(guesses.guess(second).is_none());
-        guesses.record(first, page(1..11), Some(9));
-        assert_eq!(*guesses.guess(first).unwrap(), page(1..11));
+        guesses.record(first, page(1..11), Some(9), None);
+        assert_eq!(guesses.guess(first).unwrap().page, Arc::new(page(1..11)));
     }
 
     fn published_by(now: f64, offset: u64) -> IndexQuery {
@@ -237,12 +295,12 @@ mod tests {
     fn a_moving_bound_is_guessed_by_its_shape_and_adds_no_entry() {
         let guesses = PageGuesses::default();
         let first = Slot::of(&published_by(1.0, 0));
-        guesses.record(first, page(0..10), None);
+        guesses.record(first, page(0..10), None, None);
         // Every request's "now" differs: the same shape is guessed.
         for now in 2..50 {
             let slot = Slot::of(&published_by(f64::from(now), 0));
             assert_ne!(slot, first);
-            assert_eq!(*guesses.guess(slot).unwrap(), page(0..10));
+            assert_eq!(guesses.guess(slot).unwrap().page, Arc::new(page(0..10)));
         }
         assert!(
             guesses.guess(Slot::of(&published_by(9.0, 10))).is_none(),
@@ -252,10 +310,13 @@ mod tests {
         // Right guesses record nothing; a page that changed is recorded
         // under the shape, so the next query of that shape guesses it.
         let moved = Slot::of(&published_by(60.0, 0));
-        guesses.record(moved, page(1..11), Some(9));
+        guesses.record(moved, page(1..11), Some(9), None);
         assert_eq!(
-            *guesses.guess(Slot::of(&published_by(61.0, 0))).unwrap(),
-            page(1..11)
+            guesses
+                .guess(Slot::of(&published_by(61.0, 0)))
+                .unwrap()
+                .page,
+            Arc::new(page(1..11))
         );
         assert!(guesses.lock().len() <= 3);
     }
@@ -267,26 +328,57 @@ mod tests {
             Slot::of(&published_by(10.0, 0)),
             Slot::of(&published_by(20.0, 0)),
         );
-        guesses.record(low, page(0..10), None);
+        guesses.record(low, page(0..10), None, None);
         // `high` is guessed `low`'s page by shape, wrongly: recorded exactly.
-        assert_eq!(*guesses.guess(high).unwrap(), page(0..10));
-        guesses.record(high, page(10..20), Some(0));
+        assert_eq!(guesses.guess(high).unwrap().page, Arc::new(page(0..10)));
+        guesses.record(high, page(10..20), Some(0), None);
         // The skip after a bad guess goes to both of `high`'s entries.
         assert!(guesses.guess(high).is_none(), "skipped once");
-        assert_eq!(*guesses.guess(high).unwrap(), page(10..20));
+        assert_eq!(guesses.guess(high).unwrap().page, Arc::new(page(10..20)));
         // `low` keeps its exact guess although the shape moved on.
-        assert_eq!(*guesses.guess(low).unwrap(), page(0..10));
+        assert_eq!(guesses.guess(low).unwrap().page, Arc::new(page(0..10)));
+    }
+
+    #[test]
+    fn a_version_is_only_guessed_to_the_query_that_read_its_page() {
+        let guesses = PageGuesses::default();
+        let v1 = Some(Bytes::from_static(b"v1"));
+        let first = Slot::of(&published_by(1.0, 0));
+        guesses.record(first, page(0..10), None, v1.clone());
+        assert_eq!(guesses.guess(first).unwrap().version, v1);
+        // Same shape, other bounds: the page is guessed, not its version.
+        let other = Slot::of(&published_by(2.0, 0));
+        let guessed = guesses.guess(other).unwrap();
+        assert_eq!(
+            (guessed.page, guessed.version),
+            (Arc::new(page(0..10)), None)
+        );
+        guesses.versioned(other, Some(Bytes::from_static(b"v2")));
+        assert_eq!(
+            guesses.guess(first).unwrap().version,
+            v1,
+            "not read by `other`"
+        );
+        // A read that found its version changed makes the next one plain,
+        // then the version it read is kept.
+        guesses.versioned(first, None);
+        assert_eq!(guesses.guess(first).unwrap().version, None);
+        guesses.versioned(first, Some(Bytes::from_static(b"v3")));
+        assert_eq!(
+            guesses.guess(first).unwrap().version.as_deref(),
+            Some(&b"v3"[..])
+        );
     }
 
     #[test]
     fn a_guess_that_mostly_missed_is_skipped_once() {
         let guesses = PageGuesses::default();
         let slot = Slot::of(&query(0));
-        guesses.record(slot, page(0..10), None);
-        guesses.record(slot, page(20..30), Some(4));
+        guesses.record(slot, page(0..10), None, None);
+        guesses.record(slot, page(20..30), Some(4), None);
         assert!(guesses.guess(slot).is_none(), "skipped after a bad guess");
-        assert_eq!(*guesses.guess(slot).unwrap(), page(20..30));
-        guesses.record(slot, page(20..30), Some(5));
+        assert_eq!(guesses.guess(slot).unwrap().page, Arc::new(page(20..30)));
+        guesses.record(slot, page(20..30), Some(5), None);
         assert!(guesses.guess(slot).is_some(), "half held is not a miss");
     }
 
@@ -294,12 +386,12 @@ mod tests {
     fn big_pages_are_not_kept_and_many_queries_are_bounded() {
         let guesses = PageGuesses::default();
         let slot = Slot::of(&query(0));
-        guesses.record(slot, page(0..10), None);
-        let big = guesses.record(slot, page(0..(MAX_KEYS as u32 + 1)), None);
+        guesses.record(slot, page(0..10), None, None);
+        let big = guesses.record(slot, page(0..(MAX_KEYS as u32 + 1)), None, None);
         assert_eq!(big.keys.len(), MAX_KEYS + 1, "handed back, not kept");
         assert!(guesses.guess(slot).is_none());
         for offset in 0..(MAX_QUERIES as u64 + 1) {
-            guesses.record(Slot::of(&query(offset)), page(0..1), None);
+            guesses.record(Slot::of(&query(offset)), page(0..1), None, None);
         }
         assert!(guesses.lock().len() <= MAX_QUERIES);
     }

@@ -196,7 +196,13 @@ impl Cache {
             && reader.gate.readable()
         {
             let entry = self.inner.registry.entry::<T>()?;
-            let plan = plan::index_query(query);
+            let mut plan = plan::index_query(query);
+            // With the entries of the query's last page, read alongside
+            // (one round trip on one connection: `prefetch.rs`), and the
+            // index version this query read that page at, if any.
+            let slot = Slot::of(&plan);
+            let guess = want.and_then(|_| entry.pages.guess(slot));
+            plan.known = guess.as_ref().and_then(|g| g.version.clone());
             let run = || {
                 reader.gate.call(
                     Some(T::MODEL),
@@ -204,16 +210,12 @@ impl Cache {
                     indexes.index_query(&entry.index_prefix, &plan),
                 )
             };
-            // With the entries of the query's last page, read alongside
-            // (one round trip on one connection: `prefetch.rs`).
-            let slot = Slot::of(&plan);
-            let guess = want.and_then(|_| entry.pages.guess(slot));
             let (page, guessed) = match &guess {
                 Some(guess) => {
                     let read = reader.gate.call(
                         Some(T::MODEL),
                         StoreOp::Get,
-                        reader.gate.store.get_many(&guess.keys),
+                        reader.gate.store.get_many(&guess.page.keys),
                     );
                     let (page, values) = tokio::join!(run(), read);
                     (page, values.map(|values| (guess, values)))
@@ -222,7 +224,20 @@ impl Cache {
             };
             if let Some(page) = page.flatten() {
                 let total = page.total;
-                let members = page.members;
+                // The page: its members as the index returned them, or,
+                // the index unchanged since this query read its guess, the
+                // guess's.
+                let (own, version) = match (page.unchanged, &guess) {
+                    (false, _) => (Some(page.members), page.version),
+                    (true, Some(guess)) if plan.known.is_some() => (None, page.version),
+                    // Unchanged since a version we did not send.
+                    (true, _) => return Ok(None),
+                };
+                let members: &[String] = match (&own, &guess) {
+                    (Some(own), _) => own,
+                    (None, Some(guess)) => &guess.page.members,
+                    (None, None) => &[],
+                };
                 let mut pks: Vec<T::Pk> = Vec::with_capacity(members.len());
                 pks.extend(members.iter().filter_map(|m| T::Pk::from_index_member(m)));
                 let Some(want) = want else {
@@ -233,26 +248,43 @@ impl Cache {
                         source: Source::Cache,
                     }));
                 };
+                // A version sent and found changed: the next read is plain.
+                let version = match (&plan.known, own.is_some()) {
+                    (Some(_), true) => None,
+                    _ => version,
+                };
                 let found = match guessed {
                     // The page did not change: its keys are the guess's,
                     // each was read, in order, and the guess stands.
                     Some((guess, values))
-                        if guess.members == members && values.len() == guess.keys.len() =>
+                        if (own.is_none() || guess.page.members.as_slice() == members)
+                            && values.len() == guess.page.keys.len() =>
                     {
+                        if version != plan.known {
+                            entry.pages.versioned(slot, version);
+                        }
                         let read = values.into_iter().map(Some).collect();
-                        reader.many_read::<T>(&pks, &guess.keys, read, want).await?
+                        reader
+                            .many_read::<T>(&pks, &guess.page.keys, read, want)
+                            .await?
                     }
                     guessed => {
                         let keys: Vec<String> = pks.iter().map(|pk| entry.key_of(pk)).collect();
                         let (read, held) = match guessed {
                             Some((guess, values)) => {
-                                let read = read_of(&keys, &guess.keys, values);
+                                let read = read_of(&keys, &guess.page.keys, values);
                                 let held = read.iter().filter(|v| v.is_some()).count();
                                 (read, Some(held))
                             }
                             None => (Vec::new(), None),
                         };
-                        let page = entry.pages.record(slot, Page { members, keys }, held);
+                        let members = match own {
+                            Some(own) => own,
+                            None => members.to_vec(),
+                        };
+                        let page = entry
+                            .pages
+                            .record(slot, Page { members, keys }, held, version);
                         reader.many_read::<T>(&pks, &page.keys, read, want).await?
                     }
                 };

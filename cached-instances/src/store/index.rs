@@ -39,6 +39,8 @@
 
 use std::ops::Bound;
 
+use bytes::Bytes;
+
 /// The memberships of one member: the sets it belongs to and its score in
 /// each sorted set (suffixes under the model's prefix).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -136,23 +138,60 @@ pub struct IndexQuery {
     pub limit: Option<u64>,
     /// Run even if the index is not marked warm (to list what it holds).
     pub ignore_warm: bool,
+    /// The [`version`](IndexPage::version) of the index at which the caller
+    /// last read this same query's page, if it kept it. A store that
+    /// versions its index may then answer [`IndexPage::unchanged`] instead
+    /// of the members; any store may ignore it.
+    pub known: Option<Bytes>,
 }
 
 /// What an [`IndexQuery`] found: one page of members and the total count.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct IndexPage {
-    /// The page's members, in order.
+    /// The page's members, in order (none when [`unchanged`](Self::unchanged)).
     pub members: Vec<String>,
     /// How many members match, before `offset` and `limit`.
     pub total: u64,
+    /// The index's version when the page was read, for a store that keeps
+    /// one: a value the index never holds twice, replaced in the same
+    /// atomic step as any change to the model's sets and sorted sets.
+    pub version: Option<Bytes>,
+    /// The index was still at the query's [`known`](IndexQuery::known)
+    /// version: the page is the one read at that version, and `members`
+    /// is left empty. `total` is read afresh either way.
+    pub unchanged: bool,
 }
 
 impl IndexPage {
     /// A page of `members` out of `total`.
     #[must_use]
     pub fn new(members: Vec<String>, total: u64) -> Self {
-        IndexPage { members, total }
+        IndexPage {
+            members,
+            total,
+            version: None,
+            unchanged: false,
+        }
+    }
+
+    /// The same page, read at `version` of the index.
+    #[must_use]
+    pub fn at(mut self, version: Option<Bytes>) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The page read at `version`, the query's known version, out of
+    /// `total` now.
+    #[must_use]
+    pub fn unchanged(total: u64, version: Bytes) -> Self {
+        IndexPage {
+            members: Vec::new(),
+            total,
+            version: Some(version),
+            unchanged: true,
+        }
     }
 }
 

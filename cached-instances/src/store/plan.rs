@@ -155,6 +155,7 @@ pub(crate) fn index_query<T: CachedInstance>(query: &Query<T>) -> IndexQuery {
         offset: query.offset_value(),
         limit: query.limit_value(),
         ignore_warm: false,
+        known: None,
     }
 }
 

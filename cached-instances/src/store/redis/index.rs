@@ -10,6 +10,7 @@
 
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use redis::Script;
 
 use super::{RedisStore, near};
@@ -17,10 +18,18 @@ use crate::error::StoreError;
 use crate::store::index::{COUNTS_MAX, score_arg};
 use crate::store::{IndexPage, IndexQuery, IndexUpdate, ScoreRange, WARM_SUFFIX};
 
-/// `ARGV`: prefix, token, then per update: member, record (JSON
+/// The suffix of the key holding the index's version (see [`APPLY`]).
+const VERSION_SUFFIX: &str = "ver";
+
+/// `ARGV`: prefix, token, a [version](crate::store::IndexPage::version)
+/// never used before, then per update: member, record (JSON
 /// `[[sets],[zsets]]`, empty to remove), the number of scores, the scores
 /// (one per zset). Replies 1 or 0 per update: applied, or not (the member
 /// was not leased with this token).
+///
+/// Sets the index's version (`ver`) to the one given when any set or
+/// sorted set changed, in the same atomic step: a page read at the old
+/// version is the page only until then (see `order_only_page`).
 ///
 /// Deletes the count cache (`counts`, see [`QUERY`]) when any set or sorted
 /// set changed: the replies of `SADD`, `SREM`, `ZADD CH` and `ZREM` say
@@ -39,7 +48,7 @@ local recs = P .. 'rec'
 local all = P .. 'all'
 local out = {}
 local changed = false
-local i = 3
+local i = 4
 while i <= #ARGV do
   local member = ARGV[i]
   local rec = ARGV[i + 1]
@@ -86,8 +95,31 @@ while i <= #ARGV do
     out[#out + 1] = 0
   end
 end
-if changed then redis.call('UNLINK', P .. 'counts') end
+if changed then
+  redis.call('UNLINK', P .. 'counts')
+  redis.call('SET', P .. 'ver', ARGV[3])
+end
 return out
+",
+    )
+});
+
+/// `KEYS`: the warm mark, the order's sorted set, the version. `ARGV`: the
+/// version the caller's page was read at, the count's bounds (both empty:
+/// `ZCARD`), then `ZRANGE`'s arguments after the key. Replies nil when the
+/// index is not marked warm; `{total, version}` when the version is the
+/// caller's and the sorted set is not empty; else
+/// `{total, version or nil, members}`. See `RedisStore::unless_unchanged`.
+static UNLESS_UNCHANGED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local n
+if ARGV[2] == '' then n = redis.call('ZCARD', KEYS[2])
+else n = redis.call('ZCOUNT', KEYS[2], ARGV[2], ARGV[3]) end
+local v = redis.call('GET', KEYS[3])
+if v == ARGV[1] and redis.call('EXISTS', KEYS[2]) == 1 then return {n, v} end
+return {n, v, redis.call('ZRANGE', KEYS[2], unpack(ARGV, 4))}
 ",
     )
 });
@@ -456,7 +488,8 @@ impl RedisStore {
         invocation
             .key(format!("{prefix}rec"))
             .arg(prefix)
-            .arg(token);
+            .arg(token)
+            .arg(&crate::marker::unique()[..]);
         for update in updates {
             invocation.arg(&update.member);
             match &update.record {
@@ -575,9 +608,9 @@ impl RedisStore {
         {
             return Ok(Some(page));
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("EXISTS").arg(&warm);
-        match range {
+        // The count's bounds (none: `ZCARD`) and `ZRANGE`'s arguments
+        // after the key.
+        let (bounds, page): (Option<[String; 2]>, Vec<String>) = match range {
             None => {
                 let start = i64::try_from(query.offset).unwrap_or(i64::MAX);
                 // Ranks are inclusive; a limit of 0 asks for an empty range
@@ -591,12 +624,11 @@ impl RedisStore {
                         (start, start.saturating_add(limit - 1))
                     }
                 };
-                pipe.cmd("ZCARD")
-                    .arg(&order)
-                    .cmd("ZRANGE")
-                    .arg(&order)
-                    .arg(start)
-                    .arg(stop);
+                let mut page = vec![start.to_string(), stop.to_string()];
+                if query.descending {
+                    page.push("REV".to_owned());
+                }
+                (None, page)
             }
             Some(range) => {
                 let (lo, hi) = (
@@ -605,41 +637,112 @@ impl RedisStore {
                 );
                 // `REV` takes the bounds high first. A negative count is
                 // every member past the offset; a count of 0, none.
-                let (first, second) = if query.descending {
-                    (&hi, &lo)
-                } else {
-                    (&lo, &hi)
-                };
                 let count = query
                     .limit
                     .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-                pipe.cmd("ZCOUNT")
-                    .arg(&order)
-                    .arg(&lo)
-                    .arg(&hi)
-                    .cmd("ZRANGE")
-                    .arg(&order)
-                    .arg(first)
-                    .arg(second)
-                    .arg("BYSCORE");
-                if query.descending {
-                    pipe.arg("REV");
-                }
-                pipe.arg("LIMIT").arg(query.offset).arg(count);
+                let mut page = if query.descending {
+                    vec![
+                        hi.clone(),
+                        lo.clone(),
+                        "BYSCORE".to_owned(),
+                        "REV".to_owned(),
+                    ]
+                } else {
+                    vec![lo.clone(), hi.clone(), "BYSCORE".to_owned()]
+                };
+                page.extend([
+                    "LIMIT".to_owned(),
+                    query.offset.to_string(),
+                    count.to_string(),
+                ]);
+                (Some([lo, hi]), page)
             }
-        }
-        if range.is_none() && query.descending {
-            pipe.arg("REV");
-        }
-        if let Some((tier, slot)) = &slot
-            && let Some(page) = tier.read_page_through(slot, keys, &pipe).await
+        };
+        let version = format!("{prefix}{VERSION_SUFFIX}");
+        if slot.is_none()
+            && let Some(known) = &query.known
         {
-            return Ok(page);
+            return self
+                .unless_unchanged(&keys, &version, known, bounds.as_ref(), &page)
+                .await;
         }
-        let (warm, total, members): (bool, u64, Vec<String>) = self.pipeline(&pipe).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("EXISTS").arg(&warm);
+        match &bounds {
+            None => pipe.cmd("ZCARD").arg(&order),
+            Some([lo, hi]) => pipe.cmd("ZCOUNT").arg(&order).arg(lo).arg(hi),
+        };
+        if let Some((tier, slot)) = &slot {
+            pipe.cmd("ZRANGE").arg(&order).arg(&page);
+            if let Some(page) = tier.read_page_through(slot, keys, &pipe).await {
+                return Ok(page);
+            }
+            let (warm, total, members): (bool, u64, Vec<String>) = self.pipeline(&pipe).await?;
+            if !warm && !query.ignore_warm {
+                return Ok(None);
+            }
+            return Ok(Some(IndexPage::new(members, total)));
+        }
+        pipe.cmd("GET")
+            .arg(&version)
+            .cmd("ZRANGE")
+            .arg(&order)
+            .arg(&page);
+        let (warm, total, version, members): (bool, u64, Option<Bytes>, Vec<String>) =
+            self.pipeline(&pipe).await?;
         if !warm && !query.ignore_warm {
             return Ok(None);
         }
-        Ok(Some(IndexPage::new(members, total)))
+        Ok(Some(IndexPage::new(members, total).at(version)))
+    }
+
+    /// [`order_only_page`](Self::order_only_page) for a query whose page
+    /// the caller read before at version `known`: while the index is still
+    /// at that version, the reply is the count alone, and the caller's
+    /// page stands (100 members a list need not send, parse and compare).
+    /// Any change to the model's sets and sorted sets replaces the version
+    /// in the same atomic step ([`APPLY`]); a version evicted or flushed is
+    /// never equal to one read before, nor is one read from an index that
+    /// was emptied since (a sorted set evicted, say: its count is 0).
+    async fn unless_unchanged(
+        &self,
+        [warm, order]: &[&str; 2],
+        version: &str,
+        known: &Bytes,
+        bounds: Option<&[String; 2]>,
+        page: &[String],
+    ) -> Result<Option<IndexPage>, StoreError> {
+        let mut invocation = UNLESS_UNCHANGED.prepare_invoke();
+        invocation
+            .key(*warm)
+            .key(*order)
+            .key(version)
+            .arg(&known[..]);
+        match bounds {
+            Some([lo, hi]) => invocation.arg(lo).arg(hi),
+            None => invocation.arg("").arg(""),
+        };
+        invocation.arg(page);
+        let Some(reply) = self
+            .invoke::<Option<Vec<redis::Value>>>(&invocation)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let protocol = |e: redis::ParsingError| StoreError::Protocol(e.to_string());
+        let mut reply = reply.into_iter();
+        let total: u64 =
+            redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil)).map_err(protocol)?;
+        let version: Option<Bytes> =
+            redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil)).map_err(protocol)?;
+        Ok(Some(match (reply.next(), version) {
+            (None, Some(version)) => IndexPage::unchanged(total, version),
+            (members, version) => {
+                let members: Vec<String> =
+                    redis::from_redis_value(members.unwrap_or(redis::Value::Nil))
+                        .map_err(protocol)?;
+                IndexPage::new(members, total).at(version)
+            }
+        }))
     }
 }
