@@ -229,14 +229,13 @@ impl Cache {
                 // guess's.
                 let (own, version) = match (page.unchanged, &guess) {
                     (false, _) => (Some(page.members), page.version),
-                    (true, Some(guess)) if plan.known.is_some() => (None, page.version),
+                    (true, Some(_)) if plan.known.is_some() => (None, page.version),
                     // Unchanged since a version we did not send.
                     (true, _) => return Ok(None),
                 };
                 let members: &[String] = match (&own, &guess) {
                     (Some(own), _) => own,
-                    (None, Some(guess)) => &guess.page.members,
-                    (None, None) => &[],
+                    (None, guess) => guess.as_ref().map_or(&[], |g| &g.page.members),
                 };
                 let mut pks: Vec<T::Pk> = Vec::with_capacity(members.len());
                 pks.extend(members.iter().filter_map(|m| T::Pk::from_index_member(m)));

@@ -426,8 +426,6 @@ return {total, slice(C, offset)}
     )
 });
 
-/// A bound as the query script reads it: the number and whether it is
-/// exclusive.
 /// `Some` when `query`'s only filter is at most one range, of the sorted
 /// set it orders by: `Some(None)` for none, `Some(Some(range))` for one.
 /// The query script reads such a page from that sorted set alone.
@@ -442,13 +440,14 @@ fn order_range(query: &IndexQuery) -> Option<Option<&ScoreRange>> {
 /// A score bound as `ZRANGE ... BYSCORE` and `ZCOUNT` take it: `(` before
 /// an excluded one.
 fn score_bound(bound: std::ops::Bound<f64>, unbounded: &str) -> String {
-    match bound {
-        std::ops::Bound::Unbounded => unbounded.to_owned(),
-        std::ops::Bound::Included(v) => score_arg(v),
-        std::ops::Bound::Excluded(v) => format!("({}", score_arg(v)),
+    match bound_args(bound, unbounded) {
+        (score, "1") => format!("({score}"),
+        (score, _) => score,
     }
 }
 
+/// A bound as the query script reads it: the number and whether it is
+/// exclusive.
 fn bound_args(bound: std::ops::Bound<f64>, unbounded: &str) -> (String, &'static str) {
     match bound {
         std::ops::Bound::Unbounded => (unbounded.to_owned(), "0"),
@@ -658,10 +657,10 @@ impl RedisStore {
                 (Some([lo, hi]), page)
             }
         };
-        let version = format!("{prefix}{VERSION_SUFFIX}");
         if slot.is_none()
             && let Some(known) = &query.known
         {
+            let version = format!("{prefix}{VERSION_SUFFIX}");
             return self
                 .unless_unchanged(&keys, &version, known, bounds.as_ref(), &page)
                 .await;
@@ -672,28 +671,23 @@ impl RedisStore {
             None => pipe.cmd("ZCARD").arg(&order),
             Some([lo, hi]) => pipe.cmd("ZCOUNT").arg(&order).arg(lo).arg(hi),
         };
+        let listed = |warm: bool| warm || query.ignore_warm;
         if let Some((tier, slot)) = &slot {
             pipe.cmd("ZRANGE").arg(&order).arg(&page);
             if let Some(page) = tier.read_page_through(slot, keys, &pipe).await {
                 return Ok(page);
             }
             let (warm, total, members): (bool, u64, Vec<String>) = self.pipeline(&pipe).await?;
-            if !warm && !query.ignore_warm {
-                return Ok(None);
-            }
-            return Ok(Some(IndexPage::new(members, total)));
+            return Ok(listed(warm).then(|| IndexPage::new(members, total)));
         }
         pipe.cmd("GET")
-            .arg(&version)
+            .arg(format!("{prefix}{VERSION_SUFFIX}"))
             .cmd("ZRANGE")
             .arg(&order)
             .arg(&page);
         let (warm, total, version, members): (bool, u64, Option<Bytes>, Vec<String>) =
             self.pipeline(&pipe).await?;
-        if !warm && !query.ignore_warm {
-            return Ok(None);
-        }
-        Ok(Some(IndexPage::new(members, total).at(version)))
+        Ok(listed(warm).then(|| IndexPage::new(members, total).at(version)))
     }
 
     /// [`order_only_page`](Self::order_only_page) for a query whose page
