@@ -144,17 +144,18 @@ async fn cold_get_many(s: &Setup, first_pk: i64, n: i64) {
     s.reset().await;
     let users = s.cache.get_many::<User>(&asked).await.unwrap();
     let commands = s.commands().await;
-    // Three round trips: MGET; the lease, one `SET NX GET` per key in one
-    // pipeline (no script); the fill, one script that reads every key with
-    // one MGET and sets each. Every command the server ran, the scripts'
-    // included: 3 + 2m (it was 2 + 3m with a GET per key in the fill, and
-    // 3 + 4m with a lease script: MGET, two EVALSHAs, and a GET and a SET
-    // per key in each).
+    // Three round trips: MGET; the lease, one `MSETNX` of every key, since
+    // the MGET found them all absent (it was one `SET NX GET` per key in
+    // one pipeline, and before that a script); the fill, one script that
+    // reads every key with one MGET and sets each. Every command the
+    // server ran, the scripts' included: 4 + m (it was 3 + 2m with the
+    // pipeline, 2 + 3m with a GET per key in the fill, and 3 + 4m with a
+    // lease script).
     let m = asked.len() as u64;
     assert_eq!(
         commands,
-        counts(&[("mget", 1), ("set", m), ("evalsha", 1)]),
-        "{n} cold misses: MGET, a pipeline of leases, fill"
+        counts(&[("mget", 1), ("msetnx", 1), ("evalsha", 1)]),
+        "{n} cold misses: MGET, one MSETNX, fill"
     );
     assert_eq!(
         s.script_commands(),
@@ -171,14 +172,16 @@ async fn cold_get_many(s: &Setup, first_pk: i64, n: i64) {
     let expected: Vec<User> = pks.iter().rev().map(|&id| s.db.user(id).unwrap()).collect();
     assert_eq!(users, expected, "request order, the missing row omitted");
 
-    // Warm now, but the model's last batch read mostly missed, so the next
-    // one leases first (`cold.rs`): one pipeline of `SET NX GET`, which
-    // finds every entry and writes nothing, and no load.
+    // Warm now, but the model's last batch read was all absent and leased
+    // at once, so the next one starts with that (`cold.rs`): an `MSETNX`
+    // that sets nothing (the keys hold entries), then the per-key lease,
+    // one pipeline of `SET NX GET`, which finds every entry and writes
+    // nothing, and no load. The guess cost one round trip.
     let warm = &asked[..asked.len() - 1];
     s.reset().await;
     assert_eq!(s.cache.get_many::<User>(warm).await.unwrap(), expected);
     let lease_first = if warm.len() > 1 {
-        counts(&[("set", warm.len() as u64)])
+        counts(&[("msetnx", 1), ("set", warm.len() as u64)])
     } else {
         // A single pk is not a batch: it never leases first.
         counts(&[("mget", 1)])
@@ -186,7 +189,7 @@ async fn cold_get_many(s: &Setup, first_pk: i64, n: i64) {
     assert_eq!(
         s.commands().await,
         lease_first,
-        "a lease-first read of entries: one pipeline, no fill"
+        "a lease-first read of entries: MSETNX, one pipeline, no fill"
     );
     assert!(s.db.loads().is_empty());
     // That read hit: the next is one MGET and no load.
@@ -204,20 +207,36 @@ async fn cold_misses_are_one_load_and_three_round_trips() {
     }
 }
 
-/// While a model's batch reads miss, a batch read takes its leases without
-/// the multi-get first: cold misses are two round trips, the lease
-/// pipeline and the fill. Whatever the lease finds (an entry, another
-/// reader's lease, a tombstone) is served as after a multi-get.
+/// While a model's batch reads find every key absent, a batch read takes
+/// its leases without the multi-get first: cold misses are two round
+/// trips, one `MSETNX` and the fill. A batch that guessed wrong (some keys
+/// hold something) is leased key by key after it, one round trip more, and
+/// whatever that lease finds (an entry, another reader's lease, a
+/// tombstone) is served as after a multi-get.
 #[tokio::test]
 async fn cold_misses_after_cold_misses_are_two_round_trips() {
     let s = Setup::new().await;
     s.db.write(|t| {
-        for id in 5_000..5_020 {
+        for id in 5_000..5_030 {
             t.users.insert(id, format!("user{id}"));
         }
     });
     let first: Vec<i64> = (5_000..5_010).collect();
     s.cache.get_many::<User>(&first).await.unwrap();
+
+    // All absent again: the lease is the first command, and the only one
+    // before the fill.
+    let cold: Vec<i64> = (5_020..5_030).collect();
+    s.reset().await;
+    let found = s.cache.get_many::<User>(&cold).await.unwrap();
+    assert_eq!(found.len(), cold.len());
+    assert_eq!(
+        s.commands().await,
+        counts(&[("msetnx", 1), ("evalsha", 1)]),
+        "lease first (one MSETNX), fill (a script): no MGET"
+    );
+    assert_eq!(s.db.loads(), [("User", cold.clone())]);
+    s.db.clear_loads();
 
     // Ten keys: four entries, four absent, two tombstones (an entry
     // removed, its row still there: read again from the database).
@@ -229,7 +248,7 @@ async fn cold_misses_after_cold_misses_are_two_round_trips() {
             .await
             .unwrap();
     }
-    // Still cold: the last batch read was all misses.
+    // Still guessed all absent: the last batch read was.
     s.reset().await;
     let stats = s.cache.stats();
     let found = s.cache.get_many::<User>(&asked).await.unwrap();
@@ -238,9 +257,9 @@ async fn cold_misses_after_cold_misses_are_two_round_trips() {
     let m = asked.len() as u64;
     assert_eq!(
         s.commands().await,
-        counts(&[("set", m), ("evalsha", 2)]),
-        "lease first (one pipeline), replace the tombstones (a script), \
-         fill (a script): no MGET"
+        counts(&[("msetnx", 1), ("set", m), ("evalsha", 2)]),
+        "an MSETNX that sets nothing, the per-key lease (one pipeline), \
+         replace the tombstones (a script), fill (a script): no MGET"
     );
     assert_eq!(
         s.script_commands(),
@@ -255,8 +274,9 @@ async fn cold_misses_after_cold_misses_are_two_round_trips() {
     assert_eq!(after.hits - stats.hits, 4, "the entries the lease found");
     assert_eq!(after.misses - stats.misses, 6);
 
-    // That read mostly missed (6 of 10): the next one leases first too, and
-    // hits everything, so the one after is a multi-get.
+    // That read mostly missed (6 of 10), not all at once: the next one
+    // leases key by key first, and hits everything, so the one after is a
+    // multi-get.
     s.reset().await;
     assert_eq!(s.cache.get_many::<User>(&asked).await.unwrap(), expected);
     assert_eq!(s.commands().await, counts(&[("set", m)]), "lease first");

@@ -84,6 +84,7 @@ pub async fn run_all<S: Store>(store: &S) {
     absent_keys_read_as_none(store).await;
     empty_batches(store).await;
     set_if_absent_or_contract(store).await;
+    set_if_absent_contract(store).await;
     compare_and_set_contract(store).await;
     swap_many_contract(store).await;
     delete_many_contract(store).await;
@@ -175,6 +176,13 @@ pub async fn empty_batches<S: Store>(store: &S) {
             .unwrap()
             .is_empty()
     );
+    assert!(
+        store
+            .set_if_absent(&[], b"v", LONG)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.compare_and_set(&[]).await.unwrap().is_empty());
     assert!(store.swap_many(&[], b"v", LONG).await.unwrap().is_empty());
     store.delete_many(&[]).await.unwrap();
@@ -228,6 +236,46 @@ pub async fn set_if_absent_or_contract<S: Store>(store: &S) {
         again,
         vec![b(b"\0Llease"), b(b"\0Llease"), b(b"{\"v\":1}"), b(b"\0Tx")]
     );
+    store.delete_many(&batch).await.unwrap();
+}
+
+/// Each absent key is set and reported set; a key that exists (an entry,
+/// a tombstone, a lease) is left as it is and reported not set. A store
+/// that sets a batch all or none (a single Redis server's `MSETNX`) may
+/// leave the absent keys of a batch with an existing one unset too, and
+/// says so.
+pub async fn set_if_absent_contract<S: Store>(store: &S) {
+    let keys = Keys::new("sia");
+    for held in [&b"{\"v\":1}"[..], b"\0T", b"\0Lother"] {
+        let batch = keys.many(4);
+        store
+            .swap_many(std::slice::from_ref(&batch[2]), held, LONG)
+            .await
+            .unwrap();
+        let set = store.set_if_absent(&batch, b"\0Lnew", LONG).await.unwrap();
+        assert_eq!(set.len(), 4);
+        assert!(!set[2], "{held:?} exists: not set");
+        let now = store.get_many(&batch).await.unwrap();
+        for (i, (set, now)) in set.iter().zip(&now).enumerate() {
+            let expected = match (i, set) {
+                (2, _) => b(held),
+                (_, true) => b(b"\0Lnew"),
+                (_, false) => None,
+            };
+            assert_eq!(*now, expected, "key {i} of a batch with {held:?}");
+        }
+        store.delete_many(&batch).await.unwrap();
+    }
+    let batch = keys.many(4);
+    let set = store.set_if_absent(&batch, b"\0Lall", LONG).await.unwrap();
+    assert_eq!(set, [true; 4], "a batch of absent keys is set");
+    assert_eq!(store.get_many(&batch).await.unwrap(), vec![b(b"\0Lall"); 4]);
+    let again = store
+        .set_if_absent(&batch, b"\0Lagain", LONG)
+        .await
+        .unwrap();
+    assert_eq!(again, [false; 4], "every key exists now");
+    assert_eq!(store.get_many(&batch).await.unwrap(), vec![b(b"\0Lall"); 4]);
     store.delete_many(&batch).await.unwrap();
 }
 

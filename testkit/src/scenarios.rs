@@ -40,6 +40,8 @@ macro_rules! with_scenarios {
             disabled_caching_still_returns_correct_data,
             a_fill_from_before_a_write_is_rejected,
             concurrent_misses_of_one_key_load_once,
+            a_lease_past_its_deadline_is_replaced_not_waited_for,
+            a_cancelled_read_releases_its_leases,
             corrupt_bytes_are_a_miss_and_are_overwritten,
             hostile_bytes_are_a_miss_for_every_read_and_are_overwritten,
             entries_expire_with_their_ttl,
@@ -687,6 +689,126 @@ pub async fn concurrent_misses_of_one_key_load_once<S: Backend>(store: S) {
         assert_eq!(r.await.unwrap().unwrap().unwrap().id, 1);
     }
     assert_eq!(db.load_count("Question"), 1);
+}
+
+/// The ids of `users`, in order.
+fn ids(users: &[User]) -> Vec<i64> {
+    users.iter().map(|u| u.id).collect()
+}
+
+/// A lease as the cache writes one (`marker::new_lease_for`): the mark,
+/// `L`, 16 unique bytes, and its deadline in milliseconds since the UNIX
+/// epoch, `from_now` ms from now (negative: past).
+fn lease_with_deadline(unique: u8, from_now: i64) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let deadline = u64::try_from(i128::try_from(now).unwrap() + i128::from(from_now)).unwrap();
+    let mut lease = vec![0, b'L'];
+    lease.extend_from_slice(&[unique; 16]);
+    lease.extend_from_slice(&deadline.to_be_bytes());
+    lease
+}
+
+/// A lease past its deadline, left by a reader that died before its fill
+/// (taken with no TTL, as `Store::set_if_absent` does on a Redis server),
+/// is replaced by the next reader, single-key or batch, and filled,
+/// without waiting for it; a lease within its deadline is waited for.
+pub async fn a_lease_past_its_deadline_is_replaced_not_waited_for<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    db.write(|t| {
+        for id in 70..75 {
+            t.users.insert(id, format!("user{id}"));
+        }
+    });
+    let cache = builder(&db, &store)
+        .lease_wait(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let dead = lease_with_deadline(7, -1_000);
+    let hour = Duration::from_secs(3600);
+
+    let key = cache.key_of::<Question>(&1).unwrap();
+    store.put_raw(&key, &dead, hour).await;
+    let waits = cache.stats().lease_waits;
+    assert_eq!(cache.get::<Question>(&1).await.unwrap(), db.question(1));
+    assert_eq!(cache.stats().lease_waits, waits, "not waited for");
+    assert!(is_warm::<Question, S>(&cache, &store, &1).await, "filled");
+
+    let pks: Vec<i64> = (70..75).collect();
+    for pk in [71, 73] {
+        let key = cache.key_of::<User>(&pk).unwrap();
+        store.put_raw(&key, &dead, hour).await;
+    }
+    db.clear_loads();
+    let users = cache.get_many::<User>(&pks).await.unwrap();
+    assert_eq!(ids(&users), pks);
+    assert_eq!(cache.stats().lease_waits, waits, "not waited for");
+    let mut loads = db.loads();
+    assert_eq!(loads.len(), 1, "one loader call: {loads:?}");
+    loads[0].1.sort_unstable();
+    assert_eq!(loads[0].1, pks, "the replaced leases loaded with the rest");
+    for pk in &pks {
+        assert!(is_warm::<User, S>(&cache, &store, pk).await, "{pk} filled");
+    }
+
+    // Within its deadline, its reader may still fill it: waited for (and,
+    // with this short wait, read directly, the lease left as it is).
+    let live = lease_with_deadline(8, 60_000);
+    let key = cache.key_of::<Question>(&2).unwrap();
+    store.put_raw(&key, &live, hour).await;
+    assert_eq!(cache.get::<Question>(&2).await.unwrap(), db.question(2));
+    assert_eq!(cache.stats().lease_waits, waits + 1, "waited for");
+    cache.settle().await;
+    assert_eq!(store.raw(&key).await.as_deref(), Some(&live[..]));
+}
+
+/// A read dropped while it loads (a request whose client went away, a
+/// timeout around the read) releases its leases: the next reader neither
+/// waits for them nor finds a lease left behind without a TTL.
+pub async fn a_cancelled_read_releases_its_leases<S: Backend>(store: S) {
+    let db = MemDb::seeded();
+    db.write(|t| {
+        for id in 80..85 {
+            t.users.insert(id, format!("user{id}"));
+        }
+    });
+    let cache = builder(&db, &store)
+        .lease_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for asked in [(80..84).collect::<Vec<i64>>(), vec![84]] {
+        let held = db.hold_next_load::<User>();
+        let read = tokio::spawn({
+            let cache = cache.clone();
+            let asked = asked.clone();
+            async move { cache.get_many::<User>(&asked).await }
+        });
+        held.read.await.unwrap();
+        for pk in &asked {
+            let key = cache.key_of::<User>(pk).unwrap();
+            let raw = store.raw(&key).await.unwrap();
+            assert_eq!(
+                raw.get(..2),
+                Some(&b"\0L"[..]),
+                "{pk} leased while it loads"
+            );
+        }
+        read.abort();
+        assert!(read.await.unwrap_err().is_cancelled());
+        cache.settle().await;
+        for pk in &asked {
+            let key = cache.key_of::<User>(pk).unwrap();
+            let raw = store.raw(&key).await;
+            assert_eq!(raw.as_deref(), Some(&b"\0T"[..]), "{pk} released");
+        }
+        let waits = cache.stats().lease_waits;
+        let users = cache.get_many::<User>(&asked).await.unwrap();
+        assert_eq!(ids(&users), asked);
+        assert_eq!(cache.stats().lease_waits, waits, "nothing to wait for");
+        drop(held.release);
+    }
 }
 
 pub async fn corrupt_bytes_are_a_miss_and_are_overwritten<S: Backend>(store: S) {

@@ -36,6 +36,7 @@ pub enum Op {
     Get,
     GetMany,
     SetIfAbsentOr,
+    SetIfAbsent,
     CompareAndSet,
     SwapMany,
     DeleteMany,
@@ -51,7 +52,7 @@ impl Op {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Op::SetIfAbsentOr | Op::CompareAndSet | Op::SwapMany | Op::DeleteMany
+            Op::SetIfAbsentOr | Op::SetIfAbsent | Op::CompareAndSet | Op::SwapMany | Op::DeleteMany
         )
     }
 
@@ -168,6 +169,18 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
         self.hook
             .around(Op::SetIfAbsentOr, Keys::Many(keys), move || {
                 self.inner.set_if_absent_or(keys, value, replaceable, ttl)
+            })
+    }
+
+    fn set_if_absent<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<bool>> {
+        self.hook
+            .around(Op::SetIfAbsent, Keys::Many(keys), move || {
+                self.inner.set_if_absent(keys, value, ttl)
             })
     }
 

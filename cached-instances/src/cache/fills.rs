@@ -63,12 +63,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::Inner;
 use super::gate::Gate;
 use super::stats::Counters;
 use crate::error::{StoreError, StoreOp};
+use crate::marker::TOMBSTONE;
 use crate::store::{CompareAndSet, Store};
 
 /// A fill's reply, owning what it needs ('static: it may move to a task).
@@ -176,6 +178,83 @@ impl Fills {
             }
             none.await;
         }
+    }
+}
+
+/// The leases a read holds and has neither filled nor released yet: the
+/// keys at `indexes` hold `lease`. Dropped before
+/// [`handed_over`](Self::handed_over) (the read cancelled mid-load: a
+/// request whose client went away, a timeout around the read), it releases
+/// them from a task, as a failed load does, so that no reader waits for a
+/// fill that will never come, and no lease without a TTL
+/// (`marker::new_lease_for`) stays behind. Free until then: it borrows.
+pub(super) struct Held<'r> {
+    fills: &'r Fills,
+    keys: &'r [String],
+    pub(super) indexes: Vec<usize>,
+    pub(super) lease: &'r Bytes,
+    tombstone_ttl: std::time::Duration,
+    armed: bool,
+}
+
+impl<'r> Held<'r> {
+    pub(super) fn new(
+        fills: &'r Fills,
+        keys: &'r [String],
+        indexes: Vec<usize>,
+        lease: &'r Bytes,
+        tombstone_ttl: std::time::Duration,
+    ) -> Self {
+        Held {
+            fills,
+            keys,
+            indexes,
+            lease,
+            tombstone_ttl,
+            armed: true,
+        }
+    }
+
+    /// The fill (or the release) of every lease is in the store's hands.
+    pub(super) fn handed_over(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.armed || self.indexes.is_empty() {
+            return;
+        }
+        // Outside a runtime nothing can be sent: the leases expire (or are
+        // voided past their deadline by the next reader).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let tombstone = Bytes::from_static(TOMBSTONE);
+        let ops: Vec<CompareAndSet> = self
+            .indexes
+            .iter()
+            .map(|&i| CompareAndSet {
+                key: self.keys[i].clone(),
+                expected: self.lease.clone(),
+                value: tombstone.clone(),
+                ttl: self.tombstone_ttl,
+            })
+            .collect();
+        let store = Arc::clone(&self.fills.store);
+        let pending = Pending::new(&self.fills.in_flight);
+        drop(runtime.spawn(async move {
+            let _pending = pending;
+            if let Err(error) = store.compare_and_set(&ops).await {
+                tracing::debug!(
+                    target: "cached_instances",
+                    %error,
+                    keys = ops.len(),
+                    "the leases of a cancelled read were not released; they expire"
+                );
+            }
+        }));
     }
 }
 

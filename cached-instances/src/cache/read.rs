@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::Config;
-use super::fills::{Fill, Fills};
+use super::cold::Start;
+use super::fills::{Fill, Fills, Held};
 use super::gate::Gate;
 use super::loading::Loading;
 use super::registry::{ModelEntry, Registry};
@@ -161,12 +162,19 @@ struct Misses {
     indexes: Vec<usize>,
     corrupt: Vec<String>,
     read: bool,
+    lease: LeaseBy,
 }
 
-/// The keys a read leased, and its lease.
-struct Granted<'r> {
-    indexes: &'r [usize],
-    lease: &'r Bytes,
+/// How a read's misses are leased (`cold.rs`).
+enum LeaseBy {
+    /// Key by key ([`Store::set_if_absent_or`](crate::Store::set_if_absent_or)),
+    /// tombstones replaced.
+    EachKey,
+    /// With the cheap lease of absent keys first
+    /// ([`Store::set_if_absent`](crate::Store::set_if_absent)), then key
+    /// by key where it set none: the multi-get read every miss absent, or
+    /// the model's last batch was all absent.
+    AllFirst,
 }
 
 impl Reader<'_> {
@@ -301,16 +309,12 @@ impl Reader<'_> {
         if !self.gate.readable() {
             return self.load_all(rows).await;
         }
-        if read.is_empty() && pks.len() > 1 && entry.cold.lease_first() {
-            let mut out: Vec<Found<T>> = pks.iter().map(|_| Found::Missing).collect();
-            let misses = Misses {
-                indexes: (0..pks.len()).collect(),
-                corrupt: Vec::new(),
-                read: false,
-            };
-            let batch = Batch { rows, keys };
-            self.fill_misses(&batch, misses, &mut out).await?;
-            return Ok(out);
+        if read.is_empty() && pks.len() > 1 {
+            match entry.cold.start() {
+                Start::Read => {}
+                Start::LeaseAll => return self.lease_first(rows, keys, LeaseBy::AllFirst).await,
+                Start::LeaseEach => return self.lease_first(rows, keys, LeaseBy::EachKey).await,
+            }
         }
         let mut values = if read.is_empty() {
             vec![None; keys.len()]
@@ -345,6 +349,28 @@ impl Reader<'_> {
         self.resolve(rows, keys, values).await
     }
 
+    /// A batch read that starts with a lease, without a multi-get
+    /// (`cold.rs`): every index is a miss to lease, and the lease yields
+    /// what the others hold. `lease` says which lease first: all the keys
+    /// at once (then key by key where that set none), or key by key.
+    async fn lease_first<T: CachedInstance>(
+        &self,
+        rows: Rows<'_, T>,
+        keys: &[String],
+        lease: LeaseBy,
+    ) -> Result<Vec<Found<T>>, Error> {
+        let mut out: Vec<Found<T>> = rows.pks.iter().map(|_| Found::Missing).collect();
+        let misses = Misses {
+            indexes: (0..rows.pks.len()).collect(),
+            corrupt: Vec::new(),
+            read: false,
+            lease,
+        };
+        let batch = Batch { rows, keys };
+        self.fill_misses(&batch, misses, &mut out).await?;
+        Ok(out)
+    }
+
     /// Every row of `rows` from the loader, the store left alone (it is not
     /// to be read, or just failed).
     async fn load_all<T: CachedInstance>(&self, rows: Rows<'_, T>) -> Result<Vec<Found<T>>, Error> {
@@ -368,10 +394,13 @@ impl Reader<'_> {
             indexes: Vec::new(),
             corrupt: Vec::new(),
             read: true,
+            lease: LeaseBy::EachKey,
         };
+        let mut absent = 0;
         for (i, value) in values.into_iter().enumerate() {
             let Some(bytes) = value else {
                 misses.indexes.push(i);
+                absent += 1;
                 continue;
             };
             match marker::classify(&bytes) {
@@ -394,6 +423,9 @@ impl Reader<'_> {
             }
         }
         let missed = misses.indexes.len();
+        if missed > 1 && absent == missed {
+            misses.lease = LeaseBy::AllFirst;
+        }
         add(&self.counters.hits, pks.len() - missed);
         if pks.len() > 1 {
             entry.cold.record(pks.len(), missed);
@@ -427,9 +459,9 @@ impl Reader<'_> {
             indexes,
             corrupt,
             read,
+            lease: lease_by,
         } = misses;
         let config = self.config;
-        let store = self.gate.store;
         if read {
             add(&self.counters.misses, indexes.len());
         }
@@ -449,14 +481,9 @@ impl Reader<'_> {
             slot.push(i);
         }
         let lease_keys: Vec<String> = unique.iter().map(|&i| keys[i].clone()).collect();
-        let lease = marker::new_lease();
+        let lease = marker::new_lease_for(config.lease_ttl);
         let Some(outcomes) = self
-            .gate
-            .call(
-                Some(T::MODEL),
-                StoreOp::Lease,
-                store.set_if_absent_or(&lease_keys, &lease, TOMBSTONE, config.lease_ttl),
-            )
+            .lease::<T>(&lease_keys, &lease, matches!(lease_by, LeaseBy::AllFirst))
             .await
         else {
             if !read {
@@ -465,6 +492,10 @@ impl Reader<'_> {
             self.load_direct(rows, &indexes, out).await?;
             return Ok(());
         };
+        let all_at_once = matches!(lease_by, LeaseBy::AllFirst)
+            && indexes.len() == rows.pks.len()
+            && outcomes.iter().all(|(at_once, _)| *at_once);
+        let outcomes = outcomes.into_iter().map(|(_, held)| held);
 
         let mut granted = Vec::new();
         let mut waiting = Vec::new();
@@ -473,10 +504,14 @@ impl Reader<'_> {
         // since (read directly); without one, what the multi-get would
         // have found (replaced, leased and loaded as after a multi-get).
         let mut refused = Vec::new();
+        // Leases past their deadline: their reader died before its fill
+        // (`marker::new_lease_for`); replaced as tombstones are.
+        let mut expired: Vec<(usize, Bytes)> = Vec::new();
         for (&i, outcome) in unique.iter().zip(outcomes) {
             match outcome {
                 None => granted.push(i),
                 Some(bytes) => match marker::classify(&bytes) {
+                    Slot::Lease if marker::lease_expired(&bytes) => expired.push((i, bytes)),
                     Slot::Lease => waiting.push(i),
                     // A hit (lease-first), or filled since our multi-get.
                     Slot::Value(_) => {
@@ -501,22 +536,30 @@ impl Reader<'_> {
                 .map(|&i| weight(i))
                 .sum();
             self.count_lease_first(rows.entry, indexes.len(), hits, refused.len());
-            if !refused.is_empty() {
-                let misses = Misses {
-                    corrupt: refused.iter().map(|&i| keys[i].clone()).collect(),
-                    indexes: refused,
-                    read: true,
-                };
-                Box::pin(self.fill_misses(batch, misses, out)).await?;
-            }
+        }
+        if all_at_once {
+            // The whole batch was absent and leased in one command: the
+            // next batch read of the model starts with that (`cold.rs`).
+            rows.entry.cold.leased_all();
         }
 
-        if !granted.is_empty() {
-            let granted = Granted {
-                indexes: &granted,
-                lease: &lease,
+        let mut held = Held::new(self.fills, keys, granted, &lease, config.tombstone_ttl);
+        if !read && !refused.is_empty() {
+            let misses = Misses {
+                corrupt: refused.iter().map(|&i| keys[i].clone()).collect(),
+                indexes: refused,
+                read: true,
+                lease: LeaseBy::EachKey,
             };
-            self.load_and_fill(batch, granted, out).await?;
+            Box::pin(self.fill_misses(batch, misses, out)).await?;
+        }
+        if !expired.is_empty() {
+            let (replaced, other) = self.replace_expired::<T>(keys, expired, &lease).await;
+            held.indexes.extend(replaced);
+            direct.extend(other);
+        }
+        if !held.indexes.is_empty() {
+            self.load_and_fill(batch, &mut held, out).await?;
         }
         if !waiting.is_empty() {
             direct.extend(self.wait_for_leases(batch, &waiting, out).await);
@@ -560,6 +603,112 @@ impl Reader<'_> {
         );
     }
 
+    /// Leases `keys` with `lease`: first all the absent ones in one command
+    /// (with `at_once`; `Store::set_if_absent`), then key by key where that
+    /// set none (`Store::set_if_absent_or`, tombstones replaced). Yields,
+    /// per key, whether it was leased at once, and what it holds if it was
+    /// not leased; `None` if a call failed (what it leased is released).
+    async fn lease<T: CachedInstance>(
+        &self,
+        keys: &[String],
+        lease: &Bytes,
+        at_once: bool,
+    ) -> Option<Vec<(bool, Option<Bytes>)>> {
+        let store = self.gate.store;
+        let ttl = self.config.lease_ttl;
+        let set = if at_once {
+            self.gate
+                .call(
+                    Some(T::MODEL),
+                    StoreOp::Lease,
+                    store.set_if_absent(keys, lease, ttl),
+                )
+                .await?
+        } else {
+            vec![false; keys.len()]
+        };
+        let rest: Vec<usize> = (0..keys.len()).filter(|&j| !set[j]).collect();
+        let mut out: Vec<(bool, Option<Bytes>)> = set.iter().map(|&s| (s, None)).collect();
+        if rest.is_empty() {
+            return Some(out);
+        }
+        let rest_keys: Vec<String>;
+        let rest_keys = if rest.len() == keys.len() {
+            keys
+        } else {
+            rest_keys = rest.iter().map(|&j| keys[j].clone()).collect();
+            &rest_keys
+        };
+        let held = self
+            .gate
+            .call(
+                Some(T::MODEL),
+                StoreOp::Lease,
+                store.set_if_absent_or(rest_keys, lease, TOMBSTONE, ttl),
+            )
+            .await;
+        let Some(held) = held else {
+            // Not to be left leased while the read loads directly.
+            let leased: Vec<usize> = (0..keys.len()).filter(|&j| set[j]).collect();
+            drop(Held::new(
+                self.fills,
+                keys,
+                leased,
+                lease,
+                self.config.tombstone_ttl,
+            ));
+            return None;
+        };
+        for (j, held) in rest.into_iter().zip(held) {
+            out[j].1 = held;
+        }
+        Some(out)
+    }
+
+    /// Leases the keys at `expired` that still hold the expired lease found
+    /// there, as the lease step does a tombstone: yields the indexes leased,
+    /// then the others (changed since: read directly). One call per distinct
+    /// lease (a dead reader's batch had one): rare, so not concurrent.
+    async fn replace_expired<T: CachedInstance>(
+        &self,
+        keys: &[String],
+        expired: Vec<(usize, Bytes)>,
+        lease: &Bytes,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let mut by_lease: HashMap<Bytes, Vec<usize>> = HashMap::new();
+        for (i, held) in expired {
+            by_lease.entry(held).or_default().push(i);
+        }
+        let ttl = self.config.lease_ttl;
+        let mut replaced = Vec::new();
+        let mut other = Vec::new();
+        for (held, indexes) in by_lease {
+            let lease_keys: Vec<String> = indexes.iter().map(|&i| keys[i].clone()).collect();
+            let outcomes = self
+                .gate
+                .call(
+                    Some(T::MODEL),
+                    StoreOp::Lease,
+                    self.gate
+                        .store
+                        .set_if_absent_or(&lease_keys, lease, &held, ttl),
+                )
+                .await;
+            let Some(outcomes) = outcomes else {
+                other.extend(indexes);
+                continue;
+            };
+            for (i, outcome) in indexes.into_iter().zip(outcomes) {
+                if outcome.is_none() {
+                    replaced.push(i);
+                } else {
+                    other.push(i);
+                }
+            }
+        }
+        (replaced, other)
+    }
+
     /// Replaces bytes found under `keys` that are not a servable entry
     /// with a tombstone: they are not leasable until then.
     async fn replace_corrupt<T: CachedInstance>(&self, keys: &[String]) {
@@ -584,18 +733,19 @@ impl Reader<'_> {
     /// Loads the keys we hold a lease on, then fills each one whose lease
     /// still holds, and releases the ones whose row does not exist. The
     /// fill is handed to the store, and its reply recorded off the read
-    /// (`fills.rs`); a failed load's release is waited for.
+    /// (`fills.rs`); a failed load's release is waited for. Leases it never
+    /// got to (an error encoding a row) `held` releases when dropped.
     async fn load_and_fill<T: CachedInstance>(
         &self,
         batch: &Batch<'_, T>,
-        granted: Granted<'_>,
+        held: &mut Held<'_>,
         out: &mut [Found<T>],
     ) -> Result<(), Error> {
         let Batch {
             rows: Rows { entry, pks, want },
             keys,
         } = *batch;
-        let Granted { indexes, lease } = granted;
+        let (indexes, lease) = (&held.indexes[..], held.lease);
         let config = self.config;
         let load_pks: Vec<T::Pk> = indexes.iter().map(|&i| pks[i].clone()).collect();
         let loaded = entry.load::<T>(self.loading, &load_pks).await;
@@ -620,6 +770,7 @@ impl Reader<'_> {
                         self.gate.store.compare_and_set(&ops),
                     )
                     .await;
+                held.handed_over();
                 return Err(error);
             }
         };
@@ -662,6 +813,7 @@ impl Reader<'_> {
             filled,
         };
         self.fills.send(self.gate, self.counters, fill).await;
+        held.handed_over();
         Ok(())
     }
 
@@ -705,6 +857,8 @@ impl Reader<'_> {
             for (&i, value) in pending.iter().zip(values) {
                 match value {
                     Some(bytes) => match marker::classify(&bytes) {
+                        // Its reader died: read it directly.
+                        Slot::Lease if marker::lease_expired(&bytes) => unresolved.push(i),
                         Slot::Lease => still.push(i),
                         Slot::Value(_) => match accept::<T>(entry, self.max_bytes(), bytes, want) {
                             Ok(found) => out[i] = found,

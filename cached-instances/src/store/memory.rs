@@ -236,6 +236,27 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(out)))
     }
 
+    /// Key by key, each with its TTL.
+    fn set_if_absent<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<bool>> {
+        self.count();
+        let value = Bytes::copy_from_slice(value);
+        let out = keys
+            .iter()
+            .map(|key| {
+                self.update(key, |held| match held {
+                    Some(_) => (None, false),
+                    None => (Some((value.clone(), ttl)), true),
+                })
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(out)))
+    }
+
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
         self.count();
         let out = ops

@@ -99,6 +99,29 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>>;
 
+    /// Sets each key that is absent to `value`, and yields for each whether
+    /// it was set. A store may set a batch (or each request's share of it)
+    /// all or none, atomically, as Redis' `MSETNX` does: then where one of
+    /// its keys exists, none is set.
+    ///
+    /// The keys expire after `ttl` where the store sets a TTL in the same
+    /// step. One that cannot may leave them without a TTL (`MSETNX` sets
+    /// none), so `value` must say itself when it is stale: the cache sets
+    /// only its leases this way, and they carry their deadline.
+    ///
+    /// The cheap lease: one command for a batch on a Redis server, where
+    /// [`set_if_absent_or`](Self::set_if_absent_or) is one per key. The
+    /// cache takes it for a read's misses when its multi-get found them all
+    /// absent, and starts a batch read with it while the model's batch
+    /// reads find every key absent; the keys it did not set are leased with
+    /// `set_if_absent_or`.
+    fn set_if_absent<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<bool>>;
+
     /// Applies each [`CompareAndSet`]; yields whether each was written.
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>>;
 
@@ -149,6 +172,14 @@ pub trait Store: Send + Sync + 'static {
     ///         ttl: Duration,
     ///     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
     ///         self.0.set_if_absent_or(keys, value, replaceable, ttl)
+    ///     }
+    ///     fn set_if_absent<'a>(
+    ///         &'a self,
+    ///         keys: &'a [String],
+    ///         value: &'a [u8],
+    ///         ttl: Duration,
+    ///     ) -> StoreFuture<'a, Vec<bool>> {
+    ///         self.0.set_if_absent(keys, value, ttl)
     ///     }
     ///     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
     ///         self.0.compare_and_set(ops)
@@ -234,6 +265,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         ttl: Duration,
     ) -> StoreFuture<'a, Vec<Option<Bytes>>> {
         (**self).set_if_absent_or(keys, value, replaceable, ttl)
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<bool>> {
+        (**self).set_if_absent(keys, value, ttl)
     }
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
         (**self).compare_and_set(ops)

@@ -1078,6 +1078,58 @@ impl Store for RedisStore {
         })
     }
 
+    /// On a single server, one `MSETNX` per request's share of the batch:
+    /// all or none, with no TTL (see the trait's docs; Redis 8.4's `MSETEX`
+    /// would set one, 7.x has none). On a cluster, whose keys of several
+    /// slots no one command can set, one `SET NX PX` per key, pipelined per
+    /// node: key by key, with the TTL.
+    fn set_if_absent<'a>(
+        &'a self,
+        keys: &'a [String],
+        value: &'a [u8],
+        ttl: Duration,
+    ) -> StoreFuture<'a, Vec<bool>> {
+        Box::pin(async move {
+            let keys = Keys::new(&self.prefix, keys);
+            let groups = self.groups_of(keys);
+            let ttl = ttl_ms(ttl);
+            let single = matches!(self.connection, Connection::Single(_));
+            let set = self
+                .per_group(keys.len(), &groups, |group| async move {
+                    if single {
+                        let mut cmd = Cmd::with_capacity(
+                            2 * group.len() + 1,
+                            keys.size_of(group) + group.len() * value.len() + 6,
+                        );
+                        cmd.arg("MSETNX");
+                        for &i in group {
+                            cmd.arg(keys.arg(i)).arg(value);
+                        }
+                        let set = self.query::<i64>(&cmd).await? == 1;
+                        Ok(vec![set; group.len()])
+                    } else {
+                        let mut pipe = redis::pipe();
+                        for &i in group {
+                            pipe.cmd("SET")
+                                .arg(keys.arg(i))
+                                .arg(value)
+                                .arg("NX")
+                                .arg("PX")
+                                .arg(ttl);
+                        }
+                        let replies = self.pipeline::<Vec<Option<String>>>(&pipe).await?;
+                        Ok(replies.into_iter().map(|ok| ok.is_some()).collect())
+                    }
+                })
+                .await;
+            if self.near.is_some() {
+                let full: Vec<Cow<'_, str>> = (0..keys.len()).map(|i| keys.full(i)).collect();
+                self.evict_own(full.iter().map(|key| &**key));
+            }
+            set
+        })
+    }
+
     fn compare_and_set<'a>(&'a self, ops: &'a [CompareAndSet]) -> StoreFuture<'a, Vec<bool>> {
         Box::pin(async move {
             let keys: &[Cow<'_, str>] = &ops.iter().map(|op| self.key(&op.key)).collect::<Vec<_>>();
