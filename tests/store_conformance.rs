@@ -143,3 +143,45 @@ async fn a_key_of_another_type_is_a_protocol_error() {
     let result = store.get(&key).await;
     assert!(matches!(result, Err(StoreError::Protocol(_))), "{result:?}");
 }
+
+/// A server that lost its scripts (restarted, `SCRIPT FLUSH`) answers every
+/// scripted primitive all the same: the store loads the script and sends
+/// the call again.
+#[tokio::test]
+async fn scripts_the_server_lost_are_loaded_again() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let flush = || {
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut server.connection())
+            .unwrap();
+    };
+    let keys = vec!["lost:{1}".to_owned(), "lost:{2}".to_owned()];
+    let ttl = Duration::from_secs(60);
+    flush();
+    store.swap_many(&keys, b"\0Lmine", ttl).await.unwrap();
+    flush();
+    let ops: Vec<_> = keys
+        .iter()
+        .map(|key| cached_instances::store::CompareAndSet {
+            key: key.clone(),
+            expected: bytes::Bytes::from_static(b"\0Lmine"),
+            value: bytes::Bytes::from_static(b"{\"v\":1}"),
+            ttl,
+        })
+        .collect();
+    assert_eq!(store.compare_and_set(&ops).await.unwrap(), [true, true]);
+    flush();
+    store.swap_many(&keys, b"\0T", ttl).await.unwrap();
+    flush();
+    let held = store
+        .set_if_absent_or(&keys, b"\0Lnew", b"\0T", ttl)
+        .await
+        .unwrap();
+    assert_eq!(held, [None, None], "tombstones replaced by the script");
+    assert_eq!(
+        store.get_many(&keys).await.unwrap(),
+        vec![Some(bytes::Bytes::from_static(b"\0Lnew")); 2]
+    );
+}

@@ -779,6 +779,37 @@ impl RedisStore {
         .await
     }
 
+    /// Sends `cmd`, an `EVALSHA` of `script`; on `NOSCRIPT` (the server
+    /// lost its scripts: a restart, `SCRIPT FLUSH`) loads the script and
+    /// sends it again, as `ScriptInvocation::invoke_async` does.
+    async fn evalsha<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> Result<T, StoreError> {
+        async fn on<T: FromRedisValue>(
+            con: &mut impl redis::aio::ConnectionLike,
+            script: &Script,
+            cmd: &Cmd,
+        ) -> Result<T, RedisError> {
+            match cmd.query_async(con).await {
+                Err(error) if error.code() == Some("NOSCRIPT") => {
+                    script.load_async(con).await?;
+                    cmd.query_async(con).await
+                }
+                other => other,
+            }
+        }
+        self.bounded(async {
+            match &self.connection {
+                Connection::Single(c) => on(&mut c.clone(), script, cmd).await,
+                #[cfg(feature = "cluster")]
+                Connection::Cluster(c) => on(&mut c.get().await?, script, cmd).await,
+            }
+        })
+        .await
+    }
+
     /// Bounds one request by the response timeout. The connection's own
     /// timeout only covers a command on an open connection; this one also
     /// covers waiting for a connection to be made or remade (with its
@@ -909,11 +940,11 @@ impl<T: std::hash::Hash + Eq + Copy> Distinct<T> {
 
 /// The [`COMPARE_AND_SET`] call for the ops at `group` (their keys
 /// prefixed in `keys`): each distinct expected value and TTL sent once.
-fn compare_and_set_invocation<'s>(
-    ops: &[CompareAndSet],
-    keys: &[Cow<'_, str>],
-    group: &[usize],
-) -> ScriptInvocation<'s> {
+///
+/// An `EVALSHA` built here rather than through a `ScriptInvocation`, which
+/// keeps each argument in a buffer of its own and copies them all into the
+/// command when sent: a fill of 100 entries copies its values once less.
+fn compare_and_set_cmd(ops: &[CompareAndSet], keys: &[Cow<'_, str>], group: &[usize]) -> Cmd {
     let mut expected = Distinct::default();
     let mut ttls = Distinct::default();
     let mut plan = Vec::with_capacity(4 * group.len());
@@ -922,20 +953,33 @@ fn compare_and_set_invocation<'s>(
         plan.extend(ttls.index_of(ttl_ms(ops[i].ttl)));
     }
     let (expected, ttls) = (expected.values, ttls.values);
-    let mut invocation = COMPARE_AND_SET.prepare_invoke();
-    invocation.arg(expected.len());
-    for value in &expected {
-        invocation.arg(*value);
-    }
-    invocation.arg(ttls.len());
-    for ttl in &ttls {
-        invocation.arg(*ttl);
-    }
-    invocation.arg(plan);
+    let bytes: usize = group
+        .iter()
+        .map(|&i| keys[i].len() + ops[i].value.len())
+        .sum::<usize>()
+        + expected.iter().map(|value| value.len()).sum::<usize>()
+        + plan.len()
+        + 64;
+    let mut cmd = Cmd::with_capacity(6 + expected.len() + ttls.len() + 2 * group.len(), bytes);
+    cmd.arg("EVALSHA")
+        .arg(COMPARE_AND_SET.get_hash())
+        .arg(group.len());
     for &i in group {
-        invocation.key(&*keys[i]).arg(&ops[i].value[..]);
+        cmd.arg(&*keys[i]);
     }
-    invocation
+    cmd.arg(expected.len());
+    for value in &expected {
+        cmd.arg(*value);
+    }
+    cmd.arg(ttls.len());
+    for ttl in &ttls {
+        cmd.arg(*ttl);
+    }
+    cmd.arg(plan);
+    for &i in group {
+        cmd.arg(&ops[i].value[..]);
+    }
+    cmd
 }
 
 /// A TTL in whole milliseconds for `PX`: rounded up, at least 1 (`PX 0` is
@@ -1136,8 +1180,8 @@ impl Store for RedisStore {
             let groups = self.groups(keys.iter().map(|key| &**key));
             let written = self
                 .per_group(ops.len(), &groups, |group| async move {
-                    let invocation = compare_and_set_invocation(ops, keys, group);
-                    let written = self.invoke::<Vec<i64>>(&invocation).await?;
+                    let cmd = compare_and_set_cmd(ops, keys, group);
+                    let written = self.evalsha::<Vec<i64>>(&COMPARE_AND_SET, &cmd).await?;
                     Ok(written.into_iter().map(|w| w != 0).collect())
                 })
                 .await;
