@@ -52,7 +52,7 @@ struct FaultState {
     holds: Mutex<Vec<NextHold>>,
 }
 
-/// A store whose writes (`set_if_absent_or`, `compare_and_set`,
+/// A store whose writes (`set_if_absent_or`, `set_if_absent`, `compare_and_set`,
 /// `swap_many`, `delete_many`) fail with [`StoreError::Unavailable`] while
 /// [`fail_writes`](Faults::fail_writes) is on; reads keep working, as when
 /// a server refuses writes (out of memory, a read-only replica after a
