@@ -22,8 +22,7 @@
 //!   command per key on Redis, and a near cache is not consulted), so it
 //!   is only worth it when most keys miss: while the model's last batch
 //!   read missed more than half of its keys without being leased at once
-//!   (some keys held entries, or the store cannot lease a batch at once:
-//!   a Redis Cluster).
+//!   (some keys held entries, so the cheap lease did not set them all).
 //!
 //! A batch that mostly hits turns both back off, and so does the end of a
 //! [`Cache::warm`](crate::Cache::warm), which filled what its reads missed.

@@ -690,16 +690,7 @@ impl RedisStore {
         let groups = self.groups_of(keys);
         let mut held = self
             .per_group(keys.len(), &groups, |group| async move {
-                let mut pipe = redis::pipe();
-                for &i in group {
-                    pipe.cmd("SET")
-                        .arg(keys.arg(i))
-                        .arg(value)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(ttl)
-                        .arg("GET");
-                }
+                let pipe = set_nx_pipeline(keys, group, value, ttl, true);
                 self.pipeline::<Vec<Option<Bytes>>>(&pipe).await
             })
             .await?;
@@ -737,6 +728,15 @@ impl RedisStore {
             for key in keys {
                 near.evict(key);
             }
+        }
+    }
+
+    /// [`evict_own`](Self::evict_own) of `keys` (spelled out only when
+    /// there is a near cache to evict from).
+    fn evict_own_keys(&self, keys: Keys<'_>) {
+        if self.near.is_some() {
+            let full: Vec<Cow<'_, str>> = (0..keys.len()).map(|i| keys.full(i)).collect();
+            self.evict_own(full.iter().map(|key| &**key));
         }
     }
 
@@ -982,6 +982,31 @@ fn compare_and_set_cmd(ops: &[CompareAndSet], keys: &[Cow<'_, str>], group: &[us
     cmd
 }
 
+/// One `SET key value NX PX ttl` per key of `group` (`ttl` in ms), with
+/// `GET` when the caller wants what a key it did not set holds.
+fn set_nx_pipeline(
+    keys: Keys<'_>,
+    group: &[usize],
+    value: &[u8],
+    ttl: u64,
+    get: bool,
+) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for &i in group {
+        let cmd = pipe
+            .cmd("SET")
+            .arg(keys.arg(i))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl);
+        if get {
+            cmd.arg("GET");
+        }
+    }
+    pipe
+}
+
 /// A TTL in whole milliseconds for `PX`: rounded up, at least 1 (`PX 0` is
 /// an error), at most about a century.
 fn ttl_ms(ttl: Duration) -> u64 {
@@ -1114,10 +1139,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let keys = Keys::new(&self.prefix, keys);
             let held = self.lease(keys, value, replaceable, ttl).await;
-            if self.near.is_some() {
-                let full: Vec<Cow<'_, str>> = (0..keys.len()).map(|i| keys.full(i)).collect();
-                self.evict_own(full.iter().map(|key| &**key));
-            }
+            self.evict_own_keys(keys);
             held
         })
     }
@@ -1152,24 +1174,13 @@ impl Store for RedisStore {
                         let set = self.query::<i64>(&cmd).await? == 1;
                         Ok(vec![set; group.len()])
                     } else {
-                        let mut pipe = redis::pipe();
-                        for &i in group {
-                            pipe.cmd("SET")
-                                .arg(keys.arg(i))
-                                .arg(value)
-                                .arg("NX")
-                                .arg("PX")
-                                .arg(ttl);
-                        }
+                        let pipe = set_nx_pipeline(keys, group, value, ttl, false);
                         let replies = self.pipeline::<Vec<Option<String>>>(&pipe).await?;
                         Ok(replies.into_iter().map(|ok| ok.is_some()).collect())
                     }
                 })
                 .await;
-            if self.near.is_some() {
-                let full: Vec<Cow<'_, str>> = (0..keys.len()).map(|i| keys.full(i)).collect();
-                self.evict_own(full.iter().map(|key| &**key));
-            }
+            self.evict_own_keys(keys);
             set
         })
     }
