@@ -8,9 +8,11 @@
 
 use std::time::Duration;
 
+use cached_instances::store::{InProcess, StoreFuture};
 use cached_instances::{BuildError, Cache, CachedInstance, MemoryStore, Store};
+use cached_instances_testkit::faults::Flaky;
 use cached_instances_testkit::memdb::MemDb;
-use cached_instances_testkit::store::Counting;
+use cached_instances_testkit::store::{Counting, Hook, Keys, Op, Wrapped};
 use cached_instances_testkit::{scenarios, with_scenarios};
 use polls::{Choice, Question, User};
 
@@ -173,9 +175,170 @@ async fn a_marker_read_in_process_takes_the_lease_path() {
     let lease = b"\0L0123456789abcdef";
     memory.put_raw(&key, &lease[..], long);
     db.clear_loads();
+    let loader_calls = cache.stats().loader_calls;
     assert!(cache.get_json::<User>(&1).await.unwrap().is_some());
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.misses, stats.lease_waits), (0, 2, 1));
     assert_eq!(db.load_count("User"), 1, "read around the lease");
+    assert_eq!(
+        stats.loader_calls - loader_calls,
+        1,
+        "the read around it; the lease step, which leased nothing, is no call"
+    );
     assert_eq!(memory.raw(&key).as_deref(), Some(&lease[..]));
+}
+
+/// Holds every lease step for `delay`; other calls are forwarded.
+#[derive(Clone)]
+struct SlowLeases {
+    delay: Duration,
+}
+
+impl Hook for SlowLeases {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        _keys: Keys<'a>,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if !matches!(op, Op::SetIfAbsent | Op::SetIfAbsentOr) {
+            return call();
+        }
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            call().await
+        })
+    }
+
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        read()
+    }
+}
+
+/// The loader's deadline runs from when the read's leases are taken: a
+/// slow lease step (bounded by the store's own timeout) does not use it up,
+/// while a load that outlives it still fails.
+#[tokio::test]
+async fn the_loader_deadline_starts_once_the_leases_are_taken() {
+    let db = MemDb::seeded();
+    let store = Wrapped::with_hook(
+        MemoryStore::new(),
+        SlowLeases {
+            delay: Duration::from_millis(300),
+        },
+    );
+    let loader = Flaky::new(db.clone());
+    let cache = Cache::builder()
+        .store(store)
+        .loader::<User>(db.clone())
+        .loader::<Question>(loader.clone())
+        .loader::<Choice>(db.clone())
+        .loader_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(cache.get::<Question>(&1).await.unwrap(), db.question(1));
+    assert_eq!(
+        cache.get_many::<Question>(&[2, 3]).await.unwrap(),
+        [db.question(2), db.question(3)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(cache.stats().loader_timeouts, 0);
+
+    loader.hang(true);
+    let hung = cache.get::<Question>(&4).await;
+    assert!(
+        matches!(hung, Err(cached_instances::Error::LoadTimeout { .. })),
+        "{hung:?}"
+    );
+    assert_eq!(cache.stats().loader_timeouts, 1);
+}
+
+/// Lets each lease step reach the store, then holds its reply for `delay`.
+#[derive(Clone)]
+struct SlowLeaseReplies {
+    delay: Duration,
+}
+
+impl Hook for SlowLeaseReplies {
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        _keys: Keys<'a>,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if !matches!(op, Op::SetIfAbsent | Op::SetIfAbsentOr) {
+            return call();
+        }
+        Box::pin(async move {
+            let reply = call().await;
+            tokio::time::sleep(self.delay).await;
+            reply
+        })
+    }
+
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        read()
+    }
+}
+
+/// A loader whose `load_after` gives up before its pks are known (a
+/// checkout that failed): it polls them once, then fails. `load` works.
+#[derive(Clone)]
+struct GivesUpEarly(MemDb);
+
+impl cached_instances::Loader<Question> for GivesUpEarly {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Question>, cached_instances::LoadError> {
+        cached_instances::Loader::<Question>::load(&self.0, pks).await
+    }
+
+    async fn load_after(
+        &self,
+        pks: cached_instances::LeasedPks<'_, i64>,
+    ) -> Result<Vec<Question>, cached_instances::LoadError> {
+        let mut pks = std::pin::pin!(pks);
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(pks.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the lease step is held");
+        Err(cached_instances::LoadError::msg("no connection"))
+    }
+}
+
+/// A loader that returns before its pks are known leaves no lease behind
+/// (the lease step had taken them: they are released), and the read
+/// loads its rows directly.
+#[tokio::test]
+async fn a_loader_that_gives_up_before_its_pks_leaves_no_lease() {
+    let db = MemDb::seeded();
+    let memory = MemoryStore::new();
+    let cache = Cache::builder()
+        .store(Wrapped::with_hook(
+            memory.clone(),
+            SlowLeaseReplies {
+                delay: Duration::from_millis(50),
+            },
+        ))
+        .loader::<User>(db.clone())
+        .loader::<Question>(GivesUpEarly(db.clone()))
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+    let pks = [1, 2];
+    let read = cache.get_many::<Question>(&pks).await.unwrap();
+    assert_eq!(
+        read,
+        pks.iter()
+            .filter_map(|pk| db.question(*pk))
+            .collect::<Vec<_>>()
+    );
+    cache.settle().await;
+    for pk in pks {
+        let key = cache.key_of::<Question>(&pk).unwrap();
+        let held = memory.raw(&key);
+        assert!(
+            held.as_deref()
+                .is_some_and(|bytes| !bytes.starts_with(b"\0L")),
+            "{pk}: {held:?}"
+        );
+    }
 }

@@ -1146,3 +1146,133 @@ async fn mysql_decode_errors_name_the_column() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// The checkout overlaps the lease (`Loader::load_after`)
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cached_instances::MemoryStore;
+use cached_instances::store::{InProcess, StoreFuture};
+use cached_instances_testkit::store::{Hook, Keys, Op, Wrapped};
+
+/// What the database had seen when a read's lease was taken: whether the
+/// loader had checked a connection out of the pool by then, and how many
+/// statements had run.
+#[derive(Clone)]
+struct AtLease {
+    idle: Arc<dyn Fn() -> usize + Send + Sync>,
+    statements: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// The pool's idle connections before the read.
+    idle_before: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<(bool, usize)>>>,
+}
+
+impl Hook for AtLease {
+    /// Once a lease is taken, waits (at most 5 s) for the pool to lend a
+    /// connection, then records; other calls are forwarded.
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        _keys: Keys<'a>,
+        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        if !matches!(op, Op::SetIfAbsent | Op::SetIfAbsentOr) {
+            return call();
+        }
+        Box::pin(async move {
+            let result = call().await;
+            let before = self.idle_before.load(Ordering::SeqCst);
+            let lent = async {
+                while (self.idle)() >= before {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            };
+            let lent = tokio::time::timeout(Duration::from_secs(5), lent)
+                .await
+                .is_ok();
+            self.seen.lock().unwrap().push((lent, (self.statements)()));
+            result
+        })
+    }
+
+    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
+        read()
+    }
+}
+
+/// A cold read through `SqlxLoader`: the loader checks its connection out
+/// while the lease is pending (it is lent before the lease step returns),
+/// and no statement reaches the database before the lease is taken; the
+/// rows are then loaded as usual.
+async fn checkout_overlaps_the_lease<DB: SqlxDatabase>(
+    pool: Pool<DB>,
+    statements: impl Fn() -> usize + Send + Sync + 'static,
+) where
+    User: SqlxModel<DB>,
+    Question: SqlxModel<DB>,
+    Choice: SqlxModel<DB>,
+{
+    let idle = {
+        let pool = pool.clone();
+        move || pool.num_idle()
+    };
+    let hook = AtLease {
+        idle: Arc::new(idle),
+        statements: Arc::new(statements),
+        idle_before: Arc::default(),
+        seen: Arc::default(),
+    };
+    let cache = Cache::builder()
+        .store(Wrapped::with_hook(MemoryStore::new(), hook.clone()))
+        .loader::<User>(SqlxLoader::new(pool.clone()))
+        .loader::<Question>(SqlxLoader::new(pool.clone()))
+        .loader::<Choice>(SqlxLoader::new(pool.clone()))
+        .build()
+        .unwrap();
+    let all = questions();
+    for pks in [&[1_i64, 2][..], &[3]] {
+        // A connection to lend, back in the pool (sqlx returns one from a
+        // task of its own).
+        drop(pool.acquire().await.unwrap());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pool.num_idle() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the pool has an idle connection");
+        hook.idle_before.store(pool.num_idle(), Ordering::SeqCst);
+        let ran_before = (hook.statements)();
+        let read = cache.get_many::<Question>(pks).await.unwrap();
+        assert_eq!(read, by_id(&all, pks));
+        let seen = std::mem::take(&mut *hook.seen.lock().unwrap());
+        assert_eq!(
+            seen,
+            [(true, ran_before)],
+            "pks {pks:?}: one lease step, the connection lent during it, no statement before it"
+        );
+        assert!(
+            (hook.statements)() > ran_before,
+            "the rows were loaded after"
+        );
+    }
+    assert_eq!(cache.stats().loader_calls, 2);
+}
+
+#[tokio::test]
+async fn sqlite_checkout_overlaps_the_lease() {
+    let (pool, statements) = sqlite_polls().await;
+    checkout_overlaps_the_lease(pool, || statements.count()).await;
+}
+
+#[tokio::test]
+async fn postgres_checkout_overlaps_the_lease() {
+    with_postgres(|pool, statements| async move {
+        postgres_polls(&pool).await;
+        checkout_overlaps_the_lease(pool, move || statements.count()).await;
+    })
+    .await;
+}

@@ -7,6 +7,7 @@ use cached_instances_testkit::redis_server::RedisServer;
 use polls::db::{Db, Pool};
 use polls::telemetry::StatementCounter;
 use polls::{Choice, Question, User};
+use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::Config;
@@ -16,13 +17,16 @@ pub(crate) struct Env {
     pub(crate) cfg: Config,
     pub(crate) redis_url: String,
     pub(crate) redis: RedisServer,
-    /// The polls database handle: the cache's loaders, the polls API.
+    /// The polls database handle: the polls API.
     pub(crate) db: Db,
+    /// The loader the models derive over `db`'s pool, as the polls app
+    /// has it: the caches' loaders, and the cold rows' baseline.
+    pub(crate) loader: SqlxLoader<Postgres>,
     /// The baselines' pool (and ours' pk queries).
     pub(crate) pool: PgPool,
     /// A RedisStore handle sharing nothing with the caches, for clearing keys.
     pub(crate) store: RedisStore,
-    /// The cache over Redis (loaders: `db`).
+    /// The cache over Redis (loaders: `loader`).
     pub(crate) cache: Cache,
     /// The id of the 500-byte question.
     pub(crate) big: i64,
@@ -183,15 +187,19 @@ pub(crate) async fn setup(cfg: Config, database_url: &str) -> Result<Env, String
     let store = RedisStore::connect(&redis_url)
         .await
         .map_err(|e| e.to_string())?;
+    let Pool::Postgres(db_pool) = db.pool() else {
+        unreachable!("the bench's Db is PostgreSQL")
+    };
+    let loader = SqlxLoader::new(db_pool.clone());
     let cache = Cache::builder()
         .store(
             RedisStore::connect(&redis_url)
                 .await
                 .map_err(|e| e.to_string())?,
         )
-        .loader::<User>(db.clone())
-        .loader::<Question>(db.clone())
-        .loader::<Choice>(db.clone())
+        .loader::<User>(loader.clone())
+        .loader::<Question>(loader.clone())
+        .loader::<Choice>(loader.clone())
         .build()
         .map_err(|e| e.to_string())?;
     // The hot set, cached.
@@ -218,6 +226,7 @@ pub(crate) async fn setup(cfg: Config, database_url: &str) -> Result<Env, String
         redis_url,
         redis,
         db,
+        loader,
         pool,
         store,
         cache,

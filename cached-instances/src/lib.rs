@@ -71,7 +71,7 @@ pub use error::{
     StoreOp,
 };
 pub use instance::{CachedInstance, IndexField, Relation, RelationKind, Schema, Target};
-pub use loader::Loader;
+pub use loader::{LeasedPks, Loader};
 pub use pk::PrimaryKey;
 pub use store::{MemoryStore, Store};
 #[cfg(feature = "redis")]

@@ -30,9 +30,9 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
     let memory = MemoryStore::new();
     let memory_cache = Cache::builder()
         .store(memory.clone())
-        .loader::<User>(env.db.clone())
-        .loader::<Question>(env.db.clone())
-        .loader::<Choice>(env.db.clone())
+        .loader::<User>(env.loader.clone())
+        .loader::<Question>(env.loader.clone())
+        .loader::<Choice>(env.loader.clone())
         .build()
         .expect("cache");
     let warm_pks: Vec<i64> = (1..=100.min(cfg.hot)).collect();
@@ -71,7 +71,9 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
             };
             let run_base = async || {
                 let started = Instant::now();
-                let found = Loader::<Question>::load(&env.db, pks).await.expect("load");
+                let found = Loader::<Question>::load(&env.loader, pks)
+                    .await
+                    .expect("load");
                 assert_eq!(found.len(), 100);
                 started.elapsed().as_nanos() as u64
             };
@@ -193,7 +195,9 @@ async fn phases(env: &Env, name: &str, store: &dyn Store, windows: &[Vec<i64>]) 
         let set = store.set_if_absent(&keys, lease, ttl).await.expect("lease");
         assert!(set.iter().all(|set| *set), "leased");
         step(1);
-        let rows = Loader::<Question>::load(&env.db, pks).await.expect("load");
+        let rows = Loader::<Question>::load(&env.loader, pks)
+            .await
+            .expect("load");
         step(2);
         let ops: Vec<CompareAndSet> = rows
             .iter()

@@ -30,14 +30,14 @@ pub(crate) async fn memory_rows(env: &Env, rows: &mut Vec<Row>) {
     let store = MemoryStore::new();
     let cache = Cache::builder()
         .store(store.clone())
-        .loader::<User>(env.db.clone())
-        .loader::<Question>(env.db.clone())
-        .loader::<Choice>(env.db.clone())
+        .loader::<User>(env.loader.clone())
+        .loader::<Question>(env.loader.clone())
+        .loader::<Choice>(env.loader.clone())
         .build()
         .expect("cache");
     // Warm the loaders' connections first, so their buffers are not counted.
     for chunk in hot.chunks(500) {
-        Loader::<Question>::load(&env.db, chunk)
+        Loader::<Question>::load(&env.loader, chunk)
             .await
             .expect("load");
     }

@@ -15,9 +15,9 @@ pub(crate) async fn memory_store_rows(env: &Env, rows: &mut Vec<Row>) {
     let cfg = &env.cfg;
     let cache = Cache::builder()
         .store(MemoryStore::new())
-        .loader::<User>(env.db.clone())
-        .loader::<Question>(env.db.clone())
-        .loader::<Choice>(env.db.clone())
+        .loader::<User>(env.loader.clone())
+        .loader::<Question>(env.loader.clone())
+        .loader::<Choice>(env.loader.clone())
         .build()
         .expect("cache");
     let pk = env.big;

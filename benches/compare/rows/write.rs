@@ -21,9 +21,9 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
     let calls: Calls = (*store).clone();
     let cache = Cache::builder()
         .store(store)
-        .loader::<User>(env.db.clone())
-        .loader::<Question>(env.db.clone())
-        .loader::<Choice>(env.db.clone())
+        .loader::<User>(env.loader.clone())
+        .loader::<Question>(env.loader.clone())
+        .loader::<Choice>(env.loader.clone())
         .build()
         .expect("cache");
     // Questions 10 and 11; the first choice of question 10, with its voters.

@@ -4,6 +4,7 @@
 //! (`cold.rs`).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -163,6 +164,25 @@ struct Misses {
     corrupt: Vec<String>,
     read: bool,
     lease: LeaseBy,
+}
+
+/// What the lease step did, and left to do besides the load: keys other
+/// readers hold leases on (waited for), keys to read directly, keys
+/// holding bytes a lease-first read cannot serve (read again as after a
+/// multi-get), or a store that failed (every miss read directly).
+#[derive(Default)]
+struct AfterLease {
+    /// The lease step began, and ran to its end.
+    started: bool,
+    done: bool,
+    failed: bool,
+    /// The whole batch was absent and leased in one command (`cold.rs`).
+    all_at_once: bool,
+    /// A lease-first read's keys found holding an entry.
+    hits: usize,
+    waiting: Vec<usize>,
+    direct: Vec<usize>,
+    refused: Vec<usize>,
 }
 
 /// How a read's misses are leased (`cold.rs`).
@@ -470,71 +490,122 @@ impl Reader<'_> {
             self.replace_corrupt::<T>(&corrupt).await;
         }
 
-        // A pk asked for twice is leased and loaded once.
+        // A pk asked for twice is leased and loaded once: `copies` holds
+        // each later index with the first of its key.
         let mut unique: Vec<usize> = Vec::with_capacity(indexes.len());
-        let mut copies: HashMap<&str, Vec<usize>> = HashMap::new();
-        for &i in &indexes {
-            let slot = copies.entry(keys[i].as_str()).or_default();
-            if slot.is_empty() {
-                unique.push(i);
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        if indexes.len() > 1 {
+            let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(indexes.len());
+            for &i in &indexes {
+                match first_of.entry(keys[i].as_str()) {
+                    Entry::Occupied(first) => copies.push((i, *first.get())),
+                    Entry::Vacant(slot) => {
+                        slot.insert(i);
+                        unique.push(i);
+                    }
+                }
             }
-            slot.push(i);
+        } else {
+            unique.clone_from(&indexes);
         }
-        let lease_keys: Vec<String> = unique.iter().map(|&i| keys[i].clone()).collect();
+        // Every key of the batch, once and in order (a cold batch): leased
+        // as it is.
+        let lease_keys: Vec<String>;
+        let lease_keys = if unique.len() == keys.len() {
+            keys
+        } else {
+            lease_keys = unique.iter().map(|&i| keys[i].clone()).collect();
+            &lease_keys
+        };
         let lease = marker::new_lease_for(config.lease_ttl);
-        let Some(outcomes) = self
-            .lease::<T>(&lease_keys, &lease, matches!(lease_by, LeaseBy::AllFirst))
-            .await
-        else {
+        // The keys leased, filled from the loaded rows (or released); the
+        // lease step below sets them before the load reads the database.
+        let mut held = Held::new(self.fills, keys, Vec::new(), &lease, config.tombstone_ttl);
+        let mut after = AfterLease::default();
+        // The lease step yields the pks to load once their leases are
+        // taken: the loader gets ready meanwhile (`Loader::load_after`).
+        let leased = async {
+            after.started = true;
+            let Some(outcomes) = self
+                .lease::<T>(lease_keys, &lease, matches!(lease_by, LeaseBy::AllFirst))
+                .await
+            else {
+                after.failed = true;
+                after.done = true;
+                return Vec::new();
+            };
+            let all_at_once = matches!(lease_by, LeaseBy::AllFirst)
+                && indexes.len() == rows.pks.len()
+                && outcomes.iter().all(|(at_once, _)| *at_once);
+            let outcomes = outcomes.into_iter().map(|(_, held)| held);
+            // Leases past their deadline: their reader died before its
+            // fill (`marker::new_lease_for`); replaced as tombstones are.
+            let mut expired: Vec<(usize, Bytes)> = Vec::new();
+            for (&i, outcome) in unique.iter().zip(outcomes) {
+                match outcome {
+                    None => held.indexes.push(i),
+                    Some(bytes) => match marker::classify(&bytes) {
+                        Slot::Lease if marker::lease_expired(&bytes) => expired.push((i, bytes)),
+                        Slot::Lease => after.waiting.push(i),
+                        // A hit (lease-first), or filled since our multi-get.
+                        Slot::Value(_) => {
+                            match accept::<T>(rows.entry, self.max_bytes(), bytes, rows.want) {
+                                Ok(found) => out[i] = found,
+                                Err(_) if read => after.direct.push(i),
+                                Err(_) => after.refused.push(i),
+                            }
+                        }
+                        Slot::Foreign if read => after.direct.push(i),
+                        Slot::Foreign => after.refused.push(i),
+                        Slot::Tombstone => after.direct.push(i),
+                    },
+                }
+            }
+            after.all_at_once = all_at_once;
+            if !read {
+                // Copies of a duplicated pk count like their first.
+                after.hits = unique.iter().filter(|&&i| out[i].is_found()).count()
+                    + copies
+                        .iter()
+                        .filter(|&&(_, first)| out[first].is_found())
+                        .count();
+            }
+            if !expired.is_empty() {
+                let (replaced, other) = self.replace_expired::<T>(keys, expired, &lease).await;
+                held.indexes.extend(replaced);
+                after.direct.extend(other);
+            }
+            after.done = true;
+            held.indexes.iter().map(|&i| rows.pks[i].clone()).collect()
+        };
+        let loaded = rows.entry.load_after::<T>(self.loading, leased).await;
+        let AfterLease {
+            started,
+            done,
+            failed,
+            all_at_once,
+            hits,
+            waiting,
+            mut direct,
+            refused,
+        } = after;
+        if failed || !done {
+            // The store failed; or the loader returned without waiting
+            // for its pks (it failed getting ready, say), and whatever the
+            // lease step had leased is released (`held`, dropped armed,
+            // replaces this read's lease where a key still holds it). The
+            // rows are read directly.
+            if started && !done {
+                held.indexes.clone_from(&unique);
+            }
+            drop(held);
             if !read {
                 self.count_lease_first(rows.entry, indexes.len(), 0, 0);
             }
             self.load_direct(rows, &indexes, out).await?;
             return Ok(());
-        };
-        let all_at_once = matches!(lease_by, LeaseBy::AllFirst)
-            && indexes.len() == rows.pks.len()
-            && outcomes.iter().all(|(at_once, _)| *at_once);
-        let outcomes = outcomes.into_iter().map(|(_, held)| held);
-
-        let mut granted = Vec::new();
-        let mut waiting = Vec::new();
-        let mut direct = Vec::new();
-        // Bytes that are not a servable entry: after a multi-get, filled
-        // since (read directly); without one, what the multi-get would
-        // have found (replaced, leased and loaded as after a multi-get).
-        let mut refused = Vec::new();
-        // Leases past their deadline: their reader died before its fill
-        // (`marker::new_lease_for`); replaced as tombstones are.
-        let mut expired: Vec<(usize, Bytes)> = Vec::new();
-        for (&i, outcome) in unique.iter().zip(outcomes) {
-            match outcome {
-                None => granted.push(i),
-                Some(bytes) => match marker::classify(&bytes) {
-                    Slot::Lease if marker::lease_expired(&bytes) => expired.push((i, bytes)),
-                    Slot::Lease => waiting.push(i),
-                    // A hit (lease-first), or filled since our multi-get.
-                    Slot::Value(_) => {
-                        match accept::<T>(rows.entry, self.max_bytes(), bytes, rows.want) {
-                            Ok(found) => out[i] = found,
-                            Err(_) if read => direct.push(i),
-                            Err(_) => refused.push(i),
-                        }
-                    }
-                    Slot::Foreign if read => direct.push(i),
-                    Slot::Foreign => refused.push(i),
-                    Slot::Tombstone => direct.push(i),
-                },
-            }
         }
         if !read {
-            // Copies of a duplicated pk count like their first.
-            let weight = |i: usize| copies.get(keys[i].as_str()).map_or(1, Vec::len);
-            let hits = unique
-                .iter()
-                .filter(|&&i| out[i].is_found())
-                .map(|&i| weight(i))
-                .sum();
             self.count_lease_first(rows.entry, indexes.len(), hits, refused.len());
         }
         if all_at_once {
@@ -542,8 +613,9 @@ impl Reader<'_> {
             // next batch read of the model starts with that (`cold.rs`).
             rows.entry.cold.leased_all();
         }
-
-        let mut held = Held::new(self.fills, keys, granted, &lease, config.tombstone_ttl);
+        if !held.indexes.is_empty() {
+            self.fill_loaded(batch, &mut held, loaded, out).await?;
+        }
         if !read && !refused.is_empty() {
             let misses = Misses {
                 corrupt: refused.iter().map(|&i| keys[i].clone()).collect(),
@@ -553,14 +625,6 @@ impl Reader<'_> {
             };
             Box::pin(self.fill_misses(batch, misses, out)).await?;
         }
-        if !expired.is_empty() {
-            let (replaced, other) = self.replace_expired::<T>(keys, expired, &lease).await;
-            held.indexes.extend(replaced);
-            direct.extend(other);
-        }
-        if !held.indexes.is_empty() {
-            self.load_and_fill(batch, &mut held, out).await?;
-        }
         if !waiting.is_empty() {
             direct.extend(self.wait_for_leases(batch, &waiting, out).await);
         }
@@ -569,16 +633,9 @@ impl Reader<'_> {
         }
 
         // Copies of a duplicated pk share the first one's result.
-        for indexes in copies.values() {
-            let (first, rest) = indexes.split_first().expect("never empty");
-            if rest.is_empty() {
-                continue;
-            }
-            let bytes = out[*first].to_bytes();
-            for &i in rest {
-                if let Some(bytes) = &bytes {
-                    out[i] = share::<T>(bytes.clone(), rows.want).unwrap_or(Found::Missing);
-                }
+        for (i, first) in copies {
+            if let Some(bytes) = out[first].to_bytes() {
+                out[i] = share::<T>(bytes, rows.want).unwrap_or(Found::Missing);
             }
         }
         Ok(())
@@ -730,15 +787,17 @@ impl Reader<'_> {
             .await;
     }
 
-    /// Loads the keys we hold a lease on, then fills each one whose lease
-    /// still holds, and releases the ones whose row does not exist. The
-    /// fill is handed to the store, and its reply recorded off the read
-    /// (`fills.rs`); a failed load's release is waited for. Leases it never
-    /// got to (an error encoding a row) `held` releases when dropped.
-    async fn load_and_fill<T: CachedInstance>(
+    /// Fills each key we hold a lease on from the rows `loaded` for them,
+    /// where the lease still holds, and releases the ones whose row does
+    /// not exist. The fill is handed to the store, and its reply recorded
+    /// off the read (`fills.rs`); a failed load's release is waited for.
+    /// Leases it never got to (an error encoding a row) `held` releases
+    /// when dropped.
+    async fn fill_loaded<T: CachedInstance>(
         &self,
         batch: &Batch<'_, T>,
         held: &mut Held<'_>,
+        loaded: Result<Vec<T>, Error>,
         out: &mut [Found<T>],
     ) -> Result<(), Error> {
         let Batch {
@@ -747,8 +806,6 @@ impl Reader<'_> {
         } = *batch;
         let (indexes, lease) = (&held.indexes[..], held.lease);
         let config = self.config;
-        let load_pks: Vec<T::Pk> = indexes.iter().map(|&i| pks[i].clone()).collect();
-        let loaded = entry.load::<T>(self.loading, &load_pks).await;
         let tombstone = Bytes::from_static(TOMBSTONE);
         let release = |i: usize| CompareAndSet {
             key: keys[i].clone(),

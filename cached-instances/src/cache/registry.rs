@@ -4,6 +4,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -243,6 +244,20 @@ impl ModelEntry {
         pks: &[T::Pk],
     ) -> Result<Vec<T>, Error> {
         loading.call(T::MODEL, self.loader::<T>().load(pks)).await
+    }
+
+    /// One loader call for the pks `pks` yields once this read's leases
+    /// are taken ([`Loader::load_after`](crate::Loader::load_after)), none
+    /// if it yields none.
+    pub(crate) async fn load_after<'a, T: CachedInstance>(
+        &'a self,
+        loading: Loading<'a>,
+        pks: impl Future<Output = Vec<T::Pk>> + Send + 'a,
+    ) -> Result<Vec<T>, Error> {
+        let loader = self.loader::<T>();
+        loading
+            .call_after(T::MODEL, pks, |pks| loader.load_after(pks))
+            .await
     }
 
     /// The key of the pk whose key form is `pk_key`.

@@ -116,7 +116,7 @@ use ::sqlx::{Database, Pool};
 
 use crate::error::LoadError;
 use crate::instance::CachedInstance;
-use crate::loader::Loader;
+use crate::loader::{LeasedPks, Loader};
 use crate::query::{Condition, Query, QueryPage};
 
 pub use schema::{SchemaError, SchemaMismatch, SqlxColumn, verify_schema};
@@ -234,6 +234,19 @@ where
         }
         let mut conn = self.pool.acquire().await.map_err(LoadError::new)?;
         T::sqlx_load(&mut *conn, pks).await.map_err(LoadError::new)
+    }
+
+    /// Checks a connection out of the pool while the cache takes its
+    /// leases (with sqlx's default `test_before_acquire`, a ping: a round
+    /// trip saved), and sends the query once they are taken. With no pks
+    /// to load, the connection goes back unused.
+    async fn load_after(&self, pks: LeasedPks<'_, T::Pk>) -> Result<Vec<T>, LoadError> {
+        let (conn, pks) = tokio::join!(self.pool.acquire(), pks);
+        if pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = conn.map_err(LoadError::new)?;
+        T::sqlx_load(&mut *conn, &pks).await.map_err(LoadError::new)
     }
 
     /// `SELECT pk FROM table ORDER BY pk`, for [`Cache::warm`](crate::Cache::warm).
