@@ -1,7 +1,10 @@
 //! The read path: multi-get, lease the misses, one batched load, fill if the
 //! lease still holds; wait for other readers' leases instead of stampeding.
 //! A batch read of a model whose reads lately missed leases first
-//! (`cold.rs`).
+//! (`cold.rs`). The loader gets the pks to load as the lease step's future
+//! ([`Loader::load_after`](crate::Loader::load_after)): it may get ready (a
+//! pooled connection) while the leases are taken, and reads the database
+//! only after.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
