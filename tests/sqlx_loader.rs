@@ -1276,3 +1276,43 @@ async fn postgres_checkout_overlaps_the_lease() {
     })
     .await;
 }
+
+/// With no idle connection in the pool, `SqlxLoader` checks none out
+/// before the leases: a read whose lease is refused (another reader holds
+/// it) goes on to wait for that lease while every connection is busy,
+/// instead of queueing for one it would not use.
+#[tokio::test]
+async fn sqlite_a_refused_lease_never_queues_for_a_connection() {
+    let (pool, _) = sqlite_polls().await;
+    let memory = MemoryStore::new();
+    let cache = Cache::builder()
+        .store(memory.clone())
+        .loader::<User>(SqlxLoader::new(pool.clone()))
+        .loader::<Question>(SqlxLoader::new(pool.clone()))
+        .loader::<Choice>(SqlxLoader::new(pool.clone()))
+        .lease_wait(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    // Another reader's lease (one without a deadline: never voided).
+    let key = cache.key_of::<Question>(&1).unwrap();
+    memory.put_raw(&key, &b"\0L0123456789abcdef"[..], Duration::from_secs(60));
+    // The pool's only connection, busy.
+    let busy = pool.acquire().await.unwrap();
+    let read = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get::<Question>(&1).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while cache.stats().lease_waits == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the read waits for the lease while the connection is busy");
+    assert_eq!(cache.stats().loader_calls, 0);
+    // The wait runs out; the read goes to the database, once it can.
+    drop(busy);
+    let read = read.await.unwrap().unwrap();
+    assert_eq!(read, questions().into_iter().find(|q| q.id == 1));
+    assert_eq!(cache.stats().loader_calls, 1);
+}

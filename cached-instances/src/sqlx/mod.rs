@@ -240,12 +240,29 @@ where
     /// leases (with sqlx's default `test_before_acquire`, a ping: a round
     /// trip saved), and sends the query once they are taken. With no pks
     /// to load, the connection goes back unused.
+    ///
+    /// Only an idle connection is checked out early: when the pool has
+    /// none, the read waits for its leases first, so that readers whose
+    /// leases are refused (a herd on the same cold keys, waiting for the
+    /// one that holds them) never queue for a connection they will not
+    /// use, ahead of the reader that needs one. An early checkout is
+    /// waited for even when the leases are refused: sqlx drops a
+    /// connection whose checkout is cancelled.
     async fn load_after(&self, pks: LeasedPks<'_, T::Pk>) -> Result<Vec<T>, LoadError> {
-        let (conn, pks) = tokio::join!(self.pool.acquire(), pks);
+        let (early, pks) = if self.pool.num_idle() > 0 {
+            let (conn, pks) = tokio::join!(self.pool.acquire(), pks);
+            (Some(conn), pks)
+        } else {
+            (None, pks.await)
+        };
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = conn.map_err(LoadError::new)?;
+        let mut conn = match early {
+            Some(conn) => conn,
+            None => self.pool.acquire().await,
+        }
+        .map_err(LoadError::new)?;
         T::sqlx_load(&mut *conn, &pks).await.map_err(LoadError::new)
     }
 
