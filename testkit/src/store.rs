@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cached_instances::Store;
 use cached_instances::store::{
     CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, StoreFuture,
 };
+use cached_instances::{Store, StoreError};
 
 /// A store primitive, as a [`Hook`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -255,6 +255,22 @@ impl<S: Store, H: Hook> IndexStore for Wrapped<S, H> {
     ) -> StoreFuture<'a, Option<IndexPage>> {
         self.hook.around(Op::IndexQuery, Keys::Index, move || {
             self.inner_indexes().index_query(prefix, query)
+        })
+    }
+
+    /// Its two parts, each through the hook ([`Op::IndexQuery`], then
+    /// [`Op::GetMany`], sent side by side), so that a hook's holds, faults
+    /// and journal see a list's query and its page's entries apart; the
+    /// inner store's single request for both is what is not forwarded.
+    fn index_query_and_get<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, (Option<IndexPage>, Result<Vec<Option<Bytes>>, StoreError>)> {
+        Box::pin(async move {
+            let (page, values) = tokio::join!(self.index_query(prefix, query), self.get_many(keys));
+            Ok((page?, values))
         })
     }
 }

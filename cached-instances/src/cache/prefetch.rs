@@ -8,7 +8,11 @@
 //! of a list, read again and again between writes), so the cache keeps,
 //! per model and per query, the keys of the last page it read, and sends
 //! their multi-get alongside the next index query of that query. On one
-//! Redis connection the two are pipelined: one round trip instead of two.
+//! Redis connection the two are pipelined: one round trip instead of two
+//! ([`IndexStore::index_query_and_get`](crate::store::IndexStore::index_query_and_get);
+//! a repeated list's query and its entries go as one request, which costs
+//! the connection's writer one message and the reader one wake-up instead
+//! of two).
 //!
 //! What is guessed only decides which keys are read early, never what is
 //! served: the entries used are those of the pks the index query returned;

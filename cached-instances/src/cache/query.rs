@@ -212,13 +212,29 @@ impl Cache {
             };
             let (page, guessed) = match &guess {
                 Some(guess) => {
-                    let read = reader.gate.call(
-                        Some(T::MODEL),
-                        StoreOp::Get,
-                        reader.gate.store.get_many(&guess.page.keys),
-                    );
-                    let (page, values) = tokio::join!(run(), read);
-                    (page, values.map(|values| (guess, values)))
+                    // One call for both: on Redis, one request.
+                    let both = reader
+                        .gate
+                        .call(
+                            Some(T::MODEL),
+                            StoreOp::Query,
+                            indexes.index_query_and_get(
+                                &entry.index_prefix,
+                                &plan,
+                                &guess.page.keys,
+                            ),
+                        )
+                        .await;
+                    match both {
+                        Some((page, values)) => {
+                            let values = reader
+                                .gate
+                                .record(Some(T::MODEL), StoreOp::Get, values)
+                                .ok();
+                            (Some(page), values.map(|values| (guess, values)))
+                        }
+                        None => (None, None),
+                    }
                 }
                 None => (run().await, None),
             };

@@ -334,6 +334,25 @@ impl IndexStore for MemoryStore {
             .then(|| self.indexes.query(prefix, query));
         Box::pin(std::future::ready(Ok(page)))
     }
+
+    /// The query, then the multi-get (both in process; two calls).
+    fn index_query_and_get<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+        keys: &'a [String],
+    ) -> StoreFuture<
+        'a,
+        (
+            Option<IndexPage>,
+            Result<Vec<Option<Bytes>>, crate::StoreError>,
+        ),
+    > {
+        Box::pin(async move {
+            let page = self.index_query(prefix, query).await?;
+            Ok((page, Store::get_many(self, keys).await))
+        })
+    }
 }
 
 #[cfg(test)]

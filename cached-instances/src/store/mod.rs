@@ -245,6 +245,21 @@ pub trait IndexStore: Send + Sync {
         prefix: &'a str,
         query: &'a IndexQuery,
     ) -> StoreFuture<'a, Option<IndexPage>>;
+
+    /// [`index_query`](Self::index_query), and the entries under `keys` as
+    /// [`Store::get_many`] reads them, in one call: a list's query with the
+    /// entries of its last page (the cache's page guess). The entries are
+    /// read after the query began (on a Redis server, right behind it on
+    /// the same connection, in one request when the query allows). The
+    /// call fails when the query does; the read of the entries can fail
+    /// alone (the inner result).
+    #[allow(clippy::type_complexity)]
+    fn index_query_and_get<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, (Option<IndexPage>, Result<Vec<Option<Bytes>>, StoreError>)>;
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {

@@ -1289,6 +1289,30 @@ impl IndexStore for RedisStore {
     ) -> StoreFuture<'a, Option<IndexPage>> {
         Box::pin(async move { self.query_index(&self.key(prefix), query).await })
     }
+
+    /// One pipeline (one request on the connection) when the query is a
+    /// list's repeat on a single server (`query_index_and_get`); else the
+    /// query and the multi-get sent side by side, as two requests on the
+    /// same connection.
+    fn index_query_and_get<'a>(
+        &'a self,
+        prefix: &'a str,
+        query: &'a IndexQuery,
+        keys: &'a [String],
+    ) -> StoreFuture<'a, (Option<IndexPage>, Result<Vec<Option<Bytes>>, StoreError>)> {
+        Box::pin(async move {
+            let prefix = self.key(prefix);
+            let entries = Keys::new(&self.prefix, keys);
+            if let Some(replies) = self.query_index_and_get(&prefix, query, entries).await {
+                return replies;
+            }
+            let (page, values) = tokio::join!(
+                self.query_index(&prefix, query),
+                Store::get_many(self, keys)
+            );
+            Ok((page?, values))
+        })
+    }
 }
 
 #[cfg(test)]
