@@ -188,7 +188,8 @@ async fn a_marker_read_in_process_takes_the_lease_path() {
     assert_eq!(memory.raw(&key).as_deref(), Some(&lease[..]));
 }
 
-/// Holds every lease step for `delay`; other calls are forwarded.
+/// Lets each lease step reach the store, then holds its reply for
+/// `delay`; other calls are forwarded.
 #[derive(Clone)]
 struct SlowLeases {
     delay: Duration,
@@ -205,8 +206,9 @@ impl Hook for SlowLeases {
             return call();
         }
         Box::pin(async move {
+            let reply = call().await;
             tokio::time::sleep(self.delay).await;
-            call().await
+            reply
         })
     }
 
@@ -255,34 +257,6 @@ async fn the_loader_deadline_starts_once_the_leases_are_taken() {
     assert_eq!(cache.stats().loader_timeouts, 1);
 }
 
-/// Lets each lease step reach the store, then holds its reply for `delay`.
-#[derive(Clone)]
-struct SlowLeaseReplies {
-    delay: Duration,
-}
-
-impl Hook for SlowLeaseReplies {
-    fn around<'a, T: Send + 'a>(
-        &'a self,
-        op: Op,
-        _keys: Keys<'a>,
-        call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
-    ) -> StoreFuture<'a, T> {
-        if !matches!(op, Op::SetIfAbsent | Op::SetIfAbsentOr) {
-            return call();
-        }
-        Box::pin(async move {
-            let reply = call().await;
-            tokio::time::sleep(self.delay).await;
-            reply
-        })
-    }
-
-    fn around_in_process(&self, _key: &str, read: impl FnOnce() -> InProcess) -> InProcess {
-        read()
-    }
-}
-
 /// A loader whose `load_after` gives up before its pks are known (a
 /// checkout that failed): it polls them once, then fails. `load` works.
 #[derive(Clone)]
@@ -314,7 +288,7 @@ async fn a_loader_that_gives_up_before_its_pks_leaves_no_lease() {
     let cache = Cache::builder()
         .store(Wrapped::with_hook(
             memory.clone(),
-            SlowLeaseReplies {
+            SlowLeases {
                 delay: Duration::from_millis(50),
             },
         ))
