@@ -102,6 +102,9 @@ pub(crate) enum ManyHow {
     RawMget(redis::aio::ConnectionManager),
     Store(RedisStore),
     Cache(Cache),
+    /// The page newest first from the `pub_date` index of a warmed cache
+    /// (`Cache::query_json`): one index query and one multi-get, pipelined.
+    Index(Cache),
     PkQuery(PgPool),
     /// The polls API's list query: a page of 20 published pks and the count.
     PollsPage(Db),
@@ -134,6 +137,15 @@ impl Op for Many {
                             .await
                             .expect("read"),
                     );
+                }
+                ManyHow::Index(cache) => {
+                    let query = Query::<Question>::new()
+                        .order_by_desc("pub_date")
+                        .offset(n as u64 * 100)
+                        .limit(100);
+                    let page = cache.query_json(&query).await.expect("query");
+                    assert_eq!(page.source, Source::Cache, "from the index");
+                    black_box(page);
                 }
                 ManyHow::PollsPage(db) => {
                     black_box(

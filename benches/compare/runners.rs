@@ -1,5 +1,6 @@
 //! Runners: sequential latencies and concurrent throughput, sides interleaved.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use crate::stats::{Lat, Rate, lat};
 
 /// Sequential latencies of each op, interleaved in blocks; the order of the
 /// sides rotates every round (A B C, B C A, ...) so drift hits all of them.
-pub(crate) async fn latencies(ops: &[&dyn Op], rounds: usize, block: usize) -> Vec<Lat> {
+pub(crate) async fn latencies(ops: &[Arc<dyn Op>], rounds: usize, block: usize) -> Vec<Lat> {
     let mut samples: Vec<Vec<u64>> = ops
         .iter()
         .map(|_| Vec::with_capacity(rounds * block))
@@ -93,7 +94,11 @@ impl Batches {
     pub(crate) fn new() -> Self {
         Batches { per_op: Vec::new() }
     }
-    pub(crate) async fn run<F: AsyncFnMut()>(&mut self, batches: usize, batch: usize, f: &mut F) {
+    pub(crate) async fn run<F, Fut>(&mut self, batches: usize, batch: usize, f: &mut F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
         for _ in 0..batches {
             let started = Instant::now();
             for _ in 0..batch {

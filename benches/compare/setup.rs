@@ -102,13 +102,7 @@ pub(crate) async fn add_sized_question(pool: &PgPool, db: &Db, size: usize) -> R
     .execute(pool)
     .await
     .map_err(|e| e.to_string())?;
-    let load = async |db: &Db| -> Result<usize, String> {
-        let rows = Loader::<Question>::load(db, &[id])
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(rows[0].to_json().map_err(|e| e.to_string())?.len())
-    };
-    let len = load(db).await?;
+    let len = representation_len(db, id).await?;
     let text = 400 + size as i64 - len as i64;
     sqlx::query("UPDATE questions SET question_text = repeat('x', $2::int) WHERE id = $1")
         .bind(id)
@@ -116,7 +110,7 @@ pub(crate) async fn add_sized_question(pool: &PgPool, db: &Db, size: usize) -> R
         .execute(pool)
         .await
         .map_err(|e| e.to_string())?;
-    let len = load(db).await?;
+    let len = representation_len(db, id).await?;
     if len != size {
         return Err(format!("the sized question is {len} bytes, not {size}"));
     }
@@ -288,4 +282,12 @@ impl Env {
         self.pool.close().await;
         drop(self.redis);
     }
+}
+
+/// The length of question `id`'s cached representation, as loaded now.
+async fn representation_len(db: &Db, id: i64) -> Result<usize, String> {
+    let rows = Loader::<Question>::load(db, &[id])
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(rows[0].to_json().map_err(|e| e.to_string())?.len())
 }

@@ -52,7 +52,9 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
             let pks = &windows[it % windows.len()];
             let keys = env.keys(pks);
             store.delete_many(&keys).await.expect("clear");
-            let run_ours = async || {
+            // Async blocks run when awaited: in the order the iteration
+            // picks.
+            let run_ours = async {
                 if after_warm {
                     // Untimed: the model's last batch read hit.
                     let warm = cache.get_many::<Question>(&warm_pks).await.expect("warm");
@@ -69,7 +71,7 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
                 assert_eq!(found.len(), 100);
                 (elapsed, cache.stats().loader_calls - calls)
             };
-            let run_base = async || {
+            let run_base = async {
                 let started = Instant::now();
                 let found = Loader::<Question>::load(&env.loader, pks)
                     .await
@@ -78,11 +80,11 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
                 started.elapsed().as_nanos() as u64
             };
             let ((o, calls), b) = if it % 2 == 0 {
-                let o = run_ours().await;
-                (o, run_base().await)
+                let o = run_ours.await;
+                (o, run_base.await)
             } else {
-                let b = run_base().await;
-                (run_ours().await, b)
+                let b = run_base.await;
+                (run_ours.await, b)
             };
             // The first iterations warm up.
             if it >= 4 {

@@ -31,8 +31,8 @@ pub(crate) async fn detail_rows(env: &Env, rows: &mut Vec<Row>) {
     // Ours calls no loader on a hit; the statement counter also sees the
     // PostgreSQL side's queries, so ours is counted by its loader calls.
     let before = env.cache.stats();
-    let lats = latencies(&[&*ours, &*raw, &*pg], cfg.rounds, cfg.block).await;
     let ops: [Arc<dyn Op>; 3] = [ours.clone(), raw.clone(), pg.clone()];
+    let lats = latencies(&ops, cfg.rounds, cfg.block).await;
     let rates = throughputs(&ops, cfg).await;
     let after = env.cache.stats();
     let misses = after.misses - before.misses;
@@ -125,30 +125,27 @@ pub(crate) async fn breakdown(env: &Env) {
         "RedisStore::get",
         "Cache::get_json",
     ];
-    let lats = latencies(
-        &[&*raw, &*raw_timeout, &*store, &*ours],
-        cfg.rounds,
-        cfg.block,
-    )
-    .await;
     let ops: [Arc<dyn Op>; 4] = [raw, raw_timeout, store, ours];
+    let lats = latencies(&ops, cfg.rounds, cfg.block).await;
     let rates = throughputs(&ops, cfg).await;
     print_layers("one key", &names, lats, rates, cfg.tasks);
 
     let pages: Vec<Vec<i64>> = hot.chunks(100).map(<[i64]>::to_vec).collect();
     let page_keys: Vec<Vec<String>> = pages.iter().map(|p| env.keys(p)).collect();
-    let many = |how| {
+    let many = |how| -> Arc<dyn Op> {
         Arc::new(Many {
             how,
             pages: pages.clone(),
             keys: page_keys.clone(),
         })
     };
-    let ops: [Arc<Many>; 6] = [
+    let indexed = env.indexed_cache(false).await;
+    let ops: [Arc<dyn Op>; 7] = [
         many(ManyHow::PkQuery(env.pool.clone())),
         many(ManyHow::RawMget(conn)),
         many(ManyHow::Store(env.store.clone())),
         many(ManyHow::Cache(env.cache.clone())),
+        many(ManyHow::Index(indexed)),
         many(ManyHow::PollsPage(env.db.clone())),
         many(ManyHow::BasePage(env.pool.clone())),
     ];
@@ -157,13 +154,12 @@ pub(crate) async fn breakdown(env: &Env) {
         "raw MGET of 100",
         "RedisStore::get_many(100)",
         "Cache::get_many_json(100)",
+        "Cache::query_json, 100 newest first from the index",
         "HTTP list, polls API's query (20 pks + count)",
         "HTTP list, baseline's query (20 rows + related pks + count)",
     ];
-    let refs: Vec<&dyn Op> = ops.iter().map(|o| &**o as &dyn Op).collect();
-    let lats = latencies(&refs, cfg.rounds, (cfg.block / 5).max(20)).await;
-    let dyns: Vec<Arc<dyn Op>> = ops.iter().map(|o| o.clone() as Arc<dyn Op>).collect();
-    let rates = throughputs(&dyns, cfg).await;
+    let lats = latencies(&ops, cfg.rounds, (cfg.block / 5).max(20)).await;
+    let rates = throughputs(&ops, cfg).await;
     print_layers(
         "lists (the page windows cycle through the hot set)",
         &names,

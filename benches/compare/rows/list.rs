@@ -26,8 +26,8 @@ pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
         offsets: offsets.clone(),
         sql: LIST_SQL,
     });
-    let lats = latencies(&[&*ours, &*base], cfg.rounds, (cfg.block / 5).max(20)).await;
     let ops: [Arc<dyn Op>; 2] = [ours, base];
+    let lats = latencies(&ops, cfg.rounds, (cfg.block / 5).max(20)).await;
     let rates = throughputs(&ops, cfg).await;
     rows.push(ratio_row(
         "list_p50",
@@ -74,8 +74,8 @@ pub(crate) async fn list_rows(env: &Env, rows: &mut Vec<Row>) {
             offsets: offsets.clone(),
             sql: LIST_BY_DATE_SQL,
         });
-        let lats = latencies(&[&*ours, &*base], cfg.rounds, (cfg.block / 5).max(20)).await;
         let ops: [Arc<dyn Op>; 2] = [ours, base];
+        let lats = latencies(&ops, cfg.rounds, (cfg.block / 5).max(20)).await;
         let rates = throughputs(&ops, cfg).await;
         rows.push(ratio_row(
             key_p50,

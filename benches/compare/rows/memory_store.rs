@@ -43,15 +43,19 @@ pub(crate) async fn memory_store_rows(env: &Env, rows: &mut Vec<Row>) {
     let (batches, batch) = if cfg.quick { (20, 200) } else { (400, 1000) };
     let mut ours = Batches::new();
     let mut base = Batches::new();
-    let mut get = async || {
+    // Closures of shared borrows, so that each call's future holds them
+    // (a future holding `&cache` is `Send` for any lifetime; an async
+    // closure's is not provably so).
+    let (cache, pk, map, key) = (&cache, &pk, &map, &key);
+    let mut get = move || async move {
         black_box(
             cache
-                .get_json::<Question>(black_box(&pk))
+                .get_json::<Question>(black_box(pk))
                 .await
                 .expect("read"),
         );
     };
-    let mut lookup = async || {
+    let mut lookup = move || async move {
         black_box(map.get(black_box(key.as_str())).cloned());
     };
     for round in 0..cfg.rounds * 2 {
@@ -82,11 +86,12 @@ pub(crate) async fn memory_store_rows(env: &Env, rows: &mut Vec<Row>) {
     // Decode, measured separately, and the typed hit that includes it.
     let mut decode = Batches::new();
     let mut typed = Batches::new();
-    let mut decode_op = async || {
-        black_box(Question::decode(black_box(&bytes)).expect("decode"));
+    let bytes = &bytes;
+    let mut decode_op = move || async move {
+        black_box(Question::decode(black_box(bytes)).expect("decode"));
     };
-    let mut typed_op = async || {
-        black_box(cache.get::<Question>(black_box(&pk)).await.expect("read"));
+    let mut typed_op = move || async move {
+        black_box(cache.get::<Question>(black_box(pk)).await.expect("read"));
     };
     for _ in 0..cfg.rounds {
         decode.run(batches / 2, batch, &mut decode_op).await;

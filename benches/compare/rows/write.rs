@@ -30,20 +30,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
     let (a, b) = (10, 11);
     let q = cache.get::<Question>(&a).await.expect("read").expect("row");
     let choice_id = q.choices[0];
-    let warm = async |question_ids: [i64; 2]| {
-        let choice = cache
-            .get::<Choice>(&choice_id)
-            .await
-            .expect("read")
-            .expect("row");
-        cache
-            .get_many::<Question>(&question_ids)
-            .await
-            .expect("read");
-        cache.get_many::<User>(&choice.voters).await.expect("read");
-        choice
-    };
-    let voters = warm([a, b]).await.voters.len();
+    let voters = warm(&cache, choice_id, [a, b]).await.voters.len();
 
     struct Sample {
         ns: u64,
@@ -106,7 +93,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
         assert_eq!(previous.question_id, from);
         let s = measure(&cache, sql, &calls, cache.saved_from(&previous, &new)).await;
         // Every entry involved is cached again before the next write.
-        warm([a, b]).await;
+        warm(&cache, choice_id, [a, b]).await;
         if it >= 2 {
             moves.push(s);
             db_write.push(db_ns);
@@ -133,7 +120,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
 
     // A vote: the Choice's voters and the User's votes change. A user who
     // has not voted for it, so every other iteration adds the vote.
-    let voters_now = warm([a, b]).await.voters;
+    let voters_now = warm(&cache, choice_id, [a, b]).await.voters;
     let user = (1..=(cfg.questions / 4).max(50))
         .rev()
         .find(|u| !voters_now.contains(u))
@@ -143,7 +130,7 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
         let voted = it % 2 == 0;
         let (previous, new) = env.db.set_vote(choice_id, user, voted).await.expect("vote");
         let s = measure(&cache, sql, &calls, cache.saved_from(&previous, &new)).await;
-        warm([a, b]).await;
+        warm(&cache, choice_id, [a, b]).await;
         cache.get::<User>(&user).await.expect("read");
         if it >= 2 {
             votes.push(s);
@@ -164,4 +151,20 @@ pub(crate) async fn write_rows(env: &Env, rows: &mut Vec<Row>) {
         target: "reported".into(),
         met: None,
     });
+}
+
+/// Caches the choice, both questions and the choice's voters again, so that
+/// a write finds every entry it involves cached.
+async fn warm(cache: &Cache, choice_id: i64, question_ids: [i64; 2]) -> Choice {
+    let choice = cache
+        .get::<Choice>(&choice_id)
+        .await
+        .expect("read")
+        .expect("row");
+    cache
+        .get_many::<Question>(&question_ids)
+        .await
+        .expect("read");
+    cache.get_many::<User>(&choice.voters).await.expect("read");
+    choice
 }
