@@ -792,8 +792,7 @@ impl RedisStore {
         {
             return None;
         }
-        let all: Vec<usize> = (0..keys.len()).collect();
-        let mut mget = Cmd::with_capacity(keys.len() + 1, keys.size_of(&all) + 4);
+        let mut mget = Cmd::with_capacity(keys.len() + 1, keys.total_size() + 4);
         mget.arg("MGET");
         for i in 0..keys.len() {
             mget.arg(keys.arg(i));

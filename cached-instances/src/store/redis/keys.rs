@@ -59,6 +59,11 @@ impl<'a> Keys<'a> {
             .map(|&i| self.prefix.len() + self.keys[i].len())
             .sum()
     }
+
+    /// The bytes of the command arguments of every key.
+    pub(super) fn total_size(&self) -> usize {
+        self.keys.len() * self.prefix.len() + self.keys.iter().map(String::len).sum::<usize>()
+    }
 }
 
 /// One key under a prefix, written as a single argument.
