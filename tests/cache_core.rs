@@ -202,7 +202,7 @@ impl Hook for SlowLeases {
         _keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
-        if !matches!(op, Op::SetIfAbsent | Op::SetIfAbsentOr) {
+        if !op.is_lease() {
             return call();
         }
         Box::pin(async move {

@@ -1179,7 +1179,7 @@ impl Hook for AtLease {
         _keys: Keys<'a>,
         call: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
     ) -> StoreFuture<'a, T> {
-        if !matches!(op, Op::SetIfAbsent | Op::SetIfAbsentOr) {
+        if !op.is_lease() {
             return call();
         }
         Box::pin(async move {

@@ -56,6 +56,13 @@ impl Op {
         )
     }
 
+    /// Whether the primitive is a read's lease step (`SET NX` of leases,
+    /// one key or a batch).
+    #[must_use]
+    pub fn is_lease(self) -> bool {
+        matches!(self, Op::SetIfAbsent | Op::SetIfAbsentOr)
+    }
+
     /// Whether the primitive updates a query index.
     #[must_use]
     pub fn is_index_write(self) -> bool {
