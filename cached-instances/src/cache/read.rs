@@ -6,6 +6,7 @@
 //! pooled connection) while the leases are taken, and reads the database
 //! only after.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::time::Duration;
@@ -346,19 +347,13 @@ impl Reader<'_> {
         };
         let unread: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
         if !unread.is_empty() {
-            let unread_keys: Vec<String>;
-            let to_read = if unread.len() == keys.len() {
-                keys
-            } else {
-                unread_keys = unread.iter().map(|&i| keys[i].clone()).collect();
-                &unread_keys
-            };
+            let to_read = keys_at(keys, &unread);
             let Some(found) = self
                 .gate
                 .call(
                     Some(T::MODEL),
                     StoreOp::Get,
-                    self.gate.store.get_many(to_read),
+                    self.gate.store.get_many(&to_read),
                 )
                 .await
             else {
@@ -513,13 +508,7 @@ impl Reader<'_> {
         }
         // Every key of the batch, once and in order (a cold batch): leased
         // as it is.
-        let lease_keys: Vec<String>;
-        let lease_keys = if unique.len() == keys.len() {
-            keys
-        } else {
-            lease_keys = unique.iter().map(|&i| keys[i].clone()).collect();
-            &lease_keys
-        };
+        let lease_keys = keys_at(keys, &unique);
         let lease = marker::new_lease_for(config.lease_ttl);
         // The keys leased, filled from the loaded rows (or released); the
         // lease step below sets them before the load reads the database.
@@ -530,7 +519,7 @@ impl Reader<'_> {
         let leased = async {
             after.started = true;
             let Some(outcomes) = self
-                .lease::<T>(lease_keys, &lease, matches!(lease_by, LeaseBy::AllFirst))
+                .lease::<T>(&lease_keys, &lease, matches!(lease_by, LeaseBy::AllFirst))
                 .await
             else {
                 after.failed = true;
@@ -969,5 +958,15 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The keys at `at` (distinct indexes in ascending order): `keys` itself,
+/// borrowed, when that is all of them (a batch that missed every key).
+fn keys_at<'k>(keys: &'k [String], at: &[usize]) -> Cow<'k, [String]> {
+    if at.len() == keys.len() {
+        Cow::Borrowed(keys)
+    } else {
+        Cow::Owned(at.iter().map(|&i| keys[i].clone()).collect())
     }
 }
