@@ -19,6 +19,7 @@ use cached_instances_testkit::faults::Instrumented;
 use cached_instances_testkit::memdb::MemDb;
 use cached_instances_testkit::redis_server::RedisServer;
 use cached_instances_testkit::rng::Rng;
+use cached_instances_testkit::store::{Journaled, Op};
 use polls::{Choice, Question, User};
 
 fn builder(store: impl Store, db: &MemDb) -> CacheBuilder {
@@ -172,6 +173,43 @@ async fn with_a_long_lease_wait_waiters_wait_for_the_fill() {
         assert_eq!(reader.await.unwrap().unwrap(), db.question(1));
     }
     assert_eq!(db.load_count("Question"), 1, "one load in all");
+}
+
+/// Readers that wait on a lease a read of the same cache holds do not poll
+/// the store while it loads: each reads once, after the holder's fill is
+/// handed over (behind it on the connection), and finds the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_lease_of_this_process_read_once_its_fill_is_handed_over() {
+    let server = RedisServer::start();
+    let store = Journaled::new(RedisStore::connect(&server.url()).await.unwrap());
+    let db = MemDb::seeded();
+    let cache = builder(store.clone(), &db)
+        .lease_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (holder, readers, release) = herd_with_a_held_holder(&cache, &db, 5).await;
+    eventually("every reader waits on the lease", async || {
+        cache.stats().lease_waits == 5
+    })
+    .await;
+    // Time for a polling waiter to poll several times (1, 2, 4 ... ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let meanwhile = store.take();
+    assert!(
+        !meanwhile.iter().any(|(op, _)| *op == Op::GetMany),
+        "no poll while the holder loads: {meanwhile:?}"
+    );
+
+    release.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), db.question(1));
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().unwrap(), db.question(1));
+    }
+    let after = store.take();
+    let polls = after.iter().filter(|(op, _)| *op == Op::GetMany).count();
+    assert_eq!(polls, 5, "one read per waiter, after the fill: {after:?}");
+    assert_eq!(db.load_count("Question"), 1);
+    assert_eq!(cache.stats().loader_calls, 1);
 }
 
 /// What happens to the key between the write and the held reader's fill.

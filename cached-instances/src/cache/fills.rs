@@ -56,15 +56,29 @@
 //! alive, and a reply that arrives after the last [`Cache`](crate::Cache)
 //! is dropped is not recorded. Outside a Tokio runtime (nothing to spawn
 //! on) the reader waits for the reply itself, as before.
+//!
+//! # Waiting on a lease this process holds
+//!
+//! A reader that finds a key leased waits for the fill by polling the
+//! store (1 ms, then doubling). When the lease is one a read of this same
+//! cache holds (another request of the process, loading the same row),
+//! there is a better signal: the moment that read hands its fill over.
+//! Each read registers its lease here until then ([`Fills::hold_locally`]),
+//! and a reader whose keys all wait on registered leases sleeps until they
+//! are handed over ([`Fills::handed_over`]), then reads once: on the
+//! connection that carried the fill, its read is behind the fill, so it
+//! finds the entries. Any other case (a lease of another process, a read
+//! over another connection, such as a near tier's) polls as before.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::Inner;
 use super::gate::Gate;
@@ -81,6 +95,38 @@ pub(super) struct Fills {
     store: Arc<dyn Store>,
     cache: Weak<Inner>,
     in_flight: Arc<InFlight>,
+    /// The leases reads of this cache hold and have not handed over yet,
+    /// each with a receiver that its [`LocalLease`] closes then.
+    local: Mutex<HashMap<Bytes, watch::Receiver<()>>>,
+}
+
+/// Leases of reads of this cache, to wait for ([`Fills::handed_over`]).
+pub(super) struct HandedOver(Vec<watch::Receiver<()>>);
+
+impl HandedOver {
+    /// Returns once every lease has been handed over.
+    pub(super) async fn wait(self) {
+        for mut receiver in self.0 {
+            // Nothing is ever sent: this returns when the sender is
+            // dropped, at once if it already was.
+            let _ = receiver.changed().await;
+        }
+    }
+}
+
+/// A lease registered by [`Fills::hold_locally`]: dropped once the read's
+/// fill (or release) is handed over, or with the read.
+pub(super) struct LocalLease<'f> {
+    fills: &'f Fills,
+    lease: Bytes,
+    /// Dropped after the entry is removed: closes its receivers.
+    _handed_over: watch::Sender<()>,
+}
+
+impl Drop for LocalLease<'_> {
+    fn drop(&mut self) {
+        self.fills.local().remove(&self.lease);
+    }
 }
 
 /// How many fills wait for their reply in a task, and the signal that the
@@ -125,6 +171,7 @@ impl Fills {
             store,
             cache,
             in_flight: Arc::default(),
+            local: Mutex::default(),
         }
     }
 
@@ -162,6 +209,44 @@ impl Fills {
                 record(inner.gate(), &inner.counters, model, &filled, result);
             }
         }));
+    }
+
+    /// Registers `lease`, which a read of this cache is about to take, until
+    /// the guard is dropped (see "Waiting on a lease this process holds").
+    pub(super) fn hold_locally(&self, lease: &Bytes) -> LocalLease<'_> {
+        let (sender, receiver) = watch::channel(());
+        self.local().insert(lease.clone(), receiver);
+        LocalLease {
+            fills: self,
+            lease: lease.clone(),
+            _handed_over: sender,
+        }
+    }
+
+    /// The hand-overs of `leases`, if they are all registered by reads of
+    /// this cache; `None` if one is not (a lease of another process, or
+    /// one handed over already).
+    pub(super) fn handed_over<'l>(
+        &self,
+        leases: impl Iterator<Item = &'l Bytes>,
+    ) -> Option<HandedOver> {
+        let local = self.local();
+        let mut seen: Vec<&Bytes> = Vec::new();
+        let mut receivers = Vec::new();
+        for lease in leases {
+            if seen.contains(&lease) {
+                continue;
+            }
+            seen.push(lease);
+            receivers.push(local.get(lease)?.clone());
+        }
+        Some(HandedOver(receivers))
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, watch::Receiver<()>>> {
+        // The map is left whole by every holder: a panic elsewhere while
+        // it was locked leaves nothing half-done.
+        self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until no fill waits for its reply.

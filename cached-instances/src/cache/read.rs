@@ -184,7 +184,8 @@ struct AfterLease {
     all_at_once: bool,
     /// A lease-first read's keys found holding an entry.
     hits: usize,
-    waiting: Vec<usize>,
+    /// Keys other readers hold leases on, with the lease each holds.
+    waiting: Vec<(usize, Bytes)>,
     direct: Vec<usize>,
     refused: Vec<usize>,
 }
@@ -510,6 +511,9 @@ impl Reader<'_> {
         // as it is.
         let lease_keys = keys_at(keys, &unique);
         let lease = marker::new_lease_for(config.lease_ttl);
+        // Registered before any key holds it: a reader of this process that
+        // finds it waits for its hand-over (`fills.rs`).
+        let local = self.fills.hold_locally(&lease);
         // The keys leased, filled from the loaded rows (or released); the
         // lease step below sets them before the load reads the database.
         let mut held = Held::new(self.fills, keys, Vec::new(), &lease, config.tombstone_ttl);
@@ -538,7 +542,7 @@ impl Reader<'_> {
                     None => held.indexes.push(i),
                     Some(bytes) => match marker::classify(&bytes) {
                         Slot::Lease if marker::lease_expired(&bytes) => expired.push((i, bytes)),
-                        Slot::Lease => after.waiting.push(i),
+                        Slot::Lease => after.waiting.push((i, bytes)),
                         // A hit (lease-first), or filled since our multi-get.
                         Slot::Value(_) => {
                             match accept::<T>(rows.entry, self.max_bytes(), bytes, rows.want) {
@@ -591,6 +595,7 @@ impl Reader<'_> {
                 held.indexes.clone_from(&unique);
             }
             drop(held);
+            drop(local);
             if !read {
                 self.count_lease_first(rows.entry, indexes.len(), 0, 0);
             }
@@ -608,6 +613,7 @@ impl Reader<'_> {
         if !held.indexes.is_empty() {
             self.fill_loaded(batch, &mut held, loaded, out).await?;
         }
+        drop(local);
         if !read && !refused.is_empty() {
             let misses = Misses {
                 corrupt: refused.iter().map(|&i| keys[i].clone()).collect(),
@@ -868,10 +874,14 @@ impl Reader<'_> {
 
     /// Polls keys other readers hold leases on until they are filled or the
     /// wait runs out. Returns the indexes still unresolved.
+    ///
+    /// When every key waits on a lease a read of this cache holds, it
+    /// sleeps until that read hands its fill over, not for a poll's pause
+    /// (`fills.rs`).
     async fn wait_for_leases<T: CachedInstance>(
         &self,
         batch: &Batch<'_, T>,
-        waiting: &[usize],
+        waiting: &[(usize, Bytes)],
         out: &mut [Found<T>],
     ) -> Vec<usize> {
         let Batch {
@@ -880,7 +890,7 @@ impl Reader<'_> {
         } = *batch;
         add(&self.counters.lease_waits, waiting.len());
         let deadline = Instant::now() + self.config.lease_wait;
-        let mut pending: Vec<usize> = waiting.to_vec();
+        let mut pending: Vec<(usize, Bytes)> = waiting.to_vec();
         let mut unresolved = Vec::new();
         let mut pause = FIRST_POLL;
         while !pending.is_empty() {
@@ -888,9 +898,19 @@ impl Reader<'_> {
             if now >= deadline {
                 break;
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(MAX_POLL);
-            let poll_keys: Vec<String> = pending.iter().map(|&i| keys[i].clone()).collect();
+            match self
+                .fills
+                .handed_over(pending.iter().map(|(_, lease)| lease))
+            {
+                Some(handed_over) => {
+                    let _ = tokio::time::timeout(deadline - now, handed_over.wait()).await;
+                }
+                None => {
+                    tokio::time::sleep(pause.min(deadline - now)).await;
+                    pause = (pause * 2).min(MAX_POLL);
+                }
+            }
+            let poll_keys: Vec<String> = pending.iter().map(|(i, _)| keys[*i].clone()).collect();
             let Some(values) = self
                 .gate
                 .call(
@@ -903,12 +923,12 @@ impl Reader<'_> {
                 break;
             };
             let mut still = Vec::new();
-            for (&i, value) in pending.iter().zip(values) {
+            for ((i, _), value) in pending.into_iter().zip(values) {
                 match value {
                     Some(bytes) => match marker::classify(&bytes) {
                         // Its reader died: read it directly.
                         Slot::Lease if marker::lease_expired(&bytes) => unresolved.push(i),
-                        Slot::Lease => still.push(i),
+                        Slot::Lease => still.push((i, bytes)),
                         Slot::Value(_) => match accept::<T>(entry, self.max_bytes(), bytes, want) {
                             Ok(found) => out[i] = found,
                             Err(_) => unresolved.push(i),
@@ -921,7 +941,7 @@ impl Reader<'_> {
             }
             pending = still;
         }
-        unresolved.extend(pending);
+        unresolved.extend(pending.into_iter().map(|(i, _)| i));
         unresolved
     }
 
