@@ -34,7 +34,7 @@ struct Cli {
     /// PostgreSQL connections of the baselines' pool.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = positive_count)]
     pool: usize,
-    /// Comma-separated groups: detail,list,memory-store,cold,write,http,memory
+    /// Comma-separated groups: detail,list,memory-store,cold,herd,write,http,memory
     /// (and breakdown: each layer of the Redis rows alone, printed apart).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Option<Vec<String>>,

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::machine::{cpu_model, kernel, load1, loadavg};
 use crate::rows::cold::cold_rows;
 use crate::rows::detail::{breakdown, detail_rows};
+use crate::rows::herd::herd_rows;
 use crate::rows::http::http_rows;
 use crate::rows::list::list_rows;
 use crate::rows::memory::memory_rows;
@@ -65,6 +66,9 @@ async fn run_once(env: &Env) -> Vec<Row> {
     }
     if cfg.wants("cold") {
         cold_rows(env, &mut rows).await;
+    }
+    if cfg.wants("herd") {
+        herd_rows(env, &mut rows).await;
     }
     if cfg.wants("write") {
         write_rows(env, &mut rows).await;

@@ -2,6 +2,7 @@
 
 pub(crate) mod cold;
 pub(crate) mod detail;
+pub(crate) mod herd;
 pub(crate) mod http;
 pub(crate) mod list;
 pub(crate) mod memory;
