@@ -207,7 +207,7 @@ impl FieldCodec for DateTime<Utc> {
 }
 
 /// Reads what [`rfc3339_utc`] writes without chrono's general parser, which
-/// was most of the cost of decoding a row with a datetime (a list whose
+/// was a quarter of the cost of decoding the polls `Question` (a list whose
 /// scope is checked decodes every row it serves); any other form (an
 /// offset, a leap second, an extended year, `t` or a space for `T`) goes to
 /// chrono's parser, as chrono's own `Deserialize` does, and is normalised
