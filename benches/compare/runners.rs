@@ -8,6 +8,26 @@ use crate::config::Config;
 use crate::ops::Op;
 use crate::stats::{Lat, Rate, lat};
 
+/// The iterations of a cold-key row that warm up, not recorded.
+pub(crate) const WARM_UP: usize = 4;
+
+/// Runs iteration `it` of a two-sided row: `ours` then `base` on even
+/// iterations, `base` then `ours` on odd ones, so that neither side always
+/// runs right after the other's clean-up. Yields (ours, base).
+pub(crate) async fn in_turn<O, B>(
+    it: usize,
+    ours: impl Future<Output = O>,
+    base: impl Future<Output = B>,
+) -> (O, B) {
+    if it.is_multiple_of(2) {
+        let o = ours.await;
+        (o, base.await)
+    } else {
+        let b = base.await;
+        (ours.await, b)
+    }
+}
+
 /// Sequential latencies of each op, interleaved in blocks; the order of the
 /// sides rotates every round (A B C, B C A, ...) so drift hits all of them.
 pub(crate) async fn latencies(ops: &[Arc<dyn Op>], rounds: usize, block: usize) -> Vec<Lat> {

@@ -7,6 +7,7 @@ use cached_instances::store::CompareAndSet;
 use cached_instances::{Cache, CachedInstance, Loader, MemoryStore, Store};
 use polls::{Choice, Question, User};
 
+use crate::runners::{WARM_UP, in_turn};
 use crate::setup::Env;
 use crate::stats::{fmt_lat, lat};
 use crate::table::{Row, ratio_row};
@@ -48,7 +49,7 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
         let mut extra_calls = 0;
         let iterations = cfg.iterations;
         env.redis.reset_stats();
-        for it in 0..iterations + 4 {
+        for it in 0..iterations + WARM_UP {
             let pks = &windows[it % windows.len()];
             let keys = env.keys(pks);
             store.delete_many(&keys).await.expect("clear");
@@ -79,15 +80,8 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
                 assert_eq!(found.len(), 100);
                 started.elapsed().as_nanos() as u64
             };
-            let ((o, calls), b) = if it % 2 == 0 {
-                let o = run_ours.await;
-                (o, run_base.await)
-            } else {
-                let b = run_base.await;
-                (run_ours.await, b)
-            };
-            // The first iterations warm up.
-            if it >= 4 {
+            let ((o, calls), b) = in_turn(it, run_ours, run_base).await;
+            if it >= WARM_UP {
                 ours.push(o);
                 base.push(b);
                 if calls != 1 {
@@ -97,7 +91,7 @@ pub(crate) async fn cold_rows(env: &Env, rows: &mut Vec<Row>) {
             store.delete_many(&keys).await.expect("clear");
         }
         if name == "RedisStore" && !after_warm {
-            redis_server_time(env, iterations + 4);
+            redis_server_time(env, iterations + WARM_UP);
         }
         if !after_warm {
             phases(env, name, store, &windows).await;
@@ -181,7 +175,7 @@ async fn phases(env: &Env, name: &str, store: &dyn Store, windows: &[Vec<i64>]) 
     const STEPS: [&str; 5] = ["multi-get", "lease", "loader", "encode", "fill"];
     let mut samples: [Vec<u64>; 5] = Default::default();
     let ttl = Duration::from_secs(60);
-    for it in 0..env.cfg.iterations + 4 {
+    for it in 0..env.cfg.iterations + WARM_UP {
         let pks = &windows[it % windows.len()];
         let keys = env.keys(pks);
         store.delete_many(&keys).await.expect("clear");
@@ -215,7 +209,7 @@ async fn phases(env: &Env, name: &str, store: &dyn Store, windows: &[Vec<i64>]) 
         let written = store.compare_and_set(&ops).await.expect("fill");
         assert!(written.iter().all(|w| *w), "filled");
         step(4);
-        if it >= 4 {
+        if it >= WARM_UP {
             for (samples, took) in samples.iter_mut().zip(took) {
                 samples.push(took);
             }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use cached_instances::{Loader, Store};
 use polls::Question;
 
+use crate::runners::{WARM_UP, in_turn};
 use crate::setup::Env;
 use crate::stats::{fmt_lat, lat};
 use crate::table::Row;
@@ -23,7 +24,7 @@ pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
     assert!(!cold.is_empty(), "the data set has no cold question");
     let (mut ours, mut base) = (Vec::new(), Vec::new());
     let mut extra_calls = 0;
-    for it in 0..cfg.iterations + 4 {
+    for it in 0..cfg.iterations + WARM_UP {
         let pk = cold[it % cold.len()];
         let keys = env.keys(&[pk]);
         env.store.delete_many(&keys).await.expect("clear");
@@ -50,15 +51,8 @@ pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
                 assert_eq!(found.len(), 1, "question {pk}");
             }
         });
-        let (o, b) = if it % 2 == 0 {
-            let o = run_ours.await;
-            (o, run_base.await)
-        } else {
-            let b = run_base.await;
-            (run_ours.await, b)
-        };
-        // The first iterations warm up.
-        if it >= 4 {
+        let (o, b) = in_turn(it, run_ours, run_base).await;
+        if it >= WARM_UP {
             ours.extend(o);
             base.extend(b);
             if env.cache.stats().loader_calls - calls != 1 {
