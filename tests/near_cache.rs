@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use cached_instances::store::InProcess;
+use cached_instances::store::{CompareAndSet, InProcess};
 use cached_instances::{Cache, CachedInstance, NearCache, RedisStore, Store};
 use cached_instances_testkit::faults::Faulty;
 use cached_instances_testkit::memdb::MemDb;
@@ -548,4 +548,56 @@ async fn a_failed_invalidation_is_not_read_past_in_the_tier() {
         let json = cache.get_json::<Choice>(&1).await.unwrap().unwrap();
         assert_eq!(&json[..], &db.choice(1).unwrap().to_json().unwrap()[..]);
     }
+}
+
+/// A conditional write that changes nothing (a lease refused, a fill
+/// rejected) leaves the key's entry in the tier: only the keys it writes
+/// are evicted, as a push would evict them. Every reader of a herd tries
+/// the lease: were each refusal an eviction, the waiters watching the key
+/// (`Store::watch`) would all wake and read again for nothing.
+#[tokio::test]
+async fn a_conditional_write_that_changes_nothing_keeps_the_tier() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    let (key, entry) = ("k", b"{\"id\":1}".as_slice());
+    set(&server, key, entry);
+    assert_eq!(reads_of_second_read(&server, &store, key, entry).await, 0);
+    let keys = [key.to_owned()];
+    let ttl = Duration::from_secs(60);
+    let held = store
+        .set_if_absent_or(&keys, b"\0Lours", b"\0T", ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        [Some(entry.into())],
+        "refused: the key holds an entry"
+    );
+    let set_all = store.set_if_absent(&keys, b"\0Lours", ttl).await.unwrap();
+    assert_eq!(set_all, [false]);
+    let fill = CompareAndSet {
+        key: key.to_owned(),
+        expected: bytes::Bytes::from_static(b"\0Lours"),
+        value: bytes::Bytes::from_static(b"{\"id\":2}"),
+        ttl,
+    };
+    assert_eq!(
+        store.compare_and_set(std::slice::from_ref(&fill)).await.unwrap(),
+        [false]
+    );
+    assert_eq!(
+        store.get_in_process(key),
+        InProcess::Holds(entry.into()),
+        "nothing changed: still in the tier"
+    );
+    let stats = store.near_cache_stats().unwrap();
+
+    // One that writes evicts.
+    let written = CompareAndSet {
+        expected: entry.into(),
+        ..fill
+    };
+    assert_eq!(store.compare_and_set(&[written]).await.unwrap(), [true]);
+    assert_eq!(store.get_in_process(key), InProcess::Unknown);
+    assert!(store.near_cache_stats().unwrap().invalidations > stats.invalidations);
 }

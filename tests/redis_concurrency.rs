@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cached_instances::{
-    Cache, CacheBuilder, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store,
+    Cache, CacheBuilder, CachedInstance, LoadError, Loader, MemoryStore, NearCache, RedisStore,
+    Store,
 };
 use cached_instances_testkit::faults::Instrumented;
 use cached_instances_testkit::memdb::MemDb;
@@ -210,6 +211,76 @@ async fn waiters_on_a_lease_of_this_process_read_once_its_fill_is_handed_over() 
     assert_eq!(polls, 5, "one read per waiter, after the fill: {after:?}");
     assert_eq!(db.load_count("Question"), 1);
     assert_eq!(cache.stats().loader_calls, 1);
+}
+
+/// Readers that wait on a lease another process holds, through a store
+/// with a near cache, read once at once (over the tracking connection, so
+/// that Redis will push the key's next change), then not again until a
+/// change is pushed: the holder's fill. Without the watch they polled at
+/// 1, 2, 4 ... ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_lease_of_another_process_read_again_when_its_fill_is_pushed() {
+    let server = RedisServer::start();
+    let near_store = async || {
+        RedisStore::builder(server.url().as_str())
+            .near_cache(NearCache::new())
+            .connect()
+            .await
+            .unwrap()
+    };
+    let db = MemDb::seeded();
+    // Two processes: the holder's cache and the waiters' share nothing but
+    // the server.
+    let holder_cache = builder(near_store().await, &db).build().unwrap();
+    let near = near_store().await;
+    let store = Journaled::new(near.clone());
+    let cache = builder(store.clone(), &db)
+        .lease_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (holder, _, release) = herd_with_a_held_holder(&holder_cache, &db, 0).await;
+    let readers: Vec<Reader> = (0..5)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<Question>(&1).await })
+        })
+        .collect();
+    eventually("every reader waits on the lease", async || {
+        cache.stats().lease_waits == 5
+    })
+    .await;
+    // Polling waiters would have polled at 1, 2, 4, 8 and 16 ms by now.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let meanwhile = store.take();
+    let reads = meanwhile
+        .iter()
+        .filter(|(op, _)| *op == Op::GetMany)
+        .count();
+    // One read each at once; one more only if this test overslept the
+    // 50 ms fallback.
+    assert!(
+        (5..=10).contains(&reads),
+        "{reads} reads while the holder loads: {meanwhile:?}"
+    );
+
+    let pushed = near.near_cache_stats().unwrap().invalidations;
+    release.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), db.question(1));
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().unwrap(), db.question(1));
+    }
+    let after = store.take();
+    let reads = after.iter().filter(|(op, _)| *op == Op::GetMany).count();
+    assert_eq!(
+        reads, 5,
+        "one read each, once the fill is pushed: {after:?}"
+    );
+    assert!(
+        near.near_cache_stats().unwrap().invalidations > pushed,
+        "the fill was pushed to the waiters' process"
+    );
+    assert_eq!(db.load_count("Question"), 1, "the waiters loaded nothing");
+    assert_eq!(cache.stats().loader_calls, 0);
 }
 
 /// What happens to the key between the write and the held reader's fill.

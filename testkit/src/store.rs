@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cached_instances::store::{
-    CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, StoreFuture,
+    Changed, CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, StoreFuture,
 };
 use cached_instances::{Store, StoreError};
 
@@ -213,6 +213,11 @@ impl<S: Store, H: Hook> Store for Wrapped<S, H> {
         self.hook.around(Op::DeleteMany, Keys::Many(keys), move || {
             self.inner.delete_many(keys)
         })
+    }
+
+    /// The inner store's watch: not a call to the store, so no hook.
+    fn watch(&self, keys: &[String]) -> Option<Changed> {
+        self.inner.watch(keys)
     }
 
     /// The inner store's query indexes, with the hook around each call:

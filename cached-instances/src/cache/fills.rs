@@ -67,8 +67,11 @@
 //! and a reader whose keys all wait on registered leases sleeps until they
 //! are handed over ([`Fills::handed_over`]), then reads once: on the
 //! connection that carried the fill, its read is behind the fill, so it
-//! finds the entries. Any other case (a lease of another process, a read
-//! over another connection, such as a near tier's) polls as before.
+//! finds the entries. A lease of another process is waited on through
+//! the store's watch where it has one (`Store::watch`, a near cache's
+//! pushes), and by polling where it has none; so is a lease found again
+//! by a read over another connection than the fill's (a near tier's
+//! tracking connection), which the fill may not have reached yet.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -877,7 +877,10 @@ impl Reader<'_> {
     ///
     /// When every key waits on a lease a read of this cache holds, it
     /// sleeps until that read hands its fill over, not for a poll's pause
-    /// (`fills.rs`).
+    /// (`fills.rs`). Otherwise, where the store watches keys
+    /// ([`Store::watch`](crate::Store::watch): a near cache's pushes), it
+    /// reads at once, then after each change it hears of, polling only if
+    /// none comes within [`MAX_POLL`].
     async fn wait_for_leases<T: CachedInstance>(
         &self,
         batch: &Batch<'_, T>,
@@ -893,24 +896,39 @@ impl Reader<'_> {
         let mut pending: Vec<(usize, Bytes)> = waiting.to_vec();
         let mut unresolved = Vec::new();
         let mut pause = FIRST_POLL;
+        // The store's watch of the keys, armed before the last read.
+        let mut changed = None;
+        let mut first = true;
         while !pending.is_empty() {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            match self
+            let poll_keys: Vec<String> = pending.iter().map(|(i, _)| keys[*i].clone()).collect();
+            // Armed before this read is sent, so that a change the read
+            // does not see completes it.
+            let mut watch = None;
+            if let Some(handed_over) = self
                 .fills
                 .handed_over(pending.iter().map(|(_, lease)| lease))
             {
-                Some(handed_over) => {
-                    let _ = tokio::time::timeout(deadline - now, handed_over.wait()).await;
+                let _ = tokio::time::timeout(deadline - now, handed_over.wait()).await;
+            } else if let Some(change) = changed.take() {
+                let _ = tokio::time::timeout(MAX_POLL.min(deadline - now), change).await;
+            } else {
+                // A first read that the store watches goes at once: the
+                // lease was seen by a lease command, which the store does
+                // not watch; this read has it tell of the next change.
+                if first {
+                    watch = self.gate.store.watch(&poll_keys);
                 }
-                None => {
+                if watch.is_none() {
                     tokio::time::sleep(pause.min(deadline - now)).await;
                     pause = (pause * 2).min(MAX_POLL);
                 }
             }
-            let poll_keys: Vec<String> = pending.iter().map(|(i, _)| keys[*i].clone()).collect();
+            first = false;
+            changed = watch.or_else(|| self.gate.store.watch(&poll_keys));
             let Some(values) = self
                 .gate
                 .call(

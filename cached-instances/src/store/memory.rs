@@ -9,7 +9,8 @@ use bytes::Bytes;
 
 use super::tier::Tier;
 use super::{
-    CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture,
+    Changed, CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store,
+    StoreFuture,
 };
 
 mod index;
@@ -293,6 +294,13 @@ impl Store for MemoryStore {
             self.map.remove(key);
         }
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// `None`: waiters poll. A lease this process holds is waited on
+    /// through the cache that took it; leases of another cache sharing
+    /// this store are rare enough not to tax every write with a signal.
+    fn watch(&self, _keys: &[String]) -> Option<Changed> {
+        None
     }
 
     fn indexes(&self) -> Option<&dyn IndexStore> {

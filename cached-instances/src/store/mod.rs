@@ -44,6 +44,34 @@ pub enum InProcess {
     Unknown,
 }
 
+/// The answer of [`Store::watch`]: a future that completes once one of the
+/// watched keys may have changed. It may complete without a change (a
+/// change to another key it cannot tell apart, a reconnect): the waiter
+/// reads the keys again either way, so an early wake costs one read.
+#[must_use = "a watch tells nothing unless awaited"]
+pub struct Changed(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl Changed {
+    /// The watch that completes when `changed` does.
+    pub fn new(changed: impl Future<Output = ()> + Send + 'static) -> Self {
+        Changed(Box::pin(changed))
+    }
+}
+
+impl Future for Changed {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Changed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changed").finish_non_exhaustive()
+    }
+}
+
 /// A conditional write: set `key` to `value` only if it holds `expected`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompareAndSet {
@@ -136,6 +164,30 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes keys.
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()>;
 
+    /// Watches `keys` for a change made by anyone, as far as this store
+    /// hears of changes without asking: what a reader waits on between its
+    /// reads of keys another process holds leases on, rather than polling
+    /// (the cache's lease waits, CONSISTENCY.md). `None` when the store
+    /// hears of none: the waiter polls (1 ms, then doubling).
+    ///
+    /// The contract: the watch is armed when this returns. It completes on
+    /// any change to one of `keys` made after that which the store would
+    /// otherwise show only to a read, provided the waiter's next read of
+    /// the keys (sent after this call) goes through the store, since that
+    /// read may be what has the store told of the next change. It may
+    /// complete early; the waiter then reads again. The call must not block.
+    ///
+    /// A [`RedisStore`](crate::RedisStore) with a near cache watches through
+    /// its tracking connection: the waiter's reads go over it, so Redis
+    /// pushes the next change of each key read (the holder's fill). Without
+    /// a near cache it answers `None`, and so does the
+    /// [`MemoryStore`](crate::MemoryStore): a lease held in the same
+    /// process is waited on through the cache itself, whatever the store.
+    ///
+    /// Required, as [`indexes`](Self::indexes) is: a wrapper forwards its
+    /// inner store's watch, or answers `None` to have waiters poll.
+    fn watch(&self, keys: &[String]) -> Option<Changed>;
+
     /// The store's query indexes (see [`query`](crate::query)), or `None`
     /// when it has none: the cache then answers queries from the loaders.
     ///
@@ -144,9 +196,10 @@ pub trait Store: Send + Sync + 'static {
     /// indexes, or implements [`IndexStore`] itself, or states `None`.
     /// The same holds for [`get_in_process`](Self::get_in_process): a
     /// wrapper forwards it, or answers [`InProcess::Unknown`] to see every
-    /// read go through its `get`. A wrapper that forgets either does not
-    /// compile, rather than turning the indexes or the in-process reads
-    /// off (this one forgets both):
+    /// read go through its `get`; and for [`watch`](Self::watch). A wrapper
+    /// that forgets one does not compile, rather than turning the indexes,
+    /// the in-process reads or the watches off (this one forgets all
+    /// three):
     ///
     /// ```compile_fail,E0046
     /// use std::time::Duration;
@@ -195,6 +248,7 @@ pub trait Store: Send + Sync + 'static {
     ///     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
     ///         self.0.delete_many(keys)
     ///     }
+    ///     // Missing: `fn watch(&self, keys: &[String]) -> Option<Changed>`.
     ///     // Missing: `fn indexes(&self) -> Option<&dyn IndexStore>`.
     /// }
     /// ```
@@ -202,12 +256,15 @@ pub trait Store: Send + Sync + 'static {
     /// The forwarding a wrapper writes instead:
     ///
     /// ```
-    /// # use cached_instances::store::{InProcess, IndexStore, Store};
+    /// # use cached_instances::store::{Changed, InProcess, IndexStore, Store};
     /// # fn forward<S: Store>(inner: &S) -> Option<&dyn IndexStore> {
     /// inner.indexes()
     /// # }
     /// # fn forward_read<S: Store>(inner: &S, key: &str) -> InProcess {
     /// inner.get_in_process(key)
+    /// # }
+    /// # fn forward_watch<S: Store>(inner: &S, keys: &[String]) -> Option<Changed> {
+    /// inner.watch(keys)
     /// # }
     /// ```
     fn indexes(&self) -> Option<&dyn IndexStore>;
@@ -302,6 +359,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn delete_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, ()> {
         (**self).delete_many(keys)
+    }
+    fn watch(&self, keys: &[String]) -> Option<Changed> {
+        (**self).watch(keys)
     }
     fn indexes(&self) -> Option<&dyn IndexStore> {
         (**self).indexes()

@@ -22,8 +22,8 @@ use redis::aio::ConnectionManager;
 use redis::{Cmd, FromRedisValue, RedisError, Script, ScriptInvocation};
 
 use super::{
-    CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store, StoreFuture,
-    WARM_SUFFIX,
+    Changed, CompareAndSet, InProcess, IndexPage, IndexQuery, IndexStore, IndexUpdate, Store,
+    StoreFuture, WARM_SUFFIX,
 };
 use crate::error::{ConnectError, StoreError};
 use keys::Keys;
@@ -731,13 +731,29 @@ impl RedisStore {
         }
     }
 
-    /// [`evict_own`](Self::evict_own) of `keys` (spelled out only when
-    /// there is a near cache to evict from).
-    fn evict_own_keys(&self, keys: Keys<'_>) {
-        if self.near.is_some() {
-            let full: Vec<Cow<'_, str>> = (0..keys.len()).map(|i| keys.full(i)).collect();
-            self.evict_own(full.iter().map(|key| &**key));
+    /// [`evict_own`](Self::evict_own) of the keys a conditional write
+    /// `changed` (spelled out only when there is a near cache to evict
+    /// from): those it reports written, or all of them when it failed and
+    /// cannot tell. A key it left as it was needs no eviction, and evicting
+    /// it anyway would wake the lease waiters watching it for nothing
+    /// (`Near::watch`): every reader of a herd tries the lease.
+    fn evict_changed<T>(
+        &self,
+        keys: Keys<'_>,
+        outcome: &Result<Vec<T>, StoreError>,
+        changed: impl Fn(&T) -> bool,
+    ) {
+        if self.near.is_none() {
+            return;
         }
+        let full: Vec<Cow<'_, str>> = match outcome {
+            Ok(outcomes) => (0..keys.len())
+                .filter(|&i| outcomes.get(i).is_none_or(&changed))
+                .map(|i| keys.full(i))
+                .collect(),
+            Err(_) => (0..keys.len()).map(|i| keys.full(i)).collect(),
+        };
+        self.evict_own(full.iter().map(|key| &**key));
     }
 
     /// Sends one pipeline (one round trip).
@@ -1139,7 +1155,8 @@ impl Store for RedisStore {
         Box::pin(async move {
             let keys = Keys::new(&self.prefix, keys);
             let held = self.lease(keys, value, replaceable, ttl).await;
-            self.evict_own_keys(keys);
+            // A key is set where its reply is `None`.
+            self.evict_changed(keys, &held, Option::is_none);
             held
         })
     }
@@ -1180,7 +1197,7 @@ impl Store for RedisStore {
                     }
                 })
                 .await;
-            self.evict_own_keys(keys);
+            self.evict_changed(keys, &set, |set| *set);
             set
         })
     }
@@ -1196,7 +1213,12 @@ impl Store for RedisStore {
                     Ok(written.into_iter().map(|w| w != 0).collect())
                 })
                 .await;
-            self.evict_own(keys.iter().map(|key| &**key));
+            // Only the keys written changed (see `evict_changed`).
+            let changed = keys.iter().enumerate().filter(|(i, _)| match &written {
+                Ok(written) => written.get(*i).is_none_or(|w| *w),
+                Err(_) => true,
+            });
+            self.evict_own(changed.map(|(_, key)| &**key));
             written
         })
     }
@@ -1243,6 +1265,14 @@ impl Store for RedisStore {
             deleted?;
             Ok(())
         })
+    }
+
+    /// With a near cache, while it tracks: the tracking connection's
+    /// pushes (see "Lease waits" in the near cache's docs). `None` without
+    /// one, or while tracking is down (reads then go to Redis untracked).
+    fn watch(&self, keys: &[String]) -> Option<Changed> {
+        let near = self.near.as_ref()?;
+        near::Near::watch(near, self.keys(keys).iter().map(String::as_str))
     }
 
     fn indexes(&self) -> Option<&dyn IndexStore> {

@@ -105,6 +105,20 @@
 //!
 //! A write acknowledged in another process can still be read from this
 //! tier until its push arrives: CONSISTENCY.md gives the measured window.
+//!
+//! # Lease waits
+//!
+//! The same pushes tell a reader waiting on another process's lease when
+//! to read again ([`Store::watch`](crate::Store::watch)). Its reads of the
+//! leased keys go over the tracking connection (a marker is never in the
+//! tier), so Redis tracks those keys for this process and pushes the next
+//! change of each: the holder's fill, a write's tombstone, an expiry. A
+//! watch notes its keys' stripe counters, before the read it guards is
+//! sent, and completes once one of them moves, as a reply would be
+//! refused admission: an eviction of any key of the stripe (at worst an
+//! early wake, and one more read) or a flush (which also ends tracking, so
+//! the waiter polls from then on). A waiter therefore reads once right
+//! away, then once per push, where it polled at 1, 2, 4 ... ms.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -119,8 +133,8 @@ use redis::{PushInfo, PushKind, Value};
 
 use crate::error::StoreError;
 use crate::marker::{self, Slot};
-use crate::store::IndexPage;
 use crate::store::tier::Tier;
+use crate::store::{Changed, IndexPage};
 
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -359,6 +373,9 @@ pub(super) struct Near {
     generation: AtomicU64,
     /// Wakes the task that remakes the connections.
     wake: Arc<tokio::sync::Notify>,
+    /// Notified after every eviction and flush, for the watches
+    /// ([`Near::watch`]) to check their stripes.
+    changed: tokio::sync::Notify,
     invalidations: AtomicU64,
     flushes: AtomicU64,
     backend: Backend,
@@ -404,6 +421,7 @@ impl Near {
             links: tokio::sync::watch::Sender::new(None),
             generation: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
+            changed: tokio::sync::Notify::new(),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             backend,
@@ -625,6 +643,7 @@ impl Near {
         self.tier.remove(&entry_slot(key));
         drop(seen);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     /// Empties the tier, and voids every reply in flight.
@@ -634,6 +653,50 @@ impl Near {
         }
         self.tier.clear();
         self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// A watch of `keys` (see "Lease waits"): completes once one of their
+    /// stripes moves after this call. `None` while tracking is down: no
+    /// push would come.
+    pub(super) fn watch<'k>(
+        near: &Arc<Near>,
+        keys: impl Iterator<Item = &'k str>,
+    ) -> Option<Changed> {
+        // The counters before the tracking check: links lost after it
+        // flush, which moves them.
+        let mut seen: Vec<(usize, u64)> = keys
+            .map(|key| {
+                let stripe = near.stripe_of(key);
+                (stripe, near.stripe_count(stripe))
+            })
+            .collect();
+        near.current()?;
+        seen.sort_unstable();
+        seen.dedup_by_key(|(stripe, _)| *stripe);
+        let near = Arc::clone(near);
+        Some(Changed::new(async move {
+            loop {
+                let changed = near.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                // Registered before the counters are read: a move after
+                // the read notifies it.
+                changed.as_mut().enable();
+                if seen
+                    .iter()
+                    .any(|&(stripe, count)| near.stripe_count(stripe) != count)
+                {
+                    return;
+                }
+                changed.await;
+            }
+        }))
+    }
+
+    fn stripe_count(&self, stripe: usize) -> u64 {
+        *self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Reads `keys` over the tracking connections (so Redis tracks them)
