@@ -582,7 +582,10 @@ async fn a_conditional_write_that_changes_nothing_keeps_the_tier() {
         ttl,
     };
     assert_eq!(
-        store.compare_and_set(std::slice::from_ref(&fill)).await.unwrap(),
+        store
+            .compare_and_set(std::slice::from_ref(&fill))
+            .await
+            .unwrap(),
         [false]
     );
     assert_eq!(

@@ -1,10 +1,10 @@
-//! The `herd` row (`--only herd`).
+//! The `herd` rows (`--only herd`).
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use cached_instances::{Loader, Store};
-use polls::Question;
+use cached_instances::{Cache, LoadError, Loader, NearCache, RedisStore, Store};
+use polls::{Choice, Question, User};
 
 use crate::runners::{WARM_UP, in_turn};
 use crate::setup::Env;
@@ -14,24 +14,123 @@ use crate::table::Row;
 /// Readers of one key at once.
 const HERD: usize = 16;
 
-/// A herd on one cold key in one process: `HERD` concurrent `get`s (one
-/// loads, the others wait on its lease: `cache/fills.rs`), against as
-/// many concurrent loads of the row by the loader alone, what the process
-/// does without a cache. Each reader's latency from the herd's start.
+/// A herd on one cold key: `HERD` concurrent `get`s (one loads, the others
+/// wait on its lease), against as many concurrent loads of the row by the
+/// loader alone, what a process does without a cache. Each reader's
+/// latency from the herd's start. Twice:
+///
+/// - in one process: the waiters wait on a lease of their own process,
+///   and read once it is handed over (`cache/fills.rs`);
+/// - across two processes (two caches, each with its own near-cached
+///   store, readers dealt to them in turn): the row gives the latencies of
+///   the readers of the process that did not load (which wait on a lease
+///   held elsewhere, and read again when Redis pushes the fill to their
+///   tracking connection: `Store::watch`), and the p50 of the others. All
+///   readers together would put the p50 between the two groups. Then again
+///   with a load of 10 ms more (a heavier query), on both sides: a waiter
+///   that polled (1, 2, 4 ... ms) learned of the fill up to a poll late.
 pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
+    let one = [env.cache.clone()];
+    let derived = Slow(env.loader.clone(), Duration::ZERO);
+    rows.push(
+        herd_row(
+            env,
+            &one,
+            &derived,
+            "herd",
+            format!(
+                "RedisStore, one process (one loads, {} wait on its lease)",
+                HERD - 1
+            ),
+        )
+        .await,
+    );
+    for loader in [derived, Slow(env.loader.clone(), Duration::from_millis(10))] {
+        let two = [
+            near_cache(env, &loader).await,
+            near_cache(env, &loader).await,
+        ];
+        let (key, load) = if loader.1.is_zero() {
+            ("herd_two_processes", String::new())
+        } else {
+            (
+                "herd_two_processes_10ms",
+                " and 10 ms more per load".to_owned(),
+            )
+        };
+        rows.push(
+            herd_row(
+                env,
+                &two,
+                &loader,
+                key,
+                format!(
+                    "RedisStore with a near cache, two processes{load} (one loads; {} wait on its lease in its process, {} on a lease of the other)",
+                    HERD / 2 - 1,
+                    HERD / 2
+                ),
+            )
+            .await,
+        );
+    }
+}
+
+/// The derived loader of questions, with a pause before each load (none,
+/// or a heavier query's).
+#[derive(Clone)]
+struct Slow(cached_instances::sqlx::SqlxLoader<sqlx::Postgres>, Duration);
+
+impl Loader<Question> for Slow {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Question>, LoadError> {
+        if !self.1.is_zero() {
+            tokio::time::sleep(self.1).await;
+        }
+        Loader::<Question>::load(&self.0, pks).await
+    }
+}
+
+/// A cache as another process of the app has it: its own connections and
+/// near cache, on the same server and keys as `env.cache`, loading
+/// questions with `loader`.
+async fn near_cache(env: &Env, loader: &Slow) -> Cache {
+    let store = RedisStore::builder(env.redis_url.as_str())
+        .near_cache(NearCache::new())
+        .connect()
+        .await
+        .expect("redis");
+    Cache::builder()
+        .store(store)
+        .loader::<User>(env.loader.clone())
+        .loader::<Question>(loader.clone())
+        .loader::<Choice>(env.loader.clone())
+        .build()
+        .expect("cache")
+}
+
+/// The herd row of readers dealt to `caches` in turn.
+async fn herd_row(
+    env: &Env,
+    caches: &[Cache],
+    loader: &Slow,
+    key: &'static str,
+    what: String,
+) -> Row {
     let cfg = &env.cfg;
     let cold: Vec<i64> = (cfg.hot + 1..=cfg.questions).collect();
     assert!(!cold.is_empty(), "the data set has no cold question");
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
+    let loader_calls = || -> Vec<u64> { caches.iter().map(|c| c.stats().loader_calls).collect() };
+    // The readers of the process that did not load (all of them in one
+    // process), and those of the one that did, when there are two.
+    let (mut ours, mut loading, mut base) = (Vec::new(), Vec::new(), Vec::new());
     let mut extra_calls = 0;
     for it in 0..cfg.iterations + WARM_UP {
         let pk = cold[it % cold.len()];
         let keys = env.keys(&[pk]);
         env.store.delete_many(&keys).await.expect("clear");
-        let calls = env.cache.stats().loader_calls;
+        let calls = loader_calls();
         let run_ours = async {
-            let took = herd(|| {
-                let cache = env.cache.clone();
+            let took = herd(|i| {
+                let cache = caches[i % caches.len()].clone();
                 async move {
                     let found = cache.get::<Question>(&pk).await.expect("read");
                     assert!(found.is_some(), "question {pk}");
@@ -39,11 +138,13 @@ pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
             })
             .await;
             // Untimed: the fill's reply, before the next herd.
-            env.cache.settle().await;
+            for cache in caches {
+                cache.settle().await;
+            }
             took
         };
-        let run_base = herd(|| {
-            let loader = env.loader.clone();
+        let run_base = herd(|_| {
+            let loader = loader.clone();
             async move {
                 let found = Loader::<Question>::load(&loader, &[pk])
                     .await
@@ -53,20 +154,39 @@ pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
         });
         let (o, b) = in_turn(it, run_ours, run_base).await;
         if it >= WARM_UP {
-            ours.extend(o);
-            base.extend(b);
-            if env.cache.stats().loader_calls - calls != 1 {
+            let made: Vec<u64> = loader_calls()
+                .iter()
+                .zip(&calls)
+                .map(|(n, c)| n - c)
+                .collect();
+            if made.iter().sum::<u64>() != 1 {
                 extra_calls += 1;
             }
+            let loader = made.iter().position(|&n| n > 0);
+            for (i, took) in o.into_iter().enumerate() {
+                if caches.len() > 1 && Some(i % caches.len()) == loader {
+                    loading.push(took);
+                } else {
+                    ours.push(took);
+                }
+            }
+            base.extend(b);
         }
         env.store.delete_many(&keys).await.expect("clear");
     }
+    let who = if loading.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; the readers of the process that did not load (those of the one that did: p50 {:.0} us)",
+            lat(loading).p50 / 1000.0
+        )
+    };
     let (o, b) = (lat(ours), lat(base));
-    rows.push(Row {
-        key: "herd",
+    Row {
+        key,
         what: format!(
-            "{HERD} concurrent `get`s of one cold key, RedisStore, one process (one loads, {} wait on its lease): loader calls per herd = {}",
-            HERD - 1,
+            "{HERD} concurrent `get`s of one cold key, {what}: loader calls per herd = {}{who}",
             if extra_calls == 0 {
                 "1 in every herd".to_owned()
             } else {
@@ -74,25 +194,28 @@ pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
             }
         ),
         ours: fmt_lat(o),
-        base: format!("{HERD} concurrent loads by the loader alone: {}", fmt_lat(b)),
+        base: format!(
+            "{HERD} concurrent loads by the loader alone: {}",
+            fmt_lat(b)
+        ),
         ratio: format!("ours/base p50 = {:.2}", o.p50 / b.p50),
         metric: Some(o.p50 / b.p50),
         target: "reported".into(),
         met: None,
-    });
+    }
 }
 
-/// Runs `HERD` tasks made by `task` at once; each one's latency (ns) from
-/// the start.
+/// Runs `HERD` tasks made by `task` (given each one's index) at once; each
+/// one's latency (ns) from the start.
 async fn herd<F, Fut>(task: F) -> Vec<u64>
 where
-    F: Fn() -> Fut,
+    F: Fn(usize) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let start = Instant::now();
     let tasks: Vec<_> = (0..HERD)
-        .map(|_| {
-            let run = task();
+        .map(|i| {
+            let run = task(i);
             tokio::spawn(async move {
                 run.await;
                 start.elapsed().as_nanos() as u64
