@@ -170,12 +170,13 @@ pub trait Store: Send + Sync + 'static {
     /// (the cache's lease waits, CONSISTENCY.md). `None` when the store
     /// hears of none: the waiter polls (1 ms, then doubling).
     ///
-    /// The contract: the watch is armed when this returns. It completes on
-    /// any change to one of `keys` made after that which the store would
-    /// otherwise show only to a read, provided the waiter's next read of
-    /// the keys (sent after this call) goes through the store, since that
-    /// read may be what has the store told of the next change. It may
-    /// complete early; the waiter then reads again. The call must not block.
+    /// The contract: the watch is armed when this returns, and completes
+    /// once one of `keys` may have changed since, as far as the store
+    /// hears of changes; early completions are allowed (the waiter reads
+    /// again). A store may hear of a key's changes only once a read of it
+    /// has gone through the store, as Redis tracks keys: the cache's
+    /// waiters read the keys through the store right after this call. The
+    /// call must not block.
     ///
     /// A [`RedisStore`](crate::RedisStore) with a near cache watches through
     /// its tracking connection: the waiter's reads go over it, so Redis
