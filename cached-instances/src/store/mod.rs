@@ -178,12 +178,12 @@ pub trait Store: Send + Sync + 'static {
     /// waiters read the keys through the store right after this call. The
     /// call must not block.
     ///
-    /// A [`RedisStore`](crate::RedisStore) with a near cache watches through
-    /// its tracking connection: the waiter's reads go over it, so Redis
-    /// pushes the next change of each key read (the holder's fill). Without
-    /// a near cache it answers `None`, and so does the
-    /// [`MemoryStore`](crate::MemoryStore): a lease held in the same
-    /// process is waited on through the cache itself, whatever the store.
+    /// A [`RedisStore`] with a near cache watches through its tracking
+    /// connection: the waiter's reads go over it, so Redis pushes the next
+    /// change of each key read (the holder's fill). Without a near cache it
+    /// answers `None`, and so does the [`MemoryStore`]: a lease held in the
+    /// same process is waited on through the cache itself, whatever the
+    /// store.
     ///
     /// Required, as [`indexes`](Self::indexes) is: a wrapper forwards its
     /// inner store's watch, or answers `None` to have waiters poll.
