@@ -271,9 +271,11 @@ async fn waiters_on_a_lease_of_another_process_read_again_when_its_fill_is_pushe
     }
     let after = store.take();
     let reads = after.iter().filter(|(op, _)| *op == Op::GetMany).count();
-    assert_eq!(
-        reads, 5,
-        "one read each, once the fill is pushed: {after:?}"
+    // One read each once the fill is pushed; one more only where a
+    // waiter's 50 ms fallback came due just before the push.
+    assert!(
+        (5..=10).contains(&reads),
+        "{reads} reads after the holder's load: {after:?}"
     );
     assert!(
         near.near_cache_stats().unwrap().invalidations > pushed,
