@@ -42,6 +42,11 @@ fn is_lease(bytes: &Option<Vec<u8>>) -> bool {
 
 const TOMBSTONE: &[u8] = b"\0T";
 
+/// The multi-gets among the store calls `ops` (a lease waiter's reads).
+fn multi_gets<K>(ops: &[(Op, K)]) -> usize {
+    ops.iter().filter(|(op, _)| *op == Op::GetMany).count()
+}
+
 /// Polls `done` every 5 ms for at most 20 s.
 async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -197,7 +202,7 @@ async fn waiters_on_a_lease_of_this_process_read_once_its_fill_is_handed_over() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let meanwhile = store.take();
     assert!(
-        !meanwhile.iter().any(|(op, _)| *op == Op::GetMany),
+        multi_gets(&meanwhile) == 0,
         "no poll while the holder loads: {meanwhile:?}"
     );
 
@@ -207,7 +212,7 @@ async fn waiters_on_a_lease_of_this_process_read_once_its_fill_is_handed_over() 
         assert_eq!(reader.await.unwrap().unwrap(), db.question(1));
     }
     let after = store.take();
-    let polls = after.iter().filter(|(op, _)| *op == Op::GetMany).count();
+    let polls = multi_gets(&after);
     assert_eq!(polls, 5, "one read per waiter, after the fill: {after:?}");
     assert_eq!(db.load_count("Question"), 1);
     assert_eq!(cache.stats().loader_calls, 1);
@@ -252,10 +257,7 @@ async fn waiters_on_a_lease_of_another_process_read_again_when_its_fill_is_pushe
     // Polling waiters would have polled at 1, 2, 4, 8 and 16 ms by now.
     tokio::time::sleep(Duration::from_millis(40)).await;
     let meanwhile = store.take();
-    let reads = meanwhile
-        .iter()
-        .filter(|(op, _)| *op == Op::GetMany)
-        .count();
+    let reads = multi_gets(&meanwhile);
     // One read each at once; one more only if this test overslept the
     // 50 ms fallback.
     assert!(
@@ -270,7 +272,7 @@ async fn waiters_on_a_lease_of_another_process_read_again_when_its_fill_is_pushe
         assert_eq!(reader.await.unwrap().unwrap(), db.question(1));
     }
     let after = store.take();
-    let reads = after.iter().filter(|(op, _)| *op == Op::GetMany).count();
+    let reads = multi_gets(&after);
     // One read each once the fill is pushed; one more only where a
     // waiter's 50 ms fallback came due just before the push.
     assert!(
