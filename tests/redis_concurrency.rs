@@ -218,31 +218,44 @@ async fn waiters_on_a_lease_of_this_process_read_once_its_fill_is_handed_over() 
     assert_eq!(cache.stats().loader_calls, 1);
 }
 
-/// Readers that wait on a lease another process holds, through a store
-/// with a near cache, read once at once (over the tracking connection, so
-/// that Redis will push the key's next change), then not again until a
-/// change is pushed: the holder's fill. Without the watch they polled at
-/// 1, 2, 4 ... ms.
+/// Readers that wait on a lease another process holds read once at once,
+/// then not again until Redis pushes a change: the holder's fill. Through a
+/// store with a near cache, their reads go over its tracking connection;
+/// without one, the store keeps a tracking connection for lease waits
+/// alone, and a watch reads the keys over it itself. Without the watch they
+/// polled at 1, 2, 4 ... ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_on_a_lease_of_another_process_read_again_when_its_fill_is_pushed() {
+    lease_waits_across_processes(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_without_a_near_cache_read_again_when_the_fill_is_pushed() {
+    lease_waits_across_processes(false).await;
+}
+
+async fn lease_waits_across_processes(near_cache: bool) {
     let server = RedisServer::start();
-    let near_store = async || {
-        RedisStore::builder(server.url().as_str())
-            .near_cache(NearCache::new())
-            .connect()
-            .await
-            .unwrap()
+    let connect = async || {
+        let mut store = RedisStore::builder(server.url().as_str());
+        if near_cache {
+            store = store.near_cache(NearCache::new());
+        }
+        store.connect().await.unwrap()
     };
     let db = MemDb::seeded();
     // Two processes: the holder's cache and the waiters' share nothing but
     // the server.
-    let holder_cache = builder(near_store().await, &db).build().unwrap();
-    let near = near_store().await;
-    let store = Journaled::new(near.clone());
+    let holder_cache = builder(connect().await, &db).build().unwrap();
+    let waiters_store = connect().await;
+    let store = Journaled::new(waiters_store.clone());
     let cache = builder(store.clone(), &db)
         .lease_wait(Duration::from_secs(60))
         .build()
         .unwrap();
+    // A near cache's `connect` waits for its tracking connection; the lease
+    // waits' own connection is made in the background.
+    eventually("both stores track", async || tracking_clients(&server) == 2).await;
     let (holder, _, release) = herd_with_a_held_holder(&holder_cache, &db, 0).await;
     let readers: Vec<Reader> = (0..5)
         .map(|_| {
@@ -265,7 +278,7 @@ async fn waiters_on_a_lease_of_another_process_read_again_when_its_fill_is_pushe
         "{reads} reads while the holder loads: {meanwhile:?}"
     );
 
-    let pushed = near.near_cache_stats().unwrap().invalidations;
+    let pushed = waiters_store.near_cache_stats().map(|s| s.invalidations);
     release.send(()).unwrap();
     assert_eq!(holder.await.unwrap().unwrap(), db.question(1));
     for reader in readers {
@@ -279,12 +292,32 @@ async fn waiters_on_a_lease_of_another_process_read_again_when_its_fill_is_pushe
         (5..=10).contains(&reads),
         "{reads} reads after the holder's load: {after:?}"
     );
-    assert!(
-        near.near_cache_stats().unwrap().invalidations > pushed,
-        "the fill was pushed to the waiters' process"
-    );
+    if let Some(pushed) = pushed {
+        assert!(
+            waiters_store.near_cache_stats().unwrap().invalidations > pushed,
+            "the fill was pushed to the waiters' process"
+        );
+    }
     assert_eq!(db.load_count("Question"), 1, "the waiters loaded nothing");
     assert_eq!(cache.stats().loader_calls, 0);
+}
+
+/// Clients of `server` with `CLIENT TRACKING` on.
+fn tracking_clients(server: &RedisServer) -> usize {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.connection())
+        .unwrap();
+    clients
+        .lines()
+        .filter(|client| {
+            client.split(' ').any(|field| {
+                field
+                    .strip_prefix("flags=")
+                    .is_some_and(|f| f.contains('t'))
+            })
+        })
+        .count()
 }
 
 /// What happens to the key between the write and the held reader's fill.

@@ -178,12 +178,13 @@ pub trait Store: Send + Sync + 'static {
     /// waiters read the keys through the store right after this call. The
     /// call must not block.
     ///
-    /// A [`RedisStore`] with a near cache watches through its tracking
-    /// connection: the waiter's reads go over it, so Redis pushes the next
-    /// change of each key read (the holder's fill). Without a near cache it
-    /// answers `None`, and so does the [`MemoryStore`]: a lease held in the
-    /// same process is waited on through the cache itself, whatever the
-    /// store.
+    /// A [`RedisStore`] watches through a tracking connection: with a near
+    /// cache, the waiter's reads go over the cache's, so Redis pushes the
+    /// next change of each key read (the holder's fill); without one, over
+    /// a connection the store keeps for lease waits alone, the watch reads
+    /// the keys itself when first awaited. The [`MemoryStore`] answers
+    /// `None`: a lease held in the same process is waited on through the
+    /// cache itself, whatever the store.
     ///
     /// Required, as [`indexes`](Self::indexes) is: a wrapper forwards its
     /// inner store's watch, or answers `None` to have waiters poll.

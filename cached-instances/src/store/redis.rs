@@ -168,6 +168,14 @@ impl LazyCluster {
 ///
 /// Cloning is cheap and shares the connection.
 ///
+/// A store also keeps a second connection (one per primary in a cluster),
+/// made in the background, with `CLIENT TRACKING` on (RESP3, Redis 6 or
+/// later): a reader waiting for a lease another process holds reads again
+/// when Redis pushes the key's change, rather than polling
+/// ([`Store::watch`]). With a [near cache](RedisStoreBuilder::near_cache)
+/// it is the near cache's; without one it reads nothing but the keys
+/// waited on. Where it cannot be made, waiters poll.
+///
 /// ```no_run
 /// use std::time::Duration;
 ///
@@ -218,6 +226,9 @@ pub struct RedisStore {
     prefix: Arc<str>,
     /// The near cache, when configured.
     near: Option<Arc<near::Near>>,
+    /// Without a near cache: a tracking connection for lease waits only
+    /// (see [`watch`](Store::watch)), whose tier stays empty.
+    lease_watch: Option<Arc<near::Near>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -478,20 +489,26 @@ impl RedisStoreBuilder {
         };
         #[cfg(not(feature = "cluster"))]
         let connection = self.lazy_single()?;
-        let near = match &self.near {
-            None => None,
-            Some(config) => Some(near::Near::start(
+        let tracker = |config: &NearCache| {
+            near::Near::start(
                 config,
                 near::Backend::new(&self.urls, self.cluster)?,
                 self.connect_timeout,
                 self.response_timeout,
-            )?),
+            )
+        };
+        let (near, lease_watch) = match &self.near {
+            Some(config) => (Some(tracker(config)?), None),
+            // Nothing is ever admitted to this one's tier: its reads are
+            // the watches' own (`Near::watch_reading`).
+            None => (None, Some(tracker(&NearCache::new().max_bytes(0))?)),
         };
         Ok(RedisStore {
             connection,
             request_timeout: self.response_timeout,
             prefix: self.key_prefix.as_str().into(),
             near,
+            lease_watch,
         })
     }
 
@@ -1267,12 +1284,18 @@ impl Store for RedisStore {
         })
     }
 
-    /// With a near cache, while it tracks: the tracking connection's
-    /// pushes (see "Lease waits" in the near cache's docs). `None` without
-    /// one, or while tracking is down (reads then go to Redis untracked).
+    /// The pushes of a tracking connection (see "Lease waits" in the near
+    /// cache's docs): the near cache's, whose reads track the keys; without
+    /// one, a connection kept for lease waits alone, over which the watch
+    /// reads the keys itself. `None` while tracking is down: the waiter
+    /// polls.
     fn watch(&self, keys: &[String]) -> Option<Changed> {
-        let near = self.near.as_ref()?;
-        near::Near::watch(near, self.keys(keys).iter().map(String::as_str))
+        let keys = self.keys(keys);
+        match (&self.near, &self.lease_watch) {
+            (Some(near), _) => near::Near::watch(near, keys.iter().map(String::as_str)),
+            (None, Some(tracker)) => near::Near::watch_reading(tracker, keys.into_owned()),
+            (None, None) => None,
+        }
     }
 
     fn indexes(&self) -> Option<&dyn IndexStore> {

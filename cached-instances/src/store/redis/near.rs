@@ -119,6 +119,17 @@
 //! early wake, and one more read) or a flush (which also ends tracking, so
 //! the waiter polls from then on). A waiter therefore reads once right
 //! away, then once per push, where it polled at 1, 2, 4 ... ms.
+//!
+//! A store without a near cache keeps a tracker all the same, for lease
+//! waits alone: the same type, with a tier nothing is admitted to, and one
+//! tracking connection (one per primary in a cluster) that carries no read
+//! but the watches' own ([`Near::watch_reading`]). The waiter's reads go
+//! to the store's connection, which Redis does not track for this; so a
+//! watch, when first awaited, reads its keys over the tracking connection
+//! itself, and completes at once if one no longer holds a live lease (it
+//! changed after the watch was armed, before that read; a later change is
+//! pushed). That is one more read per wait, on the tracking connection,
+//! and Redis tracks only the keys waited on.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -349,6 +360,9 @@ async fn tracking_connection(
         .await?;
     Ok(connection)
 }
+
+/// Stripes and their counters as a watch saw them when armed.
+type Seen = Vec<(usize, u64)>;
 
 /// The tier and its tracking connections, shared by the store's clones.
 pub(super) struct Near {
@@ -663,34 +677,78 @@ impl Near {
         near: &Arc<Near>,
         keys: impl Iterator<Item = &'k str>,
     ) -> Option<Changed> {
-        // The counters before the tracking check: links lost after it
-        // flush, which moves them.
-        let mut seen: Vec<(usize, u64)> = keys
-            .map(|key| {
-                let stripe = near.stripe_of(key);
-                (stripe, near.stripe_count(stripe))
-            })
-            .collect();
-        near.current()?;
-        seen.sort_unstable();
-        seen.dedup_by_key(|(stripe, _)| *stripe);
+        let (seen, _) = near.arm(keys)?;
+        let near = Arc::clone(near);
+        Some(Changed::new(async move { near.moved(&seen).await }))
+    }
+
+    /// A watch of `keys` for a store whose reads do not go over the
+    /// tracking connection (a [`RedisStore`](super::RedisStore) without a
+    /// near cache, which keeps one only for lease waits): when first
+    /// awaited, it reads the keys over that connection itself, so that
+    /// Redis tracks them, and completes at once if one no longer holds a
+    /// live lease (it changed after this call, before that read); otherwise
+    /// as [`watch`](Self::watch) does, on the push of the next change. A
+    /// failed read ends tracking (the waiter polls from then on) and
+    /// completes it.
+    pub(super) fn watch_reading(near: &Arc<Near>, keys: Vec<String>) -> Option<Changed> {
+        let (seen, (generation, links)) = near.arm(keys.iter().map(String::as_str))?;
         let near = Arc::clone(near);
         Some(Changed::new(async move {
-            loop {
-                let changed = near.changed.notified();
-                let mut changed = std::pin::pin!(changed);
-                // Registered before the counters are read: a move after
-                // the read notifies it.
-                changed.as_mut().enable();
-                if seen
-                    .iter()
-                    .any(|&(stripe, count)| near.stripe_count(stripe) != count)
-                {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            match tokio::time::timeout(near.request_timeout, links.read(&keys)).await {
+                Ok(Ok(values)) if values.len() == keys.len() => {
+                    let leased = |value: &Option<Bytes>| {
+                        value.as_ref().is_some_and(|value| {
+                            matches!(marker::classify(value), Slot::Lease)
+                                && !marker::lease_expired(value)
+                        })
+                    };
+                    if !values.iter().all(leased) {
+                        return;
+                    }
+                }
+                _ => {
+                    near.lost(generation);
                     return;
                 }
-                changed.await;
             }
+            near.moved(&seen).await;
         }))
+    }
+
+    /// The stripe counters of `keys` (each stripe once) and the links in
+    /// use, read in that order: links lost after the counters are read
+    /// flush, which moves them. `None` while tracking is down.
+    fn arm<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Option<(Seen, (u64, Links))> {
+        let mut seen: Vec<(usize, u64)> = keys
+            .map(|key| {
+                let stripe = self.stripe_of(key);
+                (stripe, self.stripe_count(stripe))
+            })
+            .collect();
+        let links = self.current()?;
+        seen.sort_unstable();
+        seen.dedup_by_key(|(stripe, _)| *stripe);
+        Some((seen, links))
+    }
+
+    /// Completes once one of the `seen` stripes has moved from its count.
+    async fn moved(&self, seen: &Seen) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the counters are read: a move after the
+            // read notifies it.
+            changed.as_mut().enable();
+            if seen
+                .iter()
+                .any(|&(stripe, count)| self.stripe_count(stripe) != count)
+            {
+                return;
+            }
+            changed.await;
+        }
     }
 
     fn stripe_count(&self, stripe: usize) -> u64 {
