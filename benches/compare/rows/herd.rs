@@ -21,14 +21,16 @@ const HERD: usize = 16;
 ///
 /// - in one process: the waiters wait on a lease of their own process,
 ///   and read once it is handed over (`cache/fills.rs`);
-/// - across two processes (two caches, each with its own near-cached
-///   store, readers dealt to them in turn): the row gives the latencies of
-///   the readers of the process that did not load (which wait on a lease
-///   held elsewhere, and read again when Redis pushes the fill to their
-///   tracking connection: `Store::watch`), and the p50 of the others. All
-///   readers together would put the p50 between the two groups. Then again
-///   with a load of 10 ms more (a heavier query), on both sides: a waiter
-///   that polled (1, 2, 4 ... ms) learned of the fill up to a poll late.
+/// - across two processes (two caches, each with its own store, readers
+///   dealt to them in turn): the row gives the latencies of the readers of
+///   the process that did not load (which wait on a lease held elsewhere,
+///   and read again when Redis pushes the fill to their tracking
+///   connection: `Store::watch`), and the p50 of the others. All readers
+///   together would put the p50 between the two groups. With near-cached
+///   stores, and with plain ones (whose tracking connection serves lease
+///   waits alone); each again with a load of 10 ms more (a heavier query),
+///   on both sides: a waiter that polled (1, 2, 4 ... ms) learned of the
+///   fill up to a poll late.
 pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
     let one = [env.cache.clone()];
     let derived = Slow(env.loader.clone(), Duration::ZERO);
@@ -46,32 +48,42 @@ pub(crate) async fn herd_rows(env: &Env, rows: &mut Vec<Row>) {
         .await,
     );
     for loader in [derived, Slow(env.loader.clone(), Duration::from_millis(10))] {
-        let two = [
-            near_cache(env, &loader).await,
-            near_cache(env, &loader).await,
-        ];
-        let (key, load) = if loader.1.is_zero() {
-            ("herd_two_processes", String::new())
-        } else {
-            (
-                "herd_two_processes_10ms",
-                " and 10 ms more per load".to_owned(),
-            )
-        };
-        rows.push(
-            herd_row(
-                env,
-                &two,
-                &loader,
-                key,
-                format!(
-                    "RedisStore with a near cache, two processes{load} (one loads; {} wait on its lease in its process, {} on a lease of the other)",
-                    HERD / 2 - 1,
-                    HERD / 2
-                ),
-            )
-            .await,
-        );
+        for near in [true, false] {
+            let two = [
+                process_cache(env, &loader, near).await,
+                process_cache(env, &loader, near).await,
+            ];
+            let key = match (near, loader.1.is_zero()) {
+                (true, true) => "herd_two_processes",
+                (true, false) => "herd_two_processes_10ms",
+                (false, true) => "herd_two_processes_plain",
+                (false, false) => "herd_two_processes_plain_10ms",
+            };
+            let store = if near {
+                "RedisStore with a near cache"
+            } else {
+                "RedisStore (no near cache: the lease waits' own tracking connection)"
+            };
+            let load = if loader.1.is_zero() {
+                ""
+            } else {
+                " and 10 ms more per load"
+            };
+            rows.push(
+                herd_row(
+                    env,
+                    &two,
+                    &loader,
+                    key,
+                    format!(
+                        "{store}, two processes{load} (one loads; {} wait on its lease in its process, {} on a lease of the other)",
+                        HERD / 2 - 1,
+                        HERD / 2
+                    ),
+                )
+                .await,
+            );
+        }
     }
 }
 
@@ -102,15 +114,15 @@ impl Loader<Question> for Slow {
     }
 }
 
-/// A cache as another process of the app has it: its own connections and
-/// near cache, on the same server and keys as `env.cache`, loading
-/// questions with `loader`.
-async fn near_cache(env: &Env, loader: &Slow) -> Cache {
-    let store = RedisStore::builder(env.redis_url.as_str())
-        .near_cache(NearCache::new())
-        .connect()
-        .await
-        .expect("redis");
+/// A cache as another process of the app has it: its own connections (and
+/// near cache, if `near`), on the same server and keys as `env.cache`,
+/// loading questions with `loader`.
+async fn process_cache(env: &Env, loader: &Slow, near: bool) -> Cache {
+    let mut store = RedisStore::builder(env.redis_url.as_str());
+    if near {
+        store = store.near_cache(NearCache::new());
+    }
+    let store = store.connect().await.expect("redis");
     Cache::builder()
         .store(store)
         .loader::<User>(env.loader.clone())
