@@ -485,7 +485,7 @@ impl Near {
                             tracing::debug!(
                                 target: "cached_instances",
                                 %error,
-                                "near cache: tracking connection not made"
+                                "tracking connection (near cache, lease waits) not made"
                             );
                             drop(near);
                             tokio::time::sleep(backoff).await;
@@ -497,7 +497,7 @@ impl Near {
                         if !near.still_holds(&links).await {
                             tracing::debug!(
                                 target: "cached_instances",
-                                "near cache: the slot map changed or a primary did not answer"
+                                "tracking connections (near cache, lease waits): the slot map changed or a primary did not answer"
                             );
                             near.lost(generation);
                             continue;
@@ -564,7 +564,7 @@ impl Near {
                 Ok(made) => made.map_err(super::store_error)?,
                 Err(_) => {
                     return Err(StoreError::Unavailable(
-                        "near cache: no tracking connection in time".into(),
+                        "no tracking connection (near cache, lease waits) in time".into(),
                     ));
                 }
             };
