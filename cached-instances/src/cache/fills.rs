@@ -69,9 +69,9 @@
 //! connection that carried the fill, its read is behind the fill, so it
 //! finds the entries. A lease of another process is waited on through
 //! the store's watch where it has one (`Store::watch`: a `RedisStore`'s
-//! tracking pushes), and by polling where it has none; so is a lease found again
-//! by a read over another connection than the fill's (a near tier's
-//! tracking connection), which the fill may not have reached yet.
+//! tracking pushes), and by polling where it has none; so is a lease
+//! found again by a read over another connection than the fill's (a near
+//! tier's tracking connection), which the fill may not have reached yet.
 
 use std::collections::HashMap;
 use std::future::Future;
