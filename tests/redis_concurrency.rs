@@ -255,7 +255,10 @@ async fn lease_waits_across_processes(near_cache: bool) {
         .unwrap();
     // A near cache's `connect` waits for its tracking connection; the lease
     // waits' own connection is made in the background.
-    eventually("both stores track", async || tracking_clients(&server) == 2).await;
+    eventually("both stores track", async || {
+        server.tracking_clients().len() == 2
+    })
+    .await;
     let (holder, _, release) = herd_with_a_held_holder(&holder_cache, &db, 0).await;
     let readers: Vec<Reader> = (0..5)
         .map(|_| {
@@ -302,22 +305,81 @@ async fn lease_waits_across_processes(near_cache: bool) {
     assert_eq!(cache.stats().loader_calls, 0);
 }
 
-/// Clients of `server` with `CLIENT TRACKING` on.
-fn tracking_clients(server: &RedisServer) -> usize {
-    let clients: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut server.connection())
+/// The lease waits' tracking connection of a store without a near cache
+/// belongs to the store: dropping the store (every clone) closes it, as
+/// the server sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_store_closes_its_lease_waits_connection() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    eventually("the store tracks", async || {
+        server.tracking_clients().len() == 1
+    })
+    .await;
+    let clone = store.clone();
+    drop(store);
+    tokio::task::yield_now().await;
+    assert_eq!(server.tracking_clients().len(), 1, "a clone keeps it");
+    drop(clone);
+    eventually("the connection is closed", async || {
+        server.tracking_clients().is_empty()
+    })
+    .await;
+}
+
+/// A server that refuses client tracking (here `CLIENT` is renamed away,
+/// as some proxies and managed services do; a server before Redis 6 has no
+/// RESP3) leaves a store without a near cache as it was: its reads and
+/// herds work, its waiters poll, and it does not try again (no connection
+/// every 2 s for as long as it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_client_tracking_waiters_poll_and_the_store_stops_trying() {
+    let server = RedisServer::start_with(&["--rename-command", "CLIENT", "CLIENT-RENAMED"]);
+    // One connection of the test's own, made once.
+    let mut own = server.connection();
+    let mut connections = || -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut own).unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap()
+    };
+    let db = MemDb::seeded();
+    let holder_cache = builder(RedisStore::connect(&server.url()).await.unwrap(), &db)
+        .build()
         .unwrap();
-    clients
-        .lines()
-        .filter(|client| {
-            client.split(' ').any(|field| {
-                field
-                    .strip_prefix("flags=")
-                    .is_some_and(|f| f.contains('t'))
-            })
+    let store = Journaled::new(RedisStore::connect(&server.url()).await.unwrap());
+    let cache = builder(store.clone(), &db)
+        .lease_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    // Retried, the refused trackers would connect again at 50, 150, 350,
+    // 750 ... ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = connections();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(connections(), settled, "a refused tracker connected again");
+
+    let (holder, _, release) = herd_with_a_held_holder(&holder_cache, &db, 0).await;
+    let readers: Vec<Reader> = (0..5)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<Question>(&1).await })
         })
-        .count()
+        .collect();
+    eventually("every reader waits on the lease", async || {
+        cache.stats().lease_waits == 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let polls = multi_gets(&store.take());
+    assert!(polls > 10, "the waiters poll: {polls} reads in 40 ms");
+    release.send(()).unwrap();
+    assert_eq!(holder.await.unwrap().unwrap(), db.question(1));
+    for reader in readers {
+        assert_eq!(reader.await.unwrap().unwrap(), db.question(1));
+    }
+    assert_eq!(db.load_count("Question"), 1, "the waiters loaded nothing");
 }
 
 /// What happens to the key between the write and the held reader's fill.

@@ -174,7 +174,9 @@ impl LazyCluster {
 /// when Redis pushes the key's change, rather than polling
 /// ([`Store::watch`]). With a [near cache](RedisStoreBuilder::near_cache)
 /// it is the near cache's; without one it reads nothing but the keys
-/// waited on. Where it cannot be made, waiters poll.
+/// waited on. While it is down, waiters poll; a server that refuses
+/// tracking (before Redis 6, or behind a proxy without it) is not asked
+/// again, and its waiters keep polling.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -489,8 +491,9 @@ impl RedisStoreBuilder {
         };
         #[cfg(not(feature = "cluster"))]
         let connection = self.lazy_single()?;
-        let tracker = |config: &NearCache| {
+        let tracker = |role, config: &NearCache| {
             near::Near::start(
+                role,
                 config,
                 near::Backend::new(&self.urls, self.cluster)?,
                 self.connect_timeout,
@@ -498,10 +501,16 @@ impl RedisStoreBuilder {
             )
         };
         let (near, lease_watch) = match &self.near {
-            Some(config) => (Some(tracker(config)?), None),
+            Some(config) => (Some(tracker(near::Role::NearCache, config)?), None),
             // Nothing is ever admitted to this one's tier: its reads are
             // the watches' own (`Near::watch_reading`).
-            None => (None, Some(tracker(&NearCache::new().max_bytes(0))?)),
+            None => (
+                None,
+                Some(tracker(
+                    near::Role::LeaseWaits,
+                    &NearCache::new().max_bytes(0),
+                )?),
+            ),
         };
         Ok(RedisStore {
             connection,

@@ -129,7 +129,9 @@
 //! itself, and completes at once if one no longer holds a live lease (it
 //! changed after the watch was armed, before that read; a later change is
 //! pushed). That is one more read per wait, on the tracking connection,
-//! and Redis tracks only the keys waited on.
+//! and Redis tracks only the keys waited on. Such a tracker stops at the
+//! server's first refusal of tracking ([`Role::LeaseWaits`]); a near cache
+//! the user asked for keeps trying.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -364,8 +366,31 @@ async fn tracking_connection(
 /// Stripes and their counters as a watch saw them when armed.
 type Seen = Vec<(usize, u64)>;
 
+/// What a [`Near`] is kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// The near cache the user configured: the tier, its tracking, and the
+    /// lease waits on it.
+    NearCache,
+    /// A store without a near cache: tracking for lease waits alone, given
+    /// up for good when the server refuses it (no `CLIENT TRACKING` or
+    /// RESP3: a server before Redis 6, a proxy, a command renamed away);
+    /// its waiters poll, as they did before the store kept one.
+    LeaseWaits,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::NearCache => "near cache",
+            Role::LeaseWaits => "lease waits",
+        }
+    }
+}
+
 /// The tier and its tracking connections, shared by the store's clones.
 pub(super) struct Near {
+    role: Role,
     tier: Tier,
     /// How long an admitted entry stays in the tier at most.
     max_age: Duration,
@@ -409,6 +434,7 @@ impl Near {
     /// Builds the tier and starts the task that makes (and remakes) the
     /// tracking connections in the background.
     pub(super) fn start(
+        role: Role,
         config: &NearCache,
         backend: Backend,
         connect_timeout: Duration,
@@ -427,6 +453,7 @@ impl Near {
             Backend::Cluster(_) => Some(cluster::CHECK_INTERVAL),
         };
         let near = Arc::new(Near {
+            role,
             tier: Tier::new(config.max_bytes),
             max_age: config.max_age,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
@@ -481,11 +508,20 @@ impl Near {
                 match near.current() {
                     None => match Near::track(&near).await {
                         Ok(()) => backoff = RECONNECT_MIN,
+                        Err(error @ StoreError::Protocol(_)) if near.role == Role::LeaseWaits => {
+                            tracing::info!(
+                                target: "cached_instances",
+                                %error,
+                                "Redis refused client tracking: lease waits will poll"
+                            );
+                            return;
+                        }
                         Err(error) => {
                             tracing::debug!(
                                 target: "cached_instances",
+                                role = near.role.as_str(),
                                 %error,
-                                "tracking connection (near cache, lease waits) not made"
+                                "tracking connection not made"
                             );
                             drop(near);
                             tokio::time::sleep(backoff).await;
@@ -497,7 +533,8 @@ impl Near {
                         if !near.still_holds(&links).await {
                             tracing::debug!(
                                 target: "cached_instances",
-                                "tracking connections (near cache, lease waits): the slot map changed or a primary did not answer"
+                                role = near.role.as_str(),
+                                "tracking connections: the slot map changed or a primary did not answer"
                             );
                             near.lost(generation);
                             continue;
@@ -564,7 +601,7 @@ impl Near {
                 Ok(made) => made.map_err(super::store_error)?,
                 Err(_) => {
                     return Err(StoreError::Unavailable(
-                        "no tracking connection (near cache, lease waits) in time".into(),
+                        "no tracking connection in time".into(),
                     ));
                 }
             };
