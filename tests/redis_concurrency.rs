@@ -372,8 +372,9 @@ async fn without_client_tracking_waiters_poll_and_the_store_stops_trying() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(40)).await;
+    // A watched wait makes one read each in that time; polling, more.
     let polls = multi_gets(&store.take());
-    assert!(polls > 10, "the waiters poll: {polls} reads in 40 ms");
+    assert!(polls > 5, "the waiters poll: {polls} reads in 40 ms");
     release.send(()).unwrap();
     assert_eq!(holder.await.unwrap().unwrap(), db.question(1));
     for reader in readers {
