@@ -327,6 +327,29 @@ async fn dropping_a_store_closes_its_lease_waits_connection() {
     .await;
 }
 
+/// `lease_wait_tracking(false)`: no second connection, and waiters poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_lease_wait_tracking_a_store_makes_no_tracking_connection() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url().as_str())
+        .lease_wait_tracking(false)
+        .connect()
+        .await
+        .unwrap();
+    let tracked = RedisStore::connect(&server.url()).await.unwrap();
+    let keys = ["k".to_owned()];
+    eventually("the default store watches", async || {
+        tracked.watch(&keys).is_some()
+    })
+    .await;
+    assert_eq!(
+        server.tracking_clients().len(),
+        1,
+        "the default store's only"
+    );
+    assert!(store.watch(&keys).is_none(), "no watch: waiters poll");
+}
+
 /// A server that refuses client tracking (here `CLIENT` is renamed away,
 /// as some proxies and managed services do; a server before Redis 6 has no
 /// RESP3) leaves a store without a near cache as it was: its reads and

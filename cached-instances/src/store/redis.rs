@@ -174,7 +174,8 @@ impl LazyCluster {
 /// when Redis pushes the key's change, rather than polling
 /// ([`Store::watch`]). With a [near cache](RedisStoreBuilder::near_cache)
 /// it is the near cache's; without one it reads nothing but the keys
-/// waited on. While it is down, waiters poll; a server that refuses
+/// waited on, and [`lease_wait_tracking(false)`](RedisStoreBuilder::lease_wait_tracking)
+/// goes without it. While it is down, waiters poll; a server that refuses
 /// tracking (before Redis 6, or behind a proxy without it) is not asked
 /// again, and its waiters keep polling.
 ///
@@ -260,6 +261,7 @@ pub struct RedisStoreBuilder {
     retries: usize,
     key_prefix: String,
     near: Option<NearCache>,
+    lease_wait_tracking: bool,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
@@ -272,6 +274,7 @@ impl std::fmt::Debug for RedisStoreBuilder {
             .field("retries", &self.retries)
             .field("key_prefix", &self.key_prefix)
             .field("near_cache", &self.near)
+            .field("lease_wait_tracking", &self.lease_wait_tracking)
             .finish()
     }
 }
@@ -286,7 +289,35 @@ impl RedisStoreBuilder {
             retries: DEFAULT_RETRIES,
             key_prefix: String::new(),
             near: None,
+            lease_wait_tracking: true,
         }
+    }
+
+    /// Whether a store without a near cache keeps its second connection,
+    /// with `CLIENT TRACKING` on, for lease waits (see [`RedisStore`]).
+    /// Default: `true`. With `false` the store makes one connection (one
+    /// per primary in a cluster) fewer, and a reader waiting on a lease
+    /// another process holds polls it (1 ms, then doubling up to 50 ms)
+    /// rather than reading again when its fill is pushed. A store with a
+    /// [near cache](Self::near_cache) waits through the near cache's
+    /// connection either way.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cached_instances::StoreError> {
+    /// use cached_instances::RedisStore;
+    ///
+    /// // A server with few connections to spare.
+    /// let store = RedisStore::builder("redis://cache.internal:6379/")
+    ///     .lease_wait_tracking(false)
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lease_wait_tracking(mut self, on: bool) -> Self {
+        self.lease_wait_tracking = on;
+        self
     }
 
     /// Puts an in-process [`NearCache`] in front of Redis: hits are served
@@ -504,13 +535,14 @@ impl RedisStoreBuilder {
             Some(config) => (Some(tracker(near::Role::NearCache, config)?), None),
             // Nothing is ever admitted to this one's tier: its reads are
             // the watches' own (`Near::watch_reading`).
-            None => (
+            None if self.lease_wait_tracking => (
                 None,
                 Some(tracker(
                     near::Role::LeaseWaits,
                     &NearCache::new().max_bytes(0),
                 )?),
             ),
+            None => (None, None),
         };
         Ok(RedisStore {
             connection,
