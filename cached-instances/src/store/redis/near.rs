@@ -141,7 +141,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError,
+};
 use redis::{PushInfo, PushKind, Value};
 
 use crate::error::StoreError;
@@ -366,6 +368,33 @@ async fn tracking_connection(
 /// Stripes and their counters as a watch saw them when armed.
 type Seen = Vec<(usize, u64)>;
 
+/// Why tracking connections were not made.
+enum Untracked {
+    /// The server refused tracking itself ([`refuses_tracking`]): asking
+    /// again will not help.
+    Refused(StoreError),
+    /// Anything else: a connection, a timeout, a topology in motion.
+    Failed(StoreError),
+}
+
+/// Whether `error` is a server's refusal of what tracking needs: RESP3
+/// (`HELLO`, Redis 6 or later), the `CLIENT TRACKING` command (unknown,
+/// renamed away, or not allowed to this user), rather than a failure that
+/// may pass.
+fn refuses_tracking(error: &RedisError) -> bool {
+    if error.kind() == redis::ErrorKind::RESP3NotSupported || error.code() == Some("NOPERM") {
+        return true;
+    }
+    let message = error.to_string().to_ascii_lowercase();
+    [
+        "unknown command",
+        "unknown subcommand",
+        "unsupported command",
+    ]
+    .iter()
+    .any(|refusal| message.contains(refusal))
+}
+
 /// What a [`Near`] is kept for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
@@ -508,7 +537,7 @@ impl Near {
                 match near.current() {
                     None => match Near::track(&near).await {
                         Ok(()) => backoff = RECONNECT_MIN,
-                        Err(error @ StoreError::Protocol(_)) if near.role == Role::LeaseWaits => {
+                        Err(Untracked::Refused(error)) if near.role == Role::LeaseWaits => {
                             tracing::info!(
                                 target: "cached_instances",
                                 %error,
@@ -516,7 +545,7 @@ impl Near {
                             );
                             return;
                         }
-                        Err(error) => {
+                        Err(Untracked::Refused(error) | Untracked::Failed(error)) => {
                             tracing::debug!(
                                 target: "cached_instances",
                                 role = near.role.as_str(),
@@ -568,7 +597,7 @@ impl Near {
     }
 
     /// Makes the tracking connections and puts the tier in use.
-    async fn track(near: &Arc<Near>) -> Result<(), StoreError> {
+    async fn track(near: &Arc<Near>) -> Result<(), Untracked> {
         let generation = near.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let weak = Arc::downgrade(near);
         let on_push = move |push: PushInfo| -> Result<(), ()> {
@@ -598,11 +627,15 @@ impl Near {
             match tokio::time::timeout(2 * (near.connect_timeout + near.request_timeout), made)
                 .await
             {
-                Ok(made) => made.map_err(super::store_error)?,
+                Ok(Ok(links)) => links,
+                Ok(Err(error)) if refuses_tracking(&error) => {
+                    return Err(Untracked::Refused(super::store_error(error)));
+                }
+                Ok(Err(error)) => return Err(Untracked::Failed(super::store_error(error))),
                 Err(_) => {
-                    return Err(StoreError::Unavailable(
+                    return Err(Untracked::Failed(StoreError::Unavailable(
                         "no tracking connection in time".into(),
-                    ));
+                    )));
                 }
             };
         // Whatever changed while untracked is unknown: start empty.
@@ -1001,6 +1034,46 @@ impl Near {
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             tracking: self.current().is_some(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::refuses_tracking;
+
+    fn server_error(detail: &str) -> RedisError {
+        RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "An error was signalled by the server",
+            detail.to_owned(),
+        ))
+    }
+
+    #[test]
+    fn only_a_refusal_of_tracking_itself_stops_a_lease_waits_tracker() {
+        for refusal in [
+            server_error("unknown command 'CLIENT', with args beginning with: 'TRACKING' 'ON'"),
+            server_error("unknown subcommand 'TRACKING'. Try CLIENT HELP."),
+            RedisError::from((ErrorKind::RESP3NotSupported, "resp3 is not supported")),
+            redis::make_extension_error(
+                "NOPERM".to_owned(),
+                Some("User app has no permissions to run the 'client|tracking' command".to_owned()),
+            ),
+        ] {
+            assert!(refuses_tracking(&refusal), "{refusal}");
+        }
+        for passing in [
+            server_error("max number of clients reached"),
+            RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "the cluster's primaries disagree on its slot map",
+            )),
+            RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        ] {
+            assert!(!refuses_tracking(&passing), "{passing}");
         }
     }
 }
