@@ -117,6 +117,22 @@ async fn herd_with_a_held_holder(
     (holder, readers, held.release)
 }
 
+/// `n` readers of question 1 through `cache` (another process than the
+/// holder's), once each waits on the holder's lease.
+async fn readers_waiting(cache: &Cache, n: u64) -> Vec<Reader> {
+    let readers = (0..n)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<Question>(&1).await })
+        })
+        .collect();
+    eventually("every reader waits on the lease", async || {
+        cache.stats().lease_waits == n
+    })
+    .await;
+    readers
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_short_lease_wait_waiters_read_the_database_without_filling() {
     let server = RedisServer::start();
@@ -260,16 +276,7 @@ async fn lease_waits_across_processes(near_cache: bool) {
     })
     .await;
     let (holder, _, release) = herd_with_a_held_holder(&holder_cache, &db, 0).await;
-    let readers: Vec<Reader> = (0..5)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get::<Question>(&1).await })
-        })
-        .collect();
-    eventually("every reader waits on the lease", async || {
-        cache.stats().lease_waits == 5
-    })
-    .await;
+    let readers = readers_waiting(&cache, 5).await;
     // Polling waiters would have polled at 1, 2, 4, 8 and 16 ms by now.
     tokio::time::sleep(Duration::from_millis(40)).await;
     let meanwhile = store.take();
@@ -384,16 +391,7 @@ async fn without_client_tracking_waiters_poll_and_the_store_stops_trying() {
     assert_eq!(connections(), settled, "a refused tracker connected again");
 
     let (holder, _, release) = herd_with_a_held_holder(&holder_cache, &db, 0).await;
-    let readers: Vec<Reader> = (0..5)
-        .map(|_| {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get::<Question>(&1).await })
-        })
-        .collect();
-    eventually("every reader waits on the lease", async || {
-        cache.stats().lease_waits == 5
-    })
-    .await;
+    let readers = readers_waiting(&cache, 5).await;
     tokio::time::sleep(Duration::from_millis(40)).await;
     // A watched wait makes one read each in that time; polling, more.
     let polls = multi_gets(&store.take());
