@@ -293,6 +293,20 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // On a worker thread, as a server's request handlers run, not on the
+    // thread blocked in `block_on`: redis-rs reads each reply in a task of
+    // its own, and a caller on that other thread would pay a wake across
+    // threads per request (BENCHMARKS.md, session 12).
+    match tokio::spawn(run(args)).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: the benchmark's task failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
     let quick = args.quick;
     if args.memory_only {
         memory_only(if quick { 10_000 } else { 100_000 }, 2_000).await;
