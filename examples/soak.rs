@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --example soak -- --seconds 5                          # CI's smoke run
 //! cargo run --example soak -- --seconds 5 --feed --readers 4       # CI's change feed run
+//! cargo run --example soak -- --seconds 5 --near                   # CI's near-cache run
 //! cargo run --release --example soak -- --seconds 600 --readers 16 --writers 4
 //! cargo run --release --example soak -- --seconds 60 --feed --processes 3
 //! ```
@@ -28,6 +29,12 @@
 //!   once the store took their invalidation), as seen by polling the
 //!   outbox every millisecond, so an acknowledgement is stamped up to a
 //!   poll late, never early.
+//!
+//! `--near` (told writes only) puts a near cache in front of Redis
+//! (`RedisStore::builder(..).near_cache(..)`). Readers and writers share it
+//! in this one process, where the near cache adds no exception (its one
+//! exception is another process's write, CONSISTENCY.md), so every read is
+//! checked as without it; the run also fails if the tier was not in use.
 //!
 //! Readers read random users, questions and choices through every read
 //! API; the caches load with the models' generated sqlx loaders, one
@@ -64,7 +71,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cached_instances::feed::{Feed, OUTBOX_TABLE};
-use cached_instances::{Cache, CachedInstance, LoadError, Loader, MemoryStore, RedisStore, Store};
+use cached_instances::{
+    Cache, CachedInstance, LoadError, Loader, MemoryStore, NearCache, RedisStore, Store,
+};
 use cached_instances_testkit::cli::DatabaseArg;
 use cached_instances_testkit::process::KillOnDrop;
 use cached_instances_testkit::redis_server;
@@ -105,6 +114,12 @@ struct Args {
     /// Cache in the in-process MemoryStore instead of Redis.
     #[arg(long, conflicts_with = "feed")]
     memory: bool,
+    /// Put a near cache in front of Redis (hits served from this process,
+    /// kept coherent by Redis' invalidation pushes). Readers and writers
+    /// share it in this one process, so every read must still be fresh;
+    /// the tier's exception is across processes (CONSISTENCY.md).
+    #[arg(long, conflicts_with_all = ["memory", "feed"])]
+    near: bool,
     /// Writers run plain SQL and never call the cache; the change feed
     /// delivers their writes, to this process and `--processes` reader
     /// processes, each with its own cache and feed worker.
@@ -1520,7 +1535,13 @@ async fn soak(
         },
         args.readers,
         reports.len(),
-        if args.memory { "MemoryStore" } else { "Redis" }
+        if args.memory {
+            "MemoryStore"
+        } else if args.near {
+            "Redis with a near cache"
+        } else {
+            "Redis"
+        }
     );
     println!(
         "  ops: {} ({:.0}/s): {} reads ({:.0}/s), {} writes ({:.0}/s)",
@@ -1625,16 +1646,43 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
                 schema: &schema,
                 redis: Some(&url),
             };
-            let store = RedisStore::connect(&url).await?;
-            soak(
+            let builder = RedisStore::builder(url.clone());
+            let store = if args.near {
+                builder.near_cache(NearCache::new())
+            } else {
+                builder
+            }
+            .connect()
+            .await?;
+            let report = soak(
                 args.clone(),
                 place,
                 loaders.clone(),
                 sql.clone(),
                 db.clone(),
-                store,
+                store.clone(),
             )
-            .await
+            .await;
+            match (report, store.near_cache_stats()) {
+                (Ok(mut report), Some(near)) => {
+                    println!(
+                        "  near cache: {} entries ({} bytes) held at the end, {} evicted by pushes and own writes, {} flushes, tracking {}",
+                        near.entries,
+                        near.bytes,
+                        near.invalidations,
+                        near.flushes,
+                        if near.tracking { "on" } else { "off" }
+                    );
+                    // A run whose tier was off, holds nothing, or never
+                    // evicted has not tested it.
+                    if !near.tracking || near.entries == 0 || near.invalidations == 0 {
+                        eprintln!("the near cache was not in use");
+                        report.errors += 1;
+                    }
+                    Ok(report)
+                }
+                (report, _) => report,
+            }
         };
         loaders.pool.close().await;
         sql.pool.close().await;
