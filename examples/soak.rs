@@ -5,7 +5,8 @@
 //! ```sh
 //! cargo run --example soak -- --seconds 5                          # CI's smoke run
 //! cargo run --example soak -- --seconds 5 --feed --readers 4       # CI's change feed run
-//! cargo run --example soak -- --seconds 5 --near                   # CI's near-cache run
+//! cargo run --example soak -- --seconds 5 --near                   # CI's near-cache runs
+//! cargo run --example soak -- --seconds 5 --feed --readers 4 --near
 //! cargo run --release --example soak -- --seconds 600 --readers 16 --writers 4
 //! cargo run --release --example soak -- --seconds 60 --feed --processes 3
 //! ```
@@ -30,11 +31,18 @@
 //!   outbox every millisecond, so an acknowledgement is stamped up to a
 //!   poll late, never early.
 //!
-//! `--near` (told writes only) puts a near cache in front of Redis
-//! (`RedisStore::builder(..).near_cache(..)`). Readers and writers share it
-//! in this one process, where the near cache adds no exception (its one
-//! exception is another process's write, CONSISTENCY.md), so every read is
-//! checked as without it; the run also fails if the tier was not in use.
+//! `--near` puts a near cache in front of Redis in every process
+//! (`RedisStore::builder(..).near_cache(..)`); the run fails if this
+//! process's tier was not in use. Its one exception is another process's
+//! write (CONSISTENCY.md): a read may miss it until Redis' push reaches the
+//! reader's tier. So:
+//!
+//! - told writes: readers and writers share one process and its tier, where
+//!   there is no exception, and every read is checked as without it;
+//! - with `--feed`: the feed worker that delivers a write may be in another
+//!   process than the reader, so a read may miss a change acknowledged less
+//!   than a second before it began (`NEAR_GRACE`; the run reports how many
+//!   did, and how long after the acknowledgement), never an older one.
 //!
 //! Readers read random users, questions and choices through every read
 //! API; the caches load with the models' generated sqlx loaders, one
@@ -114,11 +122,11 @@ struct Args {
     /// Cache in the in-process MemoryStore instead of Redis.
     #[arg(long, conflicts_with = "feed")]
     memory: bool,
-    /// Put a near cache in front of Redis (hits served from this process,
-    /// kept coherent by Redis' invalidation pushes). Readers and writers
-    /// share it in this one process, so every read must still be fresh;
-    /// the tier's exception is across processes (CONSISTENCY.md).
-    #[arg(long, conflicts_with_all = ["memory", "feed"])]
+    /// Put a near cache in front of Redis in every process (hits served
+    /// from memory, kept coherent by Redis' invalidation pushes). With
+    /// `--feed`, a read may miss a change acknowledged less than a second
+    /// before it began (the push on its way); otherwise none.
+    #[arg(long, conflicts_with = "memory")]
     near: bool,
     /// Writers run plain SQL and never call the cache; the change feed
     /// delivers their writes, to this process and `--processes` reader
@@ -298,6 +306,13 @@ struct History {
     /// Reads that returned a state older than one committed before they
     /// began, but not older than the last acknowledged: inside a window.
     in_window: u64,
+    /// With near caches and the feed: how long after its acknowledgement
+    /// a change may still be missed (the push on its way to another
+    /// process's tier, CONSISTENCY.md); 0 otherwise.
+    grace: u64,
+    /// Per read that missed a change acknowledged before it began, but
+    /// less than `grace` before: how long before (its tier's lag).
+    late: Vec<u64>,
     examples: Vec<String>,
 }
 
@@ -365,26 +380,49 @@ impl History {
             self.checked += 1;
             // The key's changes; a choice id not created yet has none.
             let changes = self.states.get(&read.key).map_or(NEVER, Vec::as_slice);
-            // The newest change acknowledged before the read began (commit
-            // 0, the initial data, always is).
-            let floor = changes
-                .iter()
-                .rposition(|(c, _)| {
-                    *c == 0 || self.acked_at[*c].is_some_and(|at| at < read.started)
-                })
-                .unwrap_or(0);
+            // The newest change acknowledged before `at` (commit 0, the
+            // initial data, always is).
+            let acked_before = |at: u64| {
+                changes
+                    .iter()
+                    .rposition(|(c, _)| *c == 0 || self.acked_at[*c].is_some_and(|a| a < at))
+                    .unwrap_or(0)
+            };
+            let floor = acked_before(read.started);
             // The newest commit that began before the read ended.
             let upper = self
                 .commit_started
                 .partition_point(|&at| at < read.finished)
                 .saturating_sub(1);
-            // The newest of the states the read may return that it did.
-            let returned = changes[floor..]
-                .iter()
-                .enumerate()
-                .filter(|(i, (c, _))| *i == 0 || *c <= upper)
-                .rfind(|(_, (_, state))| *state == read.state)
-                .map(|(i, _)| floor + i);
+            // The newest of the states from `floor` on that the read may
+            // return and did.
+            let returned_from = |floor: usize| {
+                changes[floor..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, (c, _))| *i == 0 || *c <= upper)
+                    .rfind(|(_, (_, state))| *state == read.state)
+                    .map(|(i, _)| floor + i)
+            };
+            let returned = returned_from(floor);
+            if returned.is_none() && self.grace > 0 {
+                // Older than the last acknowledged change, but maybe not
+                // older than one acknowledged `grace` before the read: a
+                // tier that had not heard the push yet.
+                if let Some(returned) =
+                    returned_from(acked_before(read.started.saturating_sub(self.grace)))
+                {
+                    // The longest since a change it missed was
+                    // acknowledged.
+                    let first_ack = changes[returned + 1..=floor]
+                        .iter()
+                        .filter_map(|(c, _)| self.acked_at[*c].filter(|&a| a < read.started))
+                        .min()
+                        .unwrap_or(read.started);
+                    self.late.push(read.started - first_ack);
+                    continue;
+                }
+            }
             if let Some(returned) = returned {
                 // Fresh enough; but if a newer change had returned before
                 // the read began, the read was inside that change's window.
@@ -444,6 +482,21 @@ impl History {
             .filter_map(|c| Some(self.acked_at[c]?.saturating_sub(self.committed_at[c])))
             .collect();
         (windows, acks)
+    }
+}
+
+/// With `--near --feed`, how long after its acknowledgement a change may
+/// still be missed by a read: another process's tier hears of it from
+/// Redis' push (CONSISTENCY.md, the near cache's one exception). A read
+/// that misses a change acknowledged longer ago is stale.
+const NEAR_GRACE: Duration = Duration::from_secs(1);
+
+/// The grace this run's reads get ([`NEAR_GRACE`] or none).
+fn history_grace(args: &Args) -> Duration {
+    if args.near && args.feed {
+        NEAR_GRACE
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -1136,7 +1189,7 @@ async fn reader_process(args: Args) -> Result<bool, Box<dyn Error>> {
     let schema = args.schema.clone().ok_or("--role reader needs --schema")?;
     let redis = args.redis.clone().ok_or("--role reader needs --redis")?;
     let loaders = SnapshotLoader::connect(&args.database.url, &schema, 4).await?;
-    let cache = build_cache(RedisStore::connect(&redis).await?, &loaders)?;
+    let cache = build_cache(connect(&redis, args.near).await?, &loaders)?;
     // Installed by the main process.
     let feed = Feed::new(cache.clone(), loaders.pool.clone());
     let worker = feed.spawn();
@@ -1219,6 +1272,7 @@ fn spawn_reader_process(
     let mut command = Command::new(std::env::current_exe()?);
     command
         .args(["--role", "reader", "--feed"])
+        .args(a.near.then_some("--near"))
         .args(["--process", &process.to_string()])
         .args(["--schema", schema, "--redis", redis])
         .args(["--base-ns", &s.run.clock.base_ns.to_string()])
@@ -1340,6 +1394,17 @@ where
     }
 }
 
+/// The run's redis-server, with a near cache in front if `near`.
+async fn connect(url: &str, near: bool) -> Result<RedisStore, Box<dyn Error>> {
+    let builder = RedisStore::builder(url);
+    let builder = if near {
+        builder.near_cache(NearCache::new())
+    } else {
+        builder
+    };
+    Ok(builder.connect().await?)
+}
+
 fn build_cache(store: impl Store, loaders: &SnapshotLoader) -> Result<Cache, Box<dyn Error>> {
     Ok(Cache::builder()
         .store(store)
@@ -1392,7 +1457,8 @@ async fn soak(
     let mut keys: Vec<Key> = (1..=args.users).map(|u| (Model::User, u)).collect();
     keys.extend((1..=args.questions).map(|q| (Model::Question, q)));
     keys.extend((1..=max_choice).map(|c| (Model::Choice, c)));
-    let history = History::initial(snapshot(&sql, &keys).await?);
+    let mut history = History::initial(snapshot(&sql, &keys).await?);
+    history.grace = history_grace(&args).as_nanos() as u64;
 
     let clock = Clock::start();
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
@@ -1469,18 +1535,23 @@ async fn soak(
     }
     run.cache.settle().await;
     reports.insert(0, ProcessReport::of(&run, &feed));
-    let (checked, stale, in_window, examples, (windows, acks)) = {
+    let (checked, stale, in_window, late, examples, (windows, acks)) = {
         let mut h = shared.history.lock().unwrap();
         let now = run.now();
         h.in_progress = None;
         h.check(now + 1);
         assert!(h.pending.is_empty());
         let examples = std::mem::take(&mut h.examples);
-        (h.checked, h.stale, h.in_window, examples, h.windows())
+        let late = std::mem::take(&mut h.late);
+        (h.checked, h.stale, h.in_window, late, examples, h.windows())
     };
 
     // Quiescence: what the store holds and what reads return is the
-    // database, for every key.
+    // database, for every key; with near caches, once the last pushes
+    // had their grace to arrive.
+    if history_grace(&args) > Duration::ZERO {
+        tokio::time::sleep(history_grace(&args)).await;
+    }
     let max_choice = run.max_choice.load(Ordering::Relaxed);
     let mut divergent = 0;
     for model in [Model::User, Model::Question, Model::Choice] {
@@ -1594,6 +1665,14 @@ async fn soak(
         "  instance reads checked: {checked}; stale reads after the acknowledgement: {stale}; divergent after quiescence: {divergent}; errors: {}",
         run.errors.load(Ordering::Relaxed)
     );
+    if history_grace(&args) > Duration::ZERO {
+        println!(
+            "  near caches: reads that missed a change acknowledged less than {:?} before they began (its push not yet heard): {}; since that acknowledgement: {}",
+            history_grace(&args),
+            late.len(),
+            distribution(late)
+        );
+    }
     println!(
         "  load average: {}",
         std::fs::read_to_string("/proc/loadavg")
@@ -1646,14 +1725,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
                 schema: &schema,
                 redis: Some(&url),
             };
-            let builder = RedisStore::builder(url.clone());
-            let store = if args.near {
-                builder.near_cache(NearCache::new())
-            } else {
-                builder
-            }
-            .connect()
-            .await?;
+            let store = connect(&url, args.near).await?;
             let report = soak(
                 args.clone(),
                 place,
