@@ -63,6 +63,7 @@ pub mod query;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx;
 pub mod store;
+mod striped;
 
 pub use cache::{Cache, CacheBuilder, Event, Stats, Warm, WarmProgress, WarmReport};
 pub use codec::FieldCodec;

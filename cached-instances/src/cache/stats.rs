@@ -1,7 +1,7 @@
 //! Counters of what the cache did, readable with [`Cache::stats`](crate::Cache::stats)
 //! and (feature `metrics`) exported through the `metrics` facade.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::striped::StripedCounter;
 
 /// A snapshot of the cache's counters since it was built.
 ///
@@ -102,24 +102,12 @@ pub struct Stats {
     pub unwarmed: u64,
 }
 
-/// How many cache lines one counter is spread over.
-const STRIPES: usize = 8;
-
-/// One stripe of a counter, on a cache line of its own.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Stripe(AtomicU64);
-
-/// One counter: the value [`Stats`] reads, and the metric it is exported as
-/// (feature `metrics`).
-///
-/// Striped per thread: a hit adds to it on every read, and one shared
-/// atomic would bounce its cache line between the cores reading (the
-/// `metrics` crate's counters avoid that the same way). A snapshot
-/// sums the stripes.
+/// One counter: the value [`Stats`] reads, striped per thread (a hit adds
+/// to it on every read: `crate::striped`), and the metric it is exported
+/// as (feature `metrics`).
 #[derive(Debug)]
 pub(crate) struct Counter {
-    stripes: [Stripe; STRIPES],
+    value: StripedCounter,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     name: &'static str,
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -129,33 +117,15 @@ pub(crate) struct Counter {
 impl Counter {
     fn new(name: &'static str, labels: &'static [(&'static str, &'static str)]) -> Self {
         Counter {
-            stripes: Default::default(),
+            value: StripedCounter::default(),
             name,
             labels,
         }
     }
 
     fn get(&self) -> u64 {
-        self.stripes
-            .iter()
-            .fold(0, |sum, s| sum.wrapping_add(s.0.load(Ordering::Relaxed)))
+        self.value.get()
     }
-}
-
-/// This thread's stripe, given out round robin on its first count.
-fn stripe() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|stripe| {
-        if stripe.get() == usize::MAX {
-            stripe.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
-        }
-        stripe.get()
-    })
 }
 
 #[derive(Debug)]
@@ -206,9 +176,7 @@ impl Default for Counters {
 
 pub(crate) fn add(counter: &Counter, n: usize) {
     if n > 0 {
-        counter.stripes[stripe()]
-            .0
-            .fetch_add(n as u64, Ordering::Relaxed);
+        counter.value.add(n as u64);
         #[cfg(feature = "metrics")]
         metrics::counter!(counter.name, counter.labels).increment(n as u64);
     }
@@ -259,36 +227,5 @@ impl Counters {
             reindexes: get(&self.reindexes),
             unwarmed: get(&self.unwarmed),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Counts from many threads land on different stripes; the snapshot
-    /// sums them all.
-    #[test]
-    fn a_snapshot_sums_every_threads_stripe() {
-        let counters = Counters::default();
-        std::thread::scope(|scope| {
-            for _ in 0..(STRIPES * 2 + 1) {
-                scope.spawn(|| {
-                    for _ in 0..1000 {
-                        add(&counters.hits, 1);
-                    }
-                    add(&counters.misses, 3);
-                });
-            }
-        });
-        let used = counters
-            .hits
-            .stripes
-            .iter()
-            .filter(|s| s.0.load(Ordering::Relaxed) > 0);
-        assert!(used.count() > 1, "threads share one stripe");
-        let stats = counters.snapshot();
-        assert_eq!(stats.hits, 1000 * (STRIPES as u64 * 2 + 1));
-        assert_eq!(stats.misses, 3 * (STRIPES as u64 * 2 + 1));
     }
 }
