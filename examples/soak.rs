@@ -1738,16 +1738,18 @@ async fn run(args: Args) -> Result<bool, Box<dyn Error>> {
             match (report, store.near_cache_stats()) {
                 (Ok(mut report), Some(near)) => {
                     println!(
-                        "  near cache: {} entries ({} bytes) held at the end, {} evicted by pushes and own writes, {} flushes, tracking {}",
+                        "  near cache (this process): {} entry reads from the tier, {} from Redis; {} entries ({} bytes) held at the end, {} evicted by pushes and own writes, {} flushes, tracking {}",
+                        near.hits,
+                        near.misses,
                         near.entries,
                         near.bytes,
                         near.invalidations,
                         near.flushes,
                         if near.tracking { "on" } else { "off" }
                     );
-                    // A run whose tier was off, holds nothing, or never
+                    // A run whose tier was off, served nothing, or never
                     // evicted has not tested it.
-                    if !near.tracking || near.entries == 0 || near.invalidations == 0 {
+                    if !near.tracking || near.hits == 0 || near.invalidations == 0 {
                         eprintln!("the near cache was not in use");
                         report.errors += 1;
                     }

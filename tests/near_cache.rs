@@ -98,6 +98,7 @@ async fn a_near_hit_sends_no_command() {
     db.clear_loads();
 
     server.reset_stats();
+    let before = store.near_cache_stats().unwrap();
     assert_eq!(cache.get::<Question>(&1).await.unwrap().unwrap(), warm);
     assert_eq!(cache.get_many::<Question>(&[1, 2]).await.unwrap(), list);
     assert_eq!(
@@ -110,6 +111,53 @@ async fn a_near_hit_sends_no_command() {
     let stats = store.near_cache_stats().unwrap();
     assert!(stats.tracking);
     assert_eq!(stats.entries, 2);
+    assert_eq!(
+        (stats.hits - before.hits, stats.misses - before.misses),
+        (3, 0),
+        "three entry reads, all from the tier"
+    );
+}
+
+/// `hits` counts the entry reads the tier served, `misses` those it sent
+/// to Redis, whether Redis held the key or not.
+#[tokio::test]
+async fn the_tier_counts_its_hits_and_misses() {
+    let server = RedisServer::start();
+    let store = near_store(&server, near()).await;
+    set(&server, "a", b"{\"v\":1}");
+    set(&server, "b", b"{\"v\":2}");
+    // Tracking comes up in the background: read until the tier serves `a`.
+    assert!(
+        eventually(async || {
+            store.get("a").await.unwrap();
+            store.near_cache_stats().unwrap().hits > 0
+        })
+        .await
+    );
+    let before = store.near_cache_stats().unwrap();
+    let keys = ["a".to_owned(), "b".to_owned(), "absent".to_owned()];
+    let values = store.get_many(&keys).await.unwrap();
+    let values: Vec<Option<&[u8]>> = values.iter().map(Option::as_deref).collect();
+    assert_eq!(
+        values,
+        [Some(&b"{\"v\":1}"[..]), Some(&b"{\"v\":2}"[..]), None]
+    );
+    let after = store.near_cache_stats().unwrap();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (1, 2),
+        "`a` from the tier; `b` and the absent key from Redis"
+    );
+    assert_eq!(
+        store.get("b").await.unwrap().as_deref(),
+        Some(&b"{\"v\":2}"[..])
+    );
+    let last = store.near_cache_stats().unwrap();
+    assert_eq!(
+        (last.hits - after.hits, last.misses - after.misses),
+        (1, 0),
+        "`b` was admitted by the read that missed it"
+    );
 }
 
 #[tokio::test]

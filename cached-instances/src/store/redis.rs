@@ -714,6 +714,7 @@ impl RedisStore {
             }
             out.push(hit);
         }
+        near.missed(missing.len());
         for chunk in missing.chunks(MAX_KEYS_PER_REQUEST) {
             let chunk_keys: Vec<&str> = chunk.iter().map(|&i| keys[i].as_str()).collect();
             let values = match near.read_through(&chunk_keys).await {
@@ -1171,6 +1172,7 @@ impl Store for RedisStore {
                 if let Some(value) = near.get(&key) {
                     return Ok(Some(value));
                 }
+                near.missed(1);
                 if let Some(mut values) = near.read_through(&[&key]).await {
                     return Ok(values.pop().flatten());
                 }

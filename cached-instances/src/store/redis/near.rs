@@ -150,6 +150,7 @@ use crate::error::StoreError;
 use crate::marker::{self, Slot};
 use crate::store::tier::Tier;
 use crate::store::{Changed, IndexPage};
+use crate::striped::StripedCounter;
 
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -262,6 +263,13 @@ pub struct NearCacheStats {
     /// Times the whole tier was emptied (tracking connection lost or remade,
     /// or the database flushed).
     pub flushes: u64,
+    /// Entry reads served from the tier, with no round trip. Index pages
+    /// are not counted, here or in `misses`.
+    pub hits: u64,
+    /// Entry reads the tier could not serve, sent to Redis: keys it did
+    /// not hold, or any key while tracking is down. `hits / (hits +
+    /// misses)` is the tier's hit rate.
+    pub misses: u64,
     /// Whether tracking is on: the tracking connection is up (in a
     /// cluster, every primary's) and the tier is in use.
     pub tracking: bool,
@@ -446,6 +454,9 @@ pub(super) struct Near {
     changed: tokio::sync::Notify,
     invalidations: AtomicU64,
     flushes: AtomicU64,
+    /// Entry reads the tier served, and those it sent to Redis.
+    hits: StripedCounter,
+    misses: StripedCounter,
     backend: Backend,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -494,6 +505,8 @@ impl Near {
             changed: tokio::sync::Notify::new(),
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            hits: StripedCounter::default(),
+            misses: StripedCounter::default(),
             backend,
             connect_timeout,
             request_timeout,
@@ -703,9 +716,20 @@ impl Near {
         &self.stripes[self.stripe_of(key)]
     }
 
-    /// The tier's copy of `key`.
+    /// The tier's copy of `key`, counted as a hit. A key it does not hold
+    /// is counted when it is read from Redis ([`missed`](Self::missed)):
+    /// a read may look here twice first.
     pub(super) fn get(&self, key: &str) -> Option<Bytes> {
-        self.tier.get(&entry_slot(key))
+        let hit = self.tier.get(&entry_slot(key));
+        if hit.is_some() {
+            self.hits.add(1);
+        }
+        hit
+    }
+
+    /// Counts `keys` entry reads that the tier did not hold, sent to Redis.
+    pub(super) fn missed(&self, keys: usize) {
+        self.misses.add(keys as u64);
     }
 
     /// Removes `key` from the tier, voids replies to reads of it still in
@@ -1033,6 +1057,8 @@ impl Near {
             bytes: self.tier.bytes(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
             tracking: self.current().is_some(),
         }
     }
