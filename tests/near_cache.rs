@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use cached_instances::store::{CompareAndSet, InProcess};
-use cached_instances::{Cache, CachedInstance, NearCache, RedisStore, Store};
+use cached_instances::{Cache, CachedInstance, NearCache, NearCacheStats, RedisStore, Store};
 use cached_instances_testkit::faults::Faulty;
 use cached_instances_testkit::memdb::MemDb;
 use cached_instances_testkit::poll::eventually;
@@ -108,14 +108,17 @@ async fn a_near_hit_sends_no_command() {
         server.data_commands()
     );
     assert!(db.loads().is_empty(), "near hits load nothing");
-    let stats = store.near_cache_stats().unwrap();
+    let (stats, counted) = counted_since(&store, &before);
     assert!(stats.tracking);
     assert_eq!(stats.entries, 2);
-    assert_eq!(
-        (stats.hits - before.hits, stats.misses - before.misses),
-        (3, 0),
-        "three entry reads, all from the tier"
-    );
+    assert_eq!(counted, (3, 0), "three entry reads, all from the tier");
+}
+
+/// The tier's stats now, and its (hits, misses) since `before`.
+fn counted_since(store: &RedisStore, before: &NearCacheStats) -> (NearCacheStats, (u64, u64)) {
+    let now = store.near_cache_stats().unwrap();
+    let counted = (now.hits - before.hits, now.misses - before.misses);
+    (now, counted)
 }
 
 /// `hits` counts the entry reads the tier served, `misses` those it sent
@@ -142,9 +145,9 @@ async fn the_tier_counts_its_hits_and_misses() {
         values,
         [Some(&b"{\"v\":1}"[..]), Some(&b"{\"v\":2}"[..]), None]
     );
-    let after = store.near_cache_stats().unwrap();
+    let (after, counted) = counted_since(&store, &before);
     assert_eq!(
-        (after.hits - before.hits, after.misses - before.misses),
+        counted,
         (1, 2),
         "`a` from the tier; `b` and the absent key from Redis"
     );
@@ -152,9 +155,8 @@ async fn the_tier_counts_its_hits_and_misses() {
         store.get("b").await.unwrap().as_deref(),
         Some(&b"{\"v\":2}"[..])
     );
-    let last = store.near_cache_stats().unwrap();
     assert_eq!(
-        (last.hits - after.hits, last.misses - after.misses),
+        counted_since(&store, &after).1,
         (1, 0),
         "`b` was admitted by the read that missed it"
     );

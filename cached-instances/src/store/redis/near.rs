@@ -729,7 +729,10 @@ impl Near {
 
     /// Counts `keys` entry reads that the tier did not hold, sent to Redis.
     pub(super) fn missed(&self, keys: usize) {
-        self.misses.add(keys as u64);
+        // A batch served whole writes nothing.
+        if keys > 0 {
+            self.misses.add(keys as u64);
+        }
     }
 
     /// Removes `key` from the tier, voids replies to reads of it still in
