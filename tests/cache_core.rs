@@ -316,3 +316,60 @@ async fn a_loader_that_gives_up_before_its_pks_leaves_no_lease() {
         );
     }
 }
+
+/// A loader returning its rows in reverse: the reads match rows to pks by
+/// the pk, not by position (`cache/read.rs`, `ByPk`).
+struct Reversed(MemDb);
+
+impl cached_instances::Loader<User> for Reversed {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<User>, cached_instances::LoadError> {
+        let mut rows = cached_instances::Loader::<User>::load(&self.0, pks).await?;
+        rows.reverse();
+        Ok(rows)
+    }
+}
+
+/// Rows that come back in another order than asked, for a batch with a
+/// duplicated pk and a pk with no row: each pk gets its own row, in the
+/// caller's order, as instances and as bytes, and the entries filled are
+/// those rows (the next read hits them all, and loads only the pk with no
+/// row).
+#[tokio::test]
+async fn rows_loaded_in_another_order_go_to_their_own_pks() {
+    let db = MemDb::seeded();
+    let cache = Cache::builder()
+        .store(MemoryStore::new())
+        .loader::<User>(Reversed(db.clone()))
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+    let asked = [2, 1, 99, 3, 2];
+    let expected: Vec<User> = [2, 1, 3, 2]
+        .iter()
+        .map(|&pk| db.user(pk).unwrap())
+        .collect();
+    assert_eq!(cache.get_many::<User>(&asked).await.unwrap(), expected);
+    cache.settle().await;
+    db.clear_loads();
+    let json = cache.get_many_json::<User>(&asked).await.unwrap();
+    assert_eq!(
+        db.loads(),
+        [(User::MODEL, vec![99])],
+        "every row's entry was filled; only the pk with no row is loaded again"
+    );
+    let decoded: Vec<User> = json.iter().map(|b| User::decode(b).unwrap()).collect();
+    assert_eq!(decoded, expected);
+
+    // Cold again, as bytes this time.
+    let cold = Cache::builder()
+        .store(MemoryStore::new())
+        .loader::<User>(Reversed(db.clone()))
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .build()
+        .unwrap();
+    let json = cold.get_many_json::<User>(&asked).await.unwrap();
+    let decoded: Vec<User> = json.iter().map(|b| User::decode(b).unwrap()).collect();
+    assert_eq!(decoded, expected);
+}

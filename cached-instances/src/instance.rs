@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::codec::FieldCodec;
 use crate::error::{DecodeError, EncodeError};
 use crate::pk::PrimaryKey;
@@ -388,3 +390,21 @@ impl<Pk: PrimaryKey> LinkValues for Vec<Pk> {
 /// Asserted by the derive on every field that is stored with its codec.
 #[doc(hidden)]
 pub const fn assert_codec<T: FieldCodec>() {}
+
+/// Encodes a batch's rows one after another through one scratch buffer,
+/// each into [`Bytes`] of exactly its length: one allocation per entry,
+/// where [`CachedInstance::to_json`] grows a fresh buffer per row (and a
+/// `Bytes` made from it keeps the spare capacity for as long as a store
+/// holds the entry).
+#[derive(Default)]
+pub(crate) struct Encoder {
+    scratch: Vec<u8>,
+}
+
+impl Encoder {
+    pub(crate) fn encode<T: CachedInstance>(&mut self, row: &T) -> Result<Bytes, EncodeError> {
+        self.scratch.clear();
+        row.encode(&mut self.scratch)?;
+        Ok(Bytes::copy_from_slice(&self.scratch))
+    }
+}

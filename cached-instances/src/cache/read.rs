@@ -22,7 +22,7 @@ use super::loading::Loading;
 use super::registry::{ModelEntry, Registry};
 use super::stats::{Counters, add};
 use crate::error::{Error, StoreOp};
-use crate::instance::CachedInstance;
+use crate::instance::{CachedInstance, Encoder};
 use crate::marker::{self, Slot, TOMBSTONE};
 use crate::store::{CompareAndSet, InProcess};
 
@@ -494,7 +494,8 @@ impl Reader<'_> {
         let mut unique: Vec<usize> = Vec::with_capacity(indexes.len());
         let mut copies: Vec<(usize, usize)> = Vec::new();
         if indexes.len() > 1 {
-            let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(indexes.len());
+            let mut first_of: HashMap<&str, usize, FastHash> =
+                HashMap::with_capacity_and_hasher(indexes.len(), FastHash::default());
             for &i in &indexes {
                 match first_of.entry(keys[i].as_str()) {
                     Entry::Occupied(first) => copies.push((i, *first.get())),
@@ -830,16 +831,19 @@ impl Reader<'_> {
             }
         };
 
-        let mut by_pk: HashMap<T::Pk, T> =
-            loaded.into_iter().map(|r| (r.pk().clone(), r)).collect();
+        let mut by_pk = ByPk::new(loaded);
+        let mut encoder = Encoder::default();
         let ttl = config.ttl_of(&entry.schema);
         let mut ops = Vec::with_capacity(indexes.len());
         let mut filled = Vec::with_capacity(indexes.len());
         for &i in indexes {
-            match by_pk.remove(&pks[i]) {
+            match by_pk.take(&pks[i]) {
                 Some(row) => {
-                    let bytes = Bytes::from(row.to_json()?);
+                    let bytes = encoder.encode(&row)?;
                     entry.shape.learn_from(&bytes);
+                    // The caller's copy, if it wants bytes; an instance
+                    // is served as loaded, and the entry moves to the fill.
+                    let served = (want == Want::Bytes).then(|| bytes.clone());
                     if bytes.len() > self.max_bytes() {
                         // Served, not cached: the lease is released.
                         super::too_large(self.counters, config, T::MODEL, bytes.len());
@@ -849,12 +853,12 @@ impl Reader<'_> {
                         ops.push(CompareAndSet {
                             key: keys[i].clone(),
                             expected: lease.clone(),
-                            value: bytes.clone(),
+                            value: bytes,
                             ttl,
                         });
                         filled.push(true);
                     }
-                    out[i] = Found::from_row(entry, row, Some(bytes), want)?;
+                    out[i] = Found::from_row(entry, row, served, want)?;
                 }
                 None => {
                     ops.push(release(i));
@@ -977,13 +981,12 @@ impl Reader<'_> {
         // closed, so acquiring cannot fail.
         let _permit = self.gate.degraded.direct_loads.acquire().await.ok();
         let loaded = entry.load::<T>(self.loading, &load_pks).await?;
-        let mut by_pk: HashMap<T::Pk, T> =
-            loaded.into_iter().map(|r| (r.pk().clone(), r)).collect();
+        let mut by_pk = ByPk::new(loaded);
         for &i in indexes {
             if out[i].is_found() {
                 continue;
             }
-            if let Some(row) = by_pk.remove(&pks[i]) {
+            if let Some(row) = by_pk.take(&pks[i]) {
                 out[i] = Found::from_row(entry, row, None, want)?;
             } else if let Some(first) = indexes
                 .iter()
@@ -1006,5 +1009,47 @@ fn keys_at<'k>(keys: &'k [String], at: &[usize]) -> Cow<'k, [String]> {
         Cow::Borrowed(keys)
     } else {
         Cow::Owned(at.iter().map(|&i| keys[i].clone()).collect())
+    }
+}
+
+/// The hasher of a read's own short-lived maps: foldhash (hashbrown's
+/// default), several times cheaper than SipHash on keys and pks. Their
+/// entries are one batch's, so the worst case an attacker could pick is
+/// bounded by the batch.
+type FastHash = foldhash::fast::RandomState;
+
+/// A load's rows, taken by pk: in the order the loader returned them while
+/// that is the order asked for (what a loader reading `WHERE pk = ANY(..)`
+/// in pk order mostly does), with no hashing; through a map of the rest
+/// from the first row out of that order.
+struct ByPk<T: CachedInstance> {
+    in_order: std::vec::IntoIter<T>,
+    rest: HashMap<T::Pk, T, FastHash>,
+}
+
+impl<T: CachedInstance> ByPk<T> {
+    fn new(rows: Vec<T>) -> Self {
+        ByPk {
+            in_order: rows.into_iter(),
+            rest: HashMap::default(),
+        }
+    }
+
+    /// The row of `pk`, once; `None` if the loader returned none (or it
+    /// was taken already).
+    fn take(&mut self, pk: &T::Pk) -> Option<T> {
+        if self.rest.is_empty() {
+            match self.in_order.next() {
+                Some(row) if row.pk() == pk => return Some(row),
+                Some(row) => {
+                    self.rest.reserve(self.in_order.len() + 1);
+                    self.rest.insert(row.pk().clone(), row);
+                    let rest = self.in_order.by_ref().map(|row| (row.pk().clone(), row));
+                    self.rest.extend(rest);
+                }
+                None => return None,
+            }
+        }
+        self.rest.remove(pk)
     }
 }

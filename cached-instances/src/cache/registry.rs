@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::loading::Loading;
 use crate::error::{BuildError, Error};
-use crate::instance::{CachedInstance, RelationKind, Schema, Target};
+use crate::instance::{CachedInstance, Encoder, RelationKind, Schema, Target};
 use crate::key::KeyLayout;
 use crate::loader::{BoxFuture, DynLoader};
 use crate::pk::PrimaryKey;
@@ -145,8 +145,9 @@ impl<T: CachedInstance> ModelOps for TypedOps<T> {
         Box::pin(async move {
             let (_, rows) = self.load_keys(loading, pk_keys).await?;
             let mut out = Vec::with_capacity(rows.len());
+            let mut encoder = Encoder::default();
             for row in rows {
-                let bytes = Bytes::from(row.to_json()?);
+                let bytes = encoder.encode(&row)?;
                 out.push(Reloaded {
                     pk_key: row.pk().to_key(),
                     links: Links::of(&row),
