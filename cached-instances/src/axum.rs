@@ -491,8 +491,19 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
             let query = query
                 .offset(pagination.request.offset)
                 .limit(pagination.request.limit);
-            if let Some(found) = self.cache.query_json_indexed::<T>(&query).await? {
-                return Ok(self.list_body(uri, headers, &pagination, found.count, &found.items));
+            if let Some(page) = self.cache.query_json_indexed_unchecked::<T>(&query).await? {
+                // The scope is tested in the decode that checks the rows
+                // against the query: one decode per row, not two.
+                let in_scope = self.query.scope();
+                let found = page.check(&query, dyn_scope(&in_scope));
+                return Ok(self.list_body(
+                    uri,
+                    headers,
+                    &pagination,
+                    found.count,
+                    &found.items,
+                    None,
+                ));
             }
         }
         let page = self
@@ -504,7 +515,15 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
                 source,
             })?;
         let rows = self.cache.get_many_json::<T>(&page.pks).await?;
-        Ok(self.list_body(uri, headers, &pagination, page.count, &rows))
+        let in_scope = self.query.scope();
+        Ok(self.list_body(
+            uri,
+            headers,
+            &pagination,
+            page.count,
+            &rows,
+            dyn_scope(&in_scope),
+        ))
     }
 
     /// A list answered by a cached query from the request's parameters.
@@ -527,7 +546,15 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
             Err(Error::Query(e)) => return Err(Rejection::QueryUnavailable(e)),
             Err(e) => return Err(e.into()),
         };
-        Ok(self.list_body(uri, headers, &pagination, found.count, &found.items))
+        let in_scope = self.query.scope();
+        Ok(self.list_body(
+            uri,
+            headers,
+            &pagination,
+            found.count,
+            &found.items,
+            dyn_scope(&in_scope),
+        ))
     }
 
     fn list_body(
@@ -537,6 +564,7 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         pagination: &Pagination,
         count: u64,
         rows: &[Bytes],
+        in_scope: Option<&dyn Fn(&T) -> bool>,
     ) -> Response {
         let base = match self.base_url.as_deref() {
             Some(origin) => format!("{origin}{}", uri.path()),
@@ -554,10 +582,9 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         body.extend_from_slice(b",\"previous\":");
         push_json_link(&mut body, previous.as_deref());
         body.extend_from_slice(b",\"results\":[");
-        let in_scope = self.query.scope();
         let mut first = true;
         for row in rows {
-            if let Some(in_scope) = &in_scope {
+            if let Some(in_scope) = in_scope {
                 // A row that left the scope since the list query ran.
                 if !T::decode(row).is_ok_and(|instance| in_scope(&instance)) {
                     continue;
@@ -572,6 +599,11 @@ impl<T: CachedInstance, Q: ListQuery<T>> Resource<T, Q> {
         body.extend_from_slice(b"]}");
         respond(Bytes::from(body), headers)
     }
+}
+
+/// A [`ListQuery::scope`] as a trait object, to pass on.
+fn dyn_scope<T, F: Fn(&T) -> bool>(scope: &Option<F>) -> Option<&dyn Fn(&T) -> bool> {
+    scope.as_ref().map(|f| f as &dyn Fn(&T) -> bool)
 }
 
 /// Appends a link as a JSON string, or `null`.

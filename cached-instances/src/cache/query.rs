@@ -26,6 +26,33 @@ struct Answer<T: CachedInstance> {
 }
 
 impl<T: CachedInstance> Answer<T> {
+    /// Drops the rows read from the store that no longer match `query` (a
+    /// write between its commit and its index update) or that `also`
+    /// rejects, each decoded once for both. Rows are decoded only when
+    /// there is something to test: a query without filters matches every
+    /// instance, and decoding a hundred representations was most of a
+    /// listing's CPU. For an answer whose rows were read (not `query_pks`'s).
+    fn checked(self, query: &Query<T>, also: Option<&dyn Fn(&T) -> bool>) -> Self {
+        let filters = query.filters_anything();
+        let test = filters || also.is_some();
+        if !test && self.found.iter().all(Found::is_found) {
+            return self;
+        }
+        let keep = |t: &T| (!filters || query.matches(t)) && also.is_none_or(|also| also(t));
+        let (pks, found) = self
+            .pks
+            .into_iter()
+            .zip(self.found)
+            .filter(|(_, f)| match f {
+                Found::Missing => false,
+                _ if !test => true,
+                Found::Instance(instance) => keep(instance),
+                Found::Bytes(bytes) => T::decode(bytes).is_ok_and(|t| keep(&t)),
+            })
+            .unzip();
+        Answer { pks, found, ..self }
+    }
+
     /// The page as cached JSON representations.
     fn into_json(self) -> QueryResult<Bytes> {
         QueryResult {
@@ -137,13 +164,24 @@ impl Cache {
         &self,
         query: &Query<T>,
     ) -> Result<Option<QueryResult<Bytes>>, Error> {
+        let answer = self.query_json_indexed_unchecked(query).await?;
+        Ok(answer.map(|answer| answer.check(query, None)))
+    }
+
+    /// [`query_json_indexed`](Self::query_json_indexed)'s answer before its
+    /// rows are checked against the query: the caller checks them, with a
+    /// test of its own in the same decode ([`Unchecked::check`]).
+    pub(crate) async fn query_json_indexed_unchecked<T: CachedInstance>(
+        &self,
+        query: &Query<T>,
+    ) -> Result<Option<Unchecked<T>>, Error> {
         query.check()?;
         self.inner.registry.entry::<T>()?;
-        let Some(answer) = self.index_answer(query, Some(Want::Bytes)).await? else {
+        let Some(answer) = self.index_answer(query, Some(Want::Bytes), false).await? else {
             return Ok(None);
         };
         super::stats::add(&self.inner.counters.queries_from_cache, 1);
-        Ok(Some(answer.into_json()))
+        Ok(Some(Unchecked(answer)))
     }
 
     async fn find<T: CachedInstance>(
@@ -153,7 +191,7 @@ impl Cache {
     ) -> Result<Answer<T>, Error> {
         query.check()?;
         let entry = self.inner.registry.entry::<T>()?;
-        if let Some(answer) = self.index_answer(query, want).await? {
+        if let Some(answer) = self.index_answer(query, want, true).await? {
             return Ok(answer);
         }
 
@@ -177,11 +215,13 @@ impl Cache {
     }
 
     /// The answer from the store's indexes; `None` when they cannot give
-    /// it (no index support, not warmed, the store unavailable).
+    /// it (no index support, not warmed, the store unavailable). With
+    /// `check`, its rows are [checked](Answer::checked) against the query.
     async fn index_answer<T: CachedInstance>(
         &self,
         query: &Query<T>,
         want: Option<Want>,
+        check: bool,
     ) -> Result<Option<Answer<T>>, Error> {
         let reader = self.inner.reader();
         if query.matches_nothing() {
@@ -303,36 +343,37 @@ impl Cache {
                         reader.many_read::<T>(&pks, &page.keys, read, want).await?
                     }
                 };
-                // Drop what changed since the index said it matched (a
-                // write between its commit and its index update). A query
-                // without filters matches every instance: its page is not
-                // decoded (a hundred representations' decoding was most of
-                // a listing's CPU).
-                let filters = query.filters_anything();
-                let (pks, found) = if !filters && found.iter().all(Found::is_found) {
-                    (pks, found)
-                } else {
-                    pks.into_iter()
-                        .zip(found)
-                        .filter(|(_, f)| match f {
-                            Found::Missing => false,
-                            _ if !filters => true,
-                            Found::Instance(instance) => query.matches(instance),
-                            Found::Bytes(bytes) => {
-                                T::decode(bytes).is_ok_and(|t| query.matches(&t))
-                            }
-                        })
-                        .unzip()
-                };
-                return Ok(Some(Answer {
+                let answer = Answer {
                     pks,
                     found,
                     count: total,
                     source: Source::Cache,
+                };
+                return Ok(Some(if check {
+                    answer.checked(query, None)
+                } else {
+                    answer
                 }));
             }
         }
         Ok(None)
+    }
+}
+
+/// A page from the store's indexes whose rows are not yet checked against
+/// its query ([`Cache::query_json_indexed_unchecked`]).
+pub(crate) struct Unchecked<T: CachedInstance>(Answer<T>);
+
+impl<T: CachedInstance> Unchecked<T> {
+    /// The page as cached JSON representations, without the rows that no
+    /// longer match `query` or that `also` rejects (each decoded once for
+    /// both; see [`Answer::checked`]).
+    pub(crate) fn check(
+        self,
+        query: &Query<T>,
+        also: Option<&dyn Fn(&T) -> bool>,
+    ) -> QueryResult<Bytes> {
+        self.0.checked(query, also).into_json()
     }
 }
 
