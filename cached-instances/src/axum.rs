@@ -609,7 +609,10 @@ fn dyn_scope<T, F: Fn(&T) -> bool>(scope: &Option<F>) -> Option<&dyn Fn(&T) -> b
 /// Appends a link as a JSON string, or `null`.
 fn push_json_link(out: &mut Vec<u8>, link: Option<&str>) {
     match link {
-        Some(link) => out.extend_from_slice(serde_json::Value::from(link).to_string().as_bytes()),
+        Some(link) => {
+            // Writing a `&str` into a `Vec` cannot fail.
+            let _ = serde_json::to_writer(&mut *out, link);
+        }
         None => out.extend_from_slice(b"null"),
     }
 }

@@ -39,18 +39,36 @@ impl<T: CachedInstance> Answer<T> {
             return self;
         }
         let keep = |t: &T| (!filters || query.matches(t)) && also.is_none_or(|also| also(t));
-        let (pks, found) = self
-            .pks
-            .into_iter()
-            .zip(self.found)
-            .filter(|(_, f)| match f {
+        let Answer {
+            mut pks,
+            mut found,
+            count,
+            source,
+        } = self;
+        // Compacted in place: collecting the kept rows into new vectors,
+        // grown a push at a time, was a tenth of an indexed listing's CPU.
+        let mut kept = 0;
+        for i in 0..found.len().min(pks.len()) {
+            let keeps = match &found[i] {
                 Found::Missing => false,
                 _ if !test => true,
                 Found::Instance(instance) => keep(instance),
                 Found::Bytes(bytes) => T::decode(bytes).is_ok_and(|t| keep(&t)),
-            })
-            .unzip();
-        Answer { pks, found, ..self }
+            };
+            if keeps {
+                pks.swap(kept, i);
+                found.swap(kept, i);
+                kept += 1;
+            }
+        }
+        pks.truncate(kept);
+        found.truncate(kept);
+        Answer {
+            pks,
+            found,
+            count,
+            source,
+        }
     }
 
     /// The page as cached JSON representations.
