@@ -337,13 +337,16 @@ impl cached_instances::Loader<User> for Reversed {
 #[tokio::test]
 async fn rows_loaded_in_another_order_go_to_their_own_pks() {
     let db = MemDb::seeded();
-    let cache = Cache::builder()
-        .store(MemoryStore::new())
-        .loader::<User>(Reversed(db.clone()))
-        .loader::<Question>(db.clone())
-        .loader::<Choice>(db.clone())
-        .build()
-        .unwrap();
+    let reversed = || {
+        Cache::builder()
+            .store(MemoryStore::new())
+            .loader::<User>(Reversed(db.clone()))
+            .loader::<Question>(db.clone())
+            .loader::<Choice>(db.clone())
+            .build()
+            .unwrap()
+    };
+    let cache = reversed();
     let asked = [2, 1, 99, 3, 2];
     let expected: Vec<User> = [2, 1, 3, 2]
         .iter()
@@ -362,14 +365,7 @@ async fn rows_loaded_in_another_order_go_to_their_own_pks() {
     assert_eq!(decoded, expected);
 
     // Cold again, as bytes this time.
-    let cold = Cache::builder()
-        .store(MemoryStore::new())
-        .loader::<User>(Reversed(db.clone()))
-        .loader::<Question>(db.clone())
-        .loader::<Choice>(db.clone())
-        .build()
-        .unwrap();
-    let json = cold.get_many_json::<User>(&asked).await.unwrap();
+    let json = reversed().get_many_json::<User>(&asked).await.unwrap();
     let decoded: Vec<User> = json.iter().map(|b| User::decode(b).unwrap()).collect();
     assert_eq!(decoded, expected);
 }
