@@ -1019,9 +1019,9 @@ fn keys_at<'k>(keys: &'k [String], at: &[usize]) -> Cow<'k, [String]> {
 type FastHash = foldhash::fast::RandomState;
 
 /// A load's rows, taken by pk: in the order the loader returned them while
-/// that is the order asked for (what a loader reading `WHERE pk = ANY(..)`
-/// in pk order mostly does), with no hashing; through a map of the rest
-/// from the first row out of that order.
+/// that is the order asked for (a loader that keeps its input's order, or
+/// a database returning ascending pks asked in ascending order), with no
+/// hashing; through a map of the rest from the first row out of order.
 struct ByPk<T: CachedInstance> {
     in_order: std::vec::IntoIter<T>,
     rest: HashMap<T::Pk, T, FastHash>,
