@@ -3,12 +3,17 @@
 //! loader call's latency as a histogram; read back here from metrics-util's
 //! debugging recorder and compared with `Cache::stats` and with counts kept
 //! by the loader itself. `Stats` serializes as an object of its counters.
+//! A near cache's stats are exported by the store, once a second.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cached_instances::{Cache, CachedInstance, LoadError, Loader, Stats};
+use cached_instances::{
+    Cache, CachedInstance, LoadError, Loader, NearCache, NearCacheStats, RedisStore, Stats, Store,
+};
+use cached_instances_testkit::poll::eventually;
+use cached_instances_testkit::redis_server::RedisServer;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
@@ -120,4 +125,92 @@ async fn stats_serialize_as_an_object_of_counters() {
     assert_eq!(json["misses"], 1);
     assert_eq!(json["loader_calls"], 1);
     assert_eq!(json.as_object().unwrap().len(), 17, "{json}");
+}
+
+/// What the near cache's metrics say so far, in `NearCacheStats`' terms.
+/// A snapshot of the debugging recorder drains what it reads, gauges
+/// included (they read 0 after it, and the store moves them by changes):
+/// `totals` adds each metric up across snapshots.
+fn exported_near(
+    recorder: &DebuggingRecorder,
+    totals: &mut BTreeMap<String, f64>,
+) -> NearCacheStats {
+    for (key, _, _, value) in recorder.snapshotter().snapshot().into_vec() {
+        let key = key.key();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let change = match value {
+            DebugValue::Counter(n) => n as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(_) => continue,
+        };
+        *totals
+            .entry(format!("{}{{{}}}", key.name(), labels.join(",")))
+            .or_default() += change;
+    }
+    let metric = |name: &str| totals.get(name).copied().unwrap_or(0.0) as u64;
+    let mut stats = NearCacheStats::default();
+    stats.hits = metric("cache.near.gets{result=hit}");
+    stats.misses = metric("cache.near.gets{result=miss}");
+    stats.invalidations = metric("cache.near.invalidations{}");
+    stats.flushes = metric("cache.near.flushes{}");
+    stats.entries = metric("cache.near.entries{}");
+    stats.bytes = metric("cache.near.bytes{}");
+    stats.tracking = metric("cache.near.tracking{}") == 1;
+    stats
+}
+
+#[tokio::test] // current thread: the local recorder sees the store's export task
+async fn a_near_caches_stats_are_exported_and_its_gauges_leave_with_the_store() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let server = RedisServer::start();
+    let set = |key: &str, value: &str| {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut server.connection())
+            .unwrap();
+    };
+    set("a", "one");
+    set("b", "two");
+    let store = RedisStore::builder(server.url())
+        .near_cache(NearCache::new())
+        .connect()
+        .await
+        .unwrap();
+
+    // Two misses (the first read of each key), two hits; then another
+    // client's write of `a`, whose push evicts it. One flush: the tier
+    // starts empty when tracking comes on.
+    for key in ["a", "a", "a", "b"] {
+        assert!(store.get(key).await.unwrap().is_some());
+    }
+    set("a", "uno");
+    assert!(eventually(async || store.near_cache_stats().unwrap().invalidations == 1).await);
+    let stats = store.near_cache_stats().unwrap();
+    assert_eq!(
+        (stats.hits, stats.misses, stats.entries, stats.flushes),
+        (2, 2, 1, 1),
+        "{stats:?}"
+    );
+    assert!(stats.tracking && stats.bytes > 0, "{stats:?}");
+    let mut totals = BTreeMap::new();
+    assert!(
+        eventually(async || exported_near(&recorder, &mut totals) == stats).await,
+        "exported {:?}, held {stats:?}",
+        exported_near(&recorder, &mut totals)
+    );
+
+    // Dropped: nothing held or tracked any more; what it counted stays.
+    drop(store);
+    let mut gone = stats;
+    (gone.entries, gone.bytes, gone.tracking) = (0, 0, false);
+    assert!(
+        eventually(async || exported_near(&recorder, &mut totals) == gone).await,
+        "exported {:?}",
+        exported_near(&recorder, &mut totals)
+    );
 }

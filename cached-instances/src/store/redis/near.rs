@@ -154,6 +154,8 @@ use crate::striped::StripedCounter;
 
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "metrics")]
+mod export;
 mod pages;
 
 use pages::entry_slot;
@@ -249,6 +251,26 @@ impl NearCache {
 
 /// What the near cache holds and has done; see
 /// [`RedisStore::near_cache_stats`](super::RedisStore::near_cache_stats).
+///
+/// # Metrics
+///
+/// With the feature `metrics`, a task the store owns exports these through
+/// the [`metrics`](https://docs.rs/metrics) facade once a second, next to
+/// the cache's own counters ([`Stats`](crate::Stats)):
+///
+/// | field | metric |
+/// |---|---|
+/// | `hits`, `misses` | counters `cache.near.gets{result="hit"}`, `cache.near.gets{result="miss"}` |
+/// | `invalidations`, `flushes` | counters `cache.near.invalidations`, `cache.near.flushes` |
+/// | `entries`, `bytes` | gauges `cache.near.entries`, `cache.near.bytes` |
+/// | `tracking` | gauge `cache.near.tracking`: 1 while tracking is on |
+///
+/// Once a second rather than as they change: a near hit costs about
+/// 0.2 us, and looking a metric up in the recorder on every hit would add
+/// a large share of that. Several stores with near caches in one process
+/// add up (`cache.near.tracking` counts those tracking); a store that is
+/// dropped takes its entries, bytes and tracking out of the gauges within
+/// a second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NearCacheStats {
@@ -516,6 +538,10 @@ impl Near {
             Arc::clone(&near.wake),
             check,
         ));
+        #[cfg(feature = "metrics")]
+        if role == Role::NearCache {
+            tokio::spawn(export::every_second(Arc::downgrade(&near)));
+        }
         Ok(near)
     }
 
