@@ -349,6 +349,15 @@ enum Links {
 }
 
 impl Links {
+    /// The connection of a single server; `None` for a cluster.
+    fn single(&self) -> Option<&MultiplexedConnection> {
+        match self {
+            Links::Single(connection) => Some(connection),
+            #[cfg(feature = "cluster")]
+            Links::Cluster(_) => None,
+        }
+    }
+
     /// `GET` (one key) or `MGET`, on the connection that tracks the keys.
     async fn read(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, redis::RedisError> {
         match self {
@@ -1012,12 +1021,8 @@ impl Near {
                 .unwrap_or_else(PoisonError::into_inner)
         });
         let (generation, links) = self.current()?;
-        let connection = match links {
-            Links::Single(connection) => connection,
-            // A cluster reads its pages with the query script.
-            #[cfg(feature = "cluster")]
-            Links::Cluster(_) => return None,
-        };
+        // A cluster reads its pages with the query script.
+        let connection = links.single()?;
         let reply = tokio::time::timeout(
             self.request_timeout,
             pipe.query_async::<(bool, u64, Vec<String>)>(&mut connection.clone()),
