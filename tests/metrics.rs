@@ -6,14 +6,15 @@
 //! A near cache's stats are exported by the store, once a second.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cached_instances::{
     Cache, CachedInstance, LoadError, Loader, NearCache, NearCacheStats, RedisStore, Stats, Store,
 };
 use cached_instances_testkit::poll::eventually;
 use cached_instances_testkit::redis_server::RedisServer;
+use metrics::SharedString;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[derive(CachedInstance, Debug, Clone, PartialEq)]
@@ -127,45 +128,76 @@ async fn stats_serialize_as_an_object_of_counters() {
     assert_eq!(json.as_object().unwrap().len(), 17, "{json}");
 }
 
-/// What the near cache's metrics say so far, in `NearCacheStats`' terms.
-/// A snapshot of the debugging recorder drains what it reads, gauges
-/// included (they read 0 after it, and the store moves them by changes):
-/// `totals` adds each metric up across snapshots.
-fn exported_near(
-    recorder: &DebuggingRecorder,
-    totals: &mut BTreeMap<String, f64>,
-) -> NearCacheStats {
-    for (key, _, _, value) in recorder.snapshotter().snapshot().into_vec() {
-        let key = key.key();
+/// A recorder that keeps each counter's and gauge's value as last set,
+/// for metrics exported as absolute values: metrics-util's debugging
+/// recorder drains what a snapshot reads, so it would report 0 between
+/// two exports.
+#[derive(Default)]
+struct Latest(Mutex<BTreeMap<String, Arc<AtomicU64>>>);
+
+impl Latest {
+    fn slot(&self, key: &metrics::Key) -> Arc<AtomicU64> {
         let labels: Vec<String> = key
             .labels()
             .map(|l| format!("{}={}", l.key(), l.value()))
             .collect();
-        let change = match value {
-            DebugValue::Counter(n) => n as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(_) => continue,
-        };
-        *totals
-            .entry(format!("{}{{{}}}", key.name(), labels.join(",")))
-            .or_default() += change;
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        Arc::clone(self.0.lock().unwrap().entry(name).or_default())
     }
-    let metric = |name: &str| totals.get(name).copied().unwrap_or(0.0) as u64;
-    let mut stats = NearCacheStats::default();
-    stats.hits = metric("cache.near.gets{result=hit}");
-    stats.misses = metric("cache.near.gets{result=miss}");
-    stats.invalidations = metric("cache.near.invalidations{}");
-    stats.flushes = metric("cache.near.flushes{}");
-    stats.entries = metric("cache.near.entries{}");
-    stats.bytes = metric("cache.near.bytes{}");
-    stats.tracking = metric("cache.near.tracking{}") == 1;
-    stats
+
+    fn counter(&self, name: &str) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |value| value.load(Ordering::SeqCst))
+    }
+
+    /// A gauge keeps its `f64` as bits (`metrics`' `GaugeFn` for `AtomicU64`).
+    fn gauge(&self, name: &str) -> u64 {
+        f64::from_bits(self.counter(name)) as u64
+    }
+
+    /// What the near cache's metrics say, in `NearCacheStats`' terms.
+    fn near(&self) -> NearCacheStats {
+        let mut stats = NearCacheStats::default();
+        stats.hits = self.counter("cache.near.gets{result=hit}");
+        stats.misses = self.counter("cache.near.gets{result=miss}");
+        stats.invalidations = self.counter("cache.near.invalidations{}");
+        stats.flushes = self.counter("cache.near.flushes{}");
+        stats.entries = self.gauge("cache.near.entries{}");
+        stats.bytes = self.gauge("cache.near.bytes{}");
+        stats.tracking = self.gauge("cache.near.tracking{}") == 1;
+        stats
+    }
+}
+
+impl metrics::Recorder for Latest {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(self.slot(key))
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(self.slot(key))
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
 }
 
 #[tokio::test] // current thread: the local recorder sees the store's export task
-async fn a_near_caches_stats_are_exported_and_its_gauges_leave_with_the_store() {
-    let recorder = DebuggingRecorder::new();
-    let _guard = metrics::set_default_local_recorder(&recorder);
+async fn a_near_caches_stats_are_exported_whole_and_its_gauges_leave_with_the_store() {
+    let recorder = Latest::default();
+    let guard = metrics::set_default_local_recorder(&recorder);
     let server = RedisServer::start();
     let set = |key: &str, value: &str| {
         let _: () = redis::cmd("SET")
@@ -197,11 +229,21 @@ async fn a_near_caches_stats_are_exported_and_its_gauges_leave_with_the_store() 
         "{stats:?}"
     );
     assert!(stats.tracking && stats.bytes > 0, "{stats:?}");
-    let mut totals = BTreeMap::new();
     assert!(
-        eventually(async || exported_near(&recorder, &mut totals) == stats).await,
+        eventually(async || recorder.near() == stats).await,
         "exported {:?}, held {stats:?}",
-        exported_near(&recorder, &mut totals)
+        recorder.near()
+    );
+
+    // A recorder installed after those exports (an application that sets
+    // up its exporter late) reads the whole values, not what changed since.
+    drop(guard);
+    let late = Latest::default();
+    let _guard = metrics::set_default_local_recorder(&late);
+    assert!(
+        eventually(async || late.near() == stats).await,
+        "exported {:?}, held {stats:?}",
+        late.near()
     );
 
     // Dropped: nothing held or tracked any more; what it counted stays.
@@ -209,8 +251,8 @@ async fn a_near_caches_stats_are_exported_and_its_gauges_leave_with_the_store() 
     let mut gone = stats;
     (gone.entries, gone.bytes, gone.tracking) = (0, 0, false);
     assert!(
-        eventually(async || exported_near(&recorder, &mut totals) == gone).await,
+        eventually(async || late.near() == gone).await,
         "exported {:?}",
-        exported_near(&recorder, &mut totals)
+        late.near()
     );
 }

@@ -267,10 +267,11 @@ impl NearCache {
 ///
 /// Once a second rather than as they change: a near hit costs about
 /// 0.2 us, and looking a metric up in the recorder on every hit would add
-/// a large share of that. Several stores with near caches in one process
-/// add up (`cache.near.tracking` counts those tracking); a store that is
-/// dropped takes its entries, bytes and tracking out of the gauges within
-/// a second.
+/// a large share of that. Each metric is set to the total over the
+/// process's near caches (`cache.near.tracking` counts those tracking), so
+/// a recorder installed after the store was made reads whole values. A
+/// store that is dropped takes its entries, bytes and tracking out of the
+/// gauges within a second; its counts stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NearCacheStats {

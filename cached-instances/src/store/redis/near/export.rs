@@ -4,15 +4,19 @@
 //! The cache's own counters are exported as they change (`cache/stats.rs`).
 //! The tier's are not: a near hit costs about 0.2 us, and a recorder's
 //! lookup of the metric on every hit would add a large share of that. The
-//! tier counts into its striped counters as before, and this task adds
-//! what they gained to the metrics once per [`EVERY`].
+//! tier counts into its striped counters as before, and this task exports
+//! them once per [`EVERY`].
 //!
-//! Everything is exported as a change, never as an absolute value, so that
-//! several stores in one process add up (as the cache's counters do): each
-//! task remembers what it last exported. When the store is dropped, its
-//! task takes its share back out of the gauges; the counters keep it.
+//! Each task adds what its store's stats gained since its last export to
+//! process-wide totals, and sets the metrics to those totals (a counter's
+//! `absolute`, a gauge's `set`): several stores in one process add up, as
+//! the cache's counters do, and a recorder installed after the store was
+//! made still reads whole values, not the changes since. When the store is
+//! dropped, its task takes its entries, bytes and tracking back out of the
+//! totals; what it counted stays.
 
 use std::sync::Weak;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
@@ -21,6 +25,29 @@ use super::{Near, NearCacheStats};
 
 /// How often the tier's stats are exported.
 const EVERY: Duration = Duration::from_secs(1);
+
+/// Every near cache's stats in this process, summed: what the metrics are
+/// set to.
+static TOTALS: Totals = Totals {
+    hits: AtomicU64::new(0),
+    misses: AtomicU64::new(0),
+    invalidations: AtomicU64::new(0),
+    flushes: AtomicU64::new(0),
+    entries: AtomicU64::new(0),
+    bytes: AtomicU64::new(0),
+    tracking: AtomicU64::new(0),
+};
+
+struct Totals {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+    flushes: AtomicU64,
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    /// Near caches whose tracking is on.
+    tracking: AtomicU64,
+}
 
 /// Exports `near`'s stats every [`EVERY`] until the store is dropped.
 pub(super) async fn every_second(near: Weak<Near>) {
@@ -35,7 +62,7 @@ pub(super) async fn every_second(near: Weak<Near>) {
         export(&last, &now);
         last = now;
     }
-    // Nothing held any more, and nothing tracked; the counters stay.
+    // Nothing held any more, and nothing tracked; the counts stay.
     let gone = NearCacheStats {
         hits: last.hits,
         misses: last.misses,
@@ -46,54 +73,39 @@ pub(super) async fn every_second(near: Weak<Near>) {
     export(&last, &gone);
 }
 
-/// Adds the change from `last` to `now` to the metrics (the table in
-/// [`NearCacheStats`]' docs).
+/// Adds the change from `last` to `now` to [`TOTALS`], and sets the metrics
+/// (the table in [`NearCacheStats`]' docs) to them.
 fn export(last: &NearCacheStats, now: &NearCacheStats) {
-    let counters = [
-        (
-            metrics::counter!("cache.near.gets", "result" => "hit"),
-            last.hits,
-            now.hits,
-        ),
-        (
-            metrics::counter!("cache.near.gets", "result" => "miss"),
-            last.misses,
-            now.misses,
-        ),
-        (
-            metrics::counter!("cache.near.invalidations"),
-            last.invalidations,
-            now.invalidations,
-        ),
-        (
-            metrics::counter!("cache.near.flushes"),
-            last.flushes,
-            now.flushes,
-        ),
-    ];
-    for (counter, last, now) in counters {
-        if now > last {
-            counter.increment(now - last);
-        }
-    }
-    gauge(
-        metrics::gauge!("cache.near.entries"),
-        last.entries,
-        now.entries,
-    );
-    gauge(metrics::gauge!("cache.near.bytes"), last.bytes, now.bytes);
-    gauge(
-        metrics::gauge!("cache.near.tracking"),
+    let t = &TOTALS;
+    metrics::counter!("cache.near.gets", "result" => "hit")
+        .absolute(add(&t.hits, last.hits, now.hits));
+    metrics::counter!("cache.near.gets", "result" => "miss").absolute(add(
+        &t.misses,
+        last.misses,
+        now.misses,
+    ));
+    metrics::counter!("cache.near.invalidations").absolute(add(
+        &t.invalidations,
+        last.invalidations,
+        now.invalidations,
+    ));
+    metrics::counter!("cache.near.flushes").absolute(add(&t.flushes, last.flushes, now.flushes));
+    let gauge = |total: &AtomicU64, last: u64, now: u64| add(total, last, now) as f64;
+    metrics::gauge!("cache.near.entries").set(gauge(&t.entries, last.entries, now.entries));
+    metrics::gauge!("cache.near.bytes").set(gauge(&t.bytes, last.bytes, now.bytes));
+    metrics::gauge!("cache.near.tracking").set(gauge(
+        &t.tracking,
         u64::from(last.tracking),
         u64::from(now.tracking),
-    );
+    ));
 }
 
-/// Moves `gauge` by `now - last`, leaving other stores' shares as they are.
-fn gauge(gauge: metrics::Gauge, last: u64, now: u64) {
-    if now > last {
-        gauge.increment((now - last) as f64);
-    } else if now < last {
-        gauge.decrement((last - now) as f64);
-    }
+/// Adds `now - last` to `total` (wrapping: a gauge that fell adds the
+/// difference's two's complement, which takes it back off); returns the
+/// new total.
+fn add(total: &AtomicU64, last: u64, now: u64) -> u64 {
+    let change = now.wrapping_sub(last);
+    total
+        .fetch_add(change, Ordering::Relaxed)
+        .wrapping_add(change)
 }
