@@ -77,27 +77,58 @@ pub(super) async fn every_second(near: Weak<Near>) {
 /// (the table in [`NearCacheStats`]' docs) to them.
 fn export(last: &NearCacheStats, now: &NearCacheStats) {
     let t = &TOTALS;
-    metrics::counter!("cache.near.gets", "result" => "hit")
-        .absolute(add(&t.hits, last.hits, now.hits));
-    metrics::counter!("cache.near.gets", "result" => "miss").absolute(add(
-        &t.misses,
-        last.misses,
-        now.misses,
-    ));
-    metrics::counter!("cache.near.invalidations").absolute(add(
-        &t.invalidations,
-        last.invalidations,
-        now.invalidations,
-    ));
-    metrics::counter!("cache.near.flushes").absolute(add(&t.flushes, last.flushes, now.flushes));
-    let gauge = |total: &AtomicU64, last: u64, now: u64| add(total, last, now) as f64;
-    metrics::gauge!("cache.near.entries").set(gauge(&t.entries, last.entries, now.entries));
-    metrics::gauge!("cache.near.bytes").set(gauge(&t.bytes, last.bytes, now.bytes));
-    metrics::gauge!("cache.near.tracking").set(gauge(
-        &t.tracking,
-        u64::from(last.tracking),
-        u64::from(now.tracking),
-    ));
+    let counters = [
+        (
+            metrics::counter!("cache.near.gets", "result" => "hit"),
+            &t.hits,
+            last.hits,
+            now.hits,
+        ),
+        (
+            metrics::counter!("cache.near.gets", "result" => "miss"),
+            &t.misses,
+            last.misses,
+            now.misses,
+        ),
+        (
+            metrics::counter!("cache.near.invalidations"),
+            &t.invalidations,
+            last.invalidations,
+            now.invalidations,
+        ),
+        (
+            metrics::counter!("cache.near.flushes"),
+            &t.flushes,
+            last.flushes,
+            now.flushes,
+        ),
+    ];
+    for (counter, total, last, now) in counters {
+        counter.absolute(add(total, last, now));
+    }
+    let gauges = [
+        (
+            metrics::gauge!("cache.near.entries"),
+            &t.entries,
+            last.entries,
+            now.entries,
+        ),
+        (
+            metrics::gauge!("cache.near.bytes"),
+            &t.bytes,
+            last.bytes,
+            now.bytes,
+        ),
+        (
+            metrics::gauge!("cache.near.tracking"),
+            &t.tracking,
+            u64::from(last.tracking),
+            u64::from(now.tracking),
+        ),
+    ];
+    for (gauge, total, last, now) in gauges {
+        gauge.set(add(total, last, now) as f64);
+    }
 }
 
 /// Adds `now - last` to `total` (wrapping: a gauge that fell adds the
