@@ -194,8 +194,17 @@ impl metrics::Recorder for Latest {
     }
 }
 
-#[tokio::test] // current thread: the local recorder sees the store's export task
-async fn a_near_caches_stats_are_exported_whole_and_its_gauges_leave_with_the_store() {
+/// One test, run on runtimes of its own: the near caches' metrics are
+/// process-wide totals, which another test's store would add to.
+#[test]
+fn a_near_caches_stats_are_exported_whole_and_its_gauges_leave_with_the_store() {
+    // Current-thread runtimes: the local recorder sees the export task.
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
     let recorder = Latest::default();
     let guard = metrics::set_default_local_recorder(&recorder);
     let server = RedisServer::start();
@@ -206,53 +215,85 @@ async fn a_near_caches_stats_are_exported_whole_and_its_gauges_leave_with_the_st
             .query(&mut server.connection())
             .unwrap();
     };
+    let connect = async || {
+        RedisStore::builder(server.url())
+            .near_cache(NearCache::new())
+            .connect()
+            .await
+            .unwrap()
+    };
     set("a", "one");
     set("b", "two");
-    let store = RedisStore::builder(server.url())
-        .near_cache(NearCache::new())
-        .connect()
-        .await
-        .unwrap();
 
-    // Two misses (the first read of each key), two hits; then another
-    // client's write of `a`, whose push evicts it. One flush: the tier
-    // starts empty when tracking comes on.
-    for key in ["a", "a", "a", "b"] {
-        assert!(store.get(key).await.unwrap().is_some());
-    }
-    set("a", "uno");
-    assert!(eventually(async || store.near_cache_stats().unwrap().invalidations == 1).await);
-    let stats = store.near_cache_stats().unwrap();
+    let gone = runtime().block_on(async {
+        let store = connect().await;
+        // Two misses (the first read of each key), two hits; then another
+        // client's write of `a`, whose push evicts it. One flush: the tier
+        // starts empty when tracking comes on.
+        for key in ["a", "a", "a", "b"] {
+            assert!(store.get(key).await.unwrap().is_some());
+        }
+        set("a", "uno");
+        assert!(eventually(async || store.near_cache_stats().unwrap().invalidations == 1).await);
+        let stats = store.near_cache_stats().unwrap();
+        assert_eq!(
+            (stats.hits, stats.misses, stats.entries, stats.flushes),
+            (2, 2, 1, 1),
+            "{stats:?}"
+        );
+        assert!(stats.tracking && stats.bytes > 0, "{stats:?}");
+        assert!(
+            eventually(async || recorder.near() == stats).await,
+            "exported {:?}, held {stats:?}",
+            recorder.near()
+        );
+
+        // A recorder installed after those exports (an application that
+        // sets up its exporter late) reads the whole values, not what
+        // changed since.
+        drop(guard);
+        let late = Latest::default();
+        let _guard = metrics::set_default_local_recorder(&late);
+        assert!(
+            eventually(async || late.near() == stats).await,
+            "exported {:?}, held {stats:?}",
+            late.near()
+        );
+
+        // Dropped: nothing held or tracked any more; what it counted stays.
+        drop(store);
+        let mut gone = stats;
+        (gone.entries, gone.bytes, gone.tracking) = (0, 0, false);
+        assert!(
+            eventually(async || late.near() == gone).await,
+            "exported {:?}",
+            late.near()
+        );
+        gone
+    });
+
+    // A store whose runtime shuts down takes its gauges back as its export
+    // task is dropped, though the store itself is still held.
+    let recorder = Latest::default();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let shutting = runtime();
+    let store = shutting.block_on(async {
+        let store = connect().await;
+        assert!(store.get("b").await.unwrap().is_some());
+        assert!(
+            eventually(async || recorder.near().entries == 1 && recorder.near().tracking).await,
+            "exported {:?}",
+            recorder.near()
+        );
+        store
+    });
+    drop(shutting);
+    let near = recorder.near();
     assert_eq!(
-        (stats.hits, stats.misses, stats.entries, stats.flushes),
-        (2, 2, 1, 1),
-        "{stats:?}"
+        (near.entries, near.bytes, near.tracking),
+        (0, 0, false),
+        "{near:?}"
     );
-    assert!(stats.tracking && stats.bytes > 0, "{stats:?}");
-    assert!(
-        eventually(async || recorder.near() == stats).await,
-        "exported {:?}, held {stats:?}",
-        recorder.near()
-    );
-
-    // A recorder installed after those exports (an application that sets
-    // up its exporter late) reads the whole values, not what changed since.
-    drop(guard);
-    let late = Latest::default();
-    let _guard = metrics::set_default_local_recorder(&late);
-    assert!(
-        eventually(async || late.near() == stats).await,
-        "exported {:?}, held {stats:?}",
-        late.near()
-    );
-
-    // Dropped: nothing held or tracked any more; what it counted stays.
+    assert_eq!(near.misses, gone.misses + 1, "the counts stay: {near:?}");
     drop(store);
-    let mut gone = stats;
-    (gone.entries, gone.bytes, gone.tracking) = (0, 0, false);
-    assert!(
-        eventually(async || late.near() == gone).await,
-        "exported {:?}",
-        late.near()
-    );
 }

@@ -271,7 +271,8 @@ impl NearCache {
 /// process's near caches (`cache.near.tracking` counts those tracking), so
 /// a recorder installed after the store was made reads whole values. A
 /// store that is dropped takes its entries, bytes and tracking out of the
-/// gauges within a second; its counts stay.
+/// gauges within a second (at once if the runtime it was made on shuts
+/// down); its counts stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct NearCacheStats {

@@ -12,8 +12,9 @@
 //! `absolute`, a gauge's `set`): several stores in one process add up, as
 //! the cache's counters do, and a recorder installed after the store was
 //! made still reads whole values, not the changes since. When the store is
-//! dropped, its task takes its entries, bytes and tracking back out of the
-//! totals; what it counted stays.
+//! dropped (or the runtime its task runs on shuts down), the task takes its
+//! entries, bytes and tracking back out of the totals; what it counted
+//! stays.
 
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,26 +52,37 @@ struct Totals {
 
 /// Exports `near`'s stats every [`EVERY`] until the store is dropped.
 pub(super) async fn every_second(near: Weak<Near>) {
-    let mut last = NearCacheStats::default();
+    let mut exported = Exported(NearCacheStats::default());
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(now) = near.upgrade().map(|near| near.stats()) else {
-            break;
+            return;
         };
-        export(&last, &now);
-        last = now;
+        export(&exported.0, &now);
+        exported.0 = now;
     }
-    // Nothing held any more, and nothing tracked; the counts stay.
-    let gone = NearCacheStats {
-        hits: last.hits,
-        misses: last.misses,
-        invalidations: last.invalidations,
-        flushes: last.flushes,
-        ..NearCacheStats::default()
-    };
-    export(&last, &gone);
+}
+
+/// What a task last exported. Dropped when the store is, or with the task
+/// when its runtime shuts down: either way the store's entries, bytes and
+/// tracking leave the totals (nothing is held or tracked any more), and
+/// its counts stay.
+struct Exported(NearCacheStats);
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        let last = &self.0;
+        let gone = NearCacheStats {
+            hits: last.hits,
+            misses: last.misses,
+            invalidations: last.invalidations,
+            flushes: last.flushes,
+            ..NearCacheStats::default()
+        };
+        export(last, &gone);
+    }
 }
 
 /// Adds the change from `last` to `now` to [`TOTALS`], and sets the metrics
