@@ -45,6 +45,15 @@ impl Loader<Item> for Db {
     }
 }
 
+/// `name{label=value,...}`: how the tests name a metric.
+fn metric_name(key: &metrics::Key) -> String {
+    let labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
 /// `name{label=value,...}` -> value, for counters; histograms -> sample count.
 fn exported(recorder: &DebuggingRecorder) -> BTreeMap<String, u64> {
     recorder
@@ -53,12 +62,7 @@ fn exported(recorder: &DebuggingRecorder) -> BTreeMap<String, u64> {
         .into_vec()
         .into_iter()
         .map(|(key, _, _, value)| {
-            let key = key.key();
-            let labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            let name = format!("{}{{{}}}", key.name(), labels.join(","));
+            let name = metric_name(key.key());
             let value = match value {
                 DebugValue::Counter(n) => n,
                 DebugValue::Histogram(samples) => samples.len() as u64,
@@ -137,12 +141,7 @@ struct Latest(Mutex<BTreeMap<String, Arc<AtomicU64>>>);
 
 impl Latest {
     fn slot(&self, key: &metrics::Key) -> Arc<AtomicU64> {
-        let labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        Arc::clone(self.0.lock().unwrap().entry(name).or_default())
+        Arc::clone(self.0.lock().unwrap().entry(metric_name(key)).or_default())
     }
 
     fn counter(&self, name: &str) -> u64 {
