@@ -185,13 +185,13 @@ async fn phases(env: &Env, name: &str, store: &dyn Store, windows: &[Vec<i64>]) 
         "one-key GET",
         "checkout (a ping)",
     ];
-    let mut samples: [Vec<u64>; 7] = Default::default();
+    let mut samples: [Vec<u64>; STEPS.len()] = Default::default();
     let ttl = Duration::from_secs(60);
     for it in 0..env.cfg.iterations + WARM_UP {
         let pks = &windows[it % windows.len()];
         let keys = env.keys(pks);
         store.delete_many(&keys).await.expect("clear");
-        let mut took = [0u64; 7];
+        let mut took = [0u64; STEPS.len()];
         let mut lap = Instant::now();
         let mut step = |i: usize| {
             took[i] = lap.elapsed().as_nanos() as u64;
