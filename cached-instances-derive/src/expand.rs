@@ -78,7 +78,7 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
             use #p::{
                 DecodeCodec as _, DecodeFallback as _, DecodeSerde as _, EncodeCodec as _,
                 EncodeFallback as _, EncodeSerde as _, PushLinks as _, PushLinksFallback as _,
-                SkipDefault as _, SkipFallback as _,
+                SkipDefault as _, SkipFallback as _, CopyClone as _, CopyFallback as _,
             };
             #table_imports
             #index_imports
@@ -98,6 +98,11 @@ pub(crate) fn expand(cont: &Container) -> syn::Result<TokenStream> {
                     #p::serde_json::to_writer(out, &__Ser(self)).map_err(|error| {
                         #p::EncodeError::new(<Self as #p::CachedInstance>::MODEL, error)
                     })
+                }
+
+                #[inline]
+                fn __copy_for_fill(&self) -> #p::Option<Self> {
+                    #p::CopyOf(self).__cached_copy()
                 }
 
                 fn decode(bytes: &[u8]) -> #p::Result<Self, #p::DecodeError> {

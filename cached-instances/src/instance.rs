@@ -102,6 +102,15 @@ pub trait CachedInstance: Sized + Send + Sync + 'static {
         None
     }
 
+    /// A copy of this instance, which the cache encodes and fills after the
+    /// read that loaded it has returned it; `None` if the model has none,
+    /// and the read encodes it before it returns. The derive implements it
+    /// (`Some` for a model that implements `Clone`); nothing else should.
+    #[doc(hidden)]
+    fn __copy_for_fill(&self) -> Option<Self> {
+        None
+    }
+
     /// The JSON representation as a fresh buffer.
     fn to_json(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(128);

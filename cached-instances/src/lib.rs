@@ -92,6 +92,7 @@ pub use cached_instances_derive::CachedInstance;
 /// from it.
 #[doc(hidden)]
 pub mod __private {
+    mod copy;
     mod fields;
     mod index;
     mod table;
@@ -111,7 +112,8 @@ pub mod __private {
     pub use serde_json;
     pub use std::time::Duration;
     pub use std::{fmt, option::Option, result::Result, string::String, vec::Vec};
-    // Autoref dispatch and assertion traits; see `fields`.
+    // Autoref dispatch and assertion traits; see `fields` and `copy`.
+    pub use copy::*;
     pub use fields::*;
     pub use std::unreachable;
 
