@@ -89,6 +89,8 @@ async fn an_invalidation_applied_after_its_reply_was_lost_loses_the_old_parent()
         question_choices(&cache, 1).await;
         question_choices(&cache, 2).await;
         cache.get::<Choice>(&2).await.unwrap();
+        // The reads' fills land before the fault.
+        cache.settle().await;
 
         // The server runs the write's invalidations, but the cache never
         // hears back: it queues them, and cannot know what the keys held.
@@ -138,6 +140,8 @@ async fn queued_invalidations_are_invisible_to_other_processes_and_lost_if_the_p
     let store = Faulty::new(shared.clone());
     let cache = builder(store.clone(), &db).build().unwrap();
     assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+    // The read's fill lands before the fault.
+    cache.settle().await;
 
     store.fail_writes(true);
     db.write(|t| t.choices.get_mut(&1).unwrap().1 = "Changed".into());

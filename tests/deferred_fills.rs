@@ -192,11 +192,13 @@ async fn a_deferred_fill_that_fails_opens_degraded_mode_on_redis() {
     a_failed_fill_opens_degraded_mode_and_is_counted(store).await;
 }
 
-/// The fill is queued on the connection before the read returns: a
-/// command this process sends on the same connection right after the read
-/// finds the entry filled, never the read's lease.
+/// A read of instances returns before its fill is even encoded: a task
+/// encodes a copy of each row and sends the fill. The next call of the
+/// cache by the same caller waits for that hand-over, so it is sent after
+/// the fill: a read right after finds the entry (a hit, no lease waited
+/// on), and the store, read after it on the same connection, holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_sent_after_a_cold_read_is_ordered_after_its_fill() {
+async fn a_call_after_a_cold_read_is_ordered_after_its_fill() {
     let (_server, store) = redis().await;
     let db = MemDb::seeded();
     let cache = cache(&store, &db);
@@ -208,12 +210,74 @@ async fn a_command_sent_after_a_cold_read_is_ordered_after_its_fill() {
     });
     for &pk in &pks {
         let user = cache.get::<User>(&pk).await.unwrap().unwrap();
+        let before = cache.stats();
+        assert_eq!(cache.get::<User>(&pk).await.unwrap(), Some(user.clone()));
+        let after = cache.stats();
+        assert_eq!(after.hits - before.hits, 1, "user {pk}: a hit");
+        assert_eq!(after.lease_waits, before.lease_waits, "user {pk}: no wait");
         let key = cache.key_of::<User>(&pk).unwrap();
         let stored = raw(&store, &key).await.expect("an entry");
         assert_eq!(User::decode(&stored).ok(), Some(user), "user {pk}");
     }
+    assert_eq!(db.load_count("User"), pks.len());
     cache.settle().await;
     assert_eq!(cache.stats().fills, pks.len() as u64);
+}
+
+/// A model that is not `Clone`: its rows cannot be copied, so the read
+/// encodes them itself and hands the fill over before it returns.
+#[derive(CachedInstance, Debug, PartialEq)]
+#[cached(model = "Tag")]
+struct Tag {
+    #[cached(pk)]
+    id: i64,
+    name: String,
+}
+
+impl Loader<Tag> for MemDb {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Tag>, LoadError> {
+        Ok(pks
+            .iter()
+            .map(|&id| Tag {
+                id,
+                name: format!("tag{id}"),
+            })
+            .collect())
+    }
+}
+
+/// On a current-thread runtime a spawned task runs only once the test
+/// yields, so what the store holds right after a read tells who encoded
+/// its fill: the MemoryStore applies a fill as it is handed over.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cloneable_model_is_encoded_after_the_read_and_another_before_it_returns() {
+    let db = MemDb::seeded();
+    let store = MemoryStore::new();
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<User>(db.clone())
+        .loader::<Question>(db.clone())
+        .loader::<Choice>(db.clone())
+        .loader::<Tag>(db.clone())
+        .build()
+        .unwrap();
+
+    // `Question` is `Clone`: the read returns holding the lease.
+    let question = cache.get::<Question>(&1).await.unwrap().unwrap();
+    let key = cache.key_of::<Question>(&1).unwrap();
+    let held = store.get(&key).await.unwrap().expect("the lease");
+    assert!(Question::decode(&held).is_err(), "not filled yet");
+    cache.settle().await;
+    let filled = store.get(&key).await.unwrap().expect("the entry");
+    assert_eq!(Question::decode(&filled).ok(), Some(question));
+    assert_eq!(cache.stats().fills, 1);
+
+    // `Tag` is not: its fill is in the store when the read returns.
+    let tag = cache.get::<Tag>(&7).await.unwrap().unwrap();
+    let key = cache.key_of::<Tag>(&7).unwrap();
+    let filled = store.get(&key).await.unwrap().expect("the entry");
+    assert_eq!(Tag::decode(&filled).ok(), Some(tag));
+    assert_eq!(cache.stats().fills, 2);
 }
 
 /// A loader of questions that tells when it is dropped (with the cache

@@ -329,6 +329,7 @@ async fn a_representation_over_max_entry_bytes_is_served_but_not_cached() {
         let many = cache.get_many::<Question>(&[1, 2]).await.unwrap();
         assert_eq!(many, [expected.clone(), db.question(2).unwrap()]);
         assert_eq!(db.load_count("Question"), round);
+        cache.settle().await;
         let held = store.raw(&key);
         assert!(
             held.as_deref().is_none_or(|b| b[0] == 0),

@@ -65,6 +65,8 @@ async fn every_scenario_on_a_redis_cluster() {
     let pks: Vec<i64> = (100..160).collect();
     let trips = scenarios::Backend::round_trips(&store);
     assert_eq!(cache.get_many::<User>(&pks).await.unwrap().len(), 60);
+    // The fill is sent after the read returns.
+    cache.settle().await;
     assert_eq!(
         scenarios::Backend::round_trips(&store) - trips,
         3,

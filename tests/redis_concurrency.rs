@@ -470,6 +470,7 @@ async fn late_fill(meanwhile: Meanwhile) {
     }
     if meanwhile == Meanwhile::EvictedAndRefilled {
         assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
+        cache.settle().await;
         assert_eq!(raw(&store, &key).await.unwrap(), fresh);
     }
 
@@ -496,6 +497,7 @@ async fn late_fill(meanwhile: Meanwhile) {
         cache.get::<Choice>(&1).await.unwrap().unwrap().choice_text,
         "After the write"
     );
+    cache.settle().await;
     assert_eq!(raw(&store, &key).await, Some(fresh));
 }
 

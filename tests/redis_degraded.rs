@@ -308,7 +308,10 @@ async fn assert_fresh(cache: &Cache, db: &MemDb) {
 }
 
 /// The cached bytes of `pk`, straight from the server.
+/// What the store holds for `pk`, once the cache's fills were sent (a read
+/// returns before its fill is).
 async fn raw<T: CachedInstance>(store: &RedisStore, cache: &Cache, pk: &T::Pk) -> Option<Vec<u8>> {
+    cache.settle().await;
     let key = cache.key_of::<T>(pk).unwrap();
     store.get(&key).await.unwrap().map(|b| b.to_vec())
 }
@@ -821,7 +824,13 @@ async fn the_recovery_task_ends_with_the_last_cache_clone() {
     drop(store);
     let tasks = metrics.num_alive_tasks();
     assert_eq!(cache.get::<Choice>(&1).await.unwrap(), db.choice(1));
-    assert_eq!(metrics.num_alive_tasks(), tasks, "reads spawn nothing");
+    // Its fill's task, and nothing else, ends with the fill.
+    cache.settle().await;
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        tasks,
+        "reads leave no task behind"
+    );
 
     freed.upgrade().unwrap().fail_writes(true);
     cache.saved(&db.choice(1).unwrap()).await.unwrap();

@@ -7,10 +7,34 @@
 //! Safety does not depend on when the fill lands: it is written only where
 //! the key still holds the reader's lease, and a write overwrites that
 //! lease first, so a fill that a write overtakes is rejected wherever it
-//! is on its way. What handing it over before the read returns adds is
-//! order: a later command on the same connection (the next read of this
-//! process, a write) reaches the server after the fill, so it finds the
-//! entry filled rather than a lease to wait on.
+//! is on its way. What handing it over in order adds is that a later
+//! command on the same connection (the caller's next read, a write)
+//! reaches the server after the fill, so it finds the entry filled rather
+//! than a lease to wait on.
+//!
+//! # Encoded by the fill's task
+//!
+//! A read that returns instances does not need their JSON; only its fill
+//! does. Where the model implements `Clone` (the derive's
+//! `__copy_for_fill`, by autoref dispatch: `__private/copy.rs`), the read
+//! copies each loaded row (tens of nanoseconds) and returns, and a task
+//! encodes the copies and sends the fill ([`Fills::send_unencoded`]):
+//! encoding (a few hundred nanoseconds a row) and the hand-over are off
+//! the read, about a tenth of a cold read of 100 rows (BENCHMARKS.md). A
+//! read that returns JSON encodes anyway, and a model without `Clone` is
+//! encoded by its read, which sends the fill as above.
+//!
+//! The order above is kept for the caller: every call of the cache
+//! ([`Fills::ordered`], first thing in each of `Cache`'s store-reading
+//! and -writing methods) waits until the fills deferred by the same
+//! caller's earlier reads are handed over. The caller is the Tokio task,
+//! or the thread of a `block_on`. Other callers do not wait: one that
+//! finds such a lease waits for its hand-over as for any lease of this
+//! process (below), and reads once. So a request that reads and then
+//! writes, or reads again, sees what it would have seen had its reads
+//! encoded their fills themselves; [`Cache::settle`](crate::Cache::settle)
+//! waits for every fill, as before. The hook is before the store method is
+//! called, not in the gate: the `MemoryStore` does its work when called.
 //!
 //! # The first poll enqueues the request (redis-rs 1.8.2, read in its source)
 //!
@@ -93,14 +117,69 @@ use crate::store::{CompareAndSet, Store};
 /// A fill's reply, owning what it needs ('static: it may move to a task).
 type Reply = Pin<Box<dyn Future<Output = Result<Vec<bool>, StoreError>> + Send>>;
 
+/// The leases reads of this cache hold and have not handed over yet, each
+/// with a receiver that its [`LocalLease`] closes then.
+type LocalLeases = Mutex<HashMap<Bytes, watch::Receiver<()>>>;
+
 /// The cache's fills in flight, and what sending one needs.
 pub(super) struct Fills {
     store: Arc<dyn Store>,
     cache: Weak<Inner>,
     in_flight: Arc<InFlight>,
-    /// The leases reads of this cache hold and have not handed over yet,
-    /// each with a receiver that its [`LocalLease`] closes then.
-    local: Mutex<HashMap<Bytes, watch::Receiver<()>>>,
+    /// Shared with each [`LocalLease`], which may move to a fill's task.
+    local: Arc<LocalLeases>,
+    order: Arc<Order>,
+}
+
+/// Who read: a Tokio task, or code a runtime's `block_on` runs (not a task,
+/// and on one thread throughout).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Caller {
+    Task(tokio::task::Id),
+    Thread(std::thread::ThreadId),
+}
+
+impl Caller {
+    fn current() -> Self {
+        match tokio::task::try_id() {
+            Some(id) => Caller::Task(id),
+            None => Caller::Thread(std::thread::current().id()),
+        }
+    }
+}
+
+/// The fills that tasks encode and have not handed over yet, by the caller
+/// of the read that returned before them (see "Encoded by the fill's
+/// task").
+#[derive(Default)]
+struct Order {
+    /// How many: while none, a store call checks nothing more.
+    pending: AtomicUsize,
+    by_caller: Mutex<HashMap<Caller, Vec<watch::Receiver<()>>>>,
+}
+
+/// One fill of `caller`'s, pending until this is dropped: by the fill's
+/// task once it has handed the fill over, or with the task.
+struct InOrder {
+    order: Arc<Order>,
+    caller: Caller,
+    handed_over: Option<watch::Sender<()>>,
+}
+
+impl Drop for InOrder {
+    fn drop(&mut self) {
+        // Closes its receivers, which the pruning below then drops.
+        drop(self.handed_over.take());
+        let mut by_caller = lock(&self.order.by_caller);
+        if let Some(receivers) = by_caller.get_mut(&self.caller) {
+            receivers.retain(|receiver| receiver.has_changed().is_ok());
+            if receivers.is_empty() {
+                by_caller.remove(&self.caller);
+            }
+        }
+        drop(by_caller);
+        self.order.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Leases of reads of this cache, to wait for ([`Fills::handed_over`]).
@@ -119,18 +198,25 @@ impl HandedOver {
 
 /// A lease registered by [`Fills::hold_locally`]: dropped once the read's
 /// fill (or release) is handed over, or with the read.
-pub(super) struct LocalLease<'f> {
-    fills: &'f Fills,
+pub(super) struct LocalLease {
+    local: Arc<LocalLeases>,
     lease: Bytes,
     /// Dropped after the entry is removed: closes its receivers.
     _handed_over: watch::Sender<()>,
 }
 
-impl Drop for LocalLease<'_> {
+impl Drop for LocalLease {
     fn drop(&mut self) {
-        self.fills.local().remove(&self.lease);
+        lock(&self.local).remove(&self.lease);
     }
 }
+
+/// Rows a read returned as instances, which the task of its fill encodes
+/// into the fill (see "Encoded by the fill's task").
+pub(super) struct Unencoded(pub(super) Box<EncodeInto>);
+
+/// Encodes rows into a fill, with the cache's registry, config and counters.
+type EncodeInto = dyn FnOnce(&Inner, &mut Fill) + Send;
 
 /// How many fills wait for their reply in a task, and the signal that the
 /// count fell to zero.
@@ -168,13 +254,43 @@ pub(super) struct Fill {
     pub(super) filled: Vec<bool>,
 }
 
+impl Fill {
+    /// Adds `op`, a fill if `filled` (a release otherwise).
+    pub(super) fn push(&mut self, op: CompareAndSet, filled: bool) {
+        self.ops.push(op);
+        self.filled.push(filled);
+    }
+}
+
 impl Fills {
     pub(super) fn new(store: Arc<dyn Store>, cache: Weak<Inner>) -> Self {
         Fills {
             store,
             cache,
             in_flight: Arc::default(),
-            local: Mutex::default(),
+            local: Arc::default(),
+            order: Arc::default(),
+        }
+    }
+
+    /// Returns once the fills that tasks encode for reads of the calling
+    /// task (or `block_on` thread) have been handed over, so that what it
+    /// sends next reaches the store after them, as it would had those
+    /// reads sent their fills themselves (see "Encoded by the fill's
+    /// task"). Other callers never wait here; with no such fill anywhere,
+    /// this is one atomic load.
+    pub(super) async fn ordered(&self) {
+        if self.order.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let receivers = match lock(&self.order.by_caller).get(&Caller::current()) {
+            Some(receivers) => receivers.clone(),
+            None => return,
+        };
+        for mut receiver in receivers {
+            // Nothing is ever sent: this returns when the sender is
+            // dropped, at once if it already was.
+            let _ = receiver.changed().await;
         }
     }
 
@@ -186,13 +302,8 @@ impl Fills {
         let store = Arc::clone(&self.store);
         let mut reply: Reply = Box::pin(async move { store.compare_and_set(&ops).await });
         // One poll in place: the store sends (or applies) the request now,
-        // before the read returns. Unconstrained: a coop budget used up by
-        // the reader must not keep the request from its queue.
-        let first = std::future::poll_fn(|cx| {
-            Poll::Ready(Pin::new(&mut tokio::task::unconstrained(reply.as_mut())).poll(cx))
-        })
-        .await;
-        if let Poll::Ready(result) = first {
+        // before the read returns.
+        if let Poll::Ready(result) = first_poll(&mut reply).await {
             record(gate, counters, model, &filled, result);
             return;
         }
@@ -214,13 +325,66 @@ impl Fills {
         }));
     }
 
+    /// Hands `fill` to a task on `runtime` that encodes `rows` into it
+    /// first, then sends it as [`send`](Self::send) does and drops `local`
+    /// (see "Encoded by the fill's task"). The read returns at once.
+    pub(super) fn send_unencoded(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        mut fill: Fill,
+        rows: Unencoded,
+        local: LocalLease,
+    ) {
+        let pending = Pending::new(&self.in_flight);
+        let cache = Weak::clone(&self.cache);
+        let caller = Caller::current();
+        let (handed_over, receiver) = watch::channel(());
+        self.order.pending.fetch_add(1, Ordering::AcqRel);
+        lock(&self.order.by_caller)
+            .entry(caller)
+            .or_default()
+            .push(receiver);
+        let in_order = InOrder {
+            order: Arc::clone(&self.order),
+            caller,
+            handed_over: Some(handed_over),
+        };
+        let store = Arc::clone(&self.store);
+        drop(runtime.spawn(async move {
+            // Declared first, dropped last: `settle` returns only after the
+            // reply is recorded.
+            let _pending = pending;
+            // A cache dropped meanwhile fills nothing: the leases expire.
+            // Held only to encode: the task never keeps the cache alive.
+            let Some(inner) = cache.upgrade() else {
+                return;
+            };
+            (rows.0)(&inner, &mut fill);
+            drop(inner);
+            let Fill { model, ops, filled } = fill;
+            let mut reply: Reply = Box::pin(async move { store.compare_and_set(&ops).await });
+            let first = first_poll(&mut reply).await;
+            // Handed over: the caller's next call, and the readers waiting
+            // on the lease, may go.
+            drop(in_order);
+            drop(local);
+            let result = match first {
+                Poll::Ready(result) => result,
+                Poll::Pending => reply.await,
+            };
+            if let Some(inner) = cache.upgrade() {
+                record(inner.gate(), &inner.counters, model, &filled, result);
+            }
+        }));
+    }
+
     /// Registers `lease`, which a read of this cache is about to take, until
     /// the guard is dropped (see "Waiting on a lease this process holds").
-    pub(super) fn hold_locally(&self, lease: &Bytes) -> LocalLease<'_> {
+    pub(super) fn hold_locally(&self, lease: &Bytes) -> LocalLease {
         let (sender, receiver) = watch::channel(());
-        self.local().insert(lease.clone(), receiver);
+        lock(&self.local).insert(lease.clone(), receiver);
         LocalLease {
-            fills: self,
+            local: Arc::clone(&self.local),
             lease: lease.clone(),
             _handed_over: sender,
         }
@@ -233,7 +397,7 @@ impl Fills {
         &self,
         leases: impl Iterator<Item = &'l Bytes>,
     ) -> Option<HandedOver> {
-        let local = self.local();
+        let local = lock(&self.local);
         let mut last: Option<&Bytes> = None;
         let mut receivers = Vec::new();
         for lease in leases {
@@ -246,12 +410,6 @@ impl Fills {
             receivers.push(local.get(lease)?.clone());
         }
         Some(HandedOver(receivers))
-    }
-
-    fn local(&self) -> std::sync::MutexGuard<'_, HashMap<Bytes, watch::Receiver<()>>> {
-        // The map is left whole by every holder: a panic elsewhere while
-        // it was locked leaves nothing half-done.
-        self.local.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits until no fill waits for its reply.
@@ -346,6 +504,22 @@ impl Drop for Held<'_> {
             }
         }));
     }
+}
+
+/// Polls `reply` once, in place: the store sends (or applies) the request
+/// now. Unconstrained: a coop budget the caller used up must not keep the
+/// request from its queue.
+async fn first_poll(reply: &mut Reply) -> Poll<Result<Vec<bool>, StoreError>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(Pin::new(&mut tokio::task::unconstrained(reply.as_mut())).poll(cx))
+    })
+    .await
+}
+
+fn lock<T>(map: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps are left whole by every holder: a panic elsewhere while one
+    // was locked leaves nothing half-done.
+    map.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Records a fill's reply as the reader did when it waited for it: a

@@ -27,7 +27,10 @@
 //!    what it loaded, and the lease alone decides whether the fill lands,
 //!    so when the reply arrives changes nothing a reader can see; on one
 //!    Redis connection, commands sent after the read are ordered after
-//!    its fill.
+//!    its fill. A read returning instances of a `Clone` model leaves even
+//!    the encoding to that task; the same caller's next call of the cache
+//!    waits for the hand-over, so it stays ordered after the fill
+//!    (`fills.rs`, "Encoded by the fill's task").
 //! 3. A write, after its database commit, replaces the instance's keys (every
 //!    version) with a tombstone and cascades to the instances whose
 //!    representation the write changed. Any overwrite voids outstanding
@@ -272,6 +275,7 @@ impl Cache {
     /// nothing behind: the leases it held are released, and the next read
     /// loads again.
     pub async fn get<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<T>, Error> {
+        self.inner.fills.ordered().await;
         let found = self
             .inner
             .reader()
@@ -287,6 +291,7 @@ impl Cache {
     ///
     /// As [`get`](Self::get).
     pub async fn get_many<T: CachedInstance>(&self, pks: &[T::Pk]) -> Result<Vec<T>, Error> {
+        self.inner.fills.ordered().await;
         let reader = self.inner.reader();
         let found = reader.many::<T>(pks, read::Want::Instances).await?;
         Ok(found
@@ -302,6 +307,7 @@ impl Cache {
     ///
     /// As [`get`](Self::get).
     pub async fn get_json<T: CachedInstance>(&self, pk: &T::Pk) -> Result<Option<Bytes>, Error> {
+        self.inner.fills.ordered().await;
         let found = self.inner.reader().one::<T>(pk, read::Want::Bytes).await?;
         Ok(found.into_bytes())
     }
@@ -316,6 +322,7 @@ impl Cache {
         &self,
         pks: &[T::Pk],
     ) -> Result<Vec<Bytes>, Error> {
+        self.inner.fills.ordered().await;
         let reader = self.inner.reader();
         let found = reader.many::<T>(pks, read::Want::Bytes).await?;
         Ok(found
@@ -342,6 +349,7 @@ impl Cache {
     /// [`Error::NotRegistered`] when `T` has no loader; [`Error::Load`] when a
     /// cascade's reload failed (the entries involved are left invalidated).
     pub async fn saved<T: CachedInstance>(&self, instance: &T) -> Result<(), Error> {
+        self.inner.fills.ordered().await;
         let writer = self.inner.invalidator();
         writer.write::<T>(instance.pk(), None, Some(instance)).await
     }
@@ -358,6 +366,7 @@ impl Cache {
         previous: &T,
         instance: &T,
     ) -> Result<(), Error> {
+        self.inner.fills.ordered().await;
         let writer = self.inner.invalidator();
         writer
             .write::<T>(instance.pk(), Some(previous), Some(instance))
@@ -371,6 +380,7 @@ impl Cache {
     ///
     /// As [`saved`](Self::saved).
     pub async fn deleted<T: CachedInstance>(&self, instance: &T) -> Result<(), Error> {
+        self.inner.fills.ordered().await;
         let writer = self.inner.invalidator();
         writer.write::<T>(instance.pk(), Some(instance), None).await
     }
@@ -385,6 +395,7 @@ impl Cache {
     ///
     /// As [`saved`](Self::saved).
     pub async fn refresh<T: CachedInstance>(&self, pk: &T::Pk) -> Result<bool, Error> {
+        self.inner.fills.ordered().await;
         self.inner.invalidator().refresh_one::<T>(pk).await
     }
 
@@ -395,6 +406,7 @@ impl Cache {
     ///
     /// [`Error::NotRegistered`] when `T` has no loader.
     pub async fn delete_all_versions<T: CachedInstance>(&self, pk: &T::Pk) -> Result<(), Error> {
+        self.inner.fills.ordered().await;
         self.inner.invalidator().remove_versions::<T>(pk).await
     }
 
@@ -424,9 +436,12 @@ impl Cache {
     /// what it loaded, made only if no write came in between) to the store,
     /// without waiting for the reply, which saves it a round trip; the
     /// reply is counted in [`stats`](Self::stats) (`fills`,
-    /// `fills_rejected`, `store_errors`) when it arrives. A store that
-    /// answers at once (the [`MemoryStore`](crate::MemoryStore)) is
-    /// answered before the read returns. Call this before
+    /// `fills_rejected`, `store_errors`) when it arrives. A read of
+    /// instances of a model that implements `Clone` returns sooner still:
+    /// a task encodes copies of its rows and hands the fill over, and the
+    /// same task's (or `block_on` thread's) next call of the cache waits
+    /// for that hand-over, so it finds the entries; a read of the store
+    /// past the cache may find the read's lease until this returns. Call this before
     /// shutting down, so that no fill is left unanswered, and in tests
     /// before counting what the store did. Fills sent while it waits are
     /// waited for too: call it once the reads you care about returned.

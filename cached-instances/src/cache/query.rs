@@ -158,6 +158,7 @@ impl Cache {
         query: &Query<T>,
         want: Option<Want>,
     ) -> Result<Answer<T>, Error> {
+        self.inner.fills.ordered().await;
         let answer = self.find(query, want).await?;
         let counter = match answer.source {
             Source::Cache => &self.inner.counters.queries_from_cache,
@@ -195,6 +196,7 @@ impl Cache {
     ) -> Result<Option<Unchecked<T>>, Error> {
         query.check()?;
         self.inner.registry.entry::<T>()?;
+        self.inner.fills.ordered().await;
         let Some(answer) = self.index_answer(query, Some(Want::Bytes), false).await? else {
             return Ok(None);
         };

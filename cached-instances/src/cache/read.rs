@@ -14,13 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::Config;
 use super::cold::Start;
-use super::fills::{Fill, Fills, Held};
+use super::fills::{Fill, Fills, Held, LocalLease, Unencoded};
 use super::gate::Gate;
 use super::loading::Loading;
 use super::registry::{ModelEntry, Registry};
 use super::stats::{Counters, add};
+use super::{Config, Inner};
 use crate::error::{Error, StoreOp};
 use crate::instance::{CachedInstance, Encoder};
 use crate::marker::{self, Slot, TOMBSTONE};
@@ -120,6 +120,85 @@ fn share<T: CachedInstance>(bytes: Bytes, want: Want) -> Option<Found<T>> {
     match want {
         Want::Instances => T::decode(&bytes).ok().map(Found::Instance),
         Want::Bytes => Some(Found::Bytes(bytes)),
+    }
+}
+
+/// Where a read's fill goes: a model's entries, under one lease.
+struct FillTo<'a> {
+    entry: &'a ModelEntry,
+    config: &'a Config,
+    counters: &'a Counters,
+    lease: &'a Bytes,
+    ttl: Duration,
+}
+
+impl FillTo<'_> {
+    /// Adds the fill of `key` with `bytes` (a loaded row's representation)
+    /// where the lease still holds; or, if `bytes` is too large to cache
+    /// (served, not cached), the lease's release.
+    fn push(&self, fill: &mut Fill, key: String, bytes: Bytes) {
+        self.entry.shape.learn_from(&bytes);
+        if bytes.len() > self.config.max_entry_bytes {
+            super::too_large(self.counters, self.config, fill.model, bytes.len());
+            fill.push(release(self.config, key, self.lease), false);
+        } else {
+            let op = CompareAndSet {
+                key,
+                expected: self.lease.clone(),
+                value: bytes,
+                ttl: self.ttl,
+            };
+            fill.push(op, true);
+        }
+    }
+}
+
+/// The release of `key`'s `lease`: a tombstone where it still holds.
+fn release(config: &Config, key: String, lease: &Bytes) -> CompareAndSet {
+    CompareAndSet {
+        key,
+        expected: lease.clone(),
+        value: Bytes::from_static(TOMBSTONE),
+        ttl: config.tombstone_ttl,
+    }
+}
+
+/// Encodes the `copies` of rows a read returned into its `fill`, in the
+/// fill's task (`fills.rs`, "Encoded by the fill's task"). A row that does
+/// not encode is not cached: the read that served it has returned, so its
+/// lease is released and the error logged.
+fn encode_copies<T: CachedInstance>(
+    inner: &Inner,
+    fill: &mut Fill,
+    copies: Vec<(String, T)>,
+    lease: &Bytes,
+) {
+    // The read found its model registered, and registries never shrink.
+    let Ok(entry) = inner.registry.entry::<T>() else {
+        return;
+    };
+    let config = &inner.config;
+    let to = FillTo {
+        entry,
+        config,
+        counters: &inner.counters,
+        lease,
+        ttl: config.ttl_of(&entry.schema),
+    };
+    let mut encoder = Encoder::default();
+    for (key, row) in copies {
+        match encoder.encode(&row) {
+            Ok(bytes) => to.push(fill, key, bytes),
+            Err(error) => {
+                tracing::warn!(
+                    target: "cached_instances",
+                    model = T::MODEL,
+                    %error,
+                    "a loaded row does not encode: served, not cached"
+                );
+                fill.push(release(config, key, lease), false);
+            }
+        }
     }
 }
 
@@ -514,7 +593,7 @@ impl Reader<'_> {
         let lease = marker::new_lease_for(config.lease_ttl);
         // Registered before any key holds it: a reader of this process that
         // finds it waits for its hand-over (`fills.rs`).
-        let local = self.fills.hold_locally(&lease);
+        let mut local = Some(self.fills.hold_locally(&lease));
         // The keys leased, filled from the loaded rows (or released); the
         // lease step below sets them before the load reads the database.
         let mut held = Held::new(self.fills, keys, Vec::new(), &lease, config.tombstone_ttl);
@@ -612,7 +691,8 @@ impl Reader<'_> {
             rows.entry.cold.leased_all();
         }
         if !held.indexes.is_empty() {
-            self.fill_loaded(batch, &mut held, loaded, out).await?;
+            self.fill_loaded(batch, &mut held, &mut local, loaded, out)
+                .await?;
         }
         drop(local);
         if !read && !refused.is_empty() {
@@ -796,6 +876,7 @@ impl Reader<'_> {
         &self,
         batch: &Batch<'_, T>,
         held: &mut Held<'_>,
+        local: &mut Option<LocalLease>,
         loaded: Result<Vec<T>, Error>,
         out: &mut [Found<T>],
     ) -> Result<(), Error> {
@@ -805,13 +886,7 @@ impl Reader<'_> {
         } = *batch;
         let (indexes, lease) = (&held.indexes[..], held.lease);
         let config = self.config;
-        let tombstone = Bytes::from_static(TOMBSTONE);
-        let release = |i: usize| CompareAndSet {
-            key: keys[i].clone(),
-            expected: lease.clone(),
-            value: tombstone.clone(),
-            ttl: config.tombstone_ttl,
-        };
+        let release = |i: usize| release(config, keys[i].clone(), lease);
         let loaded = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
@@ -834,44 +909,60 @@ impl Reader<'_> {
         let mut by_pk = ByPk::new(loaded);
         let mut encoder = Encoder::default();
         let ttl = config.ttl_of(&entry.schema);
-        let mut ops = Vec::with_capacity(indexes.len());
-        let mut filled = Vec::with_capacity(indexes.len());
+        let to = FillTo {
+            entry,
+            config,
+            counters: self.counters,
+            lease,
+            ttl,
+        };
+        let mut fill = Fill {
+            model: T::MODEL,
+            ops: Vec::with_capacity(indexes.len()),
+            filled: Vec::with_capacity(indexes.len()),
+        };
+        // Rows the caller gets as instances are encoded by the fill's task
+        // where the model has copies (`fills.rs`, "Encoded by the fill's
+        // task"): each with its key.
+        let runtime = match want {
+            Want::Instances => tokio::runtime::Handle::try_current().ok(),
+            Want::Bytes => None,
+        };
+        let mut copies: Vec<(String, T)> = Vec::new();
         for &i in indexes {
-            match by_pk.take(&pks[i]) {
-                Some(row) => {
-                    let bytes = encoder.encode(&row)?;
-                    entry.shape.learn_from(&bytes);
-                    // The caller's copy, if it wants bytes; an instance
-                    // is served as loaded, and the entry moves to the fill.
-                    let served = (want == Want::Bytes).then(|| bytes.clone());
-                    if bytes.len() > self.max_bytes() {
-                        // Served, not cached: the lease is released.
-                        super::too_large(self.counters, config, T::MODEL, bytes.len());
-                        ops.push(release(i));
-                        filled.push(false);
-                    } else {
-                        ops.push(CompareAndSet {
-                            key: keys[i].clone(),
-                            expected: lease.clone(),
-                            value: bytes,
-                            ttl,
-                        });
-                        filled.push(true);
-                    }
-                    out[i] = Found::from_row(entry, row, served, want)?;
-                }
-                None => {
-                    ops.push(release(i));
-                    filled.push(false);
-                }
+            let Some(row) = by_pk.take(&pks[i]) else {
+                fill.push(release(i), false);
+                continue;
+            };
+            if runtime.is_some()
+                && let Some(copy) = row.__copy_for_fill()
+            {
+                copies.push((keys[i].clone(), copy));
+                out[i] = Found::Instance(row);
+                continue;
+            }
+            let bytes = encoder.encode(&row)?;
+            // The caller's copy, if it wants bytes; an instance is served
+            // as loaded, and the entry moves to the fill.
+            let served = (want == Want::Bytes).then(|| bytes.clone());
+            to.push(&mut fill, keys[i].clone(), bytes);
+            out[i] = Found::from_row(entry, row, served, want)?;
+        }
+        match (runtime, local.take()) {
+            (Some(runtime), Some(local)) if !copies.is_empty() => {
+                let lease = lease.clone();
+                let rows = Unencoded(Box::new(move |inner: &Inner, fill: &mut Fill| {
+                    encode_copies(inner, fill, copies, &lease);
+                }));
+                self.fills.send_unencoded(&runtime, fill, rows, local);
+            }
+            (_, local) => {
+                // No copies (or nothing to do them on): all encoded above.
+                debug_assert!(copies.is_empty());
+                self.fills.send(self.gate, self.counters, fill).await;
+                drop(local);
             }
         }
-        let fill = Fill {
-            model: T::MODEL,
-            ops,
-            filled,
-        };
-        self.fills.send(self.gate, self.counters, fill).await;
         held.handed_over();
         Ok(())
     }

@@ -129,7 +129,12 @@ impl<'c, T: CachedInstance> Warm<'c, T> {
             progress,
             ..
         } = self;
-        cache.warm_model::<T>(batch_size, progress).await
+        cache.inner.fills.ordered().await;
+        let report = cache.warm_model::<T>(batch_size, progress).await;
+        // Its reads' fills handed over (encoded off the reads, `fills.rs`):
+        // the entries are in the store's hands when it returns.
+        cache.inner.fills.ordered().await;
+        report
     }
 }
 
