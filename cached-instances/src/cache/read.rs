@@ -593,7 +593,7 @@ impl Reader<'_> {
         let lease = marker::new_lease_for(config.lease_ttl);
         // Registered before any key holds it: a reader of this process that
         // finds it waits for its hand-over (`fills.rs`).
-        let mut local = Some(self.fills.hold_locally(&lease));
+        let local = self.fills.hold_locally(&lease);
         // The keys leased, filled from the loaded rows (or released); the
         // lease step below sets them before the load reads the database.
         let mut held = Held::new(self.fills, keys, Vec::new(), &lease, config.tombstone_ttl);
@@ -690,11 +690,13 @@ impl Reader<'_> {
             // next batch read of the model starts with that (`cold.rs`).
             rows.entry.cold.leased_all();
         }
-        if !held.indexes.is_empty() {
-            self.fill_loaded(batch, &mut held, &mut local, loaded, out)
+        if held.indexes.is_empty() {
+            drop(local);
+        } else {
+            // `local` goes with the fill, dropped once it is handed over.
+            self.fill_loaded(batch, &mut held, local, loaded, out)
                 .await?;
         }
-        drop(local);
         if !read && !refused.is_empty() {
             let misses = Misses {
                 corrupt: refused.iter().map(|&i| keys[i].clone()).collect(),
@@ -869,14 +871,16 @@ impl Reader<'_> {
     /// Fills each key we hold a lease on from the rows `loaded` for them,
     /// where the lease still holds, and releases the ones whose row does
     /// not exist. The fill is handed to the store, and its reply recorded
-    /// off the read (`fills.rs`); a failed load's release is waited for.
-    /// Leases it never got to (an error encoding a row) `held` releases
-    /// when dropped.
+    /// off the read (`fills.rs`); instances with copies are encoded into it
+    /// by a task, which hands it over ("Encoded by the fill's task").
+    /// `local` is dropped once it is handed over. A failed load's release
+    /// is waited for. Leases it never got to (an error encoding a row)
+    /// `held` releases when dropped.
     async fn fill_loaded<T: CachedInstance>(
         &self,
         batch: &Batch<'_, T>,
         held: &mut Held<'_>,
-        local: &mut Option<LocalLease>,
+        local: LocalLease,
         loaded: Result<Vec<T>, Error>,
         out: &mut [Found<T>],
     ) -> Result<(), Error> {
@@ -948,17 +952,16 @@ impl Reader<'_> {
             to.push(&mut fill, keys[i].clone(), bytes);
             out[i] = Found::from_row(entry, row, served, want)?;
         }
-        match (runtime, local.take()) {
-            (Some(runtime), Some(local)) if !copies.is_empty() => {
+        match runtime {
+            Some(runtime) if !copies.is_empty() => {
                 let lease = lease.clone();
                 let rows = Unencoded(Box::new(move |inner: &Inner, fill: &mut Fill| {
                     encode_copies(inner, fill, copies, &lease);
                 }));
                 self.fills.send_unencoded(&runtime, fill, rows, local);
             }
-            (_, local) => {
+            _ => {
                 // No copies (or nothing to do them on): all encoded above.
-                debug_assert!(copies.is_empty());
                 self.fills.send(self.gate, self.counters, fill).await;
                 drop(local);
             }
