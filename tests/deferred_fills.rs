@@ -328,3 +328,75 @@ async fn a_fill_in_flight_does_not_keep_the_cache_alive() {
     // The reply, arriving with no cache to record it in, is dropped.
     held.release.send(()).unwrap();
 }
+
+/// A reading whose value may not be finite, which JSON cannot hold; one
+/// model of it with `Clone` (encoded by the fill's task), one without
+/// (encoded by the read).
+#[derive(CachedInstance, Debug)]
+#[cached(model = "Gauge")]
+struct Gauge {
+    #[cached(pk)]
+    id: i64,
+    value: f64,
+}
+
+#[derive(CachedInstance, Debug, Clone)]
+#[cached(model = "ClonedGauge")]
+struct ClonedGauge {
+    #[cached(pk)]
+    id: i64,
+    value: f64,
+}
+
+impl Loader<Gauge> for MemDb {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<Gauge>, LoadError> {
+        Ok(pks
+            .iter()
+            .map(|&id| Gauge {
+                id,
+                value: f64::NAN,
+            })
+            .collect())
+    }
+}
+
+impl Loader<ClonedGauge> for MemDb {
+    async fn load(&self, pks: &[i64]) -> Result<Vec<ClonedGauge>, LoadError> {
+        Ok(pks
+            .iter()
+            .map(|&id| ClonedGauge {
+                id,
+                value: f64::NAN,
+            })
+            .collect())
+    }
+}
+
+/// A row that does not encode is served as an instance and not cached,
+/// whichever side encodes it; a read of its JSON fails.
+#[tokio::test(flavor = "current_thread")]
+async fn a_row_that_does_not_encode_is_served_not_cached_with_or_without_clone() {
+    let db = MemDb::seeded();
+    let store = MemoryStore::new();
+    let cache = Cache::builder()
+        .store(store.clone())
+        .loader::<Gauge>(db.clone())
+        .loader::<ClonedGauge>(db.clone())
+        .build()
+        .unwrap();
+
+    let gauge = cache.get::<Gauge>(&1).await.unwrap().unwrap();
+    assert!(gauge.value.is_nan());
+    let cloned = cache.get::<ClonedGauge>(&1).await.unwrap().unwrap();
+    assert!(cloned.value.is_nan());
+    cache.settle().await;
+    for key in [
+        cache.key_of::<Gauge>(&1).unwrap(),
+        cache.key_of::<ClonedGauge>(&1).unwrap(),
+    ] {
+        let held = store.get(&key).await.unwrap();
+        assert!(held.is_none_or(|b| b[0] == 0), "{key}: not cached");
+    }
+    assert_eq!(cache.stats().fills, 0);
+    assert!(cache.get_json::<Gauge>(&2).await.is_err());
+}

@@ -190,16 +190,22 @@ fn encode_copies<T: CachedInstance>(
         match encoder.encode(&row) {
             Ok(bytes) => to.push(fill, key, bytes),
             Err(error) => {
-                tracing::warn!(
-                    target: "cached_instances",
-                    model = T::MODEL,
-                    %error,
-                    "a loaded row does not encode: served, not cached"
-                );
+                unencodable(T::MODEL, &error);
                 fill.push(release(config, key, lease), false);
             }
         }
     }
+}
+
+/// A loaded row whose representation cannot be written (a non-finite
+/// float): served as an instance, not cached, whoever encodes it.
+fn unencodable(model: &'static str, error: &crate::error::EncodeError) {
+    tracing::warn!(
+        target: "cached_instances",
+        model,
+        %error,
+        "a loaded row does not encode: served, not cached"
+    );
 }
 
 /// Backoff between polls of a key another reader is loading.
@@ -873,9 +879,10 @@ impl Reader<'_> {
     /// not exist. The fill is handed to the store, and its reply recorded
     /// off the read (`fills.rs`); instances with copies are encoded into it
     /// by a task, which hands it over ("Encoded by the fill's task").
-    /// `local` is dropped once it is handed over. A failed load's release
-    /// is waited for. Leases it never got to (an error encoding a row)
-    /// `held` releases when dropped.
+    /// `local` is dropped once it is handed over. A row that does not
+    /// encode is served as an instance and not cached, and fails a read of
+    /// JSON; a failed load's release is waited for. Leases it never got to
+    /// (that failed read) `held` releases when dropped.
     async fn fill_loaded<T: CachedInstance>(
         &self,
         batch: &Batch<'_, T>,
@@ -945,7 +952,18 @@ impl Reader<'_> {
                 out[i] = Found::Instance(row);
                 continue;
             }
-            let bytes = encoder.encode(&row)?;
+            let bytes = match encoder.encode(&row) {
+                Ok(bytes) => bytes,
+                // As in the fill's task (`encode_copies`): an instance is
+                // served whether or not its model is `Clone`.
+                Err(error) if want == Want::Instances => {
+                    unencodable(T::MODEL, &error);
+                    fill.push(release(i), false);
+                    out[i] = Found::Instance(row);
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
             // The caller's copy, if it wants bytes; an instance is served
             // as loaded, and the entry moves to the fill.
             let served = (want == Want::Bytes).then(|| bytes.clone());
